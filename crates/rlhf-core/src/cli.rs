@@ -1,0 +1,161 @@
+//! Command-line plumbing shared by every binary: the global flag group (flattened into each
+//! binary's parser), logging set-up, and the mapping from errors to documented exit codes.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 bad input data.
+
+use std::error::Error as StdError;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::error::CoreError;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the program failed (a bug, an I/O failure, a numerical failure).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: the command line was wrong (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the input data was bad (schema mismatch, malformed rows, tokenizer mismatch).
+pub const EXIT_BAD_INPUT: u8 = 3;
+
+/// Log output format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags every binary accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (-q warnings only, -qq errors only).
+    #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+    /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Random seed. The same inputs, flags and seed give byte-identical outputs on CPU.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub seed: u64,
+    /// Compute threads (libtorch intra-op and rayon). Default: all cores.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+impl GlobalArgs {
+    /// Sets up logging, progress bars and the rayon pool. Call once, first thing in main.
+    pub fn init(&self) {
+        let level = match (self.verbose as i32) - (self.quiet as i32) {
+            i32::MIN..=-2 => "error",
+            -1 => "warn",
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false);
+        // A second init (tests calling into main twice) is harmless: keep the first.
+        let _ = match self.log_format {
+            LogFormat::Text => builder.without_time().try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        crate::progress::set_enabled(!self.no_progress && self.quiet == 0 && self.verbose == 0);
+        if let Some(n) = self.threads {
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global();
+        }
+    }
+
+    /// The number of compute threads to use.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// Decides whether an error (one link of a cause chain) is caused by bad input data.
+pub type InputClassifier = fn(&(dyn StdError + 'static)) -> bool;
+
+/// The core crate's classifier: schema mismatches, malformed rows, tokenizer mismatches.
+pub fn core_is_bad_input(err: &(dyn StdError + 'static)) -> bool {
+    err.downcast_ref::<CoreError>()
+        .is_some_and(CoreError::is_bad_input)
+}
+
+/// The exit code for an error: 3 when any link of its chain is bad input, else 1.
+pub fn exit_code_for(err: &anyhow::Error, classifiers: &[InputClassifier]) -> u8 {
+    let bad = err
+        .chain()
+        .any(|e| core_is_bad_input(e) || classifiers.iter().any(|classify| classify(e)));
+    if bad {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// Prints an error with its cause chain on stderr, and returns the matching exit code.
+/// `classifiers` extend the bad-input detection to other crates' error types.
+pub fn finish(result: anyhow::Result<()>, classifiers: &[InputClassifier]) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(err) => {
+            let code = exit_code_for(&err, classifiers);
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A stage whose issue is still open: an honest refusal, never fake output.
+pub fn not_implemented(stage: &str) -> anyhow::Result<()> {
+    anyhow::bail!("{stage} is not implemented yet; see the project's open issues")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_anywhere_in_the_chain_gives_exit_3() {
+        let err = anyhow::Error::new(CoreError::BadInput {
+            path: "x.jsonl".into(),
+            row: Some(4),
+            message: "missing field `chosen`".into(),
+        })
+        .context("reading preferences");
+        assert_eq!(exit_code_for(&err, &[]), EXIT_BAD_INPUT);
+        let other = anyhow::anyhow!("disk full").context("writing");
+        assert_eq!(exit_code_for(&other, &[]), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn bad_input_message_names_file_and_row() {
+        let err = CoreError::BadInput {
+            path: "data/prefs.jsonl".into(),
+            row: Some(12),
+            message: "empty text".into(),
+        };
+        assert_eq!(err.to_string(), "data/prefs.jsonl row 12: empty text");
+    }
+}

@@ -1,0 +1,19 @@
+//! libtorch-free core shared by every stage: artifact schemas and typed rows, Parquet
+//! reading and writing with lineage, atomic outputs, the tokenizer wrapper and chat
+//! templates, and the command-line plumbing (global flags, logging, progress, exit codes).
+
+pub mod atomic;
+pub mod chat;
+pub mod cli;
+pub mod error;
+pub mod hash;
+pub mod lineage;
+pub mod metrics;
+pub mod parquet_io;
+pub mod progress;
+pub mod records;
+pub mod schema;
+pub mod shard;
+pub mod tokenizer;
+
+pub use error::{CoreError, Result};
