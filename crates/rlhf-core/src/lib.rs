@@ -14,6 +14,7 @@ pub mod progress;
 pub mod records;
 pub mod schema;
 pub mod shard;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{CoreError, Result};
