@@ -1,0 +1,55 @@
+# The RL loop shared by the pipelines: N x (sample-rollouts -> score-rewards -> ppo-update),
+# then merge, held-out evaluation of the base (adapter off) and the final policy, report.
+# The including file sets RUN, CONF, BASE (frozen model folder), PROMPTS, EVAL_PROMPTS and
+# RM (reward adapter folder, made by a rule of its own).
+
+LAST := $(RUN)/$(call iter,$(ITERATIONS))/policy/adapter_config.json
+
+# --- policy iterations: sample -> score -> update ----------------------------------
+
+# $(1): iteration number, $(2): its folder name, $(3): previous policy's adapter_config.json
+define ITERATION
+$(RUN)/$(2)/rollouts.parquet: $(BASE)/config.json $(PROMPTS) $(CONF)/sample.args $(3)
+	$$(TIME) sample-$(2) $(BIN)/sample-rollouts --seed $$$$(( $(SEED) + $(1) )) --threads $(THREADS) \
+	  $$(call args,sample) --model $(BASE) $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) \
+	  --prompts $(PROMPTS) --iteration $(1) --out $$@
+
+$(RUN)/$(2)/scores.parquet: $(RUN)/$(2)/rollouts.parquet $(RM)/adapter_config.json $(CONF)/score.args
+	$$(TIME) score-$(2) $(BIN)/score-rewards $$(G) $$(call args,score) \
+	  --model $(BASE) --reward-model $(RM) --rollouts $(RUN)/$(2)/rollouts.parquet --out $$@
+
+$(RUN)/$(2)/policy/adapter_config.json: $(RUN)/$(2)/rollouts.parquet $(RUN)/$(2)/scores.parquet $(CONF)/ppo.args $(3)
+	$$(TIME) ppo-$(2) $(BIN)/ppo-update $$(G) $$(call args,ppo) --model $(BASE) \
+	  $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) --iteration $(1) \
+	  --rollouts $(RUN)/$(2)/rollouts.parquet --scores $(RUN)/$(2)/scores.parquet \
+	  --out $(RUN)/$(2)/policy
+
+.PHONY: $(2)
+$(2): $(RUN)/$(2)/policy/adapter_config.json
+endef
+
+prev_policy = $(if $(filter 1,$(1)),,$(RUN)/$(call iter,$(shell echo $$(($(1) - 1))))/policy/adapter_config.json)
+$(foreach i,$(shell seq 1 $(ITERATIONS)),$(eval $(call ITERATION,$(i),$(call iter,$(i)),$(call prev_policy,$(i)))))
+
+# --- final: merge, held-out evaluation, report -------------------------------------
+
+$(RUN)/final/merged/config.json: $(BASE)/config.json $(LAST)
+	$(TIME) merge-adapter $(BIN)/merge-adapter $(G) --model $(BASE) \
+	  --adapter $(patsubst %/,%,$(dir $(LAST))) --out $(RUN)/final/merged --verify
+
+$(RUN)/final/sft_rollouts.parquet: $(BASE)/config.json $(EVAL_PROMPTS) $(CONF)/eval.args
+	$(TIME) eval-sample-sft $(BIN)/sample-rollouts $(G) $(call args,eval) --model $(BASE) \
+	  --prompts $(EVAL_PROMPTS) --iteration $(ITERATIONS) --out $@
+
+$(RUN)/final/policy_rollouts.parquet: $(BASE)/config.json $(LAST) $(EVAL_PROMPTS) $(CONF)/eval.args
+	$(TIME) eval-sample-policy $(BIN)/sample-rollouts $(G) $(call args,eval) --model $(BASE) \
+	  --adapter $(patsubst %/,%,$(dir $(LAST))) \
+	  --prompts $(EVAL_PROMPTS) --iteration $(ITERATIONS) --out $@
+
+$(RUN)/final/%_scores.parquet: $(RUN)/final/%_rollouts.parquet $(RM)/adapter_config.json $(CONF)/score.args
+	$(TIME) eval-score-$* $(BIN)/score-rewards $(G) $(call args,score) --model $(BASE) \
+	  --reward-model $(RM) --rollouts $< --out $@
+
+$(RUN)/report/summary.json: $(RUN)/final/merged/config.json $(RUN)/final/sft_scores.parquet $(RUN)/final/policy_scores.parquet
+	$(TIME) report $(BIN)/report $(G) --run-dir $(RUN) --out-dir $(RUN)/report
+	@echo "report: $(RUN)/report/summary.md  (html: $(RUN)/report/summary.html)" >&2
