@@ -224,8 +224,8 @@ impl Sentiment {
     ];
 }
 
-fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
-    &items[(rng.next_u64() % items.len() as u64) as usize]
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
+    items[(rng.next_u64() % items.len() as u64) as usize]
 }
 
 fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
@@ -364,7 +364,7 @@ pub fn generate(cfg: &SyntheticConfig) -> Result<SyntheticData> {
         let prompt_id = content_id(&[&prompt]);
         let split = split_for(&prompt_id, cfg.eval_fraction).to_string();
         for _ in 0..cfg.completions_per_prompt {
-            let sentiment = *pick(&mut rng, &Sentiment::ALL);
+            let sentiment = pick(&mut rng, &Sentiment::ALL);
             let completion = sample_response(&mut rng, item, sentiment);
             let sft_id = content_id(&[&prompt, &completion]);
             if !seen.insert(sft_id.clone()) {
@@ -416,7 +416,9 @@ pub fn vocabulary() -> Vec<String> {
     ] {
         v.extend(list.iter().map(|w| w.to_string()));
     }
-    for w in "user assistant the is it was i think overall a and found for price this one".split(' ') {
+    for w in
+        "user assistant the is it was i think overall a and found for price this one".split(' ')
+    {
         v.insert(w.to_string());
     }
     let mut v: Vec<String> = v.into_iter().collect();
@@ -500,7 +502,11 @@ mod tests {
         assert!(vocab.len() >= 60 && vocab.len() <= 150, "{}", vocab.len());
         for r in &d.sft {
             let n = words(&r.completion).count();
-            assert!((5..=MAX_RESPONSE_WORDS).contains(&n), "{n} words: {}", r.completion);
+            assert!(
+                (5..=MAX_RESPONSE_WORDS).contains(&n),
+                "{n} words: {}",
+                r.completion
+            );
             for w in words(&r.completion).chain(words(&r.prompt)) {
                 assert!(vocab.contains(&w), "word {w} not in vocabulary");
             }
