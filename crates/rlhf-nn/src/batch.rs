@@ -1,0 +1,150 @@
+//! A right-padded batch of (prompt, response) token sequences for scoring and training, with
+//! the masks that select response positions. Position j of the (b, L-1) per-token tensors
+//! refers to predicting token j+1 from tokens 0..=j.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{NnError, Result};
+
+/// A batch of `prompt ++ response` rows, right-padded to the longest.
+pub struct SeqBatch {
+    /// (b, L) i64.
+    pub input_ids: Tensor,
+    /// (b, L) i64, 1 = token, 0 = pad.
+    pub attention_mask: Tensor,
+    /// (b, L-1) i64: the next token at each position (`input_ids[:, 1:]`).
+    pub targets: Tensor,
+    /// (b, L-1) f32: 1 where the next token is a response token.
+    pub response_mask: Tensor,
+    /// (b,) i64: index of each row's last token.
+    pub last_index: Tensor,
+    /// Prompt length of each row.
+    pub prompt_lens: Vec<usize>,
+    /// Response length of each row.
+    pub response_lens: Vec<usize>,
+}
+
+impl SeqBatch {
+    /// Builds the batch on `device`. Each row needs a non-empty prompt; responses may be
+    /// empty (then the row has no response positions).
+    pub fn new<P: AsRef<[i32]>, R: AsRef<[i32]>>(
+        rows: &[(P, R)],
+        pad_id: i32,
+        device: Device,
+    ) -> Result<Self> {
+        if rows.is_empty() {
+            return Err(NnError::Argument("SeqBatch: no rows".into()));
+        }
+        let lens: Vec<usize> = rows
+            .iter()
+            .map(|(p, r)| p.as_ref().len() + r.as_ref().len())
+            .collect();
+        let width = lens.iter().copied().max().unwrap_or(0).max(2);
+        let b = rows.len();
+        let mut ids = vec![pad_id as i64; b * width];
+        let mut mask = vec![0i64; b * width];
+        let mut resp = vec![0f32; b * (width - 1)];
+        let mut last = Vec::with_capacity(b);
+        let mut prompt_lens = Vec::with_capacity(b);
+        let mut response_lens = Vec::with_capacity(b);
+        for (i, (p, r)) in rows.iter().enumerate() {
+            let (p, r) = (p.as_ref(), r.as_ref());
+            if p.is_empty() {
+                return Err(NnError::Argument(format!(
+                    "SeqBatch: row {i} has an empty prompt"
+                )));
+            }
+            for (j, &t) in p.iter().chain(r.iter()).enumerate() {
+                ids[i * width + j] = t as i64;
+                mask[i * width + j] = 1;
+            }
+            for j in 0..r.len() {
+                // The response token at index p.len() + j is predicted at position p.len() + j - 1.
+                resp[i * (width - 1) + p.len() + j - 1] = 1.0;
+            }
+            last.push((lens[i] - 1) as i64);
+            prompt_lens.push(p.len());
+            response_lens.push(r.len());
+        }
+        let w = width as i64;
+        let input_ids = Tensor::from_slice(&ids)
+            .view([b as i64, w])
+            .to_device(device);
+        let attention_mask = Tensor::from_slice(&mask)
+            .view([b as i64, w])
+            .to_device(device);
+        let targets = input_ids.narrow(1, 1, w - 1).contiguous();
+        let response_mask = Tensor::from_slice(&resp)
+            .view([b as i64, w - 1])
+            .to_device(device);
+        let last_index = Tensor::from_slice(&last).to_device(device);
+        Ok(SeqBatch {
+            input_ids,
+            attention_mask,
+            targets,
+            response_mask,
+            last_index,
+            prompt_lens,
+            response_lens,
+        })
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.prompt_lens.len()
+    }
+
+    /// True when there are no rows (never, by construction).
+    pub fn is_empty(&self) -> bool {
+        self.prompt_lens.is_empty()
+    }
+
+    /// Splits a per-position tensor (b, L-1) into each row's response values, in order
+    /// (e.g. the logprob of every response token).
+    pub fn response_values(&self, per_position: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let t = per_position
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let size = t.size();
+        let width = self.input_ids.size()[1] - 1;
+        if size != [self.len() as i64, width] {
+            return Err(NnError::Argument(format!(
+                "response_values: expected shape [{}, {width}], found {size:?}",
+                self.len()
+            )));
+        }
+        let flat = Vec::<f32>::try_from(t.view([-1]))?;
+        let w = width as usize;
+        Ok((0..self.len())
+            .map(|i| {
+                let start = i * w + self.prompt_lens[i] - 1;
+                flat[start..start + self.response_lens[i]].to_vec()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_mark_response_positions() {
+        let rows = vec![(vec![5, 6], vec![7, 8, 9]), (vec![1, 2, 3], vec![4])];
+        let b = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
+        assert_eq!(b.input_ids.size(), [2, 5]);
+        let m = Vec::<f32>::try_from(b.response_mask.view([-1])).unwrap();
+        assert_eq!(m, vec![0., 1., 1., 1., 0., 0., 1., 0.]);
+        let t = Vec::<i64>::try_from(b.targets.view([-1])).unwrap();
+        assert_eq!(t, vec![6, 7, 8, 9, 2, 3, 4, 0]);
+        assert_eq!(Vec::<i64>::try_from(&b.last_index).unwrap(), vec![4, 3]);
+        let per = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([2, 4]);
+        assert_eq!(
+            b.response_values(&per).unwrap(),
+            vec![vec![1., 2., 3.], vec![6.]]
+        );
+        assert!(SeqBatch::new(&[(vec![], vec![1])], 0, Device::Cpu).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Building blocks shared by both families: a linear layer that applies the active LoRA
+//! adapter, RMSNorm, LayerNorm, rotary embeddings (with Llama 3 scaling), and the attention
+//! mask / position computation for padded batches.
+
+use tch::{Kind, Tensor};
+
+use crate::config::{ModelConfig, RopeScaling};
+use crate::lora::Adapter;
+
+/// Per-forward context: the active adapter (None = base = reference policy) and train mode
+/// (LoRA dropout on).
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub adapter: Option<&'a Adapter>,
+    pub train: bool,
+}
+
+/// A linear layer, weight stored (out, in) whatever the checkpoint layout (GPT-2's Conv1D is
+/// transposed on load and back on save).
+pub(crate) struct Linear {
+    /// Index into an adapter's per-module LoRA table.
+    pub id: usize,
+    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    /// (out, in).
+    pub weight: Tensor,
+    /// (out,).
+    pub bias: Option<Tensor>,
+    /// Stored (in, out) in the checkpoint (GPT-2 Conv1D; PEFT's fan_in_fan_out).
+    pub conv1d: bool,
+}
+
+impl Linear {
+    /// `x` (..., in) -> (..., out), plus `scale * B(A(dropout(x)))` when the active adapter
+    /// targets this module.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        let Some(adapter) = ctx.adapter else { return y };
+        let Some(pair) = adapter.pair(self.id) else {
+            return y;
+        };
+        let xin = x.to_kind(pair.a.kind());
+        let xin = if ctx.train && adapter.config.dropout > 0.0 {
+            xin.dropout(adapter.config.dropout, true)
+        } else {
+            xin
+        };
+        let delta = xin
+            .linear::<Tensor>(&pair.a, None)
+            .linear::<Tensor>(&pair.b, None)
+            * adapter.scale;
+        let kind = y.kind();
+        y + delta.to_kind(kind)
+    }
+
+    pub fn in_features(&self) -> i64 {
+        self.weight.size()[1]
+    }
+
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
+    }
+}
+
+/// RMSNorm computed in f32 like transformers' LlamaRMSNorm, cast back before the weight.
+pub(crate) struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.to_kind(Kind::Float);
+        let var = h.square().mean_dim(-1, true, Kind::Float);
+        let h = h * (var + self.eps).rsqrt();
+        &self.weight * h.to_kind(kind)
+    }
+}
+
+/// LayerNorm with weight and bias.
+pub(crate) struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let n = self.weight.size()[0];
+        x.layer_norm([n], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// Rotary embedding inverse frequencies (f32, head_dim/2), as transformers computes them.
+pub(crate) struct Rope {
+    inv_freq: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
+        let d = cfg.head_dim;
+        let base = cfg.rope_theta;
+        let mut inv: Vec<f32> = (0..d / 2)
+            .map(|i| {
+                // transformers: 1 / base ** (arange(0, d, 2).float() / d), computed in f32.
+                let e = ((2 * i) as f32) / (d as f32);
+                1.0 / (base as f32).powf(e)
+            })
+            .collect();
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => {
+                for f in inv.iter_mut() {
+                    *f /= *factor as f32;
+                }
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let (factor, lo, hi, old) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                    *original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old / lo;
+                let high_wavelen = old / hi;
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    let scaled = if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
+                    let smooth = (old / wavelen - lo) / (hi - lo);
+                    let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    *f = if medium { smoothed } else { scaled };
+                }
+            }
+        }
+        Rope {
+            inv_freq: Tensor::from_slice(&inv).to_device(device),
+        }
+    }
+
+    /// cos and sin for `positions` (b, t) i64: each (b, 1, t, head_dim) in `kind`.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (
+            emb.cos().to_kind(kind).unsqueeze(1),
+            emb.sin().to_kind(kind).unsqueeze(1),
+        )
+    }
+}
+
+/// Applies rotary embedding to `x` (b, heads, t, d).
+pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let d = x.size()[3];
+    let x1 = x.narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(&[&(-x2), &x1], 3);
+    x * cos + rotated * sin
+}
+
+/// Positions of each token among the non-pad tokens of its row: cumsum(mask) - 1 (pads get
+/// 0), offset by `past` (b,) tokens already in the cache. `mask` is (b, t) with 1 = token.
+pub(crate) fn positions(mask: &Tensor, past: Option<&Tensor>) -> Tensor {
+    let p = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    match past {
+        Some(past) => p + past.unsqueeze(1),
+        None => p,
+    }
+}
+
+/// Additive attention mask (b, 1, t, T) in `kind`: 0 where query i (absolute index
+/// `past_len + i`) may attend key j (j <= past_len + i and key_mask[j] = 1), the most
+/// negative finite value elsewhere (finite, so fully masked pad rows give no NaN).
+pub(crate) fn attention_mask(key_mask: &Tensor, t: i64, past_len: i64, kind: Kind) -> Tensor {
+    let device = key_mask.device();
+    let total = key_mask.size()[1];
+    let q = Tensor::arange_start(past_len, past_len + t, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
+    let causal = k.le_tensor(&q); // (t, T)
+    let allowed = causal
+        .unsqueeze(0)
+        .logical_and(&key_mask.to_kind(Kind::Bool).unsqueeze(1));
+    let neg = match kind {
+        Kind::BFloat16 => -3.389_531_4e38,
+        Kind::Half => -65504.0,
+        _ => f32::MIN as f64,
+    };
+    let zeros = Tensor::zeros([1], (kind, device));
+    zeros.where_scalarother(&allowed, neg).unsqueeze(1)
+}

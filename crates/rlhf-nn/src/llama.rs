@@ -1,0 +1,231 @@
+//! Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM, TinyLlama): RMSNorm, rotary
+//! positions, SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2).
+//! Reference: transformers `models/llama/modeling_llama.py`; Touvron et al. 2023,
+//! <https://arxiv.org/abs/2307.09288>. Tensor names follow HF (`model.layers.N.self_attn.q_proj`).
+
+use tch::Tensor;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::layers::{apply_rope, Ctx, Linear, RmsNorm, Rope};
+use crate::loader::{push_linear, Loader};
+
+pub(crate) struct LlamaLayer {
+    input_layernorm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub(crate) struct Llama {
+    pub embed_tokens: Tensor,
+    layers: Vec<LlamaLayer>,
+    norm: RmsNorm,
+    rope: Rope,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Llama {
+    pub fn load(ld: &mut Loader, cfg: &ModelConfig) -> Result<Self> {
+        let (h, hd, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let q_out = cfg.num_heads * hd;
+        let kv_out = cfg.num_kv_heads * hd;
+        let embed_tokens = ld.tensor("embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers as usize);
+        for n in 0..cfg.num_layers {
+            let p = format!("layers.{n}");
+            layers.push(LlamaLayer {
+                input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), h, cfg.norm_eps)?,
+                q_proj: ld.linear(
+                    &format!("{p}.self_attn.q_proj"),
+                    h,
+                    q_out,
+                    cfg.qkv_bias,
+                    false,
+                )?,
+                k_proj: ld.linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    h,
+                    kv_out,
+                    cfg.qkv_bias,
+                    false,
+                )?,
+                v_proj: ld.linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    h,
+                    kv_out,
+                    cfg.qkv_bias,
+                    false,
+                )?,
+                o_proj: ld.linear(
+                    &format!("{p}.self_attn.o_proj"),
+                    q_out,
+                    h,
+                    cfg.o_bias,
+                    false,
+                )?,
+                post_attention_layernorm: ld.rms_norm(
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    cfg.norm_eps,
+                )?,
+                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), h, i, cfg.mlp_bias, false)?,
+                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), h, i, cfg.mlp_bias, false)?,
+                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), i, h, cfg.mlp_bias, false)?,
+            });
+        }
+        let norm = ld.rms_norm("norm", h, cfg.norm_eps)?;
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            rope: Rope::new(cfg, ld.device),
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// `input_ids` (b, t) -> final-norm hidden (b, t, hidden). With a cache, `mask` covers the
+    /// new tokens only and keys/values are appended to the cache.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        ctx: Ctx,
+    ) -> Result<Tensor> {
+        let t = input_ids.size()[1];
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let frame = crate::kv_cache::Frame::new(mask, cache.as_deref_mut(), x.kind())?;
+        let (cos, sin) = self.rope.cos_sin(&frame.positions, x.kind());
+        for (n, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(
+                &x,
+                &cos,
+                &sin,
+                &frame.attn_mask,
+                cache.as_deref_mut().map(|c| (c, n)),
+                ctx,
+                self,
+            )?;
+        }
+        if let Some(c) = cache {
+            c.commit(t);
+        }
+        Ok(self.norm.forward(&x))
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+            })
+            .collect()
+    }
+
+    /// Base tensors in HF layout and names (without the LM head).
+    pub fn named_tensors(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((
+            format!("{prefix}embed_tokens.weight"),
+            self.embed_tokens.shallow_clone(),
+        ));
+        for (n, l) in self.layers.iter().enumerate() {
+            let p = format!("{prefix}layers.{n}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
+            for lin in [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ] {
+                push_linear(out, lin);
+            }
+        }
+        out.push((
+            format!("{prefix}norm.weight"),
+            self.norm.weight.shallow_clone(),
+        ));
+    }
+}
+
+impl LlamaLayer {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        attn_mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        ctx: Ctx,
+        m: &Llama,
+    ) -> Result<Tensor> {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let h = self.input_layernorm.forward(x);
+        let q = self
+            .q_proj
+            .forward(&h, ctx)
+            .view([b, t, m.num_heads, m.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(&h, ctx)
+            .view([b, t, m.num_kv_heads, m.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v_proj
+            .forward(&h, ctx)
+            .view([b, t, m.num_kv_heads, m.head_dim])
+            .transpose(1, 2);
+        let q = apply_rope(&q, cos, sin);
+        let k = apply_rope(&k, cos, sin);
+        let (k, v) = match cache {
+            Some((c, n)) => c.store(n, &k, &v)?,
+            None => (k, v),
+        };
+        let gqa = m.num_heads != m.num_kv_heads;
+        let a = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(attn_mask),
+            0.0,
+            false,
+            None,
+            gqa,
+        )?;
+        let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
+        let x = x + self.o_proj.forward(&a, ctx);
+        let h = self.post_attention_layernorm.forward(&x);
+        let mlp = self.gate_proj.forward(&h, ctx).silu() * self.up_proj.forward(&h, ctx);
+        Ok(x + self.down_proj.forward(&mlp, ctx))
+    }
+}

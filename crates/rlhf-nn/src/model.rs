@@ -1,0 +1,426 @@
+//! The model: one frozen base (Llama family or GPT-2) in memory, any number of named LoRA
+//! adapters on it, optional scalar heads, and the two entry points: all-position forward
+//! ([`Model::forward`], for scoring and training) and the cached decode step
+//! ([`Model::forward_cached`], for sampling). `adapter: None` runs the base, which is the
+//! reference policy; no second copy of the weights exists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Arch, ModelConfig};
+use crate::error::{NnError, Result};
+use crate::gpt2::Gpt2;
+use crate::kv_cache::KvCache;
+use crate::layers::{Ctx, Linear};
+use crate::llama::Llama;
+use crate::loader::Loader;
+use crate::lora::{Adapter, Head, HeadKind};
+use crate::weights::{write_json, write_safetensors, Checkpoint};
+
+pub(crate) enum Body {
+    Llama(Llama),
+    Gpt2(Gpt2),
+}
+
+/// A base model with its adapters. See the crate docs for the contract.
+pub struct Model {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) body: Body,
+    /// `lm_head.weight` (vocab, hidden) when not tied to the input embedding.
+    lm_head: Option<Tensor>,
+    /// `score.weight` (1, hidden) of a *ForSequenceClassification checkpoint (f32).
+    pub(crate) base_head: Option<Tensor>,
+    /// HF module path of each linear, by id.
+    pub(crate) module_names: Vec<String>,
+    pub(crate) adapters: BTreeMap<String, Adapter>,
+    /// Written as `base_model_name_or_path` in saved adapters.
+    pub(crate) base_name: Option<String>,
+    device: Device,
+    kind: Kind,
+    base_id: std::sync::OnceLock<String>,
+}
+
+impl Model {
+    /// Loads a Hugging Face model folder (config.json + safetensors) onto `device` as `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let cfg = ModelConfig::from_hf_json(dir)?;
+        let mut ck = Checkpoint::open_model_dir(dir)?;
+        let mut m = Self::from_checkpoint(cfg, &mut ck, device, kind)?;
+        m.base_name = Some(dir.display().to_string());
+        Ok(m)
+    }
+
+    /// Sets `base_model_name_or_path` for adapters saved from now on (default: the folder
+    /// the model was loaded from).
+    pub fn set_base_name(&mut self, name: Option<String>) {
+        self.base_name = name;
+    }
+
+    /// A model with random weights (normal(0, initializer_range); norms 1; biases 0), drawn
+    /// on the CPU from `seed` so the result does not depend on the device.
+    pub fn random(cfg: &ModelConfig, device: Device, kind: Kind, seed: u64) -> Result<Self> {
+        cfg.validate(Path::new("<config>"))?;
+        let mut tensors = Vec::new();
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let std = cfg.initializer_range;
+        let mut normal = |name: String, shape: &[i64]| {
+            let t = crate::rng::normal_tensor(seed, &name, shape, std);
+            tensors.push((name, t));
+        };
+        let hd = cfg.head_dim;
+        let (q, kv, i) = (
+            cfg.num_heads * hd,
+            cfg.num_kv_heads * hd,
+            cfg.intermediate_size,
+        );
+        let mut ones = Vec::new();
+        let mut zeros = Vec::new();
+        match cfg.arch {
+            Arch::Llama => {
+                normal("model.embed_tokens.weight".into(), &[v, h]);
+                for n in 0..cfg.num_layers {
+                    let p = format!("model.layers.{n}");
+                    for (m, o, inp, bias) in [
+                        ("self_attn.q_proj", q, h, cfg.qkv_bias),
+                        ("self_attn.k_proj", kv, h, cfg.qkv_bias),
+                        ("self_attn.v_proj", kv, h, cfg.qkv_bias),
+                        ("self_attn.o_proj", h, q, cfg.o_bias),
+                        ("mlp.gate_proj", i, h, cfg.mlp_bias),
+                        ("mlp.up_proj", i, h, cfg.mlp_bias),
+                        ("mlp.down_proj", h, i, cfg.mlp_bias),
+                    ] {
+                        normal(format!("{p}.{m}.weight"), &[o, inp]);
+                        if bias {
+                            zeros.push((format!("{p}.{m}.bias"), vec![o]));
+                        }
+                    }
+                    ones.push((format!("{p}.input_layernorm.weight"), vec![h]));
+                    ones.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+                }
+                ones.push(("model.norm.weight".into(), vec![h]));
+                if !cfg.tie_word_embeddings {
+                    normal("lm_head.weight".into(), &[v, h]);
+                }
+            }
+            Arch::Gpt2 => {
+                normal("transformer.wte.weight".into(), &[v, h]);
+                normal(
+                    "transformer.wpe.weight".into(),
+                    &[cfg.max_position_embeddings, h],
+                );
+                for n in 0..cfg.num_layers {
+                    let p = format!("transformer.h.{n}");
+                    for (m, inp, o) in [
+                        ("attn.c_attn", h, 3 * h),
+                        ("attn.c_proj", h, h),
+                        ("mlp.c_fc", h, i),
+                        ("mlp.c_proj", i, h),
+                    ] {
+                        normal(format!("{p}.{m}.weight"), &[inp, o]);
+                        zeros.push((format!("{p}.{m}.bias"), vec![o]));
+                    }
+                    for ln in ["ln_1", "ln_2"] {
+                        ones.push((format!("{p}.{ln}.weight"), vec![h]));
+                        zeros.push((format!("{p}.{ln}.bias"), vec![h]));
+                    }
+                }
+                ones.push(("transformer.ln_f.weight".into(), vec![h]));
+                zeros.push(("transformer.ln_f.bias".into(), vec![h]));
+                if !cfg.tie_word_embeddings {
+                    normal("lm_head.weight".into(), &[v, h]);
+                }
+            }
+        }
+        for (name, shape) in ones {
+            tensors.push((name, crate::rng::full(&shape, 1.0)));
+        }
+        for (name, shape) in zeros {
+            tensors.push((name, crate::rng::full(&shape, 0.0)));
+        }
+        let mut ck = Checkpoint::from_tensors(Path::new("<random>"), tensors);
+        Self::from_checkpoint(cfg.clone(), &mut ck, device, kind)
+    }
+
+    fn from_checkpoint(
+        cfg: ModelConfig,
+        ck: &mut Checkpoint,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(NnError::Argument(format!(
+                "model dtype {kind:?}: expected f32 or bf16"
+            )));
+        }
+        let (body, module_names) = {
+            let (canon, probe) = match cfg.arch {
+                Arch::Llama => ("model.", "embed_tokens.weight"),
+                Arch::Gpt2 => ("transformer.", "wte.weight"),
+            };
+            let mut ld = Loader::new(ck, device, kind, canon, probe);
+            let body = match cfg.arch {
+                Arch::Llama => Body::Llama(Llama::load(&mut ld, &cfg)?),
+                Arch::Gpt2 => Body::Gpt2(Gpt2::load(&mut ld, &cfg)?),
+            };
+            (body, ld.module_names)
+        };
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let place = |t: Tensor, k: Kind| t.to_device(device).to_kind(k).contiguous();
+        let base_head = ck
+            .take_opt("score.weight", &[1, h])?
+            .map(|t| place(t, Kind::Float));
+        let lm_head = if cfg.tie_word_embeddings {
+            ck.discard(|k| k == "lm_head.weight");
+            None
+        } else {
+            match ck.take_opt("lm_head.weight", &[v, h])? {
+                Some(t) => Some(place(t, kind)),
+                None if base_head.is_some() => None,
+                None => {
+                    return Err(NnError::MissingTensor {
+                        path: ck.path.clone(),
+                        name: "lm_head.weight".into(),
+                        hint: "; config.json says tie_word_embeddings is false".into(),
+                    })
+                }
+            }
+        };
+        ck.finish("they do not belong to this architecture (is config.json the right one?)")?;
+        Ok(Model {
+            cfg,
+            body,
+            lm_head,
+            base_head,
+            module_names,
+            adapters: BTreeMap::new(),
+            base_name: None,
+            device,
+            kind,
+            base_id: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn reset_base_id(&mut self) {
+        self.base_id = std::sync::OnceLock::new();
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The weight/activation kind (Float or BFloat16).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub(crate) fn linears(&self) -> Vec<&Linear> {
+        match &self.body {
+            Body::Llama(m) => m.linears(),
+            Body::Gpt2(m) => m.linears(),
+        }
+    }
+
+    /// True when the base has an LM head (false for a *ForSequenceClassification checkpoint
+    /// without `lm_head.weight` and untied embeddings).
+    pub fn has_lm_head(&self) -> bool {
+        self.lm_head.is_some() || self.cfg.tie_word_embeddings
+    }
+
+    /// Base tensors with their HF checkpoint names and layout (GPT-2 Conv1D as (in, out)).
+    pub fn base_named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        match &self.body {
+            Body::Llama(m) => m.named_tensors("model.", &mut out),
+            Body::Gpt2(m) => m.named_tensors("transformer.", &mut out),
+        }
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".into(), w.shallow_clone()));
+        }
+        if let Some(w) = &self.base_head {
+            out.push(("score.weight".into(), w.shallow_clone()));
+        }
+        out
+    }
+
+    /// The base parameters (shared handles: gradients land on the model's own tensors), named
+    /// as in the checkpoint. Internal layout: GPT-2 Conv1D weights are (out, in) here.
+    pub fn base_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut lin = |l: &Linear| {
+            out.push((format!("{}.weight", l.name), l.weight.shallow_clone()));
+            if let Some(b) = &l.bias {
+                out.push((format!("{}.bias", l.name), b.shallow_clone()));
+            }
+        };
+        for l in self.linears() {
+            lin(l);
+        }
+        let linear_names: std::collections::HashSet<String> =
+            out.iter().map(|(n, _)| n.clone()).collect();
+        for (n, t) in self.base_named_tensors() {
+            if !linear_names.contains(&n) {
+                out.push((n, t));
+            }
+        }
+        out
+    }
+
+    /// Makes the base weights trainable (full fine-tuning) or frozen (the default).
+    pub fn set_base_trainable(&mut self, trainable: bool) {
+        for (_, t) in self.base_parameters() {
+            let _ = t.set_requires_grad(trainable);
+        }
+        self.base_id = std::sync::OnceLock::new();
+    }
+
+    /// Content hash (16 hex) of the base weights, names and shapes; stable across runs.
+    pub fn base_id(&self) -> String {
+        self.base_id
+            .get_or_init(|| {
+                let mut h = blake3::Hasher::new();
+                let mut named = self.base_named_tensors();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                for (name, t) in named {
+                    let t = t.detach().to_device(Device::Cpu).contiguous();
+                    h.update(name.as_bytes());
+                    h.update(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());
+                    let numel = t.numel();
+                    let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+                    if t.f_copy_data_u8(&mut buf, numel).is_ok() {
+                        h.update(&buf);
+                    }
+                }
+                h.finalize().to_hex()[..16].to_string()
+            })
+            .clone()
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (transformers layout; tokenizer
+    /// files are the caller's). `dir` is created if needed.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
+        let mut cfg = self.cfg.to_hf_json();
+        if let Some(m) = cfg.as_object_mut() {
+            let dtype = if self.kind == Kind::BFloat16 {
+                "bfloat16"
+            } else {
+                "float32"
+            };
+            m.insert("dtype".into(), serde_json::json!(dtype));
+            m.remove("torch_dtype");
+        }
+        write_json(&dir.join("config.json"), &cfg)?;
+        write_safetensors(&dir.join("model.safetensors"), &self.base_named_tensors())
+    }
+
+    pub(crate) fn adapter(&self, name: &str) -> Result<&Adapter> {
+        self.adapters.get(name).ok_or_else(|| NnError::Adapter {
+            name: name.to_string(),
+            message: format!(
+                "not attached; attached: [{}]",
+                self.adapters.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    fn ctx<'a>(&'a self, adapter: Option<&str>, train: bool) -> Result<Ctx<'a>> {
+        Ok(Ctx {
+            adapter: match adapter {
+                Some(n) => Some(self.adapter(n)?),
+                None => None,
+            },
+            train,
+        })
+    }
+
+    fn check_ids(&self, input_ids: &Tensor, mask: &Tensor) -> Result<()> {
+        let (s, m) = (input_ids.size(), mask.size());
+        if s.len() != 2 || s != m {
+            return Err(NnError::Argument(format!(
+                "input_ids {s:?} and attention_mask {m:?}: expected the same (batch, seq) shape"
+            )));
+        }
+        Ok(())
+    }
+
+    /// All-position forward: `input_ids` (b, s) i64, `attention_mask` (b, s) (1 = token,
+    /// 0 = pad; left or right padding) -> final hidden states (b, s, hidden) in the model
+    /// kind. `adapter` None = base (reference policy); `train` enables LoRA dropout. Runs
+    /// with grad unless the caller holds a `tch::no_grad_guard()`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        adapter: Option<&str>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_ids(input_ids, attention_mask)?;
+        let ctx = self.ctx(adapter, train)?;
+        match &self.body {
+            Body::Llama(m) => m.forward(input_ids, attention_mask, None, ctx),
+            Body::Gpt2(m) => m.forward(input_ids, attention_mask, None, ctx),
+        }
+    }
+
+    /// Decode step: runs `input_ids` (b, t) with mask (b, t) of the NEW tokens after what
+    /// `cache` holds, appends their keys/values, returns hidden (b, t, hidden). Use t =
+    /// prompt length for the prefill, then t = 1.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+        adapter: Option<&str>,
+    ) -> Result<Tensor> {
+        self.check_ids(input_ids, attention_mask)?;
+        let ctx = self.ctx(adapter, false)?;
+        match &self.body {
+            Body::Llama(m) => m.forward(input_ids, attention_mask, Some(cache), ctx),
+            Body::Gpt2(m) => m.forward(input_ids, attention_mask, Some(cache), ctx),
+        }
+    }
+
+    /// LM logits (b, s, vocab) in the model kind from hidden states (b, s, hidden).
+    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = match (&self.lm_head, &self.body) {
+            (Some(w), _) => w,
+            (None, _) if !self.cfg.tie_word_embeddings => {
+                return Err(NnError::Argument(
+                    "this model has no LM head (a sequence-classification checkpoint): it can score, not generate"
+                        .into(),
+                ))
+            }
+            (None, Body::Llama(m)) => &m.embed_tokens,
+            (None, Body::Gpt2(m)) => &m.wte,
+        };
+        Ok(hidden.linear::<Tensor>(w, None))
+    }
+
+    /// Scalar head values (b, s) in f32 at every position: the adapter's head, or with
+    /// `adapter` None the base's `score` (a *ForSequenceClassification checkpoint).
+    pub fn head(&self, adapter: Option<&str>, hidden: &Tensor) -> Result<Tensor> {
+        match adapter {
+            Some(name) => match &self.adapter(name)?.head {
+                Some(h) => Ok(h.forward(hidden)),
+                None => Err(NnError::Adapter {
+                    name: name.into(),
+                    message: "has no score/value head (add it with a HeadKind, or load a SEQ_CLS adapter)".into(),
+                }),
+            },
+            None => match &self.base_head {
+                Some(w) => Ok(Head { kind: HeadKind::Score, weight: w.shallow_clone() }.forward(hidden)),
+                None => Err(NnError::Argument(
+                    "the base model has no `score` head; pass a reward/value adapter".into(),
+                )),
+            },
+        }
+    }
+}

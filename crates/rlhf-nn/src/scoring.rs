@@ -1,0 +1,119 @@
+//! All-position scoring of (prompt, response) batches: next-token log-probabilities,
+//! entropies and head values, with grad when `train` is true (no grad otherwise). Log-softmax
+//! runs in f32 whatever the model dtype.
+
+use tch::{Kind, Tensor};
+
+use crate::batch::SeqBatch;
+use crate::error::Result;
+use crate::Model;
+
+/// What one forward pass produced; each per-position tensor is (b, L-1) f32.
+pub struct Outputs {
+    /// log p(next token).
+    pub logprobs: Tensor,
+    /// Entropy of the next-token distribution (when asked).
+    pub entropy: Option<Tensor>,
+    /// Head value at each position (when asked; needs an adapter head).
+    pub values: Option<Tensor>,
+}
+
+/// One forward producing log-probs, and optionally entropies and head values.
+pub fn forward_outputs(
+    model: &Model,
+    adapter: Option<&str>,
+    batch: &SeqBatch,
+    train: bool,
+    entropy: bool,
+    values: bool,
+) -> Result<Outputs> {
+    let _guard = if train {
+        None
+    } else {
+        Some(tch::no_grad_guard())
+    };
+    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let l = hidden.size()[1];
+    let h = hidden.narrow(1, 0, l - 1);
+    let logits = model.lm_logits(&h)?.to_kind(Kind::Float);
+    let lse = logits.logsumexp([-1], false);
+    let picked = logits
+        .gather(-1, &batch.targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let logprobs = picked - &lse;
+    let entropy = if entropy {
+        let p = logits.softmax(-1, Kind::Float);
+        Some(&lse - (p * &logits).sum_dim_intlist(-1, false, Kind::Float))
+    } else {
+        None
+    };
+    let values = if values {
+        Some(model.head(adapter, &h)?)
+    } else {
+        None
+    };
+    Ok(Outputs {
+        logprobs,
+        entropy,
+        values,
+    })
+}
+
+/// log p(next token) at every position (b, L-1).
+pub fn token_logprobs(
+    model: &Model,
+    adapter: Option<&str>,
+    batch: &SeqBatch,
+    train: bool,
+) -> Result<Tensor> {
+    Ok(forward_outputs(model, adapter, batch, train, false, false)?.logprobs)
+}
+
+/// (log p(next token), entropy) at every position, each (b, L-1).
+pub fn token_logprobs_entropy(
+    model: &Model,
+    adapter: Option<&str>,
+    batch: &SeqBatch,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    let o = forward_outputs(model, adapter, batch, train, true, false)?;
+    let e = o.entropy.unwrap_or_else(|| Tensor::zeros_like(&o.logprobs));
+    Ok((o.logprobs, e))
+}
+
+/// Head values at positions 0..L-1 (b, L-1): the value of the state before each next token.
+pub fn token_values(
+    model: &Model,
+    adapter: Option<&str>,
+    batch: &SeqBatch,
+    train: bool,
+) -> Result<Tensor> {
+    let _guard = if train {
+        None
+    } else {
+        Some(tch::no_grad_guard())
+    };
+    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let l = hidden.size()[1];
+    model.head(adapter, &hidden.narrow(1, 0, l - 1))
+}
+
+/// Head value at each row's last token (b,) f32: a reward model's score (transformers'
+/// *ForSequenceClassification reads the last non-pad token the same way).
+pub fn last_token_scores(
+    model: &Model,
+    adapter: Option<&str>,
+    batch: &SeqBatch,
+    train: bool,
+) -> Result<Tensor> {
+    let _guard = if train {
+        None
+    } else {
+        Some(tch::no_grad_guard())
+    };
+    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let h = hidden.size()[2];
+    let idx = batch.last_index.view([-1, 1, 1]).expand([-1, 1, h], false);
+    let last = hidden.gather(1, &idx, false); // (b, 1, h)
+    Ok(model.head(adapter, &last)?.squeeze_dim(1))
+}
