@@ -1,0 +1,269 @@
+//! Value tests on small random models (no Python needed): LoRA algebra (a fresh adapter is
+//! the base exactly, merged equals unmerged), adapter and model round trips through disk,
+//! KV-cache decoding against full forwards, padding invariance, and load errors.
+
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::generate::{generate, SamplingParams};
+use rlhf_nn::scoring::{last_token_scores, token_logprobs};
+use rlhf_nn::{HeadKind, LoraConfig, Model, ModelConfig};
+use tch::{Device, Kind, Tensor};
+
+fn model(preset: &str) -> Model {
+    let mut cfg = ModelConfig::preset(preset).unwrap();
+    cfg.vocab_size = 97;
+    Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap()
+}
+
+fn ids() -> (Tensor, Tensor) {
+    let ids = Tensor::from_slice(&[5i64, 9, 17, 3, 44, 2, 8, 61, 7, 7, 1, 90]).view([2, 6]);
+    let mask = Tensor::ones([2, 6], (Kind::Int64, Device::Cpu));
+    (ids, mask)
+}
+
+fn logits(m: &Model, adapter: Option<&str>) -> Tensor {
+    let _g = tch::no_grad_guard();
+    let (ids, mask) = ids();
+    m.lm_logits(&m.forward(&ids, &mask, adapter, false).unwrap())
+        .unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Makes B non-zero so the adapter changes the output.
+fn perturb(m: &Model, name: &str) {
+    let _g = tch::no_grad_guard();
+    for (i, (n, t)) in m
+        .adapter_named_parameters(name)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        if n.contains("lora_B") {
+            let r = rlhf_nn::rng::normal_tensor(i as u64, &n, &t.size(), 0.2);
+            t.shallow_clone().copy_(&r);
+        }
+    }
+}
+
+fn lora(targets: &[&str]) -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 12.0, // alpha != r: a wrong scale cannot hide behind B = 0 checks
+        dropout: 0.1,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        use_rslora: false,
+    }
+}
+
+#[test]
+fn fresh_adapter_is_the_base_exactly_and_merge_matches() {
+    for (preset, targets) in [
+        ("llama-tiny", vec!["all-linear"]),
+        ("qwen2-tiny", vec!["q_proj", "v_proj"]),
+        ("gpt2-tiny", vec!["c_attn", "c_fc"]),
+    ] {
+        let mut m = model(preset);
+        let base = logits(&m, None);
+        m.add_adapter("p", &lora(&targets), None, 11).unwrap();
+        let fresh = logits(&m, Some("p"));
+        assert_eq!(
+            max_diff(&base, &fresh),
+            0.0,
+            "{preset}: fresh adapter differs from base"
+        );
+        perturb(&m, "p");
+        let adapted = logits(&m, Some("p"));
+        assert!(
+            max_diff(&base, &adapted) > 1e-3,
+            "{preset}: perturbed adapter has no effect"
+        );
+        // The base is untouched by the adapter (reference policy = adapter off).
+        assert_eq!(max_diff(&base, &logits(&m, None)), 0.0);
+        // Round trip through a PEFT folder.
+        let dir = tempfile::tempdir().unwrap();
+        m.save_adapter("p", dir.path()).unwrap();
+        m.load_adapter("q", dir.path()).unwrap();
+        assert_eq!(
+            max_diff(&adapted, &logits(&m, Some("q"))),
+            0.0,
+            "{preset}: reloaded adapter differs"
+        );
+        // Merge: W + scale B A equals the unmerged adapter.
+        m.merge_adapter("p").unwrap();
+        let merged = logits(&m, None);
+        assert!(
+            max_diff(&adapted, &merged) < 1e-4,
+            "{preset}: merged differs by {}",
+            max_diff(&adapted, &merged)
+        );
+        // Merged model saved and reloaded gives the same logits.
+        let mdir = tempfile::tempdir().unwrap();
+        m.save_pretrained(mdir.path()).unwrap();
+        let back = Model::load(mdir.path(), Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(
+            max_diff(&merged, &logits(&back, None)),
+            0.0,
+            "{preset}: save/load changed logits"
+        );
+    }
+}
+
+#[test]
+fn rslora_scale_and_grad_flow() {
+    let mut c = lora(&["q_proj"]);
+    assert_eq!(c.scale(), 3.0);
+    c.use_rslora = true;
+    assert_eq!(c.scale(), 6.0);
+    let mut m = model("llama-tiny");
+    m.add_adapter("p", &c, Some(HeadKind::Value), 1).unwrap();
+    for (_, t) in m.base_parameters() {
+        assert!(!t.requires_grad(), "base tensors must be frozen");
+    }
+    let params = m.adapter_parameters("p").unwrap();
+    assert!(params.iter().all(Tensor::requires_grad));
+    let batch = SeqBatch::new(&[(vec![1, 2, 3], vec![4, 5])], 0, Device::Cpu).unwrap();
+    let lp = token_logprobs(&m, Some("p"), &batch, true).unwrap();
+    (lp * &batch.response_mask).sum(Kind::Float).backward();
+    let a_grad = params[0].grad();
+    assert!(a_grad.defined());
+    // B = 0 so A's gradient is zero and B's is not.
+    assert_eq!(a_grad.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert!(params[1].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+#[test]
+fn kv_cache_greedy_matches_full_forward_and_padding() {
+    for preset in ["llama-tiny", "gpt2-tiny"] {
+        let m = model(preset);
+        let prompts = vec![vec![5, 9, 17], vec![3, 44, 2, 8, 61, 7], vec![90]];
+        let params = SamplingParams {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let batched = generate(&m, None, &prompts, &[0, 1, 2], &params, 0, None).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            // Alone (no padding) with the cache.
+            let alone = generate(&m, None, &[p.clone()], &[9], &params, 0, None).unwrap();
+            assert_eq!(
+                alone[0].tokens, batched[i].tokens,
+                "{preset}: padding changed greedy output"
+            );
+            // Without the cache: argmax of a full forward, token by token.
+            let _g = tch::no_grad_guard();
+            let mut seq: Vec<i64> = p.iter().map(|&t| t as i64).collect();
+            for (k, &tok) in batched[i].tokens.iter().enumerate() {
+                let n = seq.len() as i64;
+                let ids = Tensor::from_slice(&seq).view([1, n]);
+                let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
+                let l = m
+                    .lm_logits(&m.forward(&ids, &mask, None, false).unwrap())
+                    .unwrap()
+                    .select(1, n - 1);
+                assert_eq!(
+                    l.argmax(-1, false).int64_value(&[0]),
+                    tok as i64,
+                    "{preset}: step {k}"
+                );
+                let lp = l
+                    .log_softmax(-1, Kind::Float)
+                    .double_value(&[0, tok as i64]);
+                assert!((lp - batched[i].logprobs[k] as f64).abs() < 1e-4);
+                seq.push(tok as i64);
+            }
+        }
+    }
+}
+
+#[test]
+fn sampling_is_seeded_per_sequence() {
+    let m = model("llama-tiny");
+    let params = SamplingParams {
+        max_new_tokens: 10,
+        temperature: 1.0,
+        top_k: 20,
+        top_p: 0.9,
+        ..Default::default()
+    };
+    let p = vec![vec![5, 9, 17], vec![3, 44]];
+    let a = generate(&m, None, &p, &[7, 8], &params, 0, None).unwrap();
+    let b = generate(&m, None, &[p[1].clone()], &[8], &params, 0, None).unwrap();
+    assert_eq!(a[1].tokens, b[0].tokens);
+    let c = generate(&m, None, &p, &[7, 8], &params, 0, None).unwrap();
+    assert_eq!(a, c);
+    // EOS ends a sequence and is kept; a stop callback ends another.
+    let eos = a[0].tokens[2];
+    let pe = SamplingParams {
+        eos_ids: vec![eos],
+        ..params.clone()
+    };
+    let e = generate(&m, None, &p[..1], &[7], &pe, 0, None).unwrap();
+    assert_eq!(
+        e[0].tokens,
+        a[0].tokens[..=a[0].tokens.iter().position(|&t| t == eos).unwrap()]
+    );
+    assert_eq!(e[0].finish.as_str(), "eos");
+    let stop = |_: usize, toks: &[i32]| toks.len() == 4;
+    let s = generate(&m, None, &p[..1], &[7], &params, 0, Some(&stop)).unwrap();
+    assert_eq!((s[0].tokens.len(), s[0].finish.as_str()), (4, "stop"));
+}
+
+#[test]
+fn scores_ignore_right_padding() {
+    let mut m = model("llama-tiny");
+    m.add_adapter("rm", &lora(&["q_proj", "v_proj"]), Some(HeadKind::Score), 5)
+        .unwrap();
+    let rows = vec![(vec![1, 2, 3], vec![4, 5, 6, 7]), (vec![8, 9], vec![10])];
+    let both = last_token_scores(
+        &m,
+        Some("rm"),
+        &SeqBatch::new(&rows, 0, Device::Cpu).unwrap(),
+        false,
+    )
+    .unwrap();
+    let one = last_token_scores(
+        &m,
+        Some("rm"),
+        &SeqBatch::new(&rows[1..], 0, Device::Cpu).unwrap(),
+        false,
+    )
+    .unwrap();
+    assert!((both.double_value(&[1]) - one.double_value(&[0])).abs() < 1e-5);
+    assert!(m
+        .head(None, &Tensor::zeros([1, 1, 64], (Kind::Float, Device::Cpu)))
+        .is_err());
+}
+
+#[test]
+fn load_errors_name_files_and_tensors() {
+    let m = model("llama-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    m.save_pretrained(dir.path()).unwrap();
+    // Wrong shape in config: the message names the tensor and both shapes.
+    let cfg_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"intermediate_size\": 172", "\"intermediate_size\": 100");
+    std::fs::write(&cfg_path, text).unwrap();
+    let err = Model::load(dir.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("gate_proj.weight") && err.contains("[100, 64]") && err.contains("[172, 64]"),
+        "{err}"
+    );
+    // Pickle only.
+    let p = tempfile::tempdir().unwrap();
+    std::fs::copy(&cfg_path, p.path().join("config.json")).unwrap();
+    std::fs::write(p.path().join("pytorch_model.bin"), b"x").unwrap();
+    let err = Model::load(p.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("pytorch_model.bin") && err.to_string().contains("safetensors")
+    );
+    assert!(rlhf_nn::is_bad_input(&err));
+}
