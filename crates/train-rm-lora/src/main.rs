@@ -1,28 +1,17 @@
-//! train-rm-lora: Train a reward model: LoRA adapter plus scalar score head on a frozen base, from preferences and/or ratings.
+//! train-rm-lora: parse the command line, start logging, run the stage, map the error to
+//! the documented exit code (0 ok, 1 failure, 2 usage, 3 bad input data).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// Train a reward model: LoRA adapter plus scalar score head on a frozen base, from preferences and/or ratings.
-#[derive(Debug, Parser)]
-#[command(
-    name = "train-rm-lora",
-    version,
-    about,
-    long_about = "Bradley-Terry on pairs (soft labels, ties, ranking groups), BCE on thumbs, LoRA or --full; writes a PEFT adapter folder with the score head and reward normalisation, and metrics."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use rlhf_core::cli;
+use train_rm_lora::args::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.global.init();
     cli::finish(
-        cli::not_implemented("train-rm-lora"),
-        &[rlhf_nn::is_bad_input],
+        train_rm_lora::run::run(&cli),
+        &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input],
     )
 }

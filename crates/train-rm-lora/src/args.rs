@@ -1,0 +1,262 @@
+//! The command line of train-rm-lora: every flag with its `///` doc (the --help text) and
+//! default. Raw flags only; `settings` validates them before any heavy work.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use rlhf_core::cli::GlobalArgs;
+
+/// Learning-rate decay after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// Constant after warmup.
+    Constant,
+    /// Linear decay to zero at the last step.
+    Linear,
+    /// Cosine decay to zero at the last step.
+    Cosine,
+}
+
+/// How the pairs of one ranking group are weighted in the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupWeighting {
+    /// A K-way ranking counts as one example: each of its C(K,2) pairs gets weight/C(K,2)
+    /// (InstructGPT, Ouyang et al. 2022), so large groups do not dominate.
+    PerGroup,
+    /// Every pair counts fully (its `weight` column only).
+    PerPair,
+}
+
+/// Train a reward model: LoRA adapter plus scalar score head on a frozen base, from
+/// preferences and/or ratings.
+#[derive(Debug, Parser)]
+#[command(
+    name = "train-rm-lora",
+    version,
+    about,
+    long_about = "Train a reward model on a frozen base: LoRA adapter on the attention projections plus a \
+fully trainable scalar score head (or --full: every weight), from preference pairs (Bradley-Terry with soft \
+labels; ties = 0.5; all pairs of a ranking group in one batch; optional margin) and/or ratings (thumbs: \
+binary cross-entropy). Writes a PEFT SEQ_CLS adapter folder with rlhf_state.json (reward normalisation) and \
+metrics.parquet.\n\nExit codes: 0 success, 1 failure (incl. NaN/inf loss), 2 usage, 3 bad input data \
+(schema, rows, tokenizer mismatch)."
+)]
+#[command(group(ArgGroup::new("data").required(true).multiple(true).args(["preferences", "ratings"])))]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(flatten)]
+    pub model: rlhf_nn::ModelArgs,
+
+    /// Preference pairs (preferences artifact: file, folder of part files, or glob).
+    /// Rows with split=eval are held out for evaluation.
+    #[arg(long, value_name = "PARQUET")]
+    pub preferences: Option<PathBuf>,
+
+    /// Pointwise ratings (ratings artifact), trained with binary cross-entropy; `rating`
+    /// must lie in [0, 1] (thumbs up 1, down 0, or a probability).
+    #[arg(long, value_name = "PARQUET")]
+    pub ratings: Option<PathBuf>,
+
+    /// Output adapter folder (written atomically). With --ensemble N, members go to
+    /// OUT/member-0 ... OUT/member-{N-1} and OUT/ensemble.json lists them.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub lora_rank: usize,
+
+    /// LoRA alpha (the adapter branch is scaled by alpha/r).
+    #[arg(long, default_value_t = 16.0, value_parser = positive_f64)]
+    pub lora_alpha: f64,
+
+    /// LoRA dropout on the adapter input during training.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub lora_dropout: f64,
+
+    /// Comma-separated module names that get LoRA. Default: the attention projections of
+    /// the architecture (q_proj,k_proj,v_proj,o_proj for Llama; c_attn,attn.c_proj for GPT-2).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub target_modules: Option<Vec<String>>,
+
+    /// Train every base weight plus the score head instead of LoRA (the PERL comparison).
+    /// Same code path; the output folder is a full *ForSequenceClassification model.
+    #[arg(long)]
+    pub full: bool,
+
+    /// Passes over the training data (the run stops at --max-steps if that comes first).
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub epochs: usize,
+
+    /// Stop after this many optimiser steps (default: as many as --epochs give).
+    #[arg(long, value_parser = positive)]
+    pub max_steps: Option<usize>,
+
+    /// Examples per micro-batch: preference pairs plus ratings. A ranking group is never
+    /// split, so a batch holding one can be larger.
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub batch_size: usize,
+
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub grad_accum: usize,
+
+    /// Peak learning rate of AdamW.
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
+    pub learning_rate: f64,
+
+    /// AdamW weight decay (decoupled), applied to every trainable tensor.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    pub weight_decay: f64,
+
+    /// Linear warmup steps from 0 to --learning-rate.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+
+    /// Learning-rate decay after warmup.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Linear)]
+    pub schedule: ScheduleArg,
+
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    pub max_grad_norm: f64,
+
+    /// Longest prompt+response in tokens; longer sequences lose prompt tokens from the left
+    /// first, then response tokens from the right (counts are logged and recorded).
+    #[arg(long, default_value_t = 512, value_parser = positive)]
+    pub max_seq_len: usize,
+
+    /// Label smoothing epsilon: targets y become y(1-eps) + eps/2.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub label_smoothing: f64,
+
+    /// Noise-robust likelihood: P(chosen) = (1-EPS) sigmoid(r_c - r_r) + EPS/2, i.e. the
+    /// labeller answers at random with probability EPS (Christiano et al. 2017 use 0.1).
+    #[arg(long, value_name = "EPS", default_value_t = 0.0, value_parser = fraction)]
+    pub noise_robust: f64,
+
+    /// Margin scale: the logit becomes r_c - r_r - SCALE*margin*(2*label-1), using the
+    /// `margin` column (null = 0; Llama 2). Ties get no margin. 0 = off.
+    #[arg(long, value_name = "SCALE", default_value_t = 0.0, value_parser = non_negative)]
+    pub margin: f64,
+
+    /// Reward-centering coefficient: adds COEF * mean((r_c + r_r)^2) over pairs
+    /// (Eisenstein et al. 2023), keeping rewards near zero. 0 = off.
+    #[arg(long, value_name = "COEF", default_value_t = 0.0, value_parser = non_negative)]
+    pub center_coef: f64,
+
+    /// Weight of the ratings (BCE) loss relative to the pair loss.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    pub ratings_weight: f64,
+
+    /// How pairs expanded from one ranking group (same group_id) are weighted.
+    #[arg(long, value_enum, default_value_t = GroupWeighting::PerGroup)]
+    pub group_weighting: GroupWeighting,
+
+    /// Train N reward models on bootstrap resamples of the training data (Christiano et al.
+    /// 2017), written as OUT/member-0 ... OUT/member-{N-1}.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive)]
+    pub ensemble: usize,
+
+    /// Reference set for reward normalisation: a preferences file (its chosen responses),
+    /// a ratings file (its responses) or a rollouts file (its responses). Default: the
+    /// chosen responses of the eval pairs (else of all pairs, else the rated responses).
+    #[arg(long, value_name = "PARQUET")]
+    pub normalize_with: Option<PathBuf>,
+
+    /// Also store a scale so normalised rewards on the reference set have std 1.
+    #[arg(long)]
+    pub normalize_scale: bool,
+
+    /// Evaluate on the eval split every N optimiser steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+
+    /// Write a resumable checkpoint every N optimiser steps (0 = never) into OUT.checkpoint/.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+
+    /// Continue from OUT.checkpoint/ when it exists (same flags and data required).
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
+    #[arg(long)]
+    pub keep_checkpoint: bool,
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a finite number"))
+    }
+}
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is negative; expected a number >= 0"))
+    }
+}
+
+/// A finite number > 0.
+fn positive_f64(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be > 0"))
+    }
+}
+
+/// A probability in [0, 1).
+fn fraction(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside [0, 1)"))
+    }
+}
+
+/// An integer >= 1.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("`{s}` is not a whole number >= 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_well_formed_and_ranges_are_enforced() {
+        Cli::command().debug_assert();
+        let base = ["train-rm-lora", "--model", "m", "--out", "o"];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        // Neither preferences nor ratings: usage error.
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--preferences", "p.parquet"]).is_ok());
+        assert!(parse(&["--ratings", "r.parquet", "--noise-robust", "1.5"]).is_err());
+        assert!(parse(&["--ratings", "r.parquet", "--batch-size", "0"]).is_err());
+        assert!(parse(&["--ratings", "r.parquet", "--learning-rate", "nan"]).is_err());
+        let cli = parse(&["--preferences", "p", "--target-modules", "q_proj,v_proj"]).unwrap();
+        assert_eq!(cli.target_modules, Some(vec!["q_proj".into(), "v_proj".into()]));
+        assert_eq!(cli.lora_rank, 8);
+        assert_eq!(cli.group_weighting, GroupWeighting::PerGroup);
+    }
+}

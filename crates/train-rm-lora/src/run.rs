@@ -1,0 +1,307 @@
+//! The stage: validated settings from the command line, data loading, one training run
+//! per ensemble member on the one shared base, normalisation, and the atomic output folder
+//! (PEFT files, rlhf_state.json, metrics.parquet, lineage.json; ensemble.json and
+//! member-k/ folders with --ensemble N).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rlhf_algo::optim::AdamWConfig;
+use rlhf_algo::schedule::ScheduleKind;
+use rlhf_core::atomic::AtomicDir;
+use rlhf_core::error::CoreError;
+use rlhf_core::lineage::Lineage;
+use rlhf_core::metrics::MetricsLog;
+use rlhf_core::schema::Artifact;
+use rlhf_core::tokenizer::Tokenizer;
+use rlhf_nn::config::Arch;
+use rlhf_nn::lora::LoraConfig;
+use rlhf_nn::Model;
+use serde_json::json;
+use tracing::info;
+
+use crate::args::{Cli, ScheduleArg};
+use crate::batching::{bootstrap, groups};
+use crate::data::{self, Encoder, TrainData};
+use crate::loss::LossConfig;
+use crate::reward_model::{RewardModel, Tuning};
+use crate::state::{self, EnsembleIndex, Reference, RewardState, STATE_VERSION};
+use crate::train::{train_member, Job, TrainConfig};
+
+/// Stage name in metrics and lineage.
+pub const STAGE: &str = "train-rm-lora";
+
+/// The default LoRA targets: the attention projections of the architecture.
+pub fn default_targets(arch: Arch) -> Vec<String> {
+    let names: &[&str] = match arch {
+        Arch::Llama => &["q_proj", "k_proj", "v_proj", "o_proj"],
+        Arch::Gpt2 => &["c_attn", "attn.c_proj"],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The checkpoint folder of an output folder: `OUT.checkpoint` beside it.
+pub fn checkpoint_root(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "rm".into());
+    out.with_file_name(format!("{name}.checkpoint"))
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    CoreError::Usage(msg).into()
+}
+
+/// Checks what can be checked before loading anything heavy.
+fn precheck(cli: &Cli) -> Result<()> {
+    if cli.full && cli.ensemble > 1 {
+        bail!(usage("--full with --ensemble N would train N full copies of the base; use LoRA members (drop --full)".into()));
+    }
+    if !cli.model.model.join("config.json").is_file() {
+        return Err(CoreError::BadInput {
+            path: cli.model.model.clone(),
+            row: None,
+            message: "not a model folder: config.json is missing".into(),
+        }
+        .into());
+    }
+    for (flag, p) in [("--preferences", &cli.preferences), ("--ratings", &cli.ratings), ("--normalize-with", &cli.normalize_with)] {
+        if let Some(p) = p {
+            rlhf_core::parquet_io::resolve_inputs(p).with_context(|| format!("{flag} {}", p.display()))?;
+        }
+    }
+    if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder of --out {}", cli.out.display()))?;
+    }
+    Ok(())
+}
+
+fn train_config(cli: &Cli) -> TrainConfig {
+    TrainConfig {
+        epochs: cli.epochs,
+        max_steps: cli.max_steps,
+        batch_size: cli.batch_size,
+        grad_accum: cli.grad_accum,
+        adamw: AdamWConfig {
+            lr: cli.learning_rate,
+            weight_decay: cli.weight_decay,
+            ..AdamWConfig::default()
+        },
+        schedule: match cli.schedule {
+            ScheduleArg::Constant => ScheduleKind::Constant,
+            ScheduleArg::Linear => ScheduleKind::Linear,
+            ScheduleArg::Cosine => ScheduleKind::Cosine,
+        },
+        warmup_steps: cli.warmup_steps,
+        max_grad_norm: cli.max_grad_norm,
+        eval_every: cli.eval_every,
+        checkpoint_every: cli.checkpoint_every,
+        seed: cli.global.seed,
+        loss: LossConfig {
+            label_smoothing: cli.label_smoothing,
+            noise_robust: cli.noise_robust,
+            margin_scale: cli.margin,
+            center_coef: cli.center_coef,
+        },
+        ratings_weight: cli.ratings_weight,
+    }
+}
+
+/// Everything that must be equal for a checkpoint to be resumed.
+fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value {
+    json!({
+        "inputs": lineage.inputs.iter().map(|i| json!([i.role, i.blake3])).collect::<Vec<_>>(),
+        "member": member,
+        "seed": cli.global.seed,
+        "full": cli.full,
+        "lora": [cli.lora_rank, cli.lora_alpha, cli.lora_dropout, cli.target_modules],
+        "optim": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum, cli.learning_rate,
+                  cli.weight_decay, cli.warmup_steps, format!("{:?}", cli.schedule), cli.max_grad_norm],
+        "data": [cli.max_seq_len, format!("{:?}", cli.group_weighting), cli.ensemble],
+        "loss": [cli.label_smoothing, cli.noise_robust, cli.margin, cli.center_coef, cli.ratings_weight],
+        "dtype": format!("{:?}", cli.model.dtype),
+    })
+}
+
+/// Copies the regular files of `from` into `to`.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let dst = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &dst)
+                .with_context(|| format!("copying {} to {}", entry.path().display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the stage.
+pub fn run(cli: &Cli) -> Result<()> {
+    precheck(cli)?;
+    rlhf_nn::init_threads(cli.global.threads);
+    let model_dir = &cli.model.model;
+    let tokenizer = Tokenizer::from_dir(model_dir)
+        .with_context(|| format!("loading the tokenizer of {}", model_dir.display()))?;
+    let mut enc = Encoder {
+        tokenizer: &tokenizer,
+        max_seq_len: cli.max_seq_len,
+        truncated: 0,
+    };
+    let mut lineage = Lineage::new(STAGE, env!("CARGO_PKG_VERSION"), Artifact::Metrics)
+        .with_tokenizer(Some(tokenizer.hash().to_string()));
+    lineage.add_input("model", model_dir)?;
+    let mut data = TrainData::default();
+    if let Some(p) = &cli.preferences {
+        let n = data::load_preferences(p, &mut enc, model_dir, &mut data)?;
+        info!(rows = n, file = %p.display(), "preferences");
+        for f in rlhf_core::parquet_io::resolve_inputs(p)? {
+            lineage.add_input("preferences", &f)?;
+        }
+    }
+    if let Some(p) = &cli.ratings {
+        let n = data::load_ratings(p, &mut enc, model_dir, &mut data)?;
+        info!(rows = n, file = %p.display(), "ratings");
+        for f in rlhf_core::parquet_io::resolve_inputs(p)? {
+            lineage.add_input("ratings", &f)?;
+        }
+    }
+    data.train.apply_group_weighting(cli.group_weighting);
+    data.eval.apply_group_weighting(cli.group_weighting);
+    if data.train.is_empty() {
+        return Err(CoreError::BadInput {
+            path: cli.preferences.clone().or(cli.ratings.clone()).unwrap_or_default(),
+            row: None,
+            message: "no training rows: every row has split=eval (or the file is empty)".into(),
+        }
+        .into());
+    }
+    let (reference, ref_source) = match &cli.normalize_with {
+        Some(p) => {
+            let seqs = data::load_reference(p, &mut enc, model_dir)?;
+            lineage.add_input("normalize-with", p)?;
+            (seqs, format!("file {}", p.display()))
+        }
+        None => {
+            let (seqs, what) = data::default_reference(&data);
+            (seqs, what.to_string())
+        }
+    };
+    data.truncated = enc.truncated;
+    if data.truncated > 0 {
+        tracing::warn!(sequences = data.truncated, max_seq_len = cli.max_seq_len, "sequences truncated");
+    }
+    info!(
+        train_pairs = data.train.pairs.len(),
+        train_ratings = data.train.ratings.len(),
+        eval_pairs = data.eval.pairs.len(),
+        eval_ratings = data.eval.ratings.len(),
+        sequences = data.train.seqs.len() + data.eval.seqs.len(),
+        "data"
+    );
+
+    let device = cli.model.device()?;
+    let mut model = Model::load(model_dir, device, cli.model.kind())
+        .with_context(|| format!("loading the base model {}", model_dir.display()))?;
+    model.set_base_name(Some(model_dir.display().to_string()));
+    let base_id = model.base_id();
+    let arch = model.config().arch;
+    let lora = LoraConfig {
+        r: cli.lora_rank as i64,
+        alpha: cli.lora_alpha,
+        dropout: cli.lora_dropout,
+        target_modules: cli.target_modules.clone().unwrap_or_else(|| default_targets(arch)),
+        use_rslora: false,
+    };
+    let tuning = if cli.full { Tuning::Full(lora) } else { Tuning::Lora(lora) };
+    let cfg = train_config(cli);
+    let pad_id = tokenizer.pad_id as i64;
+    let ck_root = checkpoint_root(&cli.out);
+    let out = AtomicDir::new(&cli.out)?;
+    let all_groups = groups(&data.train);
+    let mut all_metrics = MetricsLog::new(STAGE, 0);
+    let mut summary = Vec::new();
+    for member in 0..cli.ensemble {
+        let name = state::member_dir_name(member);
+        let target = if cli.ensemble > 1 { out.path().join(&name) } else { out.path().to_path_buf() };
+        let done_dir = ck_root.join(format!("{name}.done"));
+        if cli.ensemble > 1 && cli.resume && done_dir.join(state::STATE_FILE).is_file() {
+            info!(member, "member finished before the interruption; reusing it");
+            copy_files(&done_dir, &target)?;
+            let log = MetricsLog::read(&done_dir.join("metrics.parquet"), STAGE, member as i32)?;
+            all_metrics.rows.extend(log.rows);
+            summary.push(json!({"member": member, "reused": true}));
+            continue;
+        }
+        let rm = RewardModel::attach(&mut model, &name, tuning.clone(), pad_id, cli.global.seed.wrapping_add(member as u64))?;
+        let member_groups = if cli.ensemble > 1 { bootstrap(&all_groups, cli.global.seed, member) } else { all_groups.clone() };
+        let job = Job {
+            cfg: &cfg,
+            train: &data.train,
+            groups: member_groups,
+            eval: &data.eval,
+            checkpoint_dir: ck_root.join(&name),
+            resume: cli.resume,
+            member,
+            fingerprint: fingerprint(cli, &lineage, member),
+        };
+        let outcome = train_member(&rm, &job, member as i32)?;
+        let raw = rm.score_all(&reference, cli.batch_size * 2)?;
+        let (bias, scale, raw_mean, raw_std) = RewardState::constants(&raw, cli.normalize_scale);
+        let st = RewardState {
+            format_version: STATE_VERSION,
+            kind: "reward_model".into(),
+            reward_formula: "reward = (raw + reward_bias) * reward_scale".into(),
+            reward_bias: bias,
+            reward_scale: scale,
+            base_id: base_id.clone(),
+            tokenizer_hash: tokenizer.hash().to_string(),
+            base_model: model_dir.display().to_string(),
+            full: cli.full,
+            steps: outcome.steps,
+            member,
+            ensemble_size: cli.ensemble,
+            reference: Reference { source: ref_source.clone(), count: reference.len(), raw_mean, raw_std },
+            eval: outcome.eval.iter().cloned().collect(),
+        };
+        rm.save(&target)?;
+        rm.detach()?;
+        st.write(&target)?;
+        let mut member_lineage = lineage.clone();
+        member_lineage.extra.insert("member".into(), json!(member));
+        member_lineage.extra.insert("truncated_sequences".into(), json!(data.truncated));
+        member_lineage.extra.insert("eval".into(), json!(st.eval));
+        outcome.metrics.write(&target.join("metrics.parquet"), &member_lineage)?;
+        rlhf_core::atomic::write_file(&target.join("lineage.json"), member_lineage.to_json().as_bytes())?;
+        if cli.ensemble > 1 && cli.checkpoint_every > 0 {
+            let staging = AtomicDir::new(&done_dir)?;
+            copy_files(&target, staging.path())?;
+            staging.commit()?;
+        }
+        all_metrics.rows.extend(outcome.metrics.rows);
+        summary.push(json!({"member": member, "steps": outcome.steps, "eval": st.eval,
+                            "reward_bias": bias, "reward_scale": scale}));
+    }
+    if cli.ensemble > 1 {
+        let index = EnsembleIndex {
+            members: (0..cli.ensemble).map(state::member_dir_name).collect(),
+            resampling: "bootstrap of training groups (with replacement, same size), seeded by --seed and member index".into(),
+        };
+        rlhf_core::atomic::write_file(
+            &out.path().join(state::ENSEMBLE_FILE),
+            (serde_json::to_string_pretty(&index)? + "\n").as_bytes(),
+        )?;
+        all_metrics.write(&out.path().join("metrics.parquet"), &lineage)?;
+        rlhf_core::atomic::write_file(&out.path().join("lineage.json"), lineage.to_json().as_bytes())?;
+    }
+    let path = out.commit()?;
+    if ck_root.exists() && !cli.keep_checkpoint {
+        std::fs::remove_dir_all(&ck_root).with_context(|| format!("removing {}", ck_root.display()))?;
+    }
+    info!(out = %path.display(), "reward model written");
+    println!("{}", json!({"out": path.display().to_string(), "members": summary}));
+    Ok(())
+}
