@@ -1,25 +1,18 @@
-//! init-model: Train a byte-level BPE tokenizer and write a Hugging Face model folder with random weights.
+//! init-model: train a byte-level BPE tokenizer and write a Hugging Face model folder with
+//! random weights. Thin entry point: parse, validate, run, map the error to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// Train a byte-level BPE tokenizer and write a Hugging Face model folder with random weights.
-#[derive(Debug, Parser)]
-#[command(
-    name = "init-model",
-    version,
-    about,
-    long_about = "Trains a tokenizer on a text column of a Parquet file and writes a Llama-family or GPT-2 model folder (config.json, model.safetensors, tokenizer files) with random weights, for the embedded default."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use init_model::{Cli, Settings};
+use rlhf_core::cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.global.init();
-    cli::finish(cli::not_implemented("init-model"), &[rlhf_nn::is_bad_input])
+    let args = Cli::parse();
+    args.global.init();
+    rlhf_nn::init_threads(args.global.threads);
+    let result = Settings::from_cli(&args)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| init_model::run(&s));
+    cli::finish(result, &[rlhf_nn::is_bad_input])
 }

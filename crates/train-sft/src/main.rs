@@ -1,25 +1,18 @@
-//! train-sft: Supervised fine-tuning (full or LoRA) on an sft file.
+//! train-sft: supervised fine-tuning (full or LoRA) on an sft file. Thin entry point:
+//! parse, validate, run, map the error to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// Supervised fine-tuning (full or LoRA) on an sft file.
-#[derive(Debug, Parser)]
-#[command(
-    name = "train-sft",
-    version,
-    about,
-    long_about = "Trains on completion tokens only (prompt masked), with AdamW, warmup and decay, gradient clipping, checkpoints and --resume. Writes a model folder (full) or a PEFT adapter folder (LoRA)."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use rlhf_core::cli;
+use train_sft::{Cli, Settings};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.global.init();
-    cli::finish(cli::not_implemented("train-sft"), &[rlhf_nn::is_bad_input])
+    let args = Cli::parse();
+    args.global.init();
+    rlhf_nn::init_threads(args.global.threads);
+    let result = Settings::from_cli(&args)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| train_sft::run(&s).map(|_| ()));
+    cli::finish(result, &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input])
 }

@@ -1,0 +1,231 @@
+//! The sft file as token sequences: each row becomes (prompt tokens, completion tokens),
+//! the completion ending with EOS so the model learns to stop. Token columns written by
+//! prep-data are used when the file's lineage names this model's tokenizer; otherwise the
+//! text is tokenized here. A file tokenized for another tokenizer is refused, naming both.
+//! Rows are split by their `split` column: `train` trains, `eval` measures.
+
+use std::path::Path;
+
+use rlhf_core::error::{CoreError, Result};
+use rlhf_core::lineage::Lineage;
+use rlhf_core::parquet_io::read_records;
+use rlhf_core::records::{Message, SftRow};
+use rlhf_core::tokenizer::Tokenizer;
+
+/// One training example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Prompt tokens (with BOS when the tokenizer adds one); never trained on.
+    pub prompt: Vec<i32>,
+    /// Completion tokens (ending with EOS unless truncated); the loss is on these.
+    pub completion: Vec<i32>,
+}
+
+impl Example {
+    /// Total tokens.
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.completion.len()
+    }
+
+    /// True when the example has no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where the tokens came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The file's prompt_tokens / completion_tokens columns.
+    Columns,
+    /// Tokenized here from the text columns.
+    Text,
+}
+
+/// The examples of an sft file, with counts for the log and the lineage.
+#[derive(Debug, Clone)]
+pub struct SftData {
+    pub train: Vec<Example>,
+    pub eval: Vec<Example>,
+    pub source: TokenSource,
+    /// Rows whose split was neither `train` nor `eval` (not used; counted).
+    pub other_split: usize,
+    /// Examples shortened to fit --max-seq-len.
+    pub truncated: usize,
+    /// The file's tokenizer hash, when its lineage records one.
+    pub data_tokenizer: Option<String>,
+}
+
+/// Loads and tokenizes the sft file at `path` for a model whose tokenizer is `tok` and
+/// whose vocabulary has `vocab_size` entries; examples are cut to `max_seq_len` tokens.
+pub fn load(
+    path: &Path,
+    tok: &Tokenizer,
+    vocab_size: usize,
+    max_seq_len: usize,
+) -> Result<SftData> {
+    let (rows, ds) = read_records::<SftRow>(path)?;
+    let data_tokenizer = ds.tokenizer_hash()?;
+    Lineage::check_tokenizer(
+        &path.display().to_string(),
+        data_tokenizer.as_deref(),
+        &tok.path().display().to_string(),
+        tok.hash(),
+    )?;
+    let use_columns = data_tokenizer.is_some()
+        && rows
+            .iter()
+            .all(|r| r.prompt_tokens.is_some() && r.completion_tokens.is_some());
+    let eos = tok.eos_id().map(|e| e as i32);
+    let chat = tok.chat()?;
+    let mut data = SftData {
+        train: Vec::new(),
+        eval: Vec::new(),
+        source: if use_columns {
+            TokenSource::Columns
+        } else {
+            TokenSource::Text
+        },
+        other_split: 0,
+        truncated: 0,
+        data_tokenizer,
+    };
+    let bad = |row: usize, message: String| CoreError::BadInput {
+        path: path.to_path_buf(),
+        row: Some(row),
+        message,
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let target = match row.split.as_str() {
+            "train" => &mut data.train,
+            "eval" => &mut data.eval,
+            _ => {
+                data.other_split += 1;
+                continue;
+            }
+        };
+        let (prompt, mut completion) = match (&row.prompt_tokens, &row.completion_tokens) {
+            (Some(p), Some(c)) if use_columns => (p.clone(), c.clone()),
+            _ => {
+                let (prompt_text, completion_text) = texts(row, &chat).map_err(|m| bad(i, m))?;
+                (
+                    tok.encode(&prompt_text, true)?,
+                    tok.encode(&completion_text, false)?,
+                )
+            }
+        };
+        if let Some(e) = eos {
+            if completion.last() != Some(&e) {
+                completion.push(e);
+            }
+        }
+        if let Some(t) = prompt
+            .iter()
+            .chain(&completion)
+            .find(|&&t| t < 0 || t as usize >= vocab_size)
+        {
+            return Err(bad(
+                i,
+                format!("token id {t} outside the model's vocabulary [0, {vocab_size})"),
+            ));
+        }
+        let mut ex = Example { prompt, completion };
+        if truncate(&mut ex, max_seq_len) {
+            data.truncated += 1;
+        }
+        if ex.completion.is_empty() {
+            return Err(bad(i, "no completion tokens".to_string()));
+        }
+        target.push(ex);
+    }
+    if data.train.is_empty() {
+        return Err(CoreError::BadInput {
+            path: path.to_path_buf(),
+            row: None,
+            message: format!(
+                "no rows with split `train` ({} rows, {} eval, {} other)",
+                rows.len(),
+                data.eval.len(),
+                data.other_split
+            ),
+        });
+    }
+    Ok(data)
+}
+
+/// The prompt and completion text of a row. A row with an empty prompt and a message list
+/// is rendered with the chat template: every message before the last assistant turn is the
+/// prompt (with the generation prompt), the last assistant turn is the completion unless
+/// the completion column is set.
+fn texts(
+    row: &SftRow,
+    chat: &rlhf_core::chat::ChatTemplate,
+) -> std::result::Result<(String, String), String> {
+    match &row.messages {
+        Some(msgs) if row.prompt.is_empty() && !msgs.is_empty() => {
+            let last_assistant = msgs.iter().rposition(|m| m.role == "assistant");
+            let (context, reply): (&[Message], Option<&Message>) = match last_assistant {
+                Some(k) => (&msgs[..k], Some(&msgs[k])),
+                None => (&msgs[..], None),
+            };
+            let prompt = chat
+                .render(context, true)
+                .map_err(|e| format!("messages: {e}"))?;
+            let completion = if row.completion.is_empty() {
+                reply
+                    .map(|m| m.content.clone())
+                    .ok_or("messages have no assistant turn and `completion` is empty")?
+            } else {
+                row.completion.clone()
+            };
+            Ok((prompt, completion))
+        }
+        _ => Ok((row.prompt.clone(), row.completion.clone())),
+    }
+}
+
+/// Cuts an example to `max_len` tokens: the prompt loses tokens from its start (keeping
+/// at least half the budget when the completion is long), then the completion loses
+/// tokens from its end. Returns whether anything was cut.
+pub fn truncate(ex: &mut Example, max_len: usize) -> bool {
+    if ex.len() <= max_len {
+        return false;
+    }
+    let keep_prompt = ex
+        .prompt
+        .len()
+        .min(max_len.saturating_sub(ex.completion.len()).max(max_len / 2));
+    let drop = ex.prompt.len() - keep_prompt;
+    ex.prompt.drain(..drop);
+    ex.completion.truncate(max_len - ex.prompt.len());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(p: usize, c: usize) -> Example {
+        Example {
+            prompt: (0..p as i32).collect(),
+            completion: (100..100 + c as i32).collect(),
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_the_prompt_end_and_the_completion_start() {
+        let mut e = ex(10, 4);
+        assert!(!truncate(&mut e, 14));
+        assert!(truncate(&mut e, 8));
+        assert_eq!(e.prompt, vec![6, 7, 8, 9]);
+        assert_eq!(e.completion, vec![100, 101, 102, 103]);
+        let mut e = ex(10, 20);
+        assert!(truncate(&mut e, 8));
+        assert_eq!(e.prompt, vec![6, 7, 8, 9]);
+        assert_eq!(e.completion, vec![100, 101, 102, 103]);
+        let mut e = ex(2, 20);
+        assert!(truncate(&mut e, 8));
+        assert_eq!(e.prompt, vec![0, 1]);
+        assert_eq!(e.completion.len(), 6);
+    }
+}

@@ -1,0 +1,68 @@
+//! The output folder, written atomically: full tuning gives a model folder (config.json,
+//! model.safetensors, the input model's tokenizer and generation files), LoRA gives a PEFT
+//! adapter folder (adapter_config.json, adapter_model.safetensors). Both get
+//! `metrics.parquet` (long form) and `lineage.json`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rlhf_core::atomic::AtomicDir;
+use rlhf_core::lineage::Lineage;
+use rlhf_core::metrics::MetricsLog;
+use rlhf_nn::Model;
+
+/// Files copied from the input model folder into a full-tuning output (when present).
+pub const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Metrics file inside the output folder.
+pub const METRICS_FILE: &str = "metrics.parquet";
+/// Lineage file inside the output folder.
+pub const LINEAGE_FILE: &str = "lineage.json";
+
+/// Writes the trained model (`adapter` None) or adapter to `out`.
+pub fn write(
+    out: &Path,
+    model: &Model,
+    adapter: Option<&str>,
+    model_dir: &Path,
+    metrics: &MetricsLog,
+    lineage: &Lineage,
+) -> Result<()> {
+    let dir = AtomicDir::new(out)?;
+    match adapter {
+        None => {
+            model
+                .save_pretrained(dir.path())
+                .with_context(|| format!("writing the model into {}", dir.path().display()))?;
+            for name in COPIED_FILES {
+                let src = model_dir.join(name);
+                if src.is_file() {
+                    let dst = dir.path().join(name);
+                    std::fs::copy(&src, &dst).with_context(|| {
+                        format!("copying {} to {}", src.display(), dst.display())
+                    })?;
+                }
+            }
+        }
+        Some(name) => model
+            .save_adapter(name, dir.path())
+            .with_context(|| format!("writing the adapter into {}", dir.path().display()))?,
+    }
+    metrics
+        .write(
+            &dir.path().join(METRICS_FILE),
+            &lineage.for_artifact(rlhf_core::schema::Artifact::Metrics),
+        )
+        .context("writing metrics")?;
+    let lineage_path = dir.path().join(LINEAGE_FILE);
+    std::fs::write(&lineage_path, lineage.to_json() + "\n")
+        .with_context(|| format!("writing {}", lineage_path.display()))?;
+    dir.commit()?;
+    Ok(())
+}

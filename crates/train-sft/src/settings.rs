@@ -1,0 +1,278 @@
+//! Flags become validated settings in one place, before any model is loaded: ranges,
+//! flag combinations, the model folder and the output location are checked here.
+
+use std::path::{Path, PathBuf};
+
+use rlhf_algo::optim::AdamWConfig;
+use rlhf_algo::schedule::ScheduleKind;
+use rlhf_core::error::CoreError;
+
+use crate::args::Cli;
+
+/// LoRA settings (the target modules are resolved against the model family later).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoraSettings {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Empty: the family's default.
+    pub target_modules: Vec<String>,
+}
+
+/// Everything the trainer needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub model_dir: PathBuf,
+    pub device: tch::Device,
+    pub kind: tch::Kind,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// Checkpoint folder beside the output: `OUT.ckpt`.
+    pub ckpt_dir: PathBuf,
+    pub lora: Option<LoraSettings>,
+    pub epochs: u64,
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub grad_accum: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    pub schedule: ScheduleKind,
+    pub min_lr_fraction: f64,
+    pub max_grad_norm: f64,
+    pub max_seq_len: usize,
+    pub weight_decay: f64,
+    pub adam_beta2: f64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub resume: bool,
+    pub stop_after_steps: Option<u64>,
+    pub keep_checkpoint: bool,
+    pub seed: u64,
+}
+
+fn usage(msg: String) -> CoreError {
+    CoreError::Usage(msg)
+}
+
+/// The checkpoint folder of an output folder: `OUT.ckpt` beside it.
+pub fn ckpt_dir_for(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "out".into());
+    name.push(".ckpt");
+    out.with_file_name(name)
+}
+
+impl Settings {
+    /// Validates the command line.
+    pub fn from_cli(cli: &Cli) -> Result<Settings, CoreError> {
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(usage(format!("--{name} must be at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("batch-size", cli.batch_size)?;
+        positive("grad-accum", cli.grad_accum)?;
+        positive("max-seq-len", cli.max_seq_len)?;
+        if cli.max_seq_len < 2 {
+            return Err(usage("--max-seq-len must be at least 2".into()));
+        }
+        if cli.max_steps == Some(0) {
+            return Err(usage("--max-steps must be at least 1".into()));
+        }
+        if cli.stop_after_steps == Some(0) {
+            return Err(usage("--stop-after-steps must be at least 1".into()));
+        }
+        if cli.max_steps.is_none() && cli.epochs == 0 {
+            return Err(usage("--epochs must be at least 1".into()));
+        }
+        if !(cli.learning_rate > 0.0 && cli.learning_rate.is_finite()) {
+            return Err(usage(format!(
+                "--learning-rate must be a number > 0, got {}",
+                cli.learning_rate
+            )));
+        }
+        if !(0.0..=1.0).contains(&cli.min_lr_fraction) {
+            return Err(usage(format!(
+                "--min-lr-fraction must be in [0, 1], got {}",
+                cli.min_lr_fraction
+            )));
+        }
+        if !(cli.max_grad_norm >= 0.0) {
+            return Err(usage(format!(
+                "--max-grad-norm must be >= 0 (0 disables clipping), got {}",
+                cli.max_grad_norm
+            )));
+        }
+        if !(cli.weight_decay >= 0.0) {
+            return Err(usage(format!(
+                "--weight-decay must be >= 0, got {}",
+                cli.weight_decay
+            )));
+        }
+        if !(0.0..1.0).contains(&cli.adam_beta2) {
+            return Err(usage(format!(
+                "--adam-beta2 must be in [0, 1), got {}",
+                cli.adam_beta2
+            )));
+        }
+        let lora = match cli.lora_rank {
+            None => {
+                let lora_only = cli.lora_alpha.is_some()
+                    || cli.lora_dropout != 0.0
+                    || !cli.target_modules.is_empty();
+                if lora_only {
+                    return Err(usage(
+                        "--lora-alpha, --lora-dropout and --target-modules need --lora-rank (without it the whole model is trained)".into(),
+                    ));
+                }
+                None
+            }
+            Some(r) if r < 1 => {
+                return Err(usage(format!("--lora-rank must be at least 1, got {r}")))
+            }
+            Some(rank) => {
+                if !(0.0..1.0).contains(&cli.lora_dropout) {
+                    return Err(usage(format!(
+                        "--lora-dropout must be in [0, 1), got {}",
+                        cli.lora_dropout
+                    )));
+                }
+                let alpha = cli.lora_alpha.unwrap_or(2.0 * rank as f64);
+                if !(alpha > 0.0 && alpha.is_finite()) {
+                    return Err(usage(format!("--lora-alpha must be > 0, got {alpha}")));
+                }
+                Some(LoraSettings {
+                    rank,
+                    alpha,
+                    dropout: cli.lora_dropout,
+                    target_modules: cli.target_modules.clone(),
+                })
+            }
+        };
+        let model_dir = cli.model.model.clone();
+        if !model_dir.join("config.json").is_file() {
+            return Err(CoreError::BadInput {
+                path: model_dir.clone(),
+                row: None,
+                message: "not a model folder: config.json is missing".into(),
+            });
+        }
+        if !model_dir.join("tokenizer.json").is_file() {
+            return Err(CoreError::BadInput {
+                path: model_dir.clone(),
+                row: None,
+                message: "the model folder has no tokenizer.json\n  hint: train-sft tokenizes with the model's own tokenizer".into(),
+            });
+        }
+        if cli.out.is_file() {
+            return Err(usage(format!(
+                "--out {} is a file; give a folder path",
+                cli.out.display()
+            )));
+        }
+        if same_path(&cli.out, &model_dir) {
+            return Err(usage(format!(
+                "--out {} is the input model folder; write to a new folder",
+                cli.out.display()
+            )));
+        }
+        let schedule_needs_total = cli.schedule != ScheduleKind::Constant;
+        if schedule_needs_total {
+            if let Some(steps) = cli.max_steps {
+                if steps <= cli.warmup_steps {
+                    return Err(usage(format!(
+                        "--schedule {} needs --max-steps ({steps}) greater than --warmup-steps ({})",
+                        cli.schedule, cli.warmup_steps
+                    )));
+                }
+            }
+        }
+        let device = cli.model.device().map_err(|e| usage(e.to_string()))?;
+        Ok(Settings {
+            model_dir,
+            device,
+            kind: cli.model.kind(),
+            data: cli.data.clone(),
+            out: cli.out.clone(),
+            ckpt_dir: ckpt_dir_for(&cli.out),
+            lora,
+            epochs: cli.epochs,
+            max_steps: cli.max_steps,
+            batch_size: cli.batch_size,
+            eval_batch_size: cli.eval_batch_size.unwrap_or(cli.batch_size).max(1),
+            grad_accum: cli.grad_accum,
+            learning_rate: cli.learning_rate,
+            warmup_steps: cli.warmup_steps,
+            schedule: cli.schedule,
+            min_lr_fraction: cli.min_lr_fraction,
+            max_grad_norm: cli.max_grad_norm,
+            max_seq_len: cli.max_seq_len,
+            weight_decay: cli.weight_decay,
+            adam_beta2: cli.adam_beta2,
+            eval_every: cli.eval_every,
+            checkpoint_every: cli.checkpoint_every,
+            resume: cli.resume,
+            stop_after_steps: cli.stop_after_steps,
+            keep_checkpoint: cli.keep_checkpoint,
+            seed: cli.global.seed,
+        })
+    }
+
+    /// AdamW settings for a parameter group (`decay`: matrices; otherwise norms, biases).
+    pub fn adamw(&self, decay: bool) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.learning_rate,
+            beta1: 0.9,
+            beta2: self.adam_beta2,
+            eps: 1e-8,
+            weight_decay: if decay { self.weight_decay } else { 0.0 },
+        }
+    }
+
+    /// The settings that must match when resuming (everything that shapes the result),
+    /// as JSON stored in the checkpoint.
+    pub fn fingerprint(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lora": self.lora,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
+            "min_lr_fraction": self.min_lr_fraction,
+            "max_grad_norm": self.max_grad_norm,
+            "max_seq_len": self.max_seq_len,
+            "weight_decay": self.weight_decay,
+            "adam_beta2": self.adam_beta2,
+            "seed": self.seed,
+        })
+    }
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_folder_sits_beside_the_output() {
+        assert_eq!(
+            ckpt_dir_for(Path::new("runs/demo/sft")),
+            PathBuf::from("runs/demo/sft.ckpt")
+        );
+        assert_eq!(ckpt_dir_for(Path::new("sft/")), PathBuf::from("sft.ckpt"));
+    }
+}
