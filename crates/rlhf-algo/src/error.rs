@@ -43,7 +43,13 @@ pub enum AlgoError {
     },
     /// An error from the core crate (atomic folders, metrics).
     #[error(transparent)]
-    Core(#[from] rlhf_core::CoreError),
+    Core(Box<rlhf_core::CoreError>),
+}
+
+impl From<rlhf_core::CoreError> for AlgoError {
+    fn from(e: rlhf_core::CoreError) -> Self {
+        AlgoError::Core(Box::new(e))
+    }
 }
 
 impl AlgoError {

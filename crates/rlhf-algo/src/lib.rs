@@ -2,9 +2,15 @@
 //! losses and advantages (PPO/GAE, REINFORCE with baseline, RLOO, GRPO), KL estimators and
 //! control, AdamW with serialisable state, learning-rate schedules, checkpoints.
 
+pub mod advantages;
 pub mod checkpoint;
 pub mod error;
+pub mod kl;
+pub mod kl_control;
+pub mod masked;
 pub mod optim;
+pub mod policy_loss;
+pub mod rm_loss;
 pub mod schedule;
 
 pub use error::{ensure_finite, is_bad_input, AlgoError, Result};

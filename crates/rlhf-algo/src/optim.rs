@@ -184,7 +184,7 @@ impl AdamW {
             let g = g.to_kind(Kind::Float);
             let mut p = s.param.to_kind(Kind::Float);
             if weight_decay != 0.0 {
-                p = p * (1.0 - lr * weight_decay);
+                p *= 1.0 - lr * weight_decay;
             }
             let _ = s.exp_avg.g_mul_scalar_(beta1);
             let _ = s.exp_avg.g_add_(&(&g * (1.0 - beta1)));
