@@ -1,5 +1,6 @@
-//! report: Plot and summarise a run folder: reward-model accuracy, proxy and gold reward, KL, lengths, win rate.
+//! report: plot and summarise a run folder (thin CLI over `report::run`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,9 +12,21 @@ use rlhf_core::cli::{self, GlobalArgs};
     name = "report",
     version,
     about,
-    long_about = "Reads a run folder (metrics and scores Parquet files) and writes PNG and SVG plots, summary.md, summary.html and summary.json. Does not need libtorch."
+    long_about = "Reads a run folder and writes PNG and SVG plots, summary.md, a self-contained summary.html and summary.json (headline figures: rm_eval_accuracy, gold_win_rate_vs_sft, kl_to_sft, gold_reward_sft, gold_reward_final, seconds per stage). Does not need libtorch or a system font.\n\nThe run folder must hold rm/metrics.parquet and final/{sft,policy}_{rollouts,scores}.parquet; iter-NNN/ folders, timings.jsonl and the full-tuning variants (rm-full/, final-full/, iter-NNN/policy-full/) are used when present."
 )]
 struct Cli {
+    /// Run folder written by a pipeline (e.g. runs/demo).
+    #[arg(long, value_name = "DIR")]
+    run_dir: PathBuf,
+    /// Output folder, replaced as a whole when the report is complete. Default: <run-dir>/report.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Number of held-out prompts shown with SFT and final responses side by side.
+    #[arg(long, default_value_t = 5)]
+    examples: usize,
+    /// Print summary.json on stdout as well.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     global: GlobalArgs,
 }
@@ -21,5 +34,24 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.global.init();
-    cli::finish(cli::not_implemented("report"), &[])
+    let settings = report::Settings {
+        out_dir: cli
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| cli.run_dir.join("report")),
+        run_dir: cli.run_dir.clone(),
+        examples: cli.examples,
+    };
+    let result = report::run(&settings).and_then(|summary| {
+        tracing::info!(
+            "wrote {} (gold win rate vs SFT {:.3})",
+            settings.out_dir.display(),
+            summary.gold_win_rate_vs_sft
+        );
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Ok(())
+    });
+    cli::finish(result, &[])
 }

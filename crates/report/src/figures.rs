@@ -1,0 +1,396 @@
+//! The report's numbers: per-iteration means, KL to the SFT model, the gold win rate of
+//! the final policy over SFT, the PERL comparison, and the headline summary (summary.json).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use rlhf_core::CoreError;
+use serde::Serialize;
+
+use crate::run_dir::{Metrics, RunData, Sampled};
+
+/// Metric names read from reward-model metrics, first present wins.
+pub const RM_EVAL_ACCURACY: [&str; 3] = ["eval_accuracy", "eval/accuracy", "eval_acc"];
+/// Training accuracy of the reward model.
+pub const RM_TRAIN_ACCURACY: [&str; 3] = ["accuracy", "train_accuracy", "train/accuracy"];
+/// Training loss.
+pub const TRAIN_LOSS: [&str; 3] = ["loss", "train_loss", "train/loss"];
+/// Evaluation loss.
+pub const EVAL_LOSS: [&str; 2] = ["eval_loss", "eval/loss"];
+/// Peak resident memory of a training stage, in bytes (maximum over rows).
+pub const PEAK_MEMORY: &str = "peak_rss_bytes";
+/// Wall time per optimiser step, in seconds (mean over rows).
+pub const STEP_TIME: &str = "seconds_per_step";
+
+/// Mean of the present values.
+pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// The proxy-reward column: `rm` when the scores have it, else `reward`.
+pub fn proxy_column(s: &Sampled) -> &'static str {
+    if s.has_source("rm") {
+        "rm"
+    } else {
+        "reward"
+    }
+}
+
+/// Mean of a score column over rollouts that have a value.
+pub fn mean_score(s: &Sampled, column: &str) -> Option<f64> {
+    mean((0..s.rollouts.len()).filter_map(|i| s.score(i, column).map(f64::from)))
+}
+
+/// Mean over rollouts of sum_t(logprobs - ref_logprobs): the sampled estimate of
+/// KL(policy || SFT). Rollouts without ref_logprobs are left out; None when none have them.
+pub fn kl_to_ref(s: &Sampled) -> Option<f64> {
+    mean(s.rollouts.iter().filter_map(|r| {
+        r.ref_logprobs.as_ref().map(|refs| {
+            r.logprobs
+                .iter()
+                .zip(refs)
+                .map(|(&lp, &rp)| f64::from(lp) - f64::from(rp))
+                .sum::<f64>()
+        })
+    }))
+}
+
+/// Mean response length in tokens.
+pub fn mean_length(s: &Sampled) -> Option<f64> {
+    mean(s.rollouts.iter().map(|r| r.response_tokens.len() as f64))
+}
+
+/// Figures of one policy iteration.
+#[derive(Debug, Clone, Serialize)]
+pub struct IterationFigures {
+    pub iteration: u32,
+    pub rollouts: usize,
+    pub proxy_column: &'static str,
+    pub proxy_reward: Option<f64>,
+    pub gold_reward: Option<f64>,
+    pub kl_to_sft: Option<f64>,
+    pub response_length: Option<f64>,
+}
+
+/// Computes the figures of one iteration's rollouts.
+pub fn iteration_figures(iteration: u32, s: &Sampled) -> IterationFigures {
+    let proxy = proxy_column(s);
+    IterationFigures {
+        iteration,
+        rollouts: s.rollouts.len(),
+        proxy_column: proxy,
+        proxy_reward: mean_score(s, proxy),
+        gold_reward: mean_score(s, "gold"),
+        kl_to_sft: kl_to_ref(s),
+        response_length: mean_length(s),
+    }
+}
+
+/// Gold-judged comparison of a policy against SFT on the same prompts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WinRate {
+    /// (wins + ties / 2) / pairs.
+    pub rate: f64,
+    pub pairs: usize,
+    pub wins: usize,
+    pub ties: usize,
+    pub losses: usize,
+    /// Policy rollouts with no SFT rollout of the same prompt_id and sample_index.
+    pub unpaired_policy: usize,
+    /// SFT rollouts with no policy rollout of the same key.
+    pub unpaired_sft: usize,
+}
+
+/// (prompt_id, sample_index) -> rollout index, refusing duplicate keys.
+fn keyed(s: &Sampled) -> Result<BTreeMap<(String, i32), usize>> {
+    let mut out = BTreeMap::new();
+    for (i, r) in s.rollouts.iter().enumerate() {
+        let key = (r.prompt_id.clone(), r.sample_index);
+        if let Some(first) = out.insert(key, i) {
+            return Err(CoreError::BadInput {
+                path: s.rollouts_path.clone(),
+                row: Some(i),
+                message: format!(
+                    "prompt_id `{}` sample_index {} appears twice (rows {first} and {i}); pairs need one rollout per key",
+                    r.prompt_id, r.sample_index
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(out)
+}
+
+fn gold_of(s: &Sampled, i: usize) -> Result<f32> {
+    s.score(i, "gold").ok_or_else(|| {
+        CoreError::BadInput {
+            path: s.scores_path.clone(),
+            row: Some(s.score_index[i]),
+            message: format!(
+                "no `gold` score for rollout `{}`\n  hint: score the final rollouts with the gold function (score-rewards --gold ...)",
+                s.rollouts[i].rollout_id
+            ),
+        }
+        .into()
+    })
+}
+
+/// Policy and SFT rollouts matched by prompt_id and sample_index.
+#[derive(Debug, Clone)]
+pub struct Pairs {
+    /// (policy index, SFT index), in key order.
+    pub paired: Vec<(usize, usize)>,
+    pub unpaired_policy: usize,
+    pub unpaired_sft: usize,
+}
+
+/// The pairs of (policy index, SFT index) with the same prompt_id and sample_index.
+pub fn pairs(policy: &Sampled, sft: &Sampled) -> Result<Pairs> {
+    let p = keyed(policy)?;
+    let s = keyed(sft)?;
+    let paired: Vec<(usize, usize)> = p
+        .iter()
+        .filter_map(|(k, &i)| s.get(k).map(|&j| (i, j)))
+        .collect();
+    Ok(Pairs {
+        unpaired_policy: p.len() - paired.len(),
+        unpaired_sft: s.len() - paired.len(),
+        paired,
+    })
+}
+
+/// Win rate of `policy` over `sft` under the gold score: win 1, tie 0.5, loss 0.
+pub fn gold_win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
+    let Pairs {
+        paired,
+        unpaired_policy,
+        unpaired_sft,
+    } = pairs(policy, sft)?;
+    if paired.is_empty() {
+        return Err(CoreError::Mismatch {
+            what: "prompt",
+            left_name: policy.rollouts_path.display().to_string(),
+            left: format!("{} rollouts", policy.rollouts.len()),
+            right_name: sft.rollouts_path.display().to_string(),
+            right: format!("{} rollouts, none with the same prompt_id and sample_index", sft.rollouts.len()),
+            hint: "sample the final policy and the SFT model on the same held-out prompts with the same --samples-per-prompt".into(),
+        }
+        .into());
+    }
+    let (mut wins, mut ties, mut losses) = (0, 0, 0);
+    for &(i, j) in &paired {
+        let (gp, gs) = (gold_of(policy, i)?, gold_of(sft, j)?);
+        if gp > gs {
+            wins += 1;
+        } else if gp == gs {
+            ties += 1;
+        } else {
+            losses += 1;
+        }
+    }
+    Ok(WinRate {
+        rate: (wins as f64 + 0.5 * ties as f64) / paired.len() as f64,
+        pairs: paired.len(),
+        wins,
+        ties,
+        losses,
+        unpaired_policy,
+        unpaired_sft,
+    })
+}
+
+/// Resources and quality of one training variant (LoRA or full) of one stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Variant {
+    /// RM eval accuracy or policy gold win rate.
+    pub quality: Option<f64>,
+    pub peak_rss_bytes: Option<f64>,
+    pub seconds_per_step: Option<f64>,
+}
+
+/// LoRA against full tuning, for the reward model and the policy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PerlTable {
+    pub rm_lora: Variant,
+    pub rm_full: Option<Variant>,
+    pub policy_lora: Variant,
+    pub policy_full: Option<Variant>,
+}
+
+fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>) {
+    let peak = metrics
+        .iter()
+        .filter_map(|m| m.max(PEAK_MEMORY))
+        .reduce(f64::max);
+    let step = mean(metrics.iter().filter_map(|m| m.mean(STEP_TIME)));
+    (peak, step)
+}
+
+fn rm_variant(m: &Metrics) -> Variant {
+    let (peak_rss_bytes, seconds_per_step) = resources(&[m]);
+    Variant {
+        quality: m.first_present(&RM_EVAL_ACCURACY).and_then(|n| m.last(n)),
+        peak_rss_bytes,
+        seconds_per_step,
+    }
+}
+
+/// The PERL table, when the run has a full-tuning variant of either stage.
+pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTable>> {
+    let full_policy_metrics: Vec<&Metrics> = run
+        .iterations
+        .iter()
+        .filter_map(|i| i.full_policy_metrics.as_ref())
+        .collect();
+    if run.rm_full.is_none() && run.final_full_policy.is_none() && full_policy_metrics.is_empty() {
+        return Ok(None);
+    }
+    let lora_policy_metrics: Vec<&Metrics> = run
+        .iterations
+        .iter()
+        .filter_map(|i| i.policy_metrics.as_ref())
+        .collect();
+    let (peak, step) = resources(&lora_policy_metrics);
+    let policy_full = if run.final_full_policy.is_some() || !full_policy_metrics.is_empty() {
+        let quality = match &run.final_full_policy {
+            Some(full) => Some(gold_win_rate(full, &run.final_sft)?.rate),
+            None => None,
+        };
+        let (peak_rss_bytes, seconds_per_step) = resources(&full_policy_metrics);
+        Some(Variant {
+            quality,
+            peak_rss_bytes,
+            seconds_per_step,
+        })
+    } else {
+        None
+    };
+    Ok(Some(PerlTable {
+        rm_lora: rm_variant(&run.rm),
+        rm_full: run.rm_full.as_ref().map(rm_variant),
+        policy_lora: Variant {
+            quality: Some(policy_win_rate),
+            peak_rss_bytes: peak,
+            seconds_per_step: step,
+        },
+        policy_full,
+    }))
+}
+
+/// The headline figures, written as summary.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rm_eval_accuracy: Option<f64>,
+    pub gold_win_rate_vs_sft: f64,
+    pub kl_to_sft: Option<f64>,
+    pub gold_reward_sft: Option<f64>,
+    pub gold_reward_final: Option<f64>,
+    pub proxy_reward_sft: Option<f64>,
+    pub proxy_reward_final: Option<f64>,
+    pub response_length_sft: Option<f64>,
+    pub response_length_final: Option<f64>,
+    pub win_rate: WinRate,
+    pub seconds_per_stage: Option<BTreeMap<String, f64>>,
+    pub total_seconds: Option<f64>,
+    pub iterations: Vec<IterationFigures>,
+    pub perl: Option<PerlTable>,
+    pub notes: Vec<String>,
+}
+
+/// Computes every figure of the report.
+pub fn summarise(run: &RunData) -> Result<Summary> {
+    let mut notes = run.notes.clone();
+    let rm_eval_accuracy = match run.rm.first_present(&RM_EVAL_ACCURACY) {
+        Some(name) => run.rm.last(name),
+        None => {
+            notes.push(format!(
+                "rm/metrics.parquet has no eval accuracy (looked for {}): rm_eval_accuracy is null",
+                RM_EVAL_ACCURACY.join(", ")
+            ));
+            None
+        }
+    };
+    let win_rate = gold_win_rate(&run.final_policy, &run.final_sft)?;
+    if win_rate.unpaired_policy + win_rate.unpaired_sft > 0 {
+        notes.push(format!(
+            "win rate over {} pairs; {} final-policy and {} SFT rollouts had no counterpart with the same prompt_id and sample_index",
+            win_rate.pairs, win_rate.unpaired_policy, win_rate.unpaired_sft
+        ));
+    }
+    let kl_to_sft = kl_to_ref(&run.final_policy);
+    if kl_to_sft.is_none() {
+        notes.push("final/policy_rollouts.parquet has no ref_logprobs: kl_to_sft is null".into());
+    }
+    let iterations: Vec<IterationFigures> = run
+        .iterations
+        .iter()
+        .filter_map(|it| it.sampled.as_ref().map(|s| iteration_figures(it.number, s)))
+        .collect();
+    let (seconds_per_stage, total_seconds) = match &run.timings {
+        Some(t) => (
+            Some(t.iter().cloned().collect::<BTreeMap<_, _>>()),
+            Some(t.iter().map(|(_, s)| s).sum()),
+        ),
+        None => (None, None),
+    };
+    let perl = perl_table(run, win_rate.rate)?;
+    Ok(Summary {
+        rm_eval_accuracy,
+        gold_win_rate_vs_sft: win_rate.rate,
+        kl_to_sft,
+        gold_reward_sft: mean_score(&run.final_sft, "gold"),
+        gold_reward_final: mean_score(&run.final_policy, "gold"),
+        proxy_reward_sft: mean_score(&run.final_sft, proxy_column(&run.final_sft)),
+        proxy_reward_final: mean_score(&run.final_policy, proxy_column(&run.final_policy)),
+        response_length_sft: mean_length(&run.final_sft),
+        response_length_final: mean_length(&run.final_policy),
+        win_rate,
+        seconds_per_stage,
+        total_seconds,
+        iterations,
+        perl,
+        notes,
+    })
+}
+
+/// One example prompt with the SFT and final-policy responses.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub prompt_id: String,
+    pub prompt: String,
+    pub sft: String,
+    pub policy: String,
+    pub sft_gold: Option<f32>,
+    pub policy_gold: Option<f32>,
+}
+
+/// The first `n` prompts (by prompt_id) with their lowest-sample_index pair.
+pub fn examples(run: &RunData, n: usize) -> Result<Vec<Example>> {
+    let paired = pairs(&run.final_policy, &run.final_sft)?.paired;
+    let (p, s) = (&run.final_policy, &run.final_sft);
+    let mut by_prompt: BTreeMap<&str, (i32, usize, usize)> = BTreeMap::new();
+    for (i, j) in paired {
+        let r = &p.rollouts[i];
+        let e = by_prompt
+            .entry(r.prompt_id.as_str())
+            .or_insert((r.sample_index, i, j));
+        if r.sample_index < e.0 {
+            *e = (r.sample_index, i, j);
+        }
+    }
+    Ok(by_prompt
+        .into_iter()
+        .take(n)
+        .map(|(id, (_, i, j))| Example {
+            prompt_id: id.to_string(),
+            prompt: p.rollouts[i].prompt.clone(),
+            sft: s.rollouts[j].response.clone(),
+            policy: p.rollouts[i].response.clone(),
+            sft_gold: s.score(j, "gold"),
+            policy_gold: p.score(i, "gold"),
+        })
+        .collect())
+}

@@ -1,0 +1,270 @@
+//! report: reads a run folder and writes plots (PNG and SVG), summary.md, a self-contained
+//! summary.html and summary.json with the headline figures. No libtorch, no system font.
+//!
+//! Figures: reward-model loss and accuracy over steps; per iteration the proxy reward
+//! (`rm` column of the scores, else `reward`), the gold reward (`gold`), the KL to the SFT
+//! model (mean over rollouts of sum_t(logprobs - ref_logprobs)) and the response length;
+//! the gold win rate of the final policy over SFT on held-out prompts (rollouts paired by
+//! prompt_id and sample_index, win 1, tie 0.5); examples; the PERL table (LoRA vs full)
+//! when the run has a full-tuning variant; seconds per stage from timings.jsonl.
+
+pub mod document;
+pub mod figures;
+pub mod glyph_backend;
+pub mod plots;
+pub mod run_dir;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rlhf_core::atomic::AtomicDir;
+
+use crate::document::{Block, Document};
+use crate::figures::{Example, PerlTable, Summary, Variant};
+use crate::run_dir::RunData;
+
+/// Validated settings of one report.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub run_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// Number of example prompts shown side by side.
+    pub examples: usize,
+}
+
+/// Reads the run folder, writes every output into `out_dir` (atomically, as one folder)
+/// and returns the summary.
+pub fn run(settings: &Settings) -> Result<Summary> {
+    let run = RunData::load(&settings.run_dir)?;
+    let summary = figures::summarise(&run)?;
+    let examples = figures::examples(&run, settings.examples)?;
+
+    let out = AtomicDir::new(&settings.out_dir)
+        .with_context(|| format!("creating {}", settings.out_dir.display()))?;
+    let rm_charts = plots::rm_charts(&run.rm)
+        .iter()
+        .map(|c| plots::render(c, out.path()))
+        .collect::<Result<Vec<_>>>()?;
+    let it_charts = plots::iteration_charts(&summary.iterations)
+        .iter()
+        .map(|c| plots::render(c, out.path()))
+        .collect::<Result<Vec<_>>>()?;
+    let doc = build_document(&run, &summary, &examples, rm_charts, it_charts);
+    write(out.path(), "summary.md", doc.to_markdown().as_bytes())?;
+    write(out.path(), "summary.html", doc.to_html().as_bytes())?;
+    let mut json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+    json.push('\n');
+    write(out.path(), "summary.json", json.as_bytes())?;
+    out.commit()?;
+    Ok(summary)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
+}
+
+/// A figure with a fixed number of decimals, or "n/a".
+fn fmt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or_else(
+        || "n/a".into(),
+        |v| format!("{:.0} MiB", v / (1024.0 * 1024.0)),
+    )
+}
+
+fn build_document(
+    run: &RunData,
+    s: &Summary,
+    examples: &[Example],
+    rm_charts: Vec<plots::Rendered>,
+    it_charts: Vec<plots::Rendered>,
+) -> Document {
+    let name = run.dir.file_name().map_or_else(
+        || run.dir.display().to_string(),
+        |n| n.to_string_lossy().to_string(),
+    );
+    let mut d = Document {
+        title: format!("RLHF run report: {name}"),
+        blocks: Vec::new(),
+    };
+    d.push(Block::Heading(1, "Headline".into()));
+    let w = &s.win_rate;
+    let rows = vec![
+        vec![
+            "reward-model eval accuracy".into(),
+            percent(s.rm_eval_accuracy),
+        ],
+        vec![
+            "gold win rate, final policy vs SFT".into(),
+            format!(
+                "{} ({} pairs; wins/ties/losses {}/{}/{})",
+                percent(Some(w.rate)),
+                w.pairs,
+                w.wins,
+                w.ties,
+                w.losses
+            ),
+        ],
+        vec![
+            "KL to the SFT model (nats per response)".into(),
+            fmt(s.kl_to_sft, 3),
+        ],
+        vec![
+            "gold reward: SFT -> final".into(),
+            format!(
+                "{} -> {}",
+                fmt(s.gold_reward_sft, 4),
+                fmt(s.gold_reward_final, 4)
+            ),
+        ],
+        vec![
+            "proxy reward: SFT -> final".into(),
+            format!(
+                "{} -> {}",
+                fmt(s.proxy_reward_sft, 4),
+                fmt(s.proxy_reward_final, 4)
+            ),
+        ],
+        vec![
+            "response length (tokens): SFT -> final".into(),
+            format!(
+                "{} -> {}",
+                fmt(s.response_length_sft, 1),
+                fmt(s.response_length_final, 1)
+            ),
+        ],
+        vec!["total stage time".into(), fmt(s.total_seconds, 1) + " s"],
+    ];
+    d.push(Block::Table(vec!["figure".into(), "value".into()], rows));
+
+    d.push(Block::Heading(1, "Reward model".into()));
+    if rm_charts.is_empty() {
+        d.push(Block::Para(
+            "rm/metrics.parquet records no loss or accuracy metric.".into(),
+        ));
+    }
+    d.blocks.extend(rm_charts.into_iter().map(Block::Chart));
+
+    d.push(Block::Heading(1, "Policy iterations".into()));
+    if s.iterations.is_empty() {
+        d.push(Block::Para(
+            "No iteration folders with rollouts and scores.".into(),
+        ));
+    } else {
+        let rows = s
+            .iterations
+            .iter()
+            .map(|f| {
+                vec![
+                    f.iteration.to_string(),
+                    f.rollouts.to_string(),
+                    format!("{} ({})", fmt(f.proxy_reward, 4), f.proxy_column),
+                    fmt(f.gold_reward, 4),
+                    fmt(f.kl_to_sft, 3),
+                    fmt(f.response_length, 1),
+                ]
+            })
+            .collect();
+        d.push(Block::Table(
+            [
+                "iteration",
+                "rollouts",
+                "proxy reward",
+                "gold reward",
+                "KL to SFT",
+                "length",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+        d.blocks.extend(it_charts.into_iter().map(Block::Chart));
+    }
+
+    d.push(Block::Heading(1, "Examples (held-out prompts)".into()));
+    for e in examples {
+        d.push(Block::Heading(2, format!("prompt {}", e.prompt_id)));
+        d.push(Block::Pre(e.prompt.clone()));
+        let gold = |g: Option<f32>| g.map_or_else(|| "n/a".into(), |g| format!("{g:.3}"));
+        d.push(Block::Table(
+            vec![
+                format!("SFT (gold {})", gold(e.sft_gold)),
+                format!("final policy (gold {})", gold(e.policy_gold)),
+            ],
+            vec![vec![e.sft.clone(), e.policy.clone()]],
+        ));
+    }
+
+    if let Some(p) = &s.perl {
+        perl_section(&mut d, p);
+    }
+    if let Some(t) = &run.timings {
+        d.push(Block::Heading(1, "Time per stage".into()));
+        let rows = t
+            .iter()
+            .map(|(stage, secs)| vec![stage.clone(), format!("{secs:.1}")]);
+        d.push(Block::Table(
+            vec!["stage".into(), "seconds".into()],
+            rows.collect(),
+        ));
+    }
+    if !s.notes.is_empty() {
+        d.push(Block::Heading(1, "Notes".into()));
+        d.push(Block::List(s.notes.clone()));
+    }
+    d
+}
+
+fn perl_section(d: &mut Document, p: &PerlTable) {
+    d.push(Block::Heading(1, "PERL: LoRA vs full tuning".into()));
+    let row = |stage: &str, variant: &str, quality: String, v: &Variant| {
+        vec![
+            stage.to_string(),
+            variant.to_string(),
+            quality,
+            mib(v.peak_rss_bytes),
+            fmt(v.seconds_per_step, 3),
+        ]
+    };
+    let mut rows = vec![row(
+        "reward model",
+        "LoRA",
+        percent(p.rm_lora.quality),
+        &p.rm_lora,
+    )];
+    if let Some(f) = &p.rm_full {
+        rows.push(row("reward model", "full", percent(f.quality), f));
+    }
+    rows.push(row(
+        "policy",
+        "LoRA",
+        percent(p.policy_lora.quality),
+        &p.policy_lora,
+    ));
+    if let Some(f) = &p.policy_full {
+        rows.push(row("policy", "full", percent(f.quality), f));
+    }
+    d.push(Block::Table(
+        [
+            "stage",
+            "tuning",
+            "quality",
+            "peak memory",
+            "seconds per step",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ));
+    d.push(Block::Para(
+        "Quality: eval accuracy for the reward model, gold win rate over SFT for the policy. Memory and time come from the metrics the training stages record (peak_rss_bytes, seconds_per_step); n/a where a stage did not record them.".into(),
+    ));
+}
