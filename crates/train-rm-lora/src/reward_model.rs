@@ -9,6 +9,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rlhf_nn::lora::{HeadKind, LoraConfig};
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::scoring::last_token_scores;
 use rlhf_nn::Model;
 use tch::{Device, Kind, Tensor};
 
@@ -90,15 +92,24 @@ impl<'m> RewardModel<'m> {
         Ok(out)
     }
 
-    /// Scores `(n,)` f32 of sequences, at each one's last token. With `train`, LoRA dropout
-    /// is on and the graph is kept for backward; callers score without grad under a
-    /// `tch::no_grad_guard()`.
+    /// Scores `(n,)` f32 of sequences at each one's last token, through rlhf-nn's
+    /// `last_token_scores` (the scoring score-rewards uses). With `train`, LoRA dropout is
+    /// on and the graph is kept for backward.
     pub fn scores(&self, seqs: &[&Seq], train: bool) -> Result<Tensor> {
-        let device = self.model.device();
-        let (ids, mask, last) = pad_right(seqs, self.pad_id, device);
-        let hidden = self.model.forward(&ids, &mask, Some(&self.adapter), train)?;
-        let values = self.model.head(Some(&self.adapter), &hidden)?;
-        Ok(values.gather(1, &last.unsqueeze(1), false).squeeze_dim(1))
+        // SeqBatch needs a non-empty prompt; the concatenation (all that scoring sees) is
+        // unchanged by moving the first response token into an empty prompt.
+        let rows: Vec<(&[i32], &[i32])> = seqs
+            .iter()
+            .map(|s| {
+                if s.prompt.is_empty() && !s.response.is_empty() {
+                    (&s.response[..1], &s.response[1..])
+                } else {
+                    (&s.prompt[..], &s.response[..])
+                }
+            })
+            .collect();
+        let batch = SeqBatch::new(&rows, self.pad_id as i32, self.model.device())?;
+        Ok(last_token_scores(self.model, Some(&self.adapter), &batch, train)?)
     }
 
     /// Scores many sequences without grad, in length-sorted chunks of `chunk`.
@@ -174,51 +185,8 @@ fn save_full(model: &Model, adapter: &str, pad_id: i64, dir: &Path) -> Result<()
         .with_context(|| format!("writing {}", cfg_path.display()))
 }
 
-/// Right-padded `(ids, mask, last)`: ids and mask `(b, L)` i64, last `(b,)` the index of
-/// each sequence's last token.
-pub fn pad_right(seqs: &[&Seq], pad_id: i64, device: Device) -> (Tensor, Tensor, Tensor) {
-    let width = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(seqs.len() * width);
-    let mut mask = Vec::with_capacity(seqs.len() * width);
-    let mut last = Vec::with_capacity(seqs.len());
-    for s in seqs {
-        let toks = s.prompt.iter().chain(&s.response).map(|&t| t as i64);
-        let n = s.len();
-        ids.extend(toks.chain(std::iter::repeat_n(pad_id, width - n)));
-        mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, width - n)));
-        last.push(n.saturating_sub(1) as i64);
-    }
-    let shape = [seqs.len() as i64, width as i64];
-    (
-        Tensor::from_slice(&ids).view(shape).to_device(device),
-        Tensor::from_slice(&mask).view(shape).to_device(device),
-        Tensor::from_slice(&last).to_device(device),
-    )
-}
-
 /// A 1-d tensor as f64 values.
 pub fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
     let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
     Ok(Vec::<f64>::try_from(&t)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn right_padding_marks_last_tokens() {
-        let a = Seq {
-            prompt: vec![5, 6],
-            response: vec![7],
-        };
-        let b = Seq {
-            prompt: vec![5],
-            response: vec![],
-        };
-        let (ids, mask, last) = pad_right(&[&a, &b], 0, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(ids.view(-1)).unwrap(), vec![5, 6, 7, 5, 0, 0]);
-        assert_eq!(Vec::<i64>::try_from(mask.view(-1)).unwrap(), vec![1, 1, 1, 1, 0, 0]);
-        assert_eq!(Vec::<i64>::try_from(&last).unwrap(), vec![2, 0]);
-    }
 }
