@@ -1,28 +1,14 @@
-//! sample-rollouts: Sample K responses per prompt from the base model plus an optional policy adapter, with sampling and reference log-probabilities.
+//! sample-rollouts: parse the command line, start logging, run the stage, map the outcome
+//! to an exit code (0 ok, 1 failure, 2 usage, 3 bad input data).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// Sample K responses per prompt from the base model plus an optional policy adapter, with sampling and reference log-probabilities.
-#[derive(Debug, Parser)]
-#[command(
-    name = "sample-rollouts",
-    version,
-    about,
-    long_about = "Batched sampling with a KV cache; writes the rollouts artifact, deterministic per seed regardless of batch size and sharding."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use rlhf_core::cli;
+use sample_rollouts::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.global.init();
-    cli::finish(
-        cli::not_implemented("sample-rollouts"),
-        &[rlhf_nn::is_bad_input],
-    )
+    cli::finish(sample_rollouts::run(&cli), &[rlhf_nn::is_bad_input])
 }

@@ -1,0 +1,13 @@
+//! sample-rollouts: sample K responses per prompt from the base model plus an optional
+//! policy adapter and write the rollouts artifact, with per-token sampling and reference
+//! log-probabilities, deterministic per seed whatever the batch size and sharding.
+
+pub mod output;
+pub mod prompts;
+pub mod run;
+pub mod sampler;
+pub mod seeding;
+pub mod settings;
+
+pub use run::run;
+pub use settings::{Cli, Settings};

@@ -1,0 +1,170 @@
+//! The sample-rollouts stage: validate flags, select and tokenize this shard's prompts,
+//! load the base once (with the policy adapter on it), sample batch by batch while
+//! streaming rows to the output, and log what was produced.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rlhf_core::lineage::Lineage;
+use rlhf_core::schema::Artifact;
+use rlhf_core::tokenizer::Tokenizer;
+use rlhf_nn::generate::SamplingParams;
+use rlhf_nn::Model;
+
+use crate::output::RolloutSink;
+use crate::prompts::{self, Filter};
+use crate::sampler::{plan_batches, SampleContext};
+use crate::seeding;
+use crate::settings::{Cli, Settings};
+
+/// Name of the policy adapter inside the model.
+const POLICY: &str = "policy";
+
+/// Runs the stage.
+pub fn run(cli: &Cli) -> Result<()> {
+    let settings = Settings::from_cli(cli)?;
+    rlhf_nn::init_threads(cli.global.threads);
+    let tokenizer = Tokenizer::from_dir(&settings.model_dir)?;
+    let filter = Filter {
+        split: settings.split.as_deref(),
+        max_prompts: settings.max_prompts,
+        shard: Some(settings.shard),
+    };
+    let (jobs, selection) = prompts::load(&settings.prompts, &filter, &tokenizer)?;
+    if let Some(h) = selection
+        .file_tokenizer
+        .as_deref()
+        .filter(|h| *h != tokenizer.hash())
+    {
+        tracing::info!(
+            "{} was tokenized with tokenizer {h}, the model's is {}: encoding the prompt text again",
+            settings.prompts.display(),
+            tokenizer.hash()
+        );
+    }
+    tracing::info!(
+        "{} prompts selected of {} rows ({} other split, {} beyond --max-prompts); shard {}/{} has {}",
+        selection.selected,
+        selection.rows_read,
+        selection.other_split,
+        selection.beyond_max,
+        settings.shard.index,
+        settings.shard.count,
+        selection.in_shard
+    );
+    let policy_id = seeding::policy_id(settings.adapter.as_deref())?;
+
+    let mut model = Model::load(&settings.model_dir, settings.device, settings.kind)
+        .with_context(|| format!("loading base model {}", settings.model_dir.display()))?;
+    prompts::check_lengths(
+        &jobs,
+        settings.max_new_tokens,
+        model.config().max_position_embeddings as usize,
+    )?;
+    if let Some(dir) = &settings.adapter {
+        model
+            .load_adapter(POLICY, dir)
+            .with_context(|| format!("loading policy adapter {}", dir.display()))?;
+    }
+    let eos_ids: Vec<i32> = tokenizer.eos_id().map(|e| e as i32).into_iter().collect();
+    if eos_ids.is_empty() {
+        tracing::warn!("the tokenizer has no EOS token: every response runs to --max-new-tokens or a --stop string");
+    }
+    let params = SamplingParams {
+        max_new_tokens: settings.max_new_tokens,
+        temperature: settings.temperature,
+        top_k: settings.top_k,
+        top_p: settings.top_p,
+        eos_ids,
+    };
+
+    let mut lineage = Lineage::new(
+        "sample-rollouts",
+        env!("CARGO_PKG_VERSION"),
+        Artifact::Rollouts,
+    )
+    .with_tokenizer(Some(tokenizer.hash().to_string()));
+    lineage.add_input("prompts", &settings.prompts)?;
+    lineage.add_input("model", &settings.model_dir)?;
+    if let Some(dir) = &settings.adapter {
+        lineage.add_input("adapter", dir)?;
+    }
+    lineage.extra.insert(
+        "sampling".into(),
+        serde_json::json!({
+            "samples_per_prompt": settings.samples_per_prompt,
+            "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_k": settings.top_k,
+            "top_p": settings.top_p,
+            "stop": settings.stop,
+            "iteration": settings.iteration,
+            "seed": settings.seed,
+            "ref_logprobs": settings.ref_logprobs,
+        }),
+    );
+    lineage
+        .extra
+        .insert("policy_id".into(), serde_json::json!(policy_id));
+    lineage
+        .extra
+        .insert("base_id".into(), serde_json::json!(model.base_id()));
+    lineage.extra.insert(
+        "prompts".into(),
+        serde_json::json!({
+            "selected": selection.selected,
+            "in_shard": selection.in_shard,
+            "shard": {"index": settings.shard.index, "count": settings.shard.count},
+            "stored_tokens": selection.stored_tokens,
+            "encoded": selection.encoded,
+        }),
+    );
+
+    let ctx = SampleContext {
+        model: &model,
+        tokenizer: &tokenizer,
+        adapter: settings.adapter.as_ref().map(|_| POLICY),
+        params,
+        stop: settings.stop.clone(),
+        samples_per_prompt: settings.samples_per_prompt,
+        iteration: settings.iteration,
+        seed: settings.seed,
+        policy_id,
+        ref_logprobs: settings.ref_logprobs,
+    };
+    let pack = settings.device.is_cuda();
+    let mut sink = RolloutSink::create(&settings.out_file, &lineage)?;
+    let bar = rlhf_core::progress::bar(jobs.len() as u64, "sampling");
+    let start = Instant::now();
+    for range in plan_batches(
+        jobs.len(),
+        settings.samples_per_prompt,
+        settings.batch_size,
+        pack,
+    ) {
+        let n = range.len() as u64;
+        for rows in ctx.sample(&jobs[range])? {
+            sink.push_prompt(rows)?;
+        }
+        bar.inc(n);
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_prefix(format!(
+            "{:.0} tok/s",
+            sink.summary().response_tokens as f64 / secs
+        ));
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let summary = sink.finish()?;
+    tracing::info!(
+        "wrote {} rollouts ({} prompts x {}) to {} in {secs:.1}s: {:.0} response tokens/s, mean length {:.1}, finish {}",
+        summary.rows,
+        summary.prompts,
+        settings.samples_per_prompt,
+        settings.out_file.display(),
+        summary.response_tokens as f64 / secs.max(1e-9),
+        summary.mean_response_tokens(),
+        serde_json::to_string(&summary.finish_reasons).unwrap_or_default()
+    );
+    Ok(())
+}

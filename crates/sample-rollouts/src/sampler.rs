@@ -1,0 +1,162 @@
+//! Sampling one forward batch of prompts: K responses per prompt with the policy (base +
+//! adapter), then the reference log-probabilities of the same tokens with the adapter
+//! switched off (the same base in memory), assembled into rollout rows.
+//!
+//! Batching and determinism: on CPU a forward batch is exactly the K samples of one prompt.
+//! Those K rows share the prompt, so prefill and every decode step have the same shapes
+//! whatever --batch-size, the shard or the neighbouring prompts are; libtorch's CPU kernels
+//! then give bit-identical results, and each sample's seeded random stream does the rest.
+//! (Packing several prompts changes the matrix shapes, and MKL's results for a row depend
+//! on the number of rows, so packed batches would not reproduce unpacked ones bit for bit.)
+//! On CUDA whole prompts are packed up to --batch-size sequences for throughput.
+
+use std::ops::Range;
+
+use anyhow::{Context, Result};
+use rlhf_core::records::RolloutRow;
+use rlhf_core::tokenizer::Tokenizer;
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::generate::{generate, Generation, SamplingParams, StopFn};
+use rlhf_nn::Model;
+
+use crate::prompts::PromptJob;
+use crate::seeding::{rollout_id, sample_seed};
+
+/// Splits `n` prompts into forward batches of whole prompts: one prompt per batch when
+/// `pack` is false, else as many as fit in `batch_size` sequences (at least one).
+pub fn plan_batches(
+    n: usize,
+    samples_per_prompt: usize,
+    batch_size: usize,
+    pack: bool,
+) -> Vec<Range<usize>> {
+    let per_batch = if pack {
+        (batch_size / samples_per_prompt.max(1)).max(1)
+    } else {
+        1
+    };
+    (0..n)
+        .step_by(per_batch)
+        .map(|start| start..(start + per_batch).min(n))
+        .collect()
+}
+
+/// What stays the same for every batch of a run.
+pub struct SampleContext<'a> {
+    pub model: &'a Model,
+    pub tokenizer: &'a Tokenizer,
+    /// Adapter name inside the model (None = the base is the policy).
+    pub adapter: Option<&'a str>,
+    pub params: SamplingParams,
+    pub stop: Vec<String>,
+    pub samples_per_prompt: usize,
+    pub iteration: i32,
+    pub seed: u64,
+    pub policy_id: String,
+    pub ref_logprobs: bool,
+}
+
+impl SampleContext<'_> {
+    /// Samples the prompts of one forward batch; returns each prompt's K rows.
+    pub fn sample(&self, jobs: &[PromptJob]) -> Result<Vec<Vec<RolloutRow>>> {
+        let _guard = tch::no_grad_guard();
+        let k = self.samples_per_prompt;
+        let mut prompts = Vec::with_capacity(jobs.len() * k);
+        let mut seeds = Vec::with_capacity(jobs.len() * k);
+        for job in jobs {
+            for s in 0..k {
+                prompts.push(job.tokens.clone());
+                seeds.push(sample_seed(self.seed, self.iteration, &job.prompt_id, s));
+            }
+        }
+        let pad = self.tokenizer.pad_id as i32;
+        let stop = |_: usize, tokens: &[i32]| -> bool {
+            // A token may complete a stop string in its middle: look for it anywhere.
+            self.tokenizer
+                .decode(tokens)
+                .is_ok_and(|text| self.stop.iter().any(|s| text.contains(s.as_str())))
+        };
+        let stop_fn: Option<StopFn> = if self.stop.is_empty() {
+            None
+        } else {
+            Some(&stop)
+        };
+        let gens: Vec<Generation> = generate(
+            self.model,
+            self.adapter,
+            &prompts,
+            &seeds,
+            &self.params,
+            pad,
+            stop_fn,
+        )
+        .context("sampling")?;
+        anyhow::ensure!(
+            gens.len() == prompts.len(),
+            "generate returned {} sequences for {}",
+            gens.len(),
+            prompts.len()
+        );
+        let refs = if self.ref_logprobs {
+            Some(self.reference_logprobs(&prompts, &gens)?)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.iter().enumerate() {
+            let mut rows = Vec::with_capacity(k);
+            for s in 0..k {
+                let i = j * k + s;
+                let g = &gens[i];
+                rows.push(RolloutRow {
+                    rollout_id: rollout_id(&job.prompt_id, self.iteration, s, &self.policy_id),
+                    prompt_id: job.prompt_id.clone(),
+                    iteration: self.iteration,
+                    sample_index: s as i32,
+                    prompt: job.prompt.clone(),
+                    response: self.tokenizer.decode(&g.tokens)?,
+                    prompt_tokens: job.tokens.clone(),
+                    response_tokens: g.tokens.clone(),
+                    logprobs: g.logprobs.clone(),
+                    ref_logprobs: refs.as_ref().map(|r: &Vec<Vec<f32>>| r[i].clone()),
+                    finish_reason: g.finish.as_str().to_string(),
+                    policy_id: self.policy_id.clone(),
+                    seed: seeds[i],
+                });
+            }
+            out.push(rows);
+        }
+        Ok(out)
+    }
+
+    /// log p_ref(token) of every response token: the same base, adapter off, temperature 1.
+    fn reference_logprobs(
+        &self,
+        prompts: &[Vec<i32>],
+        gens: &[Generation],
+    ) -> Result<Vec<Vec<f32>>> {
+        let rows: Vec<(&[i32], &[i32])> = prompts
+            .iter()
+            .zip(gens)
+            .map(|(p, g)| (p.as_slice(), g.tokens.as_slice()))
+            .collect();
+        let batch = SeqBatch::new(&rows, self.tokenizer.pad_id as i32, self.model.device())?;
+        let lp = rlhf_nn::scoring::token_logprobs(self.model, None, &batch, false)
+            .context("reference log-probabilities (adapter off)")?;
+        Ok(batch.response_values(&lp)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_batches_are_single_prompts_and_cuda_batches_pack() {
+        assert_eq!(plan_batches(3, 4, 64, false), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan_batches(5, 4, 8, true), vec![0..2, 2..4, 4..5]);
+        // A prompt with more samples than the batch still gets one batch of its own.
+        assert_eq!(plan_batches(2, 16, 8, true), vec![0..1, 1..2]);
+        assert!(plan_batches(0, 4, 8, true).is_empty());
+    }
+}

@@ -1,0 +1,277 @@
+//! End-to-end tests of the sample-rollouts binary on a tiny random model: sharding,
+//! determinism across runs and batch sizes, reference log-probabilities against
+//! rlhf_nn::scoring, stop strings, and error exits.
+
+mod common;
+
+use std::path::Path;
+
+use rlhf_core::parquet_io::{read_lineage, read_records};
+use rlhf_core::records::RolloutRow;
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::Model;
+use tch::{Device, Kind};
+
+use common::{prompts_file, random_adapter, run, tiny_model};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new(prompts: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut model = tiny_model(&root.join("model"), 11);
+        random_adapter(&mut model, "policy", &root.join("policy"), None, 5);
+        prompts_file(&root.join("prompts.parquet"), prompts);
+        Fixture { _dir: dir, root }
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.root.join(name).display().to_string()
+    }
+
+    /// Runs with the common flags plus `extra`; panics unless it succeeds.
+    fn sample(&self, out: &str, extra: &[&str]) -> Vec<RolloutRow> {
+        let (model, prompts, policy, out) = (
+            self.p("model"),
+            self.p("prompts.parquet"),
+            self.p("policy"),
+            self.p(out),
+        );
+        let mut args = vec![
+            "--model",
+            &model,
+            "--adapter",
+            &policy,
+            "--prompts",
+            &prompts,
+            "--out",
+            &out,
+            "--samples-per-prompt",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--iteration",
+            "2",
+        ];
+        if !extra.contains(&"--seed") {
+            args.extend(["--seed", "42"]);
+        }
+        args.extend(extra);
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, 0, "sample-rollouts failed: {stderr}");
+        read_records::<RolloutRow>(Path::new(&out)).unwrap().0
+    }
+}
+
+fn sorted(mut rows: Vec<RolloutRow>) -> Vec<RolloutRow> {
+    rows.sort_by(|a, b| (&a.prompt_id, a.sample_index).cmp(&(&b.prompt_id, b.sample_index)));
+    rows
+}
+
+#[test]
+fn shards_together_equal_the_unsharded_run() {
+    let f = Fixture::new(7);
+    let whole = f.sample("whole.parquet", &[]);
+    assert_eq!(whole.len(), 21);
+    // Rows come in prompt order, then sample index.
+    let order: Vec<(String, i32)> = whole
+        .iter()
+        .map(|r| (r.prompt_id.clone(), r.sample_index))
+        .collect();
+    let mut expected = order.clone();
+    expected.sort();
+    assert_eq!(order, expected);
+    let mut parts = Vec::new();
+    for shard in 0..3 {
+        // Each call returns what the folder holds so far.
+        parts = f.sample(
+            "parts",
+            &["--num-shards", "3", "--shard-index", &shard.to_string()],
+        );
+    }
+    assert_eq!(parts.len(), 21, "reading the folder reads every part");
+    assert_eq!(sorted(parts), sorted(whole.clone()));
+    let names: Vec<String> = std::fs::read_dir(f.root.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    // Row contents are what the contract says.
+    let r = &whole[4];
+    assert_eq!(
+        (r.prompt_id.as_str(), r.sample_index, r.iteration),
+        ("p001", 1, 2)
+    );
+    assert_eq!(r.logprobs.len(), r.response_tokens.len());
+    assert!(["eos", "length", "stop"].contains(&r.finish_reason.as_str()));
+    assert_eq!(r.policy_id.len(), 16);
+    assert_ne!(r.policy_id, "base");
+    assert!(r.response_tokens.len() <= 6 && !r.response_tokens.is_empty());
+}
+
+#[test]
+fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
+    let f = Fixture::new(5);
+    let a = f.sample("a.parquet", &["--batch-size", "4"]);
+    let bytes = std::fs::read(f.root.join("a.parquet")).unwrap();
+    let again = f.sample("a.parquet", &["--batch-size", "4"]);
+    assert_eq!(
+        std::fs::read(f.root.join("a.parquet")).unwrap(),
+        bytes,
+        "same flags: same bytes"
+    );
+    assert_eq!(a, again);
+    let b1 = f.sample("b.parquet", &["--batch-size", "1"]);
+    assert_eq!(a, b1, "--batch-size 1 and 4 give identical rows");
+    let other = f.sample("c.parquet", &["--seed", "43"]);
+    assert_ne!(
+        a.iter().map(|r| &r.response_tokens).collect::<Vec<_>>(),
+        other.iter().map(|r| &r.response_tokens).collect::<Vec<_>>(),
+        "another seed samples other tokens"
+    );
+    assert_ne!(a[0].seed, a[1].seed, "each sample has its own stream");
+    let lineage = read_lineage(&f.root.join("a.parquet")).unwrap().unwrap();
+    assert_eq!(lineage.producer, "sample-rollouts");
+    assert!(lineage.tokenizer_hash.is_some());
+    let roles: Vec<&str> = lineage.inputs.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(roles, ["prompts", "model", "adapter"]);
+}
+
+#[test]
+fn logprobs_match_scoring_with_and_without_the_adapter() {
+    let f = Fixture::new(3);
+    let rows = f.sample("r.parquet", &[]);
+    let mut model = Model::load(&f.root.join("model"), Device::Cpu, Kind::Float).unwrap();
+    model
+        .load_adapter("policy", &f.root.join("policy"))
+        .unwrap();
+    let mut max_ref = 0f32;
+    let mut max_pol = 0f32;
+    let mut max_gap = 0f32;
+    for r in &rows {
+        let batch = SeqBatch::new(
+            &[(r.prompt_tokens.clone(), r.response_tokens.clone())],
+            1,
+            Device::Cpu,
+        )
+        .unwrap();
+        let base = rlhf_nn::scoring::token_logprobs(&model, None, &batch, false).unwrap();
+        let policy =
+            rlhf_nn::scoring::token_logprobs(&model, Some("policy"), &batch, false).unwrap();
+        let base = &batch.response_values(&base).unwrap()[0];
+        let policy = &batch.response_values(&policy).unwrap()[0];
+        let reference = r.ref_logprobs.as_ref().expect("ref_logprobs written");
+        for i in 0..base.len() {
+            max_ref = max_ref.max((base[i] - reference[i]).abs());
+            // Temperature 1 without top-k/top-p: the sampling distribution is the policy.
+            max_pol = max_pol.max((policy[i] - r.logprobs[i]).abs());
+            max_gap = max_gap.max((policy[i] - base[i]).abs());
+        }
+    }
+    assert!(
+        max_ref < 1e-4,
+        "ref_logprobs differ from the base model's by {max_ref}"
+    );
+    assert!(
+        max_pol < 1e-4,
+        "logprobs differ from the policy's by {max_pol}"
+    );
+    assert!(
+        max_gap > 1e-2,
+        "the adapter should change log-probabilities (gap {max_gap})"
+    );
+}
+
+#[test]
+fn stop_strings_end_responses_and_flags_select_prompts() {
+    let f = Fixture::new(10);
+    let greedy = f.sample("g.parquet", &["--temperature", "0", "--max-prompts", "2"]);
+    assert_eq!(greedy.len(), 6);
+    assert_eq!(
+        greedy[0].response_tokens, greedy[1].response_tokens,
+        "greedy samples agree"
+    );
+    let words: Vec<&str> = greedy[0].response.split_whitespace().collect();
+    assert!(words.len() >= 3, "{:?}", greedy[0].response);
+    let stop = words[2].to_string();
+    let stopped = f.sample(
+        "s.parquet",
+        &["--temperature", "0", "--max-prompts", "2", "--stop", &stop],
+    );
+    let first = &stopped[0];
+    assert_eq!(first.finish_reason, "stop");
+    assert!(
+        first.response.ends_with(&stop),
+        "{:?} should end with {stop}",
+        first.response
+    );
+    assert_eq!(first.response_tokens.len(), 3);
+
+    let eval = f.sample("e.parquet", &["--split", "eval", "--no-ref-logprobs"]);
+    assert_eq!(eval.len(), 2 * 3, "prompts 4 and 9 are eval");
+    assert!(eval.iter().all(|r| r.ref_logprobs.is_none()));
+    assert_eq!(eval[0].prompt_id, "p004");
+}
+
+#[test]
+fn errors_exit_with_clear_messages() {
+    let f = Fixture::new(2);
+    let (model, prompts, out) = (f.p("model"), f.p("prompts.parquet"), f.p("o.parquet"));
+    let base = [
+        "--model",
+        model.as_str(),
+        "--prompts",
+        prompts.as_str(),
+        "--out",
+        out.as_str(),
+    ];
+
+    let (code, _, err) = run(&[
+        "--model",
+        &f.p("nope"),
+        "--prompts",
+        &prompts,
+        "--out",
+        &out,
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("model folder not found"), "{err}");
+
+    let (code, _, err) = run(&[&base[..], &["--temperature=-1"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--temperature -1"), "{err}");
+
+    let (code, _, err) = run(&[&base[..], &["--frobnicate"]].concat());
+    assert_eq!(code, 2, "{err}");
+
+    let (code, _, err) = run(&[&base[..], &["--max-new-tokens", "5000"]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("prompt `p000`") && err.contains("positions"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&[&base[..], &["--split", "dev"]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no prompts of split `dev`"), "{err}");
+
+    let (code, _, err) = run(&[
+        "--model",
+        &model,
+        "--prompts",
+        &prompts,
+        "--out",
+        &f.p("model"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is a folder"), "{err}");
+
+    let (code, _, err) = run(&[&base[..], &["--adapter", &f.p("model")]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("adapter_config.json"), "{err}");
+    assert!(!Path::new(&out).exists(), "failed runs leave no output");
+}
