@@ -1,25 +1,21 @@
-//! ppo-update: One policy iteration: PPO, REINFORCE with baseline (PERL), RLOO or GRPO on rollouts and scores; writes the next policy adapter.
+//! ppo-update: one policy iteration (PPO, REINFORCE with baseline, RLOO or GRPO) on rollouts
+//! and scores; writes the next policy adapter. Thin entry point: parse, validate, run,
+//! print the JSON summary on stdout, map the error to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// One policy iteration: PPO, REINFORCE with baseline (PERL), RLOO or GRPO on rollouts and scores; writes the next policy adapter.
-#[derive(Debug, Parser)]
-#[command(
-    name = "ppo-update",
-    version,
-    about,
-    long_about = "Reads rollouts and scores, computes KL-regularised advantages and updates the LoRA policy (and critic); writes the next adapter folder with optimiser and KL-controller state, and metrics."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use ppo_update::{Cli, Settings};
+use rlhf_core::cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.global.init();
-    cli::finish(cli::not_implemented("ppo-update"), &[rlhf_nn::is_bad_input])
+    let args = Cli::parse();
+    args.global.init();
+    rlhf_nn::init_threads(args.global.threads);
+    let result = Settings::from_cli(&args).and_then(|s| {
+        let summary = ppo_update::run(&s)?;
+        println!("{}", serde_json::to_string(&summary)?);
+        Ok(())
+    });
+    cli::finish(result, &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input])
 }

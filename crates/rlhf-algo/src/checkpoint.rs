@@ -73,6 +73,13 @@ fn to_cpu(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Writes named tensors to one safetensors file (detached, moved to the CPU), naming the
+/// file on failure. Not atomic by itself: write into an atomic folder or temporary name.
+pub fn write_named(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    Tensor::write_safetensors(&to_cpu(tensors), path)
+        .map_err(|e| AlgoError::tch(format!("writing {}", path.display()), e))
+}
+
 /// Writes a checkpoint folder at `dir` atomically (replacing an older one).
 pub fn save(
     dir: &Path,
@@ -81,13 +88,8 @@ pub fn save(
     optimizer: &[(String, Tensor)],
 ) -> Result<PathBuf> {
     let out = rlhf_core::atomic::AtomicDir::new(dir)?;
-    let write = |file: &str, list: &[(String, Tensor)]| -> Result<()> {
-        let path = out.path().join(file);
-        Tensor::write_safetensors(&to_cpu(list), &path)
-            .map_err(|e| AlgoError::tch(format!("writing {}", path.display()), e))
-    };
-    write(TENSORS_FILE, tensors)?;
-    write(OPTIMIZER_FILE, optimizer)?;
+    write_named(&out.path().join(TENSORS_FILE), tensors)?;
+    write_named(&out.path().join(OPTIMIZER_FILE), optimizer)?;
     let json = serde_json::to_vec_pretty(meta).map_err(|e| AlgoError::BadState {
         path: dir.join(META_FILE),
         message: format!("cannot serialise checkpoint metadata: {e}"),

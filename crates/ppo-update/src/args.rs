@@ -1,0 +1,219 @@
+//! The command line of ppo-update: every flag with its default and unit; turned into
+//! validated [`crate::settings::Settings`] before any heavy work.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use rlhf_algo::kl::KlEstimator;
+use rlhf_algo::schedule::ScheduleKind;
+use rlhf_core::cli::GlobalArgs;
+use rlhf_nn::ModelArgs;
+
+/// The policy-gradient algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algo {
+    /// PPO: clipped surrogate, per-token KL penalty in the reward, GAE with a LoRA critic.
+    Ppo,
+    /// PERL's REINFORCE with a learned value baseline: (1 - beta) * score - beta * KL.
+    Reinforce,
+    /// REINFORCE leave-one-out: the baseline is the mean reward of the prompt's other samples.
+    Rloo,
+    /// GRPO: group-normalised advantages, clipped ratio, k3 KL to the reference in the loss.
+    Grpo,
+}
+
+impl Algo {
+    /// The name used in files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Ppo => "ppo",
+            Algo::Reinforce => "reinforce",
+            Algo::Rloo => "rloo",
+            Algo::Grpo => "grpo",
+        }
+    }
+
+    /// True when the algorithm trains a critic (value adapter + head).
+    pub fn has_critic(self) -> bool {
+        matches!(self, Algo::Ppo | Algo::Reinforce)
+    }
+}
+
+/// One policy iteration: PPO, REINFORCE with baseline (PERL), RLOO or GRPO on rollouts and
+/// scores; writes the next policy adapter.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ppo-update",
+    version,
+    about,
+    long_about = "Reads rollouts and scores, recomputes the policy's log-probabilities, computes \
+KL-regularised advantages and updates the LoRA policy (and the LoRA critic for ppo and \
+reinforce) on the frozen base. Writes the next adapter folder atomically: the policy in PEFT \
+layout, with the critic (critic/), optimiser state, KL-controller state (training_state.json) \
+and metrics.parquet inside it. Pass that folder as --adapter to the next iteration.\n\n\
+Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Policy adapter folder to continue from (the previous iteration's output). Without it a
+    /// fresh LoRA policy is created from --lora-* (it starts equal to the base).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Rollouts (file, folder of part files, or glob) written by sample-rollouts.
+    #[arg(long, value_name = "PATH")]
+    pub rollouts: PathBuf,
+    /// Scores (file, folder or glob) written by score-rewards, one row per rollout.
+    #[arg(long, value_name = "PATH")]
+    pub scores: PathBuf,
+    /// Output folder for the next policy adapter (replaced atomically).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Policy iteration number recorded in metrics (default: the rollouts' iteration).
+    #[arg(long, value_name = "N")]
+    pub iteration: Option<i32>,
+
+    /// Policy-gradient algorithm.
+    #[arg(long, value_enum, default_value_t = Algo::Ppo)]
+    pub algo: Algo,
+    /// Scores column used as the training reward.
+    #[arg(long, default_value = "reward", value_name = "COLUMN")]
+    pub reward_column: String,
+
+    /// LoRA rank of a fresh policy (and critic) adapter.
+    #[arg(long, default_value_t = 8, value_name = "R")]
+    pub lora_rank: i64,
+    /// LoRA alpha of a fresh adapter (scale alpha / rank).
+    #[arg(long, default_value_t = 16.0, value_name = "ALPHA")]
+    pub lora_alpha: f64,
+    /// LoRA dropout of a fresh adapter (training forwards only).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub lora_dropout: f64,
+    /// LoRA target modules of a fresh adapter, comma-separated (`all-linear` for every block
+    /// linear). Default: q_proj,v_proj for Llama, c_attn for GPT-2.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub lora_targets: Vec<String>,
+    /// Use rsLoRA scaling (alpha / sqrt(rank)) for a fresh adapter.
+    #[arg(long)]
+    pub rslora: bool,
+
+    /// Critic adapter folder to continue from (default: critic/ inside --adapter).
+    #[arg(long, value_name = "DIR")]
+    pub critic: Option<PathBuf>,
+    /// Initialise a new critic from this reward adapter folder (LoRA + score head) instead of
+    /// a fresh adapter with a zero value head.
+    #[arg(long, value_name = "DIR")]
+    pub critic_init: Option<PathBuf>,
+
+    /// Peak learning rate of the policy adapter.
+    #[arg(long, default_value_t = 1e-4, value_name = "LR")]
+    pub learning_rate: f64,
+    /// Learning rate of the critic (default: --learning-rate).
+    #[arg(long, value_name = "LR")]
+    pub critic_learning_rate: Option<f64>,
+    /// Learning-rate schedule over optimiser steps, counted across iterations.
+    #[arg(long, default_value = "constant", value_name = "KIND")]
+    pub lr_schedule: ScheduleKind,
+    /// Linear warm-up steps (optimiser steps across iterations).
+    #[arg(long, default_value_t = 0, value_name = "STEPS")]
+    pub warmup_steps: u64,
+    /// Step at which a linear or cosine decay ends (optimiser steps across iterations).
+    #[arg(long, default_value_t = 0, value_name = "STEPS")]
+    pub total_steps: u64,
+    /// Final learning rate as a fraction of the peak (linear and cosine).
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub final_lr_fraction: f64,
+    /// AdamW beta1.
+    #[arg(long, default_value_t = 0.9, value_name = "B1")]
+    pub adam_beta1: f64,
+    /// AdamW beta2.
+    #[arg(long, default_value_t = 0.999, value_name = "B2")]
+    pub adam_beta2: f64,
+    /// AdamW epsilon.
+    #[arg(long, default_value_t = 1e-8, value_name = "EPS")]
+    pub adam_eps: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0, value_name = "WD")]
+    pub weight_decay: f64,
+    /// Clip the global gradient L2 norm of each adapter to this (0 = no clipping).
+    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
+    pub max_grad_norm: f64,
+    /// Start the optimiser afresh instead of loading the moments saved with --adapter.
+    #[arg(long)]
+    pub reset_optimizer: bool,
+
+    /// Passes over the rollouts.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub epochs: usize,
+    /// Rollouts per optimiser step.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub minibatch_size: usize,
+    /// Rollouts per forward pass; a minibatch is accumulated over minibatch/micro passes.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub micro_batch_size: usize,
+
+    /// PPO ratio clip range epsilon.
+    #[arg(long, default_value_t = 0.2, value_name = "EPS")]
+    pub clip_range: f64,
+    /// Critic value clip range (0 = no value clipping).
+    #[arg(long, default_value_t = 0.2, value_name = "C")]
+    pub value_clip_range: f64,
+    /// Discount gamma (PPO's GAE).
+    #[arg(long, default_value_t = 1.0, value_name = "G")]
+    pub gamma: f64,
+    /// GAE lambda.
+    #[arg(long, default_value_t = 0.95, value_name = "L")]
+    pub gae_lambda: f64,
+    /// Whiten advantages over the rollouts (default: true for ppo and reinforce, false for
+    /// rloo and grpo).
+    #[arg(long, value_name = "BOOL")]
+    pub whiten_advantages: Option<bool>,
+    /// Scale PPO's per-token rewards to unit variance before GAE.
+    #[arg(long)]
+    pub whiten_rewards: bool,
+    /// Entropy bonus coefficient (subtracted from the loss).
+    #[arg(long, default_value_t = 0.0, value_name = "C")]
+    pub entropy_coef: f64,
+    /// GRPO advantage epsilon: (R - mean) / (std + eps).
+    #[arg(long, default_value_t = 1e-4, value_name = "EPS")]
+    pub grpo_eps: f64,
+
+    /// KL coefficient beta (the initial value when adaptive).
+    #[arg(long, default_value_t = 0.05, value_name = "BETA")]
+    pub kl_coef: f64,
+    /// Target KL per sequence (nats) of the adaptive controller; absent = fixed beta.
+    #[arg(long, value_name = "NATS")]
+    pub kl_target: Option<f64>,
+    /// Horizon (rollouts) of the adaptive controller.
+    #[arg(long, default_value_t = 10000.0, value_name = "N")]
+    pub kl_horizon: f64,
+    /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).
+    #[arg(long, default_value = "k1", value_name = "K")]
+    pub kl_estimator: KlEstimator,
+    /// Recompute reference log-probabilities (adapter off) even when the rollouts carry them.
+    #[arg(long)]
+    pub recompute_ref: bool,
+    /// Truncated importance-sampling correction for the sampler/trainer mismatch: weight each
+    /// token's loss by min(pi_old / pi_sampler, CAP). 0 = off (mismatch only reported).
+    #[arg(long, default_value_t = 0.0, value_name = "CAP")]
+    pub tis_cap: f64,
+
+    /// Save a resumable checkpoint every N optimiser steps (0 = never).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub checkpoint_every: u64,
+    /// Resume from the checkpoint an interrupted run left beside --out (same inputs and flags).
+    #[arg(long)]
+    pub resume: bool,
+    /// Record wall-clock figures (tokens/s) in metrics.parquet. Off by default: timings
+    /// differ between runs, and the adapter folder (with its metrics) should be
+    /// byte-identical for the same inputs, flags and seed. They are always logged with -v.
+    #[arg(long)]
+    pub record_timings: bool,
+    /// Testing aid: stop with an error after this many optimiser steps (after checkpointing).
+    #[arg(long, hide = true, value_name = "N")]
+    pub stop_after_steps: Option<u64>,
+}

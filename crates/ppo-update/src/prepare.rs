@@ -1,0 +1,255 @@
+//! Phase 1 of an iteration (no gradients): recompute the policy's log-probabilities of the
+//! sampled tokens ("old" log-probs, compared with the sampler's), the reference's (adapter
+//! off; or taken from the rollouts), the critic's values, then the rewards, advantages and
+//! returns of the chosen algorithm. Everything here is a pure function of the adapters at
+//! the start of the iteration, so a resumed run recomputes it identically.
+
+use anyhow::{Context, Result};
+use rlhf_algo::advantages::{gae, grpo_advantages, rloo_advantages};
+use rlhf_algo::kl::{kl_penalised_rewards, kl_per_token, KlEstimator};
+use rlhf_algo::masked::{masked_mean, masked_row_sum, masked_whiten, scalar};
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::{scoring, Model};
+use tch::Tensor;
+
+use crate::args::Algo;
+use crate::data::Example;
+use crate::ragged::{pad, unpad, vector};
+use crate::settings::Settings;
+
+/// Name of the policy adapter on the model.
+pub const POLICY: &str = "policy";
+/// Name of the critic adapter on the model.
+pub const CRITIC: &str = "critic";
+
+/// Per-rollout training targets (ragged: one value per response token unless noted).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub old_logp: Vec<Vec<f32>>,
+    pub ref_logp: Vec<Vec<f32>>,
+    /// Advantage of every response token (sequence-level algorithms broadcast theirs).
+    pub advantages: Vec<Vec<f32>>,
+    /// Critic targets: per token for ppo, one per rollout for reinforce, empty otherwise.
+    pub returns: Vec<Vec<f32>>,
+    /// Critic values at the start of the iteration, aligned with `returns`.
+    pub old_values: Vec<Vec<f32>>,
+    /// Truncated importance weights min(pi_old / pi_sampler, cap) per token (when enabled).
+    pub tis_weights: Option<Vec<Vec<f32>>>,
+    /// Iteration-level metrics (name, value).
+    pub metrics: Vec<(String, f64)>,
+    /// Mean per-sequence KL(policy || reference) (k1), the adaptive controller's input.
+    pub kl_seq_mean: f64,
+}
+
+/// Scores every rollout with the policy (and the reference and critic when needed), in
+/// forward batches of `micro` rollouts, in order.
+fn score_all(
+    model: &Model,
+    examples: &[Example],
+    micro: usize,
+    need_ref: bool,
+    critic: bool,
+) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
+    let device = model.device();
+    let mut old = Vec::with_capacity(examples.len());
+    let mut refs = need_ref.then(Vec::new);
+    let mut values = critic.then(Vec::new);
+    let bar = rlhf_core::progress::bar(examples.len() as u64, "scoring rollouts");
+    for chunk in examples.chunks(micro) {
+        let rows: Vec<(&[i32], &[i32])> = chunk
+            .iter()
+            .map(|e| (e.prompt_tokens.as_slice(), e.response_tokens.as_slice()))
+            .collect();
+        let batch = SeqBatch::new(&rows, 0, device)?;
+        let lp = scoring::token_logprobs(model, Some(POLICY), &batch, false)?;
+        old.extend(batch.response_values(&lp)?);
+        if let Some(r) = refs.as_mut() {
+            let lp = scoring::token_logprobs(model, None, &batch, false)?;
+            r.extend(batch.response_values(&lp)?);
+        }
+        if let Some(v) = values.as_mut() {
+            let tv = scoring::token_values(model, Some(CRITIC), &batch, false)?;
+            v.extend(batch.response_values(&tv)?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((old, refs, values))
+}
+
+fn stats(prefix: &str, x: &Tensor, mask: &Tensor, out: &mut Vec<(String, f64)>) {
+    let mean = scalar(&masked_mean(x, mask));
+    let centred = x - mean;
+    let var = scalar(&masked_mean(&(&centred * &centred), mask));
+    let big = 1e30;
+    let masked_max = scalar(&(x * mask + (mask - 1.0) * big).max());
+    let masked_min = scalar(&(x * mask - (mask - 1.0) * big).min());
+    out.push((format!("{prefix}_mean"), mean));
+    out.push((format!("{prefix}_std"), var.sqrt()));
+    out.push((format!("{prefix}_min"), masked_min));
+    out.push((format!("{prefix}_max"), masked_max));
+}
+
+/// Runs phase 1 with the KL coefficient `beta` of this iteration.
+pub fn prepare(model: &Model, examples: &[Example], s: &Settings, beta: f64) -> Result<Prepared> {
+    let _guard = tch::no_grad_guard();
+    let have_ref = examples.iter().all(|e| e.ref_logprobs.is_some());
+    let need_ref = s.recompute_ref || !have_ref;
+    if need_ref && !s.recompute_ref {
+        tracing::info!("rollouts carry no ref_logprobs: recomputing them with the adapter off");
+    }
+    let (old_logp, refs, values) = score_all(
+        model,
+        examples,
+        s.micro_batch_size,
+        need_ref,
+        s.algo.has_critic(),
+    )
+    .context("recomputing log-probabilities of the rollouts")?;
+    let ref_logp: Vec<Vec<f32>> = match refs {
+        Some(r) => r,
+        None => examples
+            .iter()
+            .map(|e| e.ref_logprobs.clone().unwrap_or_default())
+            .collect(),
+    };
+    let lens: Vec<usize> = examples.iter().map(|e| e.response_tokens.len()).collect();
+    let n = examples.len();
+    let (old_t, mask) = pad(&old_logp);
+    let (ref_t, _) = pad(&ref_logp);
+    let sampler: Vec<Vec<f32>> = examples
+        .iter()
+        .map(|e| e.sampler_logprobs.clone())
+        .collect();
+    let (sampler_t, _) = pad(&sampler);
+    let scores_v: Vec<f32> = examples.iter().map(|e| e.score).collect();
+    let scores = vector(&scores_v);
+
+    let mut metrics: Vec<(String, f64)> = Vec::new();
+    // what the trainer sees vs what the sampler saw: ratio pi_old / pi_sampler per token
+    let log_ratio = (&old_t - &sampler_t) * &mask;
+    let ratio = log_ratio.exp() * &mask;
+    stats("sampler_ratio", &ratio, &mask, &mut metrics);
+    metrics.push((
+        "sampler_logprob_abs_diff".into(),
+        scalar(&masked_mean(&log_ratio.abs(), &mask)),
+    ));
+    let tis_weights = if s.tis_cap > 0.0 {
+        Some(unpad(&ratio.clamp_max(s.tis_cap), &lens)?)
+    } else {
+        None
+    };
+
+    // KL to the reference (k1 summed per sequence) at the start of the iteration
+    let kl_k1 = kl_per_token(&old_t, &ref_t, KlEstimator::K1) * &mask;
+    let kl_seq = masked_row_sum(&kl_k1, &mask);
+    let kl_seq_mean = scalar(&kl_seq.mean(tch::Kind::Float));
+    metrics.push(("kl_ref".into(), kl_seq_mean));
+    metrics.push((
+        "kl_ref_per_token".into(),
+        scalar(&masked_mean(&kl_k1, &mask)),
+    ));
+    let kl_est = kl_per_token(&old_t, &ref_t, s.kl_estimator) * &mask;
+    let kl_est_seq = masked_row_sum(&kl_est, &mask);
+    metrics.push(("kl_coef".into(), beta));
+    metrics.push(("score_mean".into(), scalar(&scores.mean(tch::Kind::Float))));
+    let resp_len: f64 = lens.iter().sum::<usize>() as f64 / n as f64;
+    metrics.push(("response_length".into(), resp_len));
+    let eos = examples.iter().filter(|e| e.eos).count() as f64 / n as f64;
+    metrics.push(("eos_rate".into(), eos));
+
+    let (advantages, returns, old_values, adv_mask, adv_t, reward_mean);
+    match s.algo {
+        Algo::Ppo => {
+            let values_r = values.unwrap_or_default();
+            let (v_t, _) = pad(&values_r);
+            let pr =
+                kl_penalised_rewards(&old_t, &ref_t, &mask, &scores, beta, 1.0, s.kl_estimator)?;
+            reward_mean = scalar(&masked_row_sum(&pr.rewards, &mask).mean(tch::Kind::Float));
+            let rewards = if s.whiten_rewards {
+                masked_whiten(&pr.rewards, &mask, false)
+            } else {
+                pr.rewards
+            };
+            let (adv, ret) = gae(&rewards, &v_t, &mask, s.gamma, s.gae_lambda)?;
+            stats("value", &v_t, &mask, &mut metrics);
+            let adv = if s.whiten_advantages {
+                masked_whiten(&adv, &mask, true)
+            } else {
+                adv
+            };
+            advantages = unpad(&adv, &lens)?;
+            returns = unpad(&ret, &lens)?;
+            old_values = values_r;
+            adv_t = adv;
+            adv_mask = mask.shallow_clone();
+        }
+        Algo::Reinforce => {
+            // PERL: R = (1 - beta) score - beta KL; baseline V(x) at the first response position
+            let values_r = values.unwrap_or_default();
+            let baseline: Vec<f32> = values_r
+                .iter()
+                .map(|v| v.first().copied().unwrap_or(0.0))
+                .collect();
+            let r_seq = &scores * (1.0 - beta) - &kl_est_seq * beta;
+            reward_mean = scalar(&r_seq.mean(tch::Kind::Float));
+            let b_t = vector(&baseline);
+            let ones = b_t.ones_like();
+            stats("value", &b_t, &ones, &mut metrics);
+            let a = &r_seq - &b_t;
+            let a = if s.whiten_advantages {
+                masked_whiten(&a, &ones, true)
+            } else {
+                a
+            };
+            let a_v = Vec::<f32>::try_from(&a)?;
+            let r_v = Vec::<f32>::try_from(&r_seq)?;
+            advantages = lens.iter().zip(&a_v).map(|(&l, &x)| vec![x; l]).collect();
+            returns = r_v.iter().map(|&r| vec![r]).collect();
+            old_values = baseline.iter().map(|&b| vec![b]).collect();
+            adv_t = a;
+            adv_mask = ones;
+        }
+        Algo::Rloo | Algo::Grpo => {
+            let keys: Vec<usize> = examples.iter().map(|e| e.group).collect();
+            let r_seq: Vec<f64> = if s.algo == Algo::Rloo {
+                let r = &scores - &kl_est_seq * beta;
+                Vec::<f64>::try_from(r.to_kind(tch::Kind::Double))?
+            } else {
+                scores_v.iter().map(|&x| x as f64).collect()
+            };
+            reward_mean = r_seq.iter().sum::<f64>() / n as f64;
+            let a = if s.algo == Algo::Rloo {
+                rloo_advantages(&r_seq, &keys)?
+            } else {
+                grpo_advantages(&r_seq, &keys, s.grpo_eps)?
+            };
+            let a_f: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let a = vector(&a_f);
+            let ones = a.ones_like();
+            let a = if s.whiten_advantages {
+                masked_whiten(&a, &ones, true)
+            } else {
+                a
+            };
+            let a_v = Vec::<f32>::try_from(&a)?;
+            advantages = lens.iter().zip(&a_v).map(|(&l, &x)| vec![x; l]).collect();
+            returns = Vec::new();
+            old_values = Vec::new();
+            adv_t = a;
+            adv_mask = ones;
+        }
+    }
+    metrics.push(("reward_mean".into(), reward_mean));
+    stats("advantage", &adv_t, &adv_mask, &mut metrics);
+    Ok(Prepared {
+        old_logp,
+        ref_logp,
+        advantages,
+        returns,
+        old_values,
+        tis_weights,
+        metrics,
+        kl_seq_mean,
+    })
+}

@@ -1,0 +1,329 @@
+//! One iteration end to end: read and join the inputs, load the frozen base with the policy
+//! (and critic) adapters and their saved state, prepare advantages, update, and write the
+//! next adapter folder atomically with its training state and metrics.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rlhf_algo::optim::{AdamW, AdamWConfig};
+use rlhf_core::atomic::AtomicDir;
+use rlhf_core::lineage::Lineage;
+use rlhf_core::metrics::MetricsLog;
+use rlhf_core::schema::Artifact;
+use rlhf_nn::{HeadKind, LoraConfig, Model};
+
+use crate::data::{self, Data};
+use crate::prepare::{prepare, CRITIC, POLICY};
+use crate::settings::Settings;
+use crate::state::{
+    TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
+};
+use crate::update::{restore_checkpoint, train, LoopState, Optimizers};
+
+/// Name of this stage in metrics and lineage.
+pub const STAGE: &str = "ppo-update";
+
+/// What a finished iteration reports (also printed as JSON on stdout).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub out: String,
+    pub algo: String,
+    pub iteration: i32,
+    pub rollouts: usize,
+    pub optimizer_steps: u64,
+    pub kl_coef: f64,
+    pub next_kl_coef: f64,
+    pub score_mean: f64,
+    pub kl_ref: f64,
+    pub seconds: f64,
+}
+
+fn lora_config(s: &Settings, model: &Model) -> LoraConfig {
+    let mut cfg = LoraConfig::default_for(model.config().arch);
+    cfg.r = s.lora.rank;
+    cfg.alpha = s.lora.alpha;
+    cfg.dropout = s.lora.dropout;
+    cfg.use_rslora = s.lora.rslora;
+    if !s.lora.targets.is_empty() {
+        cfg.target_modules = s.lora.targets.clone();
+    }
+    cfg
+}
+
+fn check_tokens(model: &Model, data: &Data, s: &Settings) -> Result<()> {
+    let vocab = model.config().vocab_size as i64;
+    for (row, e) in data.examples.iter().enumerate() {
+        if let Some(&t) = e
+            .prompt_tokens
+            .iter()
+            .chain(&e.response_tokens)
+            .find(|&&t| t < 0 || t as i64 >= vocab)
+        {
+            return Err(rlhf_core::CoreError::BadInput {
+                path: s.rollouts.clone(),
+                row: Some(row),
+                message: format!(
+                    "rollout `{}` has token id {t}, outside the model's vocabulary of {vocab}\n  hint: were the rollouts sampled from another model?",
+                    e.rollout_id
+                ),
+            }
+            .into());
+        }
+    }
+    let tok_dir = &s.model_dir;
+    if tok_dir.join("tokenizer.json").is_file() {
+        let tok = rlhf_core::tokenizer::Tokenizer::from_dir(tok_dir)?;
+        Lineage::check_tokenizer(
+            &s.rollouts.display().to_string(),
+            data.tokenizer_hash.as_deref(),
+            &tok_dir.display().to_string(),
+            tok.hash(),
+        )?;
+    }
+    Ok(())
+}
+
+fn load_optimizer(opt: &mut AdamW, dir: Option<&Path>, file: &str, s: &Settings) -> Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    let path = dir.join(file);
+    if s.reset_optimizer || !path.is_file() {
+        return Ok(());
+    }
+    let state = rlhf_algo::checkpoint::read_tensors(&path)?;
+    opt.load_state(&state)
+        .with_context(|| format!("loading optimiser state {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs one iteration and writes `s.out`.
+pub fn run(s: &Settings) -> Result<Summary> {
+    let started = Instant::now();
+    let data = data::load(&s.rollouts, &s.scores, &s.reward_column)?;
+    let iteration = s.iteration.unwrap_or(data.iteration);
+    tracing::info!(
+        rollouts = data.examples.len(),
+        iteration,
+        algo = s.algo.name(),
+        "inputs joined"
+    );
+    let prev_state = match &s.adapter {
+        Some(dir) => TrainingState::read(dir)?,
+        None => None,
+    };
+    if let (Some(dir), false) = (&s.adapter, data.policy_ids.is_empty()) {
+        let id = rlhf_core::hash::dir_hash(dir)?;
+        if !data.policy_ids.iter().any(|p| id.starts_with(p.as_str())) {
+            tracing::warn!(
+                adapter = %dir.display(),
+                sampled_by = ?data.policy_ids,
+                "the rollouts were sampled by another policy than --adapter: the update is off-policy (see sampler_ratio_* metrics)"
+            );
+        }
+    }
+
+    let mut model = Model::load(&s.model_dir, s.device, s.kind)
+        .with_context(|| format!("loading base model {}", s.model_dir.display()))?;
+    check_tokens(&model, &data, s)?;
+    let base_id = model.base_id();
+    if let Some(st) = &prev_state {
+        if st.base_id != base_id {
+            return Err(rlhf_core::CoreError::Mismatch {
+                what: "base model",
+                left_name: s
+                    .adapter
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                left: st.base_id.clone(),
+                right_name: s.model_dir.display().to_string(),
+                right: base_id,
+                hint: "pass the --model the adapter was trained on".into(),
+            }
+            .into());
+        }
+    }
+    match &s.adapter {
+        Some(dir) => model
+            .load_adapter(POLICY, dir)
+            .with_context(|| format!("loading policy adapter {}", dir.display()))?,
+        None => model.add_adapter(POLICY, &lora_config(s, &model), None, s.seed)?,
+    }
+    let critic_dir = s.critic.clone().or_else(|| {
+        s.adapter
+            .as_ref()
+            .map(|d| d.join(CRITIC_DIR))
+            .filter(|d| d.join("adapter_config.json").is_file())
+    });
+    if s.algo.has_critic() {
+        match (&critic_dir, &s.critic_init) {
+            (Some(dir), _) => model
+                .load_adapter(CRITIC, dir)
+                .with_context(|| format!("loading critic adapter {}", dir.display()))?,
+            (None, Some(dir)) => {
+                model
+                    .load_adapter(CRITIC, dir)
+                    .with_context(|| format!("initialising the critic from {}", dir.display()))?;
+                if !model.adapter_has_head(CRITIC)? {
+                    anyhow::bail!(rlhf_core::CoreError::BadInput {
+                        path: dir.clone(),
+                        row: None,
+                        message: "--critic-init needs a reward adapter with a score head (modules_to_save: score)".into(),
+                    });
+                }
+            }
+            (None, None) => model.add_adapter(
+                CRITIC,
+                &lora_config(s, &model),
+                Some(HeadKind::Value),
+                s.seed.wrapping_add(1),
+            )?,
+        }
+    }
+
+    // KL controller: carried over when the flags describe the same controller
+    let mut kl = match &prev_state {
+        Some(st) if st.kl_controller.same_settings(&s.kl) => st.kl_controller.clone(),
+        Some(st) => {
+            tracing::warn!(previous = ?st.kl_controller, now = ?s.kl, "KL controller settings changed: starting from the flags");
+            s.kl.clone()
+        }
+        None => s.kl.clone(),
+    };
+    let beta = kl.value();
+
+    let mut opt = Optimizers {
+        policy: AdamW::new(model.adapter_named_parameters(POLICY)?, s.adamw),
+        critic: if s.algo.has_critic() {
+            Some(AdamW::new(
+                model.adapter_named_parameters(CRITIC)?,
+                AdamWConfig {
+                    lr: s.critic_lr,
+                    ..s.adamw
+                },
+            ))
+        } else {
+            None
+        },
+    };
+    if prev_state.is_some() {
+        load_optimizer(&mut opt.policy, s.adapter.as_deref(), OPTIMIZER_FILE, s)?;
+        if let Some(c) = opt.critic.as_mut() {
+            if critic_dir.is_some() && s.critic.is_none() {
+                load_optimizer(c, s.adapter.as_deref(), CRITIC_OPTIMIZER_FILE, s)?;
+            }
+        }
+    }
+    let base_step = prev_state
+        .as_ref()
+        .map(|st| st.optimizer_steps)
+        .unwrap_or(0);
+
+    // inputs fingerprint for resume: settings + input content
+    let mut lineage = Lineage::new(STAGE, env!("CARGO_PKG_VERSION"), Artifact::Metrics);
+    for f in &data.rollout_files {
+        lineage.add_input("rollouts", f)?;
+    }
+    for f in &data.score_files {
+        lineage.add_input("scores", f)?;
+    }
+    if let Some(dir) = &s.adapter {
+        lineage.add_input("adapter", dir)?;
+    }
+    lineage
+        .extra
+        .insert("base_id".into(), serde_json::json!(base_id));
+    let input_hashes: Vec<String> = lineage.inputs.iter().map(|i| i.blake3.clone()).collect();
+    let fingerprint =
+        rlhf_core::hash::content_id(&[&s.fingerprint(), &input_hashes.join(","), &base_id]);
+
+    let prep = prepare(&model, &data.examples, s, beta)?;
+    let mut st = LoopState {
+        base_step,
+        done: 0,
+        metrics: MetricsLog::new(STAGE, iteration),
+        record_timings: s.record_timings,
+    };
+    if s.resume {
+        if !restore_checkpoint(&model, &mut opt, &mut st, s, &fingerprint)? {
+            tracing::info!(
+                "--resume: no checkpoint at {}; starting from the beginning",
+                s.checkpoint_dir().display()
+            );
+        }
+    }
+    train(
+        &model,
+        &data.examples,
+        &prep,
+        s,
+        beta,
+        iteration,
+        &mut opt,
+        &mut st,
+        &fingerprint,
+    )?;
+    let steps = st.done;
+    let end_step = (base_step + steps) as i64;
+
+    // iteration-level metrics, recorded at the iteration's last step
+    let next_beta = kl.update(prep.kl_seq_mean, data.examples.len() as u64);
+    let m = &mut st.metrics;
+    for (name, v) in &prep.metrics {
+        m.push(end_step, &format!("iter/{name}"), *v);
+    }
+    for (name, v) in &data.score_means {
+        m.push(end_step, &format!("iter/score/{name}_mean"), *v);
+    }
+    m.push(end_step, "iter/next_kl_coef", next_beta);
+    m.push(end_step, "iter/optimizer_steps", steps as f64);
+
+    let out = AtomicDir::new(&s.out)?;
+    model.save_adapter(POLICY, out.path())?;
+    rlhf_algo::checkpoint::write_named(&out.path().join(OPTIMIZER_FILE), &opt.policy.state())?;
+    if let Some(c) = &opt.critic {
+        model.save_adapter(CRITIC, &out.path().join(CRITIC_DIR))?;
+        rlhf_algo::checkpoint::write_named(&out.path().join(CRITIC_OPTIMIZER_FILE), &c.state())?;
+    }
+    let rollouts_seen =
+        prev_state.as_ref().map(|p| p.rollouts_seen).unwrap_or(0) + data.examples.len() as u64;
+    TrainingState {
+        format_version: STATE_VERSION,
+        producer: STAGE.into(),
+        algo: s.algo,
+        iteration,
+        optimizer_steps: base_step + steps,
+        rollouts_seen,
+        kl_controller: kl.clone(),
+        base_id: model.base_id(),
+        schedule: s.schedule,
+        adamw: s.adamw,
+    }
+    .write(out.path())?;
+    st.metrics.write(&out.path().join(METRICS_FILE), &lineage)?;
+    out.commit()?;
+    let ck = s.checkpoint_dir();
+    if ck.exists() {
+        std::fs::remove_dir_all(&ck)
+            .with_context(|| format!("removing checkpoint {}", ck.display()))?;
+    }
+    let metric = |name: &str| {
+        prep.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Summary {
+        out: s.out.display().to_string(),
+        algo: s.algo.name().into(),
+        iteration,
+        rollouts: data.examples.len(),
+        optimizer_steps: steps,
+        kl_coef: beta,
+        next_kl_coef: next_beta,
+        score_mean: metric("score_mean"),
+        kl_ref: metric("kl_ref"),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,266 @@
+//! Validated settings: every flag checked in one place (ranges, paths, combinations) before
+//! the model is loaded, so a bad command line fails in milliseconds with a clear message.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use rlhf_algo::kl::KlEstimator;
+use rlhf_algo::kl_control::KlController;
+use rlhf_algo::optim::AdamWConfig;
+use rlhf_algo::schedule::Schedule;
+use rlhf_core::CoreError;
+use tch::{Device, Kind};
+
+use crate::args::{Algo, Cli};
+
+/// Fresh-adapter LoRA settings (used when no --adapter is given, and for a new critic).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoraSettings {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Empty = the architecture's default.
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+/// Everything ppo-update needs, checked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    pub model_dir: PathBuf,
+    #[serde(skip)]
+    pub device: Device,
+    #[serde(skip)]
+    pub kind: Kind,
+    pub adapter: Option<PathBuf>,
+    pub rollouts: PathBuf,
+    pub scores: PathBuf,
+    pub out: PathBuf,
+    pub iteration: Option<i32>,
+    pub algo: Algo,
+    pub reward_column: String,
+    pub lora: LoraSettings,
+    pub critic: Option<PathBuf>,
+    pub critic_init: Option<PathBuf>,
+    pub adamw: AdamWConfig,
+    pub critic_lr: f64,
+    pub schedule: Schedule,
+    pub max_grad_norm: f64,
+    pub reset_optimizer: bool,
+    pub epochs: usize,
+    pub minibatch_size: usize,
+    pub micro_batch_size: usize,
+    pub clip_range: f64,
+    pub value_clip_range: f64,
+    pub gamma: f64,
+    pub gae_lambda: f64,
+    pub whiten_advantages: bool,
+    pub whiten_rewards: bool,
+    pub entropy_coef: f64,
+    pub grpo_eps: f64,
+    /// The controller as configured by the flags (its state may come from --adapter).
+    pub kl: KlController,
+    pub kl_estimator: KlEstimator,
+    pub recompute_ref: bool,
+    pub tis_cap: f64,
+    pub checkpoint_every: u64,
+    pub resume: bool,
+    pub stop_after_steps: Option<u64>,
+    pub record_timings: bool,
+    pub seed: u64,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(CoreError::Usage(msg))
+}
+
+fn check_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if !(v >= lo && v <= hi) {
+        return Err(usage(format!("{name} must be in [{lo}, {hi}], got {v}")));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Validates the parsed command line.
+    pub fn from_cli(cli: &Cli) -> Result<Settings> {
+        let device = cli.model.device()?;
+        if !cli.model.model.join("config.json").is_file() {
+            bail!(CoreError::BadInput {
+                path: cli.model.model.clone(),
+                row: None,
+                message: "not a model folder (no config.json)\n  hint: --model takes the frozen base (e.g. the SFT model folder)".into(),
+            });
+        }
+        for (flag, dir) in [
+            ("--adapter", &cli.adapter),
+            ("--critic", &cli.critic),
+            ("--critic-init", &cli.critic_init),
+        ] {
+            if let Some(d) = dir {
+                if !d.join("adapter_config.json").is_file() {
+                    bail!(CoreError::BadInput {
+                        path: d.clone(),
+                        row: None,
+                        message: format!("{flag}: not an adapter folder (no adapter_config.json)"),
+                    });
+                }
+            }
+        }
+        if cli.adapter.as_deref() == Some(cli.out.as_path()) {
+            return Err(usage("--out must differ from --adapter (the input adapter is read while the output is written)".into()));
+        }
+        if cli.epochs == 0 || cli.minibatch_size == 0 || cli.micro_batch_size == 0 {
+            return Err(usage(
+                "--epochs, --minibatch-size and --micro-batch-size must be at least 1".into(),
+            ));
+        }
+        if cli.minibatch_size % cli.micro_batch_size != 0 {
+            return Err(usage(format!(
+                "--minibatch-size ({}) must be a multiple of --micro-batch-size ({})",
+                cli.minibatch_size, cli.micro_batch_size
+            )));
+        }
+        check_range("--clip-range", cli.clip_range, 0.0, 10.0)?;
+        check_range("--value-clip-range", cli.value_clip_range, 0.0, f64::MAX)?;
+        check_range("--gamma", cli.gamma, 0.0, 1.0)?;
+        check_range("--gae-lambda", cli.gae_lambda, 0.0, 1.0)?;
+        check_range("--entropy-coef", cli.entropy_coef, 0.0, f64::MAX)?;
+        check_range("--grpo-eps", cli.grpo_eps, 0.0, f64::MAX)?;
+        check_range("--max-grad-norm", cli.max_grad_norm, 0.0, f64::MAX)?;
+        check_range("--tis-cap", cli.tis_cap, 0.0, f64::MAX)?;
+        if cli.algo == Algo::Reinforce {
+            check_range(
+                "--kl-coef (reinforce weights score by 1 - beta)",
+                cli.kl_coef,
+                0.0,
+                1.0,
+            )?;
+        }
+        let adamw = AdamWConfig {
+            lr: cli.learning_rate,
+            beta1: cli.adam_beta1,
+            beta2: cli.adam_beta2,
+            eps: cli.adam_eps,
+            weight_decay: cli.weight_decay,
+        };
+        adamw.validate().map_err(|e| usage(e.to_string()))?;
+        let critic_lr = cli.critic_learning_rate.unwrap_or(cli.learning_rate);
+        check_range("--critic-learning-rate", critic_lr, 0.0, f64::MAX)?;
+        let schedule = Schedule {
+            kind: cli.lr_schedule,
+            base_lr: cli.learning_rate,
+            warmup_steps: cli.warmup_steps,
+            total_steps: cli.total_steps,
+            final_fraction: cli.final_lr_fraction,
+        };
+        schedule.validate().map_err(|e| {
+            usage(format!(
+                "{e} (--lr-schedule, --warmup-steps, --total-steps)"
+            ))
+        })?;
+        let kl = match cli.kl_target {
+            Some(t) => KlController::adaptive(cli.kl_coef, t, cli.kl_horizon),
+            None => KlController::fixed(cli.kl_coef),
+        }
+        .map_err(|e| usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
+        let lora = LoraSettings {
+            rank: cli.lora_rank,
+            alpha: cli.lora_alpha,
+            dropout: cli.lora_dropout,
+            targets: cli.lora_targets.clone(),
+            rslora: cli.rslora,
+        };
+        if lora.rank <= 0 || !(lora.alpha > 0.0) || !(0.0..1.0).contains(&lora.dropout) {
+            return Err(usage(format!(
+                "--lora-rank must be >= 1, --lora-alpha > 0 and --lora-dropout in [0, 1); got {}, {}, {}",
+                lora.rank, lora.alpha, lora.dropout
+            )));
+        }
+        if !cli.algo.has_critic() && (cli.critic.is_some() || cli.critic_init.is_some()) {
+            return Err(usage(format!(
+                "--algo {} trains no critic; drop --critic/--critic-init",
+                cli.algo.name()
+            )));
+        }
+        if cli.reward_column.is_empty() {
+            return Err(usage("--reward-column must not be empty".into()));
+        }
+        let whiten_advantages = cli
+            .whiten_advantages
+            .unwrap_or(matches!(cli.algo, Algo::Ppo | Algo::Reinforce));
+        Ok(Settings {
+            model_dir: cli.model.model.clone(),
+            device,
+            kind: cli.model.kind(),
+            adapter: cli.adapter.clone(),
+            rollouts: cli.rollouts.clone(),
+            scores: cli.scores.clone(),
+            out: cli.out.clone(),
+            iteration: cli.iteration,
+            algo: cli.algo,
+            reward_column: cli.reward_column.clone(),
+            lora,
+            critic: cli.critic.clone(),
+            critic_init: cli.critic_init.clone(),
+            adamw,
+            critic_lr,
+            schedule,
+            max_grad_norm: cli.max_grad_norm,
+            reset_optimizer: cli.reset_optimizer,
+            epochs: cli.epochs,
+            minibatch_size: cli.minibatch_size,
+            micro_batch_size: cli.micro_batch_size,
+            clip_range: cli.clip_range,
+            value_clip_range: cli.value_clip_range,
+            gamma: cli.gamma,
+            gae_lambda: cli.gae_lambda,
+            whiten_advantages,
+            whiten_rewards: cli.whiten_rewards,
+            entropy_coef: cli.entropy_coef,
+            grpo_eps: cli.grpo_eps,
+            kl,
+            kl_estimator: cli.kl_estimator,
+            recompute_ref: cli.recompute_ref,
+            tis_cap: cli.tis_cap,
+            checkpoint_every: cli.checkpoint_every,
+            resume: cli.resume,
+            stop_after_steps: cli.stop_after_steps,
+            record_timings: cli.record_timings,
+            seed: cli.global.seed,
+        })
+    }
+
+    /// The checkpoint folder of an interrupted run: a hidden sibling of --out.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        let name = self
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "policy".into());
+        let sibling = format!(".{name}.checkpoint");
+        match self.out.parent() {
+            Some(p) => p.join(sibling),
+            None => PathBuf::from(sibling),
+        }
+    }
+
+    /// What must be identical for a checkpoint to be resumed: every setting that affects
+    /// the result (not --resume, --stop-after-steps or --checkpoint-every).
+    pub fn fingerprint(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in [
+                "resume",
+                "stop_after_steps",
+                "checkpoint_every",
+                "record_timings",
+            ] {
+                o.remove(k);
+            }
+        }
+        v.as_object_mut()
+            .map(|o| o.insert("dtype".into(), format!("{:?}", self.kind).into()));
+        rlhf_core::hash::content_id(&[&v.to_string()])
+    }
+}

@@ -1,0 +1,360 @@
+//! Phase 2 of an iteration: epochs over shuffled minibatches, each accumulated over
+//! micro-batches, one AdamW step per minibatch for the policy (and the critic), with
+//! gradient clipping, the learning-rate schedule, per-step metrics, NaN/inf checks and
+//! periodic checkpoints from which `--resume` continues to the same result.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rlhf_algo::checkpoint::{self, CheckpointMeta};
+use rlhf_algo::error::ensure_finite_named;
+use rlhf_algo::masked::{masked_mean, scalar};
+use rlhf_algo::optim::AdamW;
+use rlhf_algo::policy_loss::{clipped_value_loss, kl_loss, ppo_clipped_loss};
+use rlhf_core::metrics::MetricsLog;
+use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::{scoring, Model};
+use tch::Tensor;
+
+use crate::args::Algo;
+use crate::data::Example;
+use crate::prepare::{Prepared, CRITIC, POLICY};
+use crate::ragged::at_response;
+use crate::settings::Settings;
+
+/// The optimisers of one run.
+pub struct Optimizers {
+    pub policy: AdamW,
+    pub critic: Option<AdamW>,
+}
+
+/// Where the loop starts and what it has recorded so far.
+pub struct LoopState {
+    /// Optimiser steps taken before this iteration (schedule offset).
+    pub base_step: u64,
+    /// Minibatch steps of this iteration already done (non-zero after a resume).
+    pub done: u64,
+    /// Metrics recorded so far in this iteration.
+    pub metrics: MetricsLog,
+    /// Whether to record timings (tokens/s) in the metrics.
+    pub record_timings: bool,
+}
+
+/// The minibatches of the whole iteration: for each epoch a seeded permutation cut into
+/// chunks of `minibatch_size` (the last may be smaller).
+pub fn schedule_minibatches(n: usize, s: &Settings, iteration: i32) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for epoch in 0..s.epochs {
+        let mut idx: Vec<usize> = (0..n).collect();
+        let mut rng =
+            rlhf_nn::rng::rng_for(s.seed, &format!("ppo-update/order/{iteration}/{epoch}"));
+        for i in (1..n).rev() {
+            let j = (rlhf_nn::rng::uniform(&mut rng) * (i + 1) as f64) as usize;
+            idx.swap(i, j.min(i));
+        }
+        out.extend(idx.chunks(s.minibatch_size).map(<[usize]>::to_vec));
+    }
+    out
+}
+
+/// Sums of per-step diagnostics, weighted by response tokens.
+#[derive(Default)]
+struct StepSums {
+    tokens: f64,
+    policy_loss: f64,
+    entropy: f64,
+    approx_kl: f64,
+    clip_frac: f64,
+    ratio_mean: f64,
+    ratio_max: f64,
+    kl_ref: f64,
+    value_loss: f64,
+    value_clip_frac: f64,
+}
+
+/// Names and tensors of the trainable parameters, prefixed by adapter (for checkpoints).
+pub fn trainable(model: &Model, critic: bool) -> Result<Vec<(String, Tensor)>> {
+    let mut out: Vec<(String, Tensor)> = model
+        .adapter_named_parameters(POLICY)?
+        .into_iter()
+        .map(|(n, t)| (format!("{POLICY}/{n}"), t))
+        .collect();
+    if critic {
+        out.extend(
+            model
+                .adapter_named_parameters(CRITIC)?
+                .into_iter()
+                .map(|(n, t)| (format!("{CRITIC}/{n}"), t)),
+        );
+    }
+    Ok(out)
+}
+
+fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    list.into_iter()
+        .map(|(n, t)| (format!("{prefix}/{n}"), t))
+        .collect()
+}
+
+fn strip(prefix: &str, list: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let p = format!("{prefix}/");
+    list.iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix(&p)
+                .map(|s| (s.to_string(), t.shallow_clone()))
+        })
+        .collect()
+}
+
+/// Saves a checkpoint of the iteration after `done` minibatch steps.
+fn save_checkpoint(
+    model: &Model,
+    opt: &Optimizers,
+    st: &LoopState,
+    s: &Settings,
+    fingerprint: &str,
+) -> Result<()> {
+    let mut meta = CheckpointMeta::new(st.done, st.done, s.seed);
+    let rows: Vec<serde_json::Value> = st
+        .metrics
+        .rows
+        .iter()
+        .map(|r| serde_json::json!([r.step, r.metric, r.value]))
+        .collect();
+    meta.extra = serde_json::json!({ "fingerprint": fingerprint, "metrics": rows });
+    let mut optim = prefixed(POLICY, opt.policy.state());
+    if let Some(c) = &opt.critic {
+        optim.extend(prefixed(CRITIC, c.state()));
+    }
+    let dir = s.checkpoint_dir();
+    checkpoint::save(
+        &dir,
+        &meta,
+        &trainable(model, opt.critic.is_some())?,
+        &optim,
+    )
+    .with_context(|| format!("writing checkpoint {}", dir.display()))?;
+    tracing::info!(step = st.done, dir = %dir.display(), "checkpoint saved");
+    Ok(())
+}
+
+/// Restores a checkpoint into the model, optimisers and loop state; false when none exists.
+pub fn restore_checkpoint(
+    model: &Model,
+    opt: &mut Optimizers,
+    st: &mut LoopState,
+    s: &Settings,
+    fingerprint: &str,
+) -> Result<bool> {
+    let dir = s.checkpoint_dir();
+    if !checkpoint::exists(&dir) {
+        return Ok(false);
+    }
+    let ck = checkpoint::load(&dir)?;
+    let found = ck
+        .meta
+        .extra
+        .get("fingerprint")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if found != fingerprint {
+        bail!(rlhf_core::CoreError::Mismatch {
+            what: "checkpoint",
+            left_name: dir.display().to_string(),
+            left: format!("run fingerprint {found}"),
+            right_name: "this command".into(),
+            right: format!("run fingerprint {fingerprint}"),
+            hint: "resume with the same inputs, flags and seed, or delete the checkpoint folder to start over".into(),
+        });
+    }
+    checkpoint::restore_into(&trainable(model, opt.critic.is_some())?, &ck.tensors)?;
+    opt.policy.load_state(&strip(POLICY, &ck.optimizer))?;
+    if let Some(c) = opt.critic.as_mut() {
+        c.load_state(&strip(CRITIC, &ck.optimizer))?;
+    }
+    st.done = ck.meta.step;
+    st.metrics.rows.clear();
+    if let Some(rows) = ck.meta.extra.get("metrics").and_then(|v| v.as_array()) {
+        for r in rows {
+            let (Some(step), Some(name), Some(value)) =
+                (r[0].as_i64(), r[1].as_str(), r[2].as_f64())
+            else {
+                bail!("checkpoint {}: malformed metrics entry {r}", dir.display());
+            };
+            st.metrics.push(step, name, value);
+        }
+    }
+    tracing::info!(step = st.done, dir = %dir.display(), "resuming from checkpoint");
+    Ok(true)
+}
+
+/// The rows `idx` of a ragged per-rollout vector.
+fn pick<'a>(v: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
+    idx.iter().map(|&i| v[i].as_slice()).collect()
+}
+
+/// Runs every minibatch step not yet done.
+pub fn train(
+    model: &Model,
+    examples: &[Example],
+    prep: &Prepared,
+    s: &Settings,
+    beta: f64,
+    iteration: i32,
+    opt: &mut Optimizers,
+    st: &mut LoopState,
+    fingerprint: &str,
+) -> Result<()> {
+    let minibatches = schedule_minibatches(examples.len(), s, iteration);
+    let total = minibatches.len() as u64;
+    let device = model.device();
+    let bar = rlhf_core::progress::bar(total, "updating policy");
+    bar.set_position(st.done);
+    for (k, mb) in minibatches.iter().enumerate().skip(st.done as usize) {
+        let k = k as u64;
+        let step = st.base_step + k;
+        let started = Instant::now();
+        // dropout masks depend only on the seed and the step, so a resumed run matches
+        tch::manual_seed(
+            (rlhf_core::hash::unit_interval(&format!("{}/{iteration}/{k}", s.seed))
+                * i64::MAX as f64) as i64,
+        );
+        let mb_tokens: usize = mb.iter().map(|&i| examples[i].response_tokens.len()).sum();
+        let mut sums = StepSums::default();
+        opt.policy.zero_grad();
+        if let Some(c) = opt.critic.as_mut() {
+            c.zero_grad();
+        }
+        for micro in mb.chunks(s.micro_batch_size) {
+            let rows: Vec<(&[i32], &[i32])> = micro
+                .iter()
+                .map(|&i| {
+                    (
+                        examples[i].prompt_tokens.as_slice(),
+                        examples[i].response_tokens.as_slice(),
+                    )
+                })
+                .collect();
+            let batch = SeqBatch::new(&rows, 0, device)?;
+            let micro_tokens: usize = micro
+                .iter()
+                .map(|&i| examples[i].response_tokens.len())
+                .sum();
+            let weight = micro_tokens as f64 / mb_tokens as f64;
+            let mask = &batch.response_mask;
+            let old = at_response(&batch, &pick(&prep.old_logp, micro))?;
+            let adv = at_response(&batch, &pick(&prep.advantages, micro))?;
+            let out = scoring::forward_outputs(model, Some(POLICY), &batch, true, true, false)?;
+            let logp = out.logprobs;
+            let entropy = out.entropy.unwrap_or_else(|| logp.zeros_like());
+            let pl = ppo_clipped_loss(&logp, &old, &adv, mask, s.clip_range)?;
+            let mut loss = match &prep.tis_weights {
+                Some(w) => {
+                    // token-weighted surrogate: recompute with the importance weights folded in
+                    let w = at_response(&batch, &pick(w, micro))?;
+                    ppo_clipped_loss(&logp, &old, &(&adv * &w), mask, s.clip_range)?.loss
+                }
+                None => pl.loss.shallow_clone(),
+            };
+            let ref_t = at_response(&batch, &pick(&prep.ref_logp, micro))?;
+            if s.algo == Algo::Grpo && beta > 0.0 {
+                loss += kl_loss(&logp, &ref_t, mask)? * beta;
+            }
+            let ent = masked_mean(&entropy, mask);
+            if s.entropy_coef > 0.0 {
+                loss -= &ent * s.entropy_coef;
+            }
+            let loss_v = scalar(&loss);
+            ensure_finite_named("policy loss", loss_v, step)?;
+            (loss * weight).backward();
+            let kl_ref = tch::no_grad(|| scalar(&masked_mean(&(logp.detach() - &ref_t), mask)));
+            sums.tokens += micro_tokens as f64;
+            let w = micro_tokens as f64;
+            sums.policy_loss += loss_v * w;
+            sums.entropy += scalar(&ent) * w;
+            sums.approx_kl += pl.approx_kl * w;
+            sums.clip_frac += pl.clip_frac * w;
+            sums.ratio_mean += pl.ratio_mean * w;
+            sums.ratio_max = sums.ratio_max.max(pl.ratio_max);
+            sums.kl_ref += kl_ref * w;
+            if opt.critic.is_some() {
+                let values = scoring::token_values(model, Some(CRITIC), &batch, true)?;
+                let ret = at_response(&batch, &pick(&prep.returns, micro))?;
+                let old_v = at_response(&batch, &pick(&prep.old_values, micro))?;
+                let (vmask, vweight) = if s.algo == Algo::Ppo {
+                    (mask.shallow_clone(), weight)
+                } else {
+                    let first: Vec<&[f32]> = micro.iter().map(|_| &[1.0f32][..]).collect();
+                    (
+                        at_response(&batch, &first)?,
+                        micro.len() as f64 / mb.len() as f64,
+                    )
+                };
+                let vl = clipped_value_loss(&values, &old_v, &ret, &vmask, s.value_clip_range)?;
+                let vl_v = scalar(&vl.loss);
+                ensure_finite_named("value loss", vl_v, step)?;
+                (vl.loss * vweight).backward();
+                sums.value_loss += vl_v * vweight;
+                sums.value_clip_frac += vl.clip_frac * vweight;
+            }
+        }
+        let lr = s.schedule.lr_at(step);
+        let gn = opt.policy.clip_grad_norm(s.max_grad_norm);
+        ensure_finite_named("policy gradient norm", gn, step)?;
+        opt.policy.step(lr);
+        let mut critic_gn = None;
+        if let Some(c) = opt.critic.as_mut() {
+            let g = c.clip_grad_norm(s.max_grad_norm);
+            ensure_finite_named("critic gradient norm", g, step)?;
+            let critic_lr = if s.adamw.lr > 0.0 {
+                lr * s.critic_lr / s.adamw.lr
+            } else {
+                s.critic_lr
+            };
+            c.step(critic_lr);
+            critic_gn = Some(g);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let t = sums.tokens.max(1.0);
+        let m = &mut st.metrics;
+        let at = (step + 1) as i64;
+        m.push(at, "train/policy_loss", sums.policy_loss / t);
+        m.push(at, "train/entropy", sums.entropy / t);
+        m.push(at, "train/approx_kl", sums.approx_kl / t);
+        m.push(at, "train/clip_frac", sums.clip_frac / t);
+        m.push(at, "train/ratio_mean", sums.ratio_mean / t);
+        m.push(at, "train/ratio_max", sums.ratio_max);
+        m.push(at, "train/kl_ref_per_token", sums.kl_ref / t);
+        m.push(at, "train/grad_norm", gn);
+        m.push(at, "train/lr", lr);
+        if let Some(g) = critic_gn {
+            m.push(at, "train/value_loss", sums.value_loss);
+            m.push(at, "train/value_clip_frac", sums.value_clip_frac);
+            m.push(at, "train/critic_grad_norm", g);
+        }
+        if st.record_timings {
+            m.push(at, "train/tokens_per_s", mb_tokens as f64 / secs.max(1e-9));
+        }
+        tracing::debug!(
+            step = at,
+            loss = sums.policy_loss / t,
+            grad_norm = gn,
+            lr,
+            tokens_per_s = mb_tokens as f64 / secs.max(1e-9),
+            "step"
+        );
+        st.done = k + 1;
+        bar.inc(1);
+        if s.checkpoint_every > 0 && st.done % s.checkpoint_every == 0 && st.done < total {
+            save_checkpoint(model, opt, st, s, fingerprint)?;
+        }
+        if s.stop_after_steps == Some(st.done) && st.done < total {
+            bail!(
+                "stopped after {} optimiser steps (--stop-after-steps)",
+                st.done
+            );
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
