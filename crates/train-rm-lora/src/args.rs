@@ -83,7 +83,8 @@ pub struct Cli {
 
     /// Train every base weight plus the score head instead of LoRA (the PERL comparison).
     /// Same code path; the output folder is a full *ForSequenceClassification model.
-    #[arg(long)]
+    /// Not combinable with --ensemble (N full copies of the base).
+    #[arg(long, conflicts_with = "ensemble")]
     pub full: bool,
 
     /// Passes over the training data (the run stops at --max-steps if that comes first).

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rlhf_algo::optim::AdamWConfig;
 use rlhf_algo::schedule::ScheduleKind;
 use rlhf_core::atomic::AtomicDir;
@@ -49,15 +49,8 @@ pub fn checkpoint_root(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.checkpoint"))
 }
 
-fn usage(msg: String) -> anyhow::Error {
-    CoreError::Usage(msg).into()
-}
-
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
-    if cli.full && cli.ensemble > 1 {
-        bail!(usage("--full with --ensemble N would train N full copies of the base; use LoRA members (drop --full)".into()));
-    }
     if !cli.model.model.join("config.json").is_file() {
         return Err(CoreError::BadInput {
             path: cli.model.model.clone(),
