@@ -1,0 +1,18 @@
+//! The benchmark cases, in the order they run. To add one: a file `<name>.rs` here with a
+//! unit struct implementing `crate::Case`, then one `mod` line and one registry line below.
+//! Cases that use another's figure (e.g. the matmul roof) must come after it.
+
+mod matmul_fp32;
+
+use crate::Case;
+
+/// Every case, in run order.
+static REGISTRY: &[&dyn Case] = &[
+    &matmul_fp32::MatmulFp32,
+    // add new cases below this line
+];
+
+/// Every case, in run order.
+pub fn registry() -> &'static [&'static dyn Case] {
+    REGISTRY
+}

@@ -1,0 +1,71 @@
+//! Smoke tests of the rlhf-bench binary: the results file's shape (never its timings).
+
+use std::process::Command;
+
+fn bench() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf-bench"));
+    c.env_remove("RLHF_PYTHON").arg("-q");
+    c
+}
+
+#[test]
+fn quick_run_writes_results_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bench/results.json");
+    let mut c = bench();
+    c.args([
+        "--quick",
+        "--threads",
+        "1",
+        "--cases",
+        "matmul_fp32",
+        "--out",
+    ])
+    .arg(&out);
+    // With the project's Python environment the reference is measured too.
+    let python = std::env::var_os("RLHF_PYTHON");
+    if let Some(p) = &python {
+        c.env("RLHF_PYTHON", p);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.lines().nth(2).unwrap().starts_with("matmul_fp32 "),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["machine"]["torch_threads"], 1);
+    assert!(v["machine"]["torch_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.11.0"));
+    let case = &v["cases"][0];
+    assert_eq!(case["name"], "matmul_fp32");
+    assert_eq!(case["unit"], "GFLOP/s");
+    assert!(case["value"].as_f64().unwrap() > 0.0);
+    if python.is_some() {
+        let (ours, reference) = (
+            case["value"].as_f64().unwrap(),
+            case["reference_value"].as_f64().unwrap(),
+        );
+        assert!(reference > 0.0);
+        assert!((case["ratio"].as_f64().unwrap() - ours / reference).abs() < 1e-9);
+    } else {
+        assert!(case["reference"].is_null() && case["ratio"].is_null());
+    }
+}
+
+#[test]
+fn unknown_case_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bench()
+        .args(["--cases", "matmul_fp32,warp_drive", "--out"])
+        .arg(tmp.path().join("r.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown benchmark case `warp_drive`"), "{err}");
+    assert!(!tmp.path().join("r.json").exists());
+}

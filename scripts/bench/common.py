@@ -1,0 +1,39 @@
+"""Shared helpers of the Python reference benchmarks run by rlhf-bench.
+
+Same procedure as crates/rlhf-bench/src/timing.rs: warm-up calls, then trials of enough
+calls to fill a minimum duration each; the figure is the fastest trial's time per call.
+Each script prints one JSON object on its last stdout line (see emit).
+"""
+
+import json
+import sys
+import time
+
+
+def budget(quick):
+    """(warmup, trials, min_trial_seconds), as Budget::new in timing.rs."""
+    return (1, 3, 0.05) if quick else (3, 7, 0.5)
+
+
+def seconds_per_call(fn, quick):
+    """Seconds per call of fn(): the fastest trial."""
+    warmup, trials, min_trial = budget(quick)
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t, 1e-9)
+    calls = max(1, int(-(-min_trial // one)))
+    per_call = []
+    for _ in range(max(1, trials)):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_call.append((time.perf_counter() - t) / calls)
+    return min(per_call)
+
+
+def emit(result):
+    """Prints the result object as the last stdout line."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
