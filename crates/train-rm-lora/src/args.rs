@@ -77,7 +77,7 @@ pub struct Cli {
     pub lora_dropout: f64,
 
     /// Comma-separated module names that get LoRA. Default: the attention projections of
-    /// the architecture (q_proj,k_proj,v_proj,o_proj for Llama; c_attn,attn.c_proj for GPT-2).
+    /// the architecture (q_proj,k_proj,v_proj,o_proj for Llama; c_attn for GPT-2).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub target_modules: Option<Vec<String>>,
 
@@ -256,7 +256,10 @@ mod tests {
         assert!(parse(&["--ratings", "r.parquet", "--batch-size", "0"]).is_err());
         assert!(parse(&["--ratings", "r.parquet", "--learning-rate", "nan"]).is_err());
         let cli = parse(&["--preferences", "p", "--target-modules", "q_proj,v_proj"]).unwrap();
-        assert_eq!(cli.target_modules, Some(vec!["q_proj".into(), "v_proj".into()]));
+        assert_eq!(
+            cli.target_modules,
+            Some(vec!["q_proj".into(), "v_proj".into()])
+        );
         assert_eq!(cli.lora_rank, 8);
         assert_eq!(cli.group_weighting, GroupWeighting::PerGroup);
     }

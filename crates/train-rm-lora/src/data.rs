@@ -231,11 +231,21 @@ pub fn load_preferences(
     for file in &ds.files {
         let (rows, _) = read_records::<PreferenceRow>(file)?;
         for (i, row) in rows.into_iter().enumerate() {
-            check_unit(file, i, "label", row.label, "label is P(chosen preferred), 0.5 for a tie")?;
+            check_unit(
+                file,
+                i,
+                "label",
+                row.label,
+                "label is P(chosen preferred), 0.5 for a tie",
+            )?;
             check_weight(file, i, row.weight)?;
             let margin = row.margin.unwrap_or(0.0);
             if !margin.is_finite() {
-                return Err(bad(file, i, format!("column `margin` is {margin}, expected a finite number or null")));
+                return Err(bad(
+                    file,
+                    i,
+                    format!("column `margin` is {margin}, expected a finite number or null"),
+                ));
             }
             let pt = row.prompt_tokens.as_ref().filter(|_| trusted);
             let ct = row.chosen_tokens.as_ref().filter(|_| trusted);
@@ -243,7 +253,11 @@ pub fn load_preferences(
             let chosen = enc.seq(&row.prompt, &row.chosen, pt.zip(ct))?;
             let rejected = enc.seq(&row.prompt, &row.rejected, pt.zip(rt))?;
             if chosen.is_empty() || rejected.is_empty() {
-                return Err(bad(file, i, "prompt and response are both empty: nothing to score".into()));
+                return Err(bad(
+                    file,
+                    i,
+                    "prompt and response are both empty: nothing to score".into(),
+                ));
             }
             let ex = split_of(data, file, i, &row.split)?;
             let (c, r) = (ex.intern(chosen), ex.intern(rejected));
@@ -286,7 +300,11 @@ pub fn load_ratings(
             };
             let seq = enc.seq(&row.prompt, &row.response, stored)?;
             if seq.is_empty() {
-                return Err(bad(file, i, "prompt and response are both empty: nothing to score".into()));
+                return Err(bad(
+                    file,
+                    i,
+                    "prompt and response are both empty: nothing to score".into(),
+                ));
             }
             let ex = split_of(data, file, i, &row.split)?;
             let s = ex.intern(seq);
@@ -387,7 +405,12 @@ mod tests {
         let b = ex.intern(s(6));
         assert_eq!(ex.intern(s(5)), a);
         assert_eq!(ex.seqs.len(), 2);
-        for (g, w) in [(Some("g"), 1.0), (Some("g"), 1.0), (Some("g"), 3.0), (None, 2.0)] {
+        for (g, w) in [
+            (Some("g"), 1.0),
+            (Some("g"), 1.0),
+            (Some("g"), 3.0),
+            (None, 2.0),
+        ] {
             ex.pairs.push(Pair {
                 chosen: a,
                 rejected: b,

@@ -9,7 +9,7 @@ pub mod data;
 pub mod loss;
 pub mod quality;
 pub mod resources;
-pub mod state;
 pub mod reward_model;
 pub mod run;
+pub mod state;
 pub mod train;

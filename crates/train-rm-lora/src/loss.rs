@@ -71,9 +71,22 @@ pub fn pairs(
 }
 
 /// Rating loss: binary cross-entropy with the reward as logit and the rating as target.
-pub fn ratings(reward: &Tensor, rating: &Tensor, weight: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+pub fn ratings(
+    reward: &Tensor,
+    rating: &Tensor,
+    weight: &Tensor,
+    cfg: &LossConfig,
+) -> Result<Tensor> {
     let zero = reward.zeros_like();
-    Ok(pair_loss(reward, &zero, rating, None, Some(weight), &cfg.rating_config())?.loss)
+    Ok(pair_loss(
+        reward,
+        &zero,
+        rating,
+        None,
+        Some(weight),
+        &cfg.rating_config(),
+    )?
+    .loss)
 }
 
 #[cfg(test)]
@@ -99,7 +112,15 @@ mod tests {
 
     fn loss_of(rc: &[f32], rr: &[f32], y: &[f32], cfg: &LossConfig) -> f64 {
         let n = rc.len();
-        let out = pairs(&t(rc), &t(rr), &t(y), &t(&vec![0.0; n]), &t(&vec![1.0; n]), cfg).unwrap();
+        let out = pairs(
+            &t(rc),
+            &t(rr),
+            &t(y),
+            &t(&vec![0.0; n]),
+            &t(&vec![1.0; n]),
+            cfg,
+        )
+        .unwrap();
         value(&out.loss)
     }
 
@@ -107,14 +128,31 @@ mod tests {
     fn tie_gives_zero_gradient_at_equal_scores_in_every_variant() {
         let variants = [
             LossConfig::default(),
-            LossConfig { label_smoothing: 0.1, ..Default::default() },
-            LossConfig { noise_robust: 0.1, ..Default::default() },
-            LossConfig { margin_scale: 2.0, ..Default::default() },
+            LossConfig {
+                label_smoothing: 0.1,
+                ..Default::default()
+            },
+            LossConfig {
+                noise_robust: 0.1,
+                ..Default::default()
+            },
+            LossConfig {
+                margin_scale: 2.0,
+                ..Default::default()
+            },
         ];
         for cfg in variants {
             let rc = t(&[0.7, -1.3]).set_requires_grad(true);
             let rr = t(&[0.7, -1.3]).set_requires_grad(true);
-            let out = pairs(&rc, &rr, &t(&[0.5, 0.5]), &t(&[3.0, 1.0]), &t(&[1.0, 2.0]), &cfg).unwrap();
+            let out = pairs(
+                &rc,
+                &rr,
+                &t(&[0.5, 0.5]),
+                &t(&[3.0, 1.0]),
+                &t(&[1.0, 2.0]),
+                &cfg,
+            )
+            .unwrap();
             out.loss.backward();
             for g in [rc.grad(), rr.grad()] {
                 let g: Vec<f32> = Vec::try_from(&g).unwrap();
@@ -134,11 +172,17 @@ mod tests {
         let plain = loss_of(&[1.0], &[0.0], &[1.0], &LossConfig::default());
         assert!((plain - softplus(-1.0)).abs() < 1e-6);
         // Smoothing 0.1 on y = 1: target 0.95.
-        let cfg = LossConfig { label_smoothing: 0.1, ..Default::default() };
+        let cfg = LossConfig {
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
         let expect = 0.95 * softplus(-2.0) + 0.05 * softplus(2.0);
         assert!((loss_of(&[2.0], &[0.0], &[1.0], &cfg) - expect).abs() < 1e-6);
         // Christiano et al.: 10% random answers, P = 0.9 s(d) + 0.05.
-        let cfg = LossConfig { noise_robust: 0.1, ..Default::default() };
+        let cfg = LossConfig {
+            noise_robust: 0.1,
+            ..Default::default()
+        };
         let expect = -(0.9 * sigmoid(1.5) + 0.05).ln();
         assert!((loss_of(&[1.5], &[0.0], &[1.0], &cfg) - expect).abs() < 1e-6);
         // A confidently wrong pair costs at most about -log(0.05) under the noise model.
@@ -148,14 +192,24 @@ mod tests {
 
     #[test]
     fn ratings_are_binary_cross_entropy() {
-        let cfg = LossConfig { center_coef: 1.0, margin_scale: 1.0, ..Default::default() };
+        let cfg = LossConfig {
+            center_coef: 1.0,
+            margin_scale: 1.0,
+            ..Default::default()
+        };
         // BCE(logit 0, target 0) = ln 2; BCE(logit 2, target 1) = softplus(-2); weights 1, 3.
         let l = ratings(&t(&[0.0, 2.0]), &t(&[0.0, 1.0]), &t(&[1.0, 3.0]), &cfg).unwrap();
         let expect = (2f64.ln() + 3.0 * softplus(-2.0)) / 4.0;
-        assert!((value(&l) - expect).abs() < 1e-6, "{} vs {expect}", value(&l));
+        assert!(
+            (value(&l) - expect).abs() < 1e-6,
+            "{} vs {expect}",
+            value(&l)
+        );
         // Gradient of BCE is sigmoid(r) - y.
         let r = t(&[0.3]).set_requires_grad(true);
-        ratings(&r, &t(&[1.0]), &t(&[1.0]), &LossConfig::default()).unwrap().backward();
+        ratings(&r, &t(&[1.0]), &t(&[1.0]), &LossConfig::default())
+            .unwrap()
+            .backward();
         let g = value(&r.grad().sum(Kind::Float));
         assert!((g - (sigmoid(0.3) - 1.0)).abs() < 1e-6);
     }

@@ -94,12 +94,8 @@ impl Collected {
     pub fn figures(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
         // Pair accuracy and margin over strict pairs, oriented so that positive = right.
-        let strict: Vec<(f64, f64, f64)> = self
-            .pairs
-            .iter()
-            .copied()
-            .filter(|p| p.2 != 0.5)
-            .collect();
+        let strict: Vec<(f64, f64, f64)> =
+            self.pairs.iter().copied().filter(|p| p.2 != 0.5).collect();
         if !strict.is_empty() {
             let oriented = |p: &(f64, f64, f64)| {
                 if p.2 > 0.5 {
@@ -129,11 +125,8 @@ impl Collected {
             out.push(("ties", (self.pairs.len() - strict.len()) as f64));
         }
         if !self.ratings.is_empty() {
-            let binary: Vec<(f64, bool)> = self
-                .ratings
-                .iter()
-                .map(|&(r, y)| (r, y >= 0.5))
-                .collect();
+            let binary: Vec<(f64, bool)> =
+                self.ratings.iter().map(|&(r, y)| (r, y >= 0.5)).collect();
             let pos: Vec<&(f64, bool)> = binary.iter().filter(|b| b.1).collect();
             let neg: Vec<&(f64, bool)> = binary.iter().filter(|b| !b.1).collect();
             let right = binary.iter().filter(|b| (b.0 > 0.0) == b.1).count();
@@ -148,7 +141,10 @@ impl Collected {
             }
             let preds: Vec<(f64, bool)> = binary.iter().map(|&(r, y)| (sigmoid(r), y)).collect();
             out.push(("ratings_ece", expected_calibration_error(&preds, 10)));
-            out.push(("ratings_positive_fraction", pos.len() as f64 / binary.len() as f64));
+            out.push((
+                "ratings_positive_fraction",
+                pos.len() as f64 / binary.len() as f64,
+            ));
             let (m, s) = mean_std(self.ratings.iter().map(|r| r.0));
             out.push(("ratings_reward_mean", m));
             out.push(("ratings_reward_std", s));
@@ -168,7 +164,12 @@ mod tests {
     #[test]
     fn pair_figures_skip_ties_for_accuracy() {
         let c = Collected {
-            pairs: vec![(1.0, 0.0, 1.0), (0.0, 2.0, 1.0), (3.0, 3.0, 0.5), (0.0, 1.0, 0.0)],
+            pairs: vec![
+                (1.0, 0.0, 1.0),
+                (0.0, 2.0, 1.0),
+                (3.0, 3.0, 0.5),
+                (0.0, 1.0, 0.0),
+            ],
             ratings: vec![],
         };
         let f = c.figures();
@@ -184,7 +185,13 @@ mod tests {
     #[test]
     fn auc_and_balanced_accuracy_on_skewed_thumbs() {
         // 4 positives, 1 negative; the negative outranks one positive.
-        let scored = [(0.9, true), (0.8, true), (0.1, true), (0.5, true), (0.3, false)];
+        let scored = [
+            (0.9, true),
+            (0.8, true),
+            (0.1, true),
+            (0.5, true),
+            (0.3, false),
+        ];
         assert_eq!(roc_auc(&scored), Some(3.0 / 4.0));
         assert_eq!(roc_auc(&[(1.0, true), (1.0, false)]), Some(0.5));
         assert_eq!(roc_auc(&[(1.0, true)]), None);

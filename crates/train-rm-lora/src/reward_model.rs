@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use rlhf_nn::lora::{HeadKind, LoraConfig};
 use rlhf_nn::batch::SeqBatch;
+use rlhf_nn::lora::{HeadKind, LoraConfig};
 use rlhf_nn::scoring::last_token_scores;
 use rlhf_nn::Model;
 use tch::{Device, Kind, Tensor};
@@ -109,7 +109,12 @@ impl<'m> RewardModel<'m> {
             })
             .collect();
         let batch = SeqBatch::new(&rows, self.pad_id as i32, self.model.device())?;
-        Ok(last_token_scores(self.model, Some(&self.adapter), &batch, train)?)
+        Ok(last_token_scores(
+            self.model,
+            Some(&self.adapter),
+            &batch,
+            train,
+        )?)
     }
 
     /// Scores many sequences without grad, in length-sorted chunks of `chunk`.
@@ -187,6 +192,10 @@ fn save_full(model: &Model, adapter: &str, pad_id: i64, dir: &Path) -> Result<()
 
 /// A 1-d tensor as f64 values.
 pub fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
-    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double)
+        .contiguous();
     Ok(Vec::<f64>::try_from(&t)?)
 }

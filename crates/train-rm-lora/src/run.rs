@@ -31,11 +31,12 @@ use crate::train::{train_member, Job, TrainConfig};
 /// Stage name in metrics and lineage.
 pub const STAGE: &str = "train-rm-lora";
 
-/// The default LoRA targets: the attention projections of the architecture.
+/// The default LoRA targets: the attention projections of the architecture (GPT-2:
+/// the fused q/k/v `c_attn`, PEFT's default; its `c_proj` name is shared with the MLP).
 pub fn default_targets(arch: Arch) -> Vec<String> {
     let names: &[&str] = match arch {
         Arch::Llama => &["q_proj", "k_proj", "v_proj", "o_proj"],
-        Arch::Gpt2 => &["c_attn", "attn.c_proj"],
+        Arch::Gpt2 => &["c_attn"],
     };
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -59,9 +60,14 @@ fn precheck(cli: &Cli) -> Result<()> {
         }
         .into());
     }
-    for (flag, p) in [("--preferences", &cli.preferences), ("--ratings", &cli.ratings), ("--normalize-with", &cli.normalize_with)] {
+    for (flag, p) in [
+        ("--preferences", &cli.preferences),
+        ("--ratings", &cli.ratings),
+        ("--normalize-with", &cli.normalize_with),
+    ] {
         if let Some(p) = p {
-            rlhf_core::parquet_io::resolve_inputs(p).with_context(|| format!("{flag} {}", p.display()))?;
+            rlhf_core::parquet_io::resolve_inputs(p)
+                .with_context(|| format!("{flag} {}", p.display()))?;
         }
     }
     if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -125,8 +131,9 @@ fn copy_files(from: &Path, to: &Path) -> Result<()> {
         let entry = entry?;
         if entry.file_type()?.is_file() {
             let dst = to.join(entry.file_name());
-            std::fs::copy(entry.path(), &dst)
-                .with_context(|| format!("copying {} to {}", entry.path().display(), dst.display()))?;
+            std::fs::copy(entry.path(), &dst).with_context(|| {
+                format!("copying {} to {}", entry.path().display(), dst.display())
+            })?;
         }
     }
     Ok(())
@@ -166,7 +173,11 @@ pub fn run(cli: &Cli) -> Result<()> {
     data.eval.apply_group_weighting(cli.group_weighting);
     if data.train.is_empty() {
         return Err(CoreError::BadInput {
-            path: cli.preferences.clone().or(cli.ratings.clone()).unwrap_or_default(),
+            path: cli
+                .preferences
+                .clone()
+                .or(cli.ratings.clone())
+                .unwrap_or_default(),
             row: None,
             message: "no training rows: every row has split=eval (or the file is empty)".into(),
         }
@@ -185,7 +196,11 @@ pub fn run(cli: &Cli) -> Result<()> {
     };
     data.truncated = enc.truncated;
     if data.truncated > 0 {
-        tracing::warn!(sequences = data.truncated, max_seq_len = cli.max_seq_len, "sequences truncated");
+        tracing::warn!(
+            sequences = data.truncated,
+            max_seq_len = cli.max_seq_len,
+            "sequences truncated"
+        );
     }
     info!(
         train_pairs = data.train.pairs.len(),
@@ -206,10 +221,17 @@ pub fn run(cli: &Cli) -> Result<()> {
         r: cli.lora_rank as i64,
         alpha: cli.lora_alpha,
         dropout: cli.lora_dropout,
-        target_modules: cli.target_modules.clone().unwrap_or_else(|| default_targets(arch)),
+        target_modules: cli
+            .target_modules
+            .clone()
+            .unwrap_or_else(|| default_targets(arch)),
         use_rslora: false,
     };
-    let tuning = if cli.full { Tuning::Full(lora) } else { Tuning::Lora(lora) };
+    let tuning = if cli.full {
+        Tuning::Full(lora)
+    } else {
+        Tuning::Lora(lora)
+    };
     let cfg = train_config(cli);
     let pad_id = tokenizer.pad_id as i64;
     let ck_root = checkpoint_root(&cli.out);
@@ -219,18 +241,35 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut summary = Vec::new();
     for member in 0..cli.ensemble {
         let name = state::member_dir_name(member);
-        let target = if cli.ensemble > 1 { out.path().join(&name) } else { out.path().to_path_buf() };
+        let target = if cli.ensemble > 1 {
+            out.path().join(&name)
+        } else {
+            out.path().to_path_buf()
+        };
         let done_dir = ck_root.join(format!("{name}.done"));
         if cli.ensemble > 1 && cli.resume && done_dir.join(state::STATE_FILE).is_file() {
-            info!(member, "member finished before the interruption; reusing it");
+            info!(
+                member,
+                "member finished before the interruption; reusing it"
+            );
             copy_files(&done_dir, &target)?;
             let log = MetricsLog::read(&done_dir.join("metrics.parquet"), STAGE, member as i32)?;
             all_metrics.rows.extend(log.rows);
             summary.push(json!({"member": member, "reused": true}));
             continue;
         }
-        let rm = RewardModel::attach(&mut model, &name, tuning.clone(), pad_id, cli.global.seed.wrapping_add(member as u64))?;
-        let member_groups = if cli.ensemble > 1 { bootstrap(&all_groups, cli.global.seed, member) } else { all_groups.clone() };
+        let rm = RewardModel::attach(
+            &mut model,
+            &name,
+            tuning.clone(),
+            pad_id,
+            cli.global.seed.wrapping_add(member as u64),
+        )?;
+        let member_groups = if cli.ensemble > 1 {
+            bootstrap(&all_groups, cli.global.seed, member)
+        } else {
+            all_groups.clone()
+        };
         let job = Job {
             cfg: &cfg,
             train: &data.train,
@@ -257,7 +296,12 @@ pub fn run(cli: &Cli) -> Result<()> {
             steps: outcome.steps,
             member,
             ensemble_size: cli.ensemble,
-            reference: Reference { source: ref_source.clone(), count: reference.len(), raw_mean, raw_std },
+            reference: Reference {
+                source: ref_source.clone(),
+                count: reference.len(),
+                raw_mean,
+                raw_std,
+            },
             eval: outcome.eval.iter().cloned().collect(),
         };
         rm.save(&target)?;
@@ -265,18 +309,27 @@ pub fn run(cli: &Cli) -> Result<()> {
         st.write(&target)?;
         let mut member_lineage = lineage.clone();
         member_lineage.extra.insert("member".into(), json!(member));
-        member_lineage.extra.insert("truncated_sequences".into(), json!(data.truncated));
+        member_lineage
+            .extra
+            .insert("truncated_sequences".into(), json!(data.truncated));
         member_lineage.extra.insert("eval".into(), json!(st.eval));
-        outcome.metrics.write(&target.join("metrics.parquet"), &member_lineage)?;
-        rlhf_core::atomic::write_file(&target.join("lineage.json"), member_lineage.to_json().as_bytes())?;
+        outcome
+            .metrics
+            .write(&target.join("metrics.parquet"), &member_lineage)?;
+        rlhf_core::atomic::write_file(
+            &target.join("lineage.json"),
+            member_lineage.to_json().as_bytes(),
+        )?;
         if cli.ensemble > 1 && cli.checkpoint_every > 0 {
             let staging = AtomicDir::new(&done_dir)?;
             copy_files(&target, staging.path())?;
             staging.commit()?;
         }
         all_metrics.rows.extend(outcome.metrics.rows);
-        summary.push(json!({"member": member, "steps": outcome.steps, "eval": st.eval,
-                            "reward_bias": bias, "reward_scale": scale}));
+        summary.push(
+            json!({"member": member, "steps": outcome.steps, "eval": st.eval,
+                            "reward_bias": bias, "reward_scale": scale}),
+        );
     }
     if cli.ensemble > 1 {
         let index = EnsembleIndex {
@@ -288,13 +341,20 @@ pub fn run(cli: &Cli) -> Result<()> {
             (serde_json::to_string_pretty(&index)? + "\n").as_bytes(),
         )?;
         all_metrics.write(&out.path().join("metrics.parquet"), &lineage)?;
-        rlhf_core::atomic::write_file(&out.path().join("lineage.json"), lineage.to_json().as_bytes())?;
+        rlhf_core::atomic::write_file(
+            &out.path().join("lineage.json"),
+            lineage.to_json().as_bytes(),
+        )?;
     }
     let path = out.commit()?;
     if ck_root.exists() && !cli.keep_checkpoint {
-        std::fs::remove_dir_all(&ck_root).with_context(|| format!("removing {}", ck_root.display()))?;
+        std::fs::remove_dir_all(&ck_root)
+            .with_context(|| format!("removing {}", ck_root.display()))?;
     }
     info!(out = %path.display(), "reward model written");
-    println!("{}", json!({"out": path.display().to_string(), "members": summary}));
+    println!(
+        "{}",
+        json!({"out": path.display().to_string(), "members": summary})
+    );
     Ok(())
 }

@@ -69,7 +69,11 @@ impl RewardState {
     /// Normalisation constants from raw reference scores.
     pub fn constants(raw: &[f64], with_scale: bool) -> (f64, f64, f64, f64) {
         let (mean, std) = crate::quality::mean_std(raw.iter().copied());
-        let scale = if with_scale && std > 1e-12 { 1.0 / std } else { 1.0 };
+        let scale = if with_scale && std > 1e-12 {
+            1.0 / std
+        } else {
+            1.0
+        };
         (-mean, scale, mean, std)
     }
 
@@ -88,8 +92,8 @@ impl RewardState {
     /// Reads the file from `dir`.
     pub fn read(dir: &Path) -> Result<RewardState> {
         let path = dir.join(STATE_FILE);
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }

@@ -102,8 +102,16 @@ pub fn batch_loss(
     if !batch.ratings.is_empty() {
         let idx: Vec<i64> = batch.ratings.iter().map(|r| r.0 as i64).collect();
         let reward = scores.index_select(0, &Tensor::from_slice(&idx).to_device(device));
-        let target: Vec<f32> = batch.ratings.iter().map(|r| ex.ratings[r.1].target).collect();
-        let weight: Vec<f32> = batch.ratings.iter().map(|r| ex.ratings[r.1].weight).collect();
+        let target: Vec<f32> = batch
+            .ratings
+            .iter()
+            .map(|r| ex.ratings[r.1].target)
+            .collect();
+        let weight: Vec<f32> = batch
+            .ratings
+            .iter()
+            .map(|r| ex.ratings[r.1].weight)
+            .collect();
         let l = loss::ratings(
             &reward,
             &Tensor::from_slice(&target).to_device(device),
@@ -121,11 +129,7 @@ pub fn batch_loss(
 }
 
 /// Evaluates on `ex` without grad: mean batch loss and the gathered scores.
-pub fn evaluate(
-    rm: &RewardModel,
-    ex: &Examples,
-    cfg: &TrainConfig,
-) -> Result<(f64, Collected)> {
+pub fn evaluate(rm: &RewardModel, ex: &Examples, cfg: &TrainConfig) -> Result<(f64, Collected)> {
     let _guard = tch::no_grad_guard();
     let mut total = 0.0;
     let mut n = 0usize;
@@ -156,7 +160,9 @@ fn rows_to_json(log: &MetricsLog) -> serde_json::Value {
 }
 
 fn rows_from_json(log: &mut MetricsLog, v: &serde_json::Value) -> Result<()> {
-    let rows = v.as_array().context("checkpoint extra `metrics` is not a list")?;
+    let rows = v
+        .as_array()
+        .context("checkpoint extra `metrics` is not a list")?;
     for r in rows {
         let (step, metric, value) = (r[0].as_i64(), r[1].as_str(), r[2].as_f64());
         match (step, metric, value) {
@@ -175,7 +181,13 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
     let seed = cfg.seed.wrapping_add((job.member as u64) << 32);
     let mut stream: Vec<Batch> = Vec::new();
     for epoch in 0..cfg.epochs {
-        stream.extend(epoch_batches(job.train, &job.groups, cfg.batch_size, seed, epoch));
+        stream.extend(epoch_batches(
+            job.train,
+            &job.groups,
+            cfg.batch_size,
+            seed,
+            epoch,
+        ));
     }
     if stream.is_empty() {
         bail!("no training examples (every row has split=eval?)");
@@ -194,7 +206,10 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         .with_context(|| format!("learning-rate schedule over {total_steps} steps"))?;
     let params = rm.trainable()?;
     let trainable_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
-    let shared = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let shared = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
     let mut opt = AdamW::new(shared, cfg.adamw.clone());
     let mut log = MetricsLog::new("train-rm-lora", iteration);
     let mut start = 0u64;
@@ -252,9 +267,14 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         } else {
             opt.grad_norm()
         };
-        rlhf_algo::error::ensure_finite_named("gradient norm", norm, step + 1).with_context(|| {
-            format!("training stopped; the last good checkpoint (if any) is kept in {}", job.checkpoint_dir.display())
-        })?;
+        rlhf_algo::error::ensure_finite_named("gradient norm", norm, step + 1).with_context(
+            || {
+                format!(
+                    "training stopped; the last good checkpoint (if any) is kept in {}",
+                    job.checkpoint_dir.display()
+                )
+            },
+        )?;
         let lr = schedule.lr_at(step);
         opt.step(lr);
         opt.zero_grad();
@@ -265,12 +285,17 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         log.push(done as i64, "train/lr", lr);
         log.push(done as i64, "train/grad_norm", norm);
         bar.set_position(done);
-        if cfg.eval_every > 0 && done % cfg.eval_every as u64 == 0 && done < total_steps && !job.eval.is_empty() {
+        if cfg.eval_every > 0
+            && done % cfg.eval_every as u64 == 0
+            && done < total_steps
+            && !job.eval.is_empty()
+        {
             let (loss, c) = evaluate(rm, job.eval, cfg)?;
             push_figures(&mut log, done as i64, "eval", loss, &c);
             info!(step = done, eval_loss = loss, "eval");
         }
-        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every as u64 == 0 && done < total_steps {
+        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every as u64 == 0 && done < total_steps
+        {
             let mut meta = CheckpointMeta::new(done, done * cfg.grad_accum as u64, seed);
             meta.extra = json!({"fingerprint": job.fingerprint, "metrics": rows_to_json(&log)});
             checkpoint::save(&job.checkpoint_dir, &meta, &rm.trainable()?, &opt.state())?;
@@ -290,7 +315,11 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
     }
     log.push(end, "run/trainable_params", trainable_params as f64);
     if timed_steps > 0 {
-        log.push(end, "run/seconds_per_step", step_seconds / timed_steps as f64);
+        log.push(
+            end,
+            "run/seconds_per_step",
+            step_seconds / timed_steps as f64,
+        );
     }
     if let Some(rss) = crate::resources::peak_rss_bytes() {
         log.push(end, "run/peak_rss_bytes", rss as f64);

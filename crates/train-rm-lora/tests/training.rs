@@ -16,33 +16,81 @@ fn setup(root: &Path) -> (String, String) {
     (model.display().to_string(), prefs.display().to_string())
 }
 
-const FAST: [&str; 8] = ["--learning-rate", "0.01", "--batch-size", "8", "--warmup-steps", "2", "--max-grad-norm", "1.0"];
+const FAST: [&str; 8] = [
+    "--learning-rate",
+    "0.01",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "2",
+    "--max-grad-norm",
+    "1.0",
+];
 
 #[test]
 fn lora_learns_the_separable_task_and_normalises() {
     let dir = tempfile::tempdir().unwrap();
     let (model, prefs) = setup(dir.path());
     let out = dir.path().join("rm");
-    let o = run(&[&["--model", &model, "--preferences", &prefs, "--out", out.to_str().unwrap(), "--epochs", "3", "--eval-every", "10"][..], &FAST[..]].concat());
+    let o = run(&[
+        &[
+            "--model",
+            &model,
+            "--preferences",
+            &prefs,
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--eval-every",
+            "10",
+        ][..],
+        &FAST[..],
+    ]
+    .concat());
     ok(&o);
     let metrics = out.join("metrics.parquet");
     let acc = last_metric(&metrics, "eval/accuracy").unwrap();
     let first = rlhf_core::metrics::MetricsLog::read(&metrics, "train-rm-lora", 0).unwrap();
-    let losses: Vec<f64> = first.rows.iter().filter(|r| r.metric == "train/loss").map(|r| r.value).collect();
+    let losses: Vec<f64> = first
+        .rows
+        .iter()
+        .filter(|r| r.metric == "train/loss")
+        .map(|r| r.value)
+        .collect();
     let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-    eprintln!("eval accuracy {acc}, first loss {}, last-5 mean loss {tail}", losses[0]);
+    eprintln!(
+        "eval accuracy {acc}, first loss {}, last-5 mean loss {tail}",
+        losses[0]
+    );
     assert!(acc >= 0.9, "eval accuracy {acc}");
-    assert!(tail < 0.35, "train loss did not fall: first {} last {tail}", losses[0]);
+    assert!(
+        tail < 0.35,
+        "train loss did not fall: first {} last {tail}",
+        losses[0]
+    );
     assert!(last_metric(&metrics, "eval/ece").is_some());
     assert!(last_metric(&metrics, "run/trainable_params").unwrap() > 0.0);
     assert!(last_metric(&metrics, "run/peak_rss_bytes").unwrap() > 1e6);
-    for f in ["adapter_config.json", "adapter_model.safetensors", "rlhf_state.json", "lineage.json"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "rlhf_state.json",
+        "lineage.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["task_type"], "SEQ_CLS");
     assert_eq!(cfg["modules_to_save"], serde_json::json!(["score"]));
-    let targets: Vec<&str> = cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let targets: Vec<&str> = cfg["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(targets, vec!["k_proj", "o_proj", "q_proj", "v_proj"]);
     let st = RewardState::read(&out).unwrap();
     assert_eq!(st.reward_bias, -st.reference.raw_mean);
@@ -51,7 +99,12 @@ fn lora_learns_the_separable_task_and_normalises() {
     assert!(st.reference.source.contains("eval chosen"));
     // The normalised reward on the reference set has mean zero: eval chosen mean + bias.
     let chosen_mean = last_metric(&metrics, "eval/reward_chosen_mean").unwrap();
-    assert!((st.apply(chosen_mean)).abs() < 1e-4, "{} {}", chosen_mean, st.reward_bias);
+    assert!(
+        (st.apply(chosen_mean)).abs() < 1e-4,
+        "{} {}",
+        chosen_mean,
+        st.reward_bias
+    );
     assert!(!dir.path().join("rm.checkpoint").exists());
 }
 
@@ -60,20 +113,47 @@ fn full_tuning_learns_on_the_same_code_path() {
     let dir = tempfile::tempdir().unwrap();
     let (model, prefs) = setup(dir.path());
     let out = dir.path().join("rm-full");
-    let o = run(&[&["--model", &model, "--preferences", &prefs, "--out", out.to_str().unwrap(), "--epochs", "3", "--full", "--learning-rate", "0.002"][..], &FAST[2..]].concat());
+    let o = run(&[
+        &[
+            "--model",
+            &model,
+            "--preferences",
+            &prefs,
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--full",
+            "--learning-rate",
+            "0.002",
+        ][..],
+        &FAST[2..],
+    ]
+    .concat());
     ok(&o);
     let metrics = out.join("metrics.parquet");
     let acc = last_metric(&metrics, "eval/accuracy").unwrap();
     assert!(acc >= 0.9, "eval accuracy {acc}");
     let full_params = last_metric(&metrics, "run/trainable_params").unwrap();
     let cfg = rlhf_nn::ModelConfig::preset("llama-tiny").unwrap();
-    assert!(full_params > 0.9 * (cfg.hidden_size * cfg.intermediate_size * 3 * cfg.num_layers) as f64, "{full_params}");
+    assert!(
+        full_params > 0.9 * (cfg.hidden_size * cfg.intermediate_size * 3 * cfg.num_layers) as f64,
+        "{full_params}"
+    );
     // A transformers *ForSequenceClassification folder that our loader scores directly.
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
     let m = rlhf_nn::Model::load(&out, tch::Device::Cpu, tch::Kind::Float).unwrap();
-    let batch = rlhf_nn::batch::SeqBatch::new(&[(vec![1, 6, 7], vec![4, 8]), (vec![1, 6, 7], vec![5, 8])], 0, tch::Device::Cpu).unwrap();
-    let s: Vec<f32> = Vec::try_from(rlhf_nn::scoring::last_token_scores(&m, None, &batch, false).unwrap()).unwrap();
+    let batch = rlhf_nn::batch::SeqBatch::new(
+        &[(vec![1, 6, 7], vec![4, 8]), (vec![1, 6, 7], vec![5, 8])],
+        0,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let s: Vec<f32> =
+        Vec::try_from(rlhf_nn::scoring::last_token_scores(&m, None, &batch, false).unwrap())
+            .unwrap();
     assert!(s[0] > s[1], "good should outscore bad: {s:?}");
     assert!(RewardState::read(&out).unwrap().full);
 }
@@ -85,15 +165,34 @@ fn thumbs_ratings_train_with_bce_and_report_auc() {
     let ratings = dir.path().join("ratings.parquet");
     write_ratings(&ratings, &skewed_ratings(160));
     let out = dir.path().join("rm");
-    let o = run(&[&["--model", model.to_str().unwrap(), "--ratings", ratings.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "3"][..], &FAST[..]].concat());
+    let o = run(&[
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--ratings",
+            ratings.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "3",
+        ][..],
+        &FAST[..],
+    ]
+    .concat());
     ok(&o);
     let metrics = out.join("metrics.parquet");
     let auc = last_metric(&metrics, "eval/ratings_auc").unwrap();
     let bacc = last_metric(&metrics, "eval/ratings_balanced_accuracy").unwrap();
     assert!(auc >= 0.95, "auc {auc}");
     assert!(bacc >= 0.85, "balanced accuracy {bacc}");
-    assert_eq!(last_metric(&metrics, "eval/ratings_positive_fraction"), Some(0.75));
-    assert!(last_metric(&metrics, "eval/accuracy").is_none(), "no pairs, no pair accuracy");
+    assert_eq!(
+        last_metric(&metrics, "eval/ratings_positive_fraction"),
+        Some(0.75)
+    );
+    assert!(
+        last_metric(&metrics, "eval/accuracy").is_none(),
+        "no pairs, no pair accuracy"
+    );
     let st = RewardState::read(&out).unwrap();
     assert!(st.reference.source.contains("rated responses"));
 }
@@ -107,16 +206,52 @@ fn ranking_groups_ties_and_ensemble_members() {
     for (i, base) in separable_pairs(60).into_iter().enumerate() {
         let plain = base.chosen.replace("good", "w1");
         let g = Some(format!("g{i}"));
-        for (k, (c, r, label)) in [(&base.chosen, &plain, 1.0), (&base.chosen, &base.rejected, 1.0), (&plain, &base.rejected, 1.0), (&plain, &plain.replace("w1", "w2"), 0.5)].into_iter().enumerate() {
-            rows.push(rlhf_core::records::PreferenceRow { pair_id: format!("{i}-{k}"), group_id: g.clone(), chosen: c.clone(), rejected: r.clone(), label, ..base.clone() });
+        for (k, (c, r, label)) in [
+            (&base.chosen, &plain, 1.0),
+            (&base.chosen, &base.rejected, 1.0),
+            (&plain, &base.rejected, 1.0),
+            (&plain, &plain.replace("w1", "w2"), 0.5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rows.push(rlhf_core::records::PreferenceRow {
+                pair_id: format!("{i}-{k}"),
+                group_id: g.clone(),
+                chosen: c.clone(),
+                rejected: r.clone(),
+                label,
+                ..base.clone()
+            });
         }
     }
     let prefs = dir.path().join("ranked.parquet");
     write_prefs(&prefs, &rows, None);
     let out = dir.path().join("ens");
-    let o = run(&[&["--model", model.to_str().unwrap(), "--preferences", prefs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "2", "--ensemble", "2", "--lora-rank", "4", "--center-coef", "0.01", "--normalize-scale"][..], &FAST[..]].concat());
+    let o = run(&[
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--preferences",
+            prefs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--ensemble",
+            "2",
+            "--lora-rank",
+            "4",
+            "--center-coef",
+            "0.01",
+            "--normalize-scale",
+        ][..],
+        &FAST[..],
+    ]
+    .concat());
     ok(&o);
-    let index: EnsembleIndex = serde_json::from_str(&std::fs::read_to_string(out.join("ensemble.json")).unwrap()).unwrap();
+    let index: EnsembleIndex =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ensemble.json")).unwrap()).unwrap();
     assert_eq!(index.members, vec!["member-0", "member-1"]);
     let a = std::fs::read(out.join("member-0/adapter_model.safetensors")).unwrap();
     let b = std::fs::read(out.join("member-1/adapter_model.safetensors")).unwrap();
@@ -128,8 +263,13 @@ fn ranking_groups_ties_and_ensemble_members() {
         assert!(st.eval["accuracy"] >= 0.8, "{m}: {:?}", st.eval);
         assert_eq!(st.eval["ties"], 7.0, "one tie per eval group");
     }
-    let all = rlhf_core::metrics::MetricsLog::read(&out.join("metrics.parquet"), "train-rm-lora", 0).unwrap();
-    assert!(all.rows.iter().any(|r| r.iteration == 1 && r.metric == "eval/accuracy"));
+    let all =
+        rlhf_core::metrics::MetricsLog::read(&out.join("metrics.parquet"), "train-rm-lora", 0)
+            .unwrap();
+    assert!(all
+        .rows
+        .iter()
+        .any(|r| r.iteration == 1 && r.metric == "eval/accuracy"));
 }
 
 #[test]
@@ -137,11 +277,29 @@ fn killed_run_resumes_to_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let (model, prefs) = setup(dir.path());
     let args = |out: &Path| -> Vec<String> {
-        [&["--model", &model, "--preferences", &prefs, "--out", out.to_str().unwrap(), "--epochs", "4", "--checkpoint-every", "2", "--lora-dropout", "0.1", "--grad-accum", "2"][..], &FAST[..]]
-            .concat()
-            .into_iter()
-            .map(String::from)
-            .collect()
+        [
+            &[
+                "--model",
+                &model,
+                "--preferences",
+                &prefs,
+                "--out",
+                out.to_str().unwrap(),
+                "--epochs",
+                "4",
+                "--checkpoint-every",
+                "2",
+                "--lora-dropout",
+                "0.1",
+                "--grad-accum",
+                "2",
+            ][..],
+            &FAST[..],
+        ]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
     };
     let straight = dir.path().join("straight");
     let a: Vec<String> = args(&straight);
@@ -154,24 +312,43 @@ fn killed_run_resumes_to_the_same_adapter() {
         .args(["--no-progress", "--threads", "1", "--device", "cpu", "-q"])
         .spawn()
         .unwrap();
-    let ck = dir.path().join("resumed.checkpoint/member-0/checkpoint.json");
+    let ck = dir
+        .path()
+        .join("resumed.checkpoint/member-0/checkpoint.json");
     let t0 = std::time::Instant::now();
     while !ck.is_file() {
         assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before it could be killed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!resumed.exists(), "a killed run leaves no finished-looking output");
+    assert!(
+        !resumed.exists(),
+        "a killed run leaves no finished-looking output"
+    );
     let mut c = b.clone();
     c.push("--resume".into());
     let o = run(&c.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("resumed from checkpoint"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("resumed from checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for f in ["adapter_model.safetensors", "adapter_config.json"] {
-        assert_eq!(std::fs::read(straight.join(f)).unwrap(), std::fs::read(resumed.join(f)).unwrap(), "{f} differs");
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(resumed.join(f)).unwrap(),
+            "{f} differs"
+        );
     }
-    let (s1, s2) = (RewardState::read(&straight).unwrap(), RewardState::read(&resumed).unwrap());
+    let (s1, s2) = (
+        RewardState::read(&straight).unwrap(),
+        RewardState::read(&resumed).unwrap(),
+    );
     assert_eq!(s1.reward_bias, s2.reward_bias);
 }

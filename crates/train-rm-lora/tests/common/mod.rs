@@ -56,7 +56,12 @@ pub fn write_tokenizer(dir: &Path) {
 
 /// A tiny random Llama model folder (llama-tiny preset, our vocabulary).
 pub fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
-    let mut cfg = ModelConfig::preset("llama-tiny").unwrap();
+    preset_model(dir, "llama-tiny", seed)
+}
+
+/// A random model folder of an rlhf-nn preset with our vocabulary.
+pub fn preset_model(dir: &Path, preset: &str, seed: u64) -> PathBuf {
+    let mut cfg = ModelConfig::preset(preset).unwrap();
     cfg.vocab_size = vocab().len() as i64;
     let m = Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap();
     m.save_pretrained(dir).unwrap();
@@ -125,7 +130,8 @@ pub fn skewed_ratings(n: usize) -> Vec<RatingRow> {
 
 /// Writes preference rows with a lineage (optionally claiming a tokenizer hash).
 pub fn write_prefs(path: &Path, rows: &[PreferenceRow], tokenizer_hash: Option<&str>) {
-    let l = Lineage::new("test", "0", Artifact::Preferences).with_tokenizer(tokenizer_hash.map(String::from));
+    let l = Lineage::new("test", "0", Artifact::Preferences)
+        .with_tokenizer(tokenizer_hash.map(String::from));
     write_records(path, rows, &l).unwrap();
 }
 
