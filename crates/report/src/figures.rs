@@ -18,9 +18,9 @@ pub const TRAIN_LOSS: [&str; 3] = ["loss", "train_loss", "train/loss"];
 /// Evaluation loss.
 pub const EVAL_LOSS: [&str; 2] = ["eval_loss", "eval/loss"];
 /// Peak resident memory of a training stage, in bytes (maximum over rows).
-pub const PEAK_MEMORY: &str = "peak_rss_bytes";
+pub const PEAK_MEMORY: [&str; 2] = ["run/peak_rss_bytes", "peak_rss_bytes"];
 /// Wall time per optimiser step, in seconds (mean over rows).
-pub const STEP_TIME: &str = "seconds_per_step";
+pub const STEP_TIME: [&str; 2] = ["run/seconds_per_step", "seconds_per_step"];
 
 /// Mean of the present values.
 pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -223,9 +223,13 @@ pub struct PerlTable {
 fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>) {
     let peak = metrics
         .iter()
-        .filter_map(|m| m.max(PEAK_MEMORY))
+        .filter_map(|m| m.first_present(&PEAK_MEMORY).and_then(|n| m.max(n)))
         .reduce(f64::max);
-    let step = mean(metrics.iter().filter_map(|m| m.mean(STEP_TIME)));
+    let step = mean(
+        metrics
+            .iter()
+            .filter_map(|m| m.first_present(&STEP_TIME).and_then(|n| m.mean(n))),
+    );
     (peak, step)
 }
 

@@ -265,6 +265,6 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
         rows,
     ));
     d.push(Block::Para(
-        "Quality: eval accuracy for the reward model, gold win rate over SFT for the policy. Memory and time come from the metrics the training stages record (peak_rss_bytes, seconds_per_step); n/a where a stage did not record them.".into(),
+        "Quality: eval accuracy for the reward model, gold win rate over SFT for the policy. Memory and time come from the metrics the training stages record (run/peak_rss_bytes, run/seconds_per_step); n/a where a stage did not record them.".into(),
     ));
 }

@@ -156,11 +156,11 @@ fn build_run(root: &Path) {
         &[
             (1, "loss", 0.69),
             (2, "loss", 0.5),
-            (2, "eval_accuracy", 0.6),
+            (2, "eval/accuracy", 0.6),
             (4, "loss", 0.3),
-            (4, "eval_accuracy", 0.875),
+            (4, "eval/accuracy", 0.875),
             (4, "peak_rss_bytes", 100.0 * 1048576.0),
-            (4, "seconds_per_step", 0.25),
+            (4, "run/seconds_per_step", 0.25),
         ],
     );
     metrics(
