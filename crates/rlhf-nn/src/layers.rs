@@ -138,7 +138,7 @@ impl Rope {
                     };
                     let smooth = (old / wavelen - lo) / (hi - lo);
                     let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen; // wavelen is finite
                     *f = if medium { smoothed } else { scaled };
                 }
             }

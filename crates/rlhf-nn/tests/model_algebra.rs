@@ -146,7 +146,8 @@ fn kv_cache_greedy_matches_full_forward_and_padding() {
         let batched = generate(&m, None, &prompts, &[0, 1, 2], &params, 0, None).unwrap();
         for (i, p) in prompts.iter().enumerate() {
             // Alone (no padding) with the cache.
-            let alone = generate(&m, None, &[p.clone()], &[9], &params, 0, None).unwrap();
+            let alone =
+                generate(&m, None, std::slice::from_ref(p), &[9], &params, 0, None).unwrap();
             assert_eq!(
                 alone[0].tokens, batched[i].tokens,
                 "{preset}: padding changed greedy output"
