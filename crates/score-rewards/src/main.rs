@@ -1,28 +1,14 @@
-//! score-rewards: Score rollouts with reward adapters and rule rewards; write one scores row per rollout.
+//! score-rewards: parse the command line, start logging, run the stage, map the outcome to
+//! an exit code (0 ok, 1 failure, 2 usage, 3 bad input data).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rlhf_core::cli::{self, GlobalArgs};
-
-/// Score rollouts with reward adapters and rule rewards; write one scores row per rollout.
-#[derive(Debug, Parser)]
-#[command(
-    name = "score-rewards",
-    version,
-    about,
-    long_about = "Combines reward-model adapters (with their stored normalisation), rule rewards, the embedded task's oracle and the missing-EOS penalty into the reward column."
-)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-}
+use rlhf_core::cli;
+use score_rewards::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.global.init();
-    cli::finish(
-        cli::not_implemented("score-rewards"),
-        &[rlhf_nn::is_bad_input],
-    )
+    cli::finish(score_rewards::run(&cli), &[rlhf_nn::is_bad_input])
 }

@@ -1,0 +1,14 @@
+//! score-rewards: score rollouts with reward-model adapters, rule rewards and the embedded
+//! task's oracle; write one scores row per rollout with each source in its own column and
+//! their weighted sum plus penalties as `reward`.
+
+pub mod combine;
+pub mod groups;
+pub mod reward_model;
+pub mod rules;
+pub mod run;
+pub mod settings;
+pub mod stats;
+
+pub use run::run;
+pub use settings::{Cli, Settings};

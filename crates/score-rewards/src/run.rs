@@ -1,0 +1,260 @@
+//! The score-rewards stage: stream the rollouts group by group, evaluate every reward
+//! source, combine them, and write the scores with reward statistics in the lineage.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rlhf_core::lineage::Lineage;
+use rlhf_core::parquet_io::Dataset;
+use rlhf_core::records::{RolloutRow, ScoresTable};
+use rlhf_core::schema::Artifact;
+
+use crate::combine::{response_length, CombineSpec, ENDED};
+use crate::groups::{Group, GroupReader};
+use crate::reward_model::{self, RewardModels};
+use crate::rules::{References, RowView, RuleKind};
+use crate::settings::{Cli, Settings};
+use crate::stats::{column_stats, ColumnStats};
+
+/// Number of rows of a dataset, from the Parquet footers (for the progress bar).
+fn count_rows(ds: &Dataset) -> u64 {
+    ds.files
+        .iter()
+        .filter_map(|f| {
+            let file = std::fs::File::open(f).ok()?;
+            let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .ok()?;
+            Some(b.metadata().file_metadata().num_rows().max(0) as u64)
+        })
+        .sum()
+}
+
+/// Everything the scoring loop needs.
+struct Scorer<'a> {
+    settings: &'a Settings,
+    spec: CombineSpec,
+    refs: Vec<Option<References>>,
+    rms: Option<RewardModels>,
+    table: ScoresTable,
+    lengths: Vec<usize>,
+    finish: BTreeMap<String, usize>,
+}
+
+impl Scorer<'_> {
+    /// Scores a batch of whole groups (one reward-model forward batch).
+    fn flush(&mut self, groups: &mut Vec<Group>) -> Result<()> {
+        let rows: Vec<&RolloutRow> = groups.iter().flat_map(|g| g.rows.iter()).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rm: Vec<Vec<f32>> = match &self.rms {
+            Some(m) => m.score(&rows, &self.settings.rollouts)?,
+            None => Vec::new(),
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let len = response_length(row);
+            let view = RowView {
+                prompt_id: &row.prompt_id,
+                prompt: &row.prompt,
+                response: &row.response,
+                response_tokens: len,
+            };
+            let rule_values = self
+                .settings
+                .rules
+                .iter()
+                .zip(&self.refs)
+                .map(|(rule, refs)| {
+                    rule.value(&view, refs.as_ref()).with_context(|| {
+                        format!("rule `{}` on rollout `{}`", rule.name, row.rollout_id)
+                    })
+                })
+                .collect::<Result<Vec<f32>>>()?;
+            let rm_values: Vec<f32> = rm.iter().map(|member| member[i]).collect();
+            if let Some(bad) = rm_values
+                .iter()
+                .chain(&rule_values)
+                .find(|v| !v.is_finite())
+            {
+                anyhow::bail!("rollout `{}`: a reward source gave {bad}", row.rollout_id);
+            }
+            self.spec
+                .push(&mut self.table, row, &rm_values, &rule_values);
+            self.lengths.push(len);
+            *self.finish.entry(row.finish_reason.clone()).or_default() += 1;
+        }
+        groups.clear();
+        Ok(())
+    }
+}
+
+/// Runs the stage.
+pub fn run(cli: &Cli) -> Result<()> {
+    let settings = Settings::from_cli(cli)?;
+    rlhf_nn::init_threads(cli.global.threads);
+    let ds = Dataset::open(&settings.rollouts, Artifact::Rollouts)
+        .with_context(|| format!("opening rollouts {}", settings.rollouts.display()))?;
+    let rollouts_tokenizer = ds.tokenizer_hash()?;
+    let rollouts_name = format!(
+        "rollouts {} (lineage tokenizer_hash)",
+        settings.rollouts.display()
+    );
+
+    let refs = settings
+        .rules
+        .iter()
+        .map(|r| match &r.kind {
+            RuleKind::Exact { prompts, column } => References::load(prompts, column).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rms = match &settings.model_dir {
+        Some(dir) => Some(RewardModels::load(
+            &settings,
+            dir,
+            &rollouts_name,
+            rollouts_tokenizer.as_deref(),
+        )?),
+        None => None,
+    };
+    let spec = CombineSpec {
+        rm: reward_model::columns(&settings.reward_models),
+        rules: settings
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.weight))
+            .collect(),
+        eos_penalty: settings.eos_penalty,
+        rm_std_penalty: settings.rm_std_penalty,
+    };
+    let mut lineage = Lineage::new("score-rewards", env!("CARGO_PKG_VERSION"), Artifact::Scores);
+    lineage.add_input("rollouts", &settings.rollouts)?;
+    if let Some(dir) = &settings.model_dir {
+        lineage.add_input("model", dir)?;
+    }
+    for rm in &settings.reward_models {
+        lineage.add_input(&format!("reward_model:{}", rm.column), &rm.dir)?;
+    }
+    for r in &settings.rules {
+        if let RuleKind::Exact { prompts, .. } = &r.kind {
+            lineage.add_input(&format!("references:{}", r.name), prompts)?;
+        }
+    }
+    let tokenizer = rms
+        .as_ref()
+        .map(|m| m.tokenizer_hash().to_string())
+        .or(rollouts_tokenizer);
+    let mut lineage = lineage.with_tokenizer(tokenizer);
+
+    let mut scorer = Scorer {
+        settings: &settings,
+        table: spec.empty_table(),
+        spec,
+        refs,
+        rms,
+        lengths: Vec::new(),
+        finish: BTreeMap::new(),
+    };
+    let pack = settings.device.is_cuda();
+    let bar = rlhf_core::progress::bar(count_rows(&ds), "scoring");
+    let mut reader = GroupReader::new(&ds);
+    let mut pending: Vec<Group> = Vec::new();
+    let mut pending_rows = 0usize;
+    while let Some(group) = reader.next_group()? {
+        bar.inc(group.rows.len() as u64);
+        if !settings.shard.owns(group.index) {
+            continue;
+        }
+        if pack && !pending.is_empty() && pending_rows + group.rows.len() > settings.batch_size {
+            scorer.flush(&mut pending)?;
+            pending_rows = 0;
+        }
+        pending_rows += group.rows.len();
+        pending.push(group);
+        if !pack {
+            scorer.flush(&mut pending)?;
+            pending_rows = 0;
+        }
+    }
+    scorer.flush(&mut pending)?;
+    bar.finish_and_clear();
+
+    let (stats, summary) = summarise(&scorer, &settings);
+    lineage.extra.extend(summary.clone());
+    let rows = scorer.table.write(&settings.out_file, &lineage)?;
+    let penalised = summary
+        .get("eos_penalised_rows")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    report(&stats, penalised, rows, &settings.out_file);
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
+
+/// Reward statistics (also returned on their own for the log) and counts, for the lineage.
+fn summarise(
+    s: &Scorer,
+    settings: &Settings,
+) -> (
+    BTreeMap<String, ColumnStats>,
+    BTreeMap<String, serde_json::Value>,
+) {
+    let mut stats: BTreeMap<String, ColumnStats> = BTreeMap::new();
+    let reward: Vec<Option<f32>> = s.table.reward.iter().map(|&r| Some(r)).collect();
+    if let Some(st) = column_stats(&reward, &s.lengths) {
+        stats.insert("reward".into(), st);
+    }
+    for (name, values) in &s.table.sources {
+        if let Some(st) = column_stats(values, &s.lengths) {
+            stats.insert(name.clone(), st);
+        }
+    }
+    let penalised = s
+        .finish
+        .iter()
+        .filter(|(k, _)| !ENDED.contains(&k.as_str()))
+        .map(|(_, v)| *v)
+        .sum::<usize>();
+    let mut m = BTreeMap::new();
+    m.insert("rows".into(), serde_json::json!(s.table.rollout_id.len()));
+    m.insert(
+        "reward_stats".into(),
+        serde_json::to_value(&stats).unwrap_or_default(),
+    );
+    m.insert(
+        "sources".into(),
+        serde_json::json!(s
+            .spec
+            .rm
+            .iter()
+            .chain(&s.spec.rules)
+            .map(|(c, w)| serde_json::json!({"column": c, "weight": w}))
+            .collect::<Vec<_>>()),
+    );
+    m.insert("finish_reasons".into(), serde_json::json!(s.finish));
+    m.insert(
+        "eos_penalty".into(),
+        serde_json::json!(settings.eos_penalty),
+    );
+    m.insert("eos_penalised_rows".into(), serde_json::json!(penalised));
+    m.insert(
+        "shard".into(),
+        serde_json::json!({"index": settings.shard.index, "count": settings.shard.count}),
+    );
+    (stats, m)
+}
+
+fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, out: &Path) {
+    tracing::info!("wrote {rows} scores to {}", out.display());
+    for (name, st) in stats {
+        tracing::info!("{}", st.line(name));
+    }
+    if penalised > 0 {
+        tracing::info!(
+            "{penalised} of {rows} responses did not end by themselves (finish_reason length)"
+        );
+    }
+}
