@@ -382,6 +382,8 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Summary> {
     let progress = rlhf_core::progress::bar(0, "rows");
     for file in &files {
         let mut format = (args.format != Format::Auto).then_some(args.format);
+        // A generic file's kind is decided once per file, from its first row.
+        let mut file_opts = opts.clone();
         let mut file_rows = 0u64;
         input::for_each_row(file, &mut |raw: RawRow<'_>| {
             index += 1;
@@ -414,8 +416,13 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Summary> {
                             f
                         }
                     };
+                    if fmt == Format::Generic && file_opts.kind == GenericKind::Auto {
+                        if let Some(kind) = formats::generic::detect_kind(v, &file_opts) {
+                            file_opts.kind = kind;
+                        }
+                    }
                     let source = args.source.as_deref().unwrap_or(fmt.name());
-                    for item in formats::convert(fmt, v, &opts) {
+                    for item in formats::convert(fmt, v, &file_opts) {
                         let res = match item {
                             Ok(ex) => out.add(ex, &renderer, source)?,
                             Err(rej) => Err(rej),

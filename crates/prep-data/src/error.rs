@@ -44,3 +44,13 @@ pub fn is_bad_input(err: &(dyn std::error::Error + 'static)) -> bool {
             Some(rlhf_core::CoreError::Usage(_))
         )
 }
+
+/// Refuses an input path (file, folder, or glob) that names nothing, as bad input.
+pub fn require_input(path: &Path) -> Result<(), PrepError> {
+    let text = path.to_string_lossy();
+    if path.exists() || text.contains(['*', '?', '[']) {
+        Ok(())
+    } else {
+        Err(PrepError::input(path, None, "no such file or folder"))
+    }
+}

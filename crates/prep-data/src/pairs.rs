@@ -94,6 +94,8 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
     if !(args.tie_threshold >= 0.0) {
         return Err(PrepError::Flag("--tie-threshold must be >= 0".into()).into());
     }
+    crate::error::require_input(&args.rollouts)?;
+    crate::error::require_input(&args.scores)?;
     let rollouts_ds = Dataset::open(&args.rollouts, Artifact::Rollouts)?;
     let rollouts: Vec<RolloutRow> = rollouts_ds.read_all()?;
     let (table, _) = ScoresTable::read(&args.scores)?;

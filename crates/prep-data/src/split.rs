@@ -32,6 +32,7 @@ pub struct SplitArgs {
 
 /// Copies one split.
 pub fn run(args: &SplitArgs) -> anyhow::Result<Summary> {
+    crate::error::require_input(&args.input)?;
     let files = resolve_inputs(&args.input)?;
     let first = read_lineage(&files[0])?;
     let artifact = first

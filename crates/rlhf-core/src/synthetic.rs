@@ -271,7 +271,14 @@ pub fn sample_response(rng: &mut ChaCha8Rng, item: &str, sentiment: Sentiment) -
             3 => format!("overall it was {adv} {adj}."),
             4 => {
                 let adj2 = adjective(rng, sentiment, i + 1);
-                let aspect2 = pick(rng, &ASPECTS);
+                let mut aspect2 = pick(rng, &ASPECTS);
+                if aspect2 == aspect {
+                    aspect2 = if aspect == "design" {
+                        "price"
+                    } else {
+                        "design"
+                    };
+                }
                 format!("the {aspect} is {adj} and the {aspect2} is {adj2}.")
             }
             5 => format!("i found the {aspect} {adv} {adj}."),
