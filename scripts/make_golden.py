@@ -146,6 +146,8 @@ def build(out):
     llama = spread_init(LlamaForCausalLM(llama_cfg), 1, 0.15).eval()
     save(llama, f"{out}/llama_gqa")
     record("llama_gqa", llama)
+    # The same weights sharded (model.safetensors.index.json).
+    llama.save_pretrained(f"{out}/llama_gqa_sharded", max_shard_size="100KB")
 
     # 2. Qwen2: q/k/v bias, tied embeddings, GQA.
     qcfg = Qwen2Config(
@@ -166,6 +168,8 @@ def build(out):
     gpt2 = spread_init(GPT2LMHeadModel(gcfg), 3, 0.15).eval()
     save(gpt2, f"{out}/gpt2")
     record("gpt2", gpt2)
+    # The bare GPT2Model (names without the `transformer.` prefix; tied head).
+    save(gpt2.transformer, f"{out}/gpt2_bare")
 
     # 4. A sequence-classification model (reward model layout: score.weight [1, hidden]).
     sc = spread_init(LlamaForSequenceClassification(LlamaConfig(**{**llama_cfg.to_dict(), "num_labels": 1})), 4, 0.15).eval()

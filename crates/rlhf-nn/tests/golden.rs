@@ -171,6 +171,30 @@ fn base_models_match_transformers() {
 }
 
 #[test]
+fn sharded_and_unprefixed_checkpoints_load() {
+    let g = Golden::open();
+    check_logits(&g, "llama_gqa", &g.model("llama_gqa_sharded"), None);
+    check_logits(&g, "gpt2", &g.model("gpt2_bare"), None);
+}
+
+#[test]
+fn bf16_stays_close_to_f32() {
+    let g = Golden::open();
+    let m = Model::load(&g.dir.join("llama_gqa"), Device::Cpu, Kind::BFloat16).unwrap();
+    let (ids, mask) = g.ids();
+    let l = logits(&m, None, &ids, &mask);
+    assert_eq!(l.kind(), Kind::BFloat16);
+    let reference = g.t("llama_gqa.logits");
+    let scale = reference.abs().max().double_value(&[]);
+    let d = masked_diff(&l.to_kind(Kind::Float), reference, &mask);
+    // bf16 keeps 8 mantissa bits: allow 3% of the largest logit.
+    assert!(
+        d < 0.03 * scale,
+        "bf16 logits differ by {d:.3e} (max |logit| {scale:.2})"
+    );
+}
+
+#[test]
 fn peft_adapters_load_here_and_merge_like_peft() {
     let g = Golden::open();
     for (case, base) in [("llama_gqa_lora", "llama_gqa"), ("gpt2_lora", "gpt2")] {
