@@ -11,7 +11,7 @@ use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::generate::SamplingParams;
 use rlhf_nn::Model;
 
-use crate::output::RolloutSink;
+use crate::output::{peak_rss_bytes, RolloutSink};
 use crate::prompts::{self, Filter};
 use crate::sampler::{plan_batches, SampleContext};
 use crate::seeding;
@@ -166,5 +166,21 @@ pub fn run(cli: &Cli) -> Result<()> {
         summary.mean_response_tokens(),
         serde_json::to_string(&summary.finish_reasons).unwrap_or_default()
     );
+    if settings.json {
+        let mut v = summary.to_json();
+        if let Some(m) = v.as_object_mut() {
+            m.insert(
+                "out".into(),
+                serde_json::json!(settings.out_file.display().to_string()),
+            );
+            m.insert("seconds".into(), serde_json::json!(secs));
+            m.insert(
+                "response_tokens_per_second".into(),
+                serde_json::json!(summary.response_tokens as f64 / secs.max(1e-9)),
+            );
+            m.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
+        }
+        println!("{v}");
+    }
     Ok(())
 }

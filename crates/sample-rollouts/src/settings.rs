@@ -80,6 +80,10 @@ pub struct Cli {
     /// Use only prompts of this split (e.g. train or eval). Default: every prompt.
     #[arg(long, value_name = "NAME")]
     pub split: Option<String>,
+    /// Print a JSON summary on stdout: rows, response tokens, finish reasons, sampling
+    /// seconds (model loading excluded), response tokens per second, peak memory.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub shard: ShardArgs,
 }
@@ -105,6 +109,7 @@ pub struct Settings {
     pub ref_logprobs: bool,
     pub max_prompts: Option<usize>,
     pub split: Option<String>,
+    pub json: bool,
     pub shard: Shard,
     pub seed: u64,
 }
@@ -237,6 +242,7 @@ impl Settings {
             ref_logprobs: !cli.no_ref_logprobs,
             max_prompts: cli.max_prompts,
             split: cli.split.clone(),
+            json: cli.json,
             shard,
             seed: cli.global.seed,
         })

@@ -157,6 +157,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         finish: BTreeMap::new(),
     };
     let pack = settings.device.is_cuda();
+    let start = std::time::Instant::now();
     let bar = rlhf_core::progress::bar(count_rows(&ds), "scoring");
     let mut reader = GroupReader::new(&ds);
     let mut pending: Vec<Group> = Vec::new();
@@ -179,6 +180,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     }
     scorer.flush(&mut pending)?;
     bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
 
     let (stats, summary) = summarise(&scorer, &settings);
     lineage.extra.extend(summary.clone());
@@ -188,8 +190,20 @@ pub fn run(cli: &Cli) -> Result<()> {
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
     report(&stats, penalised, rows, &settings.out_file);
+    tracing::info!(
+        "scored {rows} rollouts in {secs:.1}s ({:.1} sequences/s)",
+        rows as f64 / secs.max(1e-9)
+    );
     if settings.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        // Timing goes to stdout only: the file stays byte-identical across runs.
+        let mut out = summary;
+        out.insert("seconds".into(), serde_json::json!(secs));
+        out.insert(
+            "sequences_per_second".into(),
+            serde_json::json!(rows as f64 / secs.max(1e-9)),
+        );
+        out.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
+        println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())
 }
@@ -245,6 +259,19 @@ fn summarise(
         serde_json::json!({"index": settings.shard.index, "count": settings.shard.count}),
     );
     (stats, m)
+}
+
+/// Peak resident memory of this process in bytes (Linux VmHWM), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, out: &Path) {

@@ -86,7 +86,8 @@ pub struct Cli {
     /// depend on it or on sharding.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
-    /// Print the reward statistics as JSON on stdout.
+    /// Print the reward statistics as JSON on stdout (one line), with the scoring seconds
+    /// (model loading excluded), sequences per second and peak memory.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 //! Cases that use another's figure (e.g. the matmul roof) must come after it.
 
 mod matmul_fp32;
+mod rollouts;
 
 use crate::Case;
 
@@ -10,6 +11,7 @@ use crate::Case;
 static REGISTRY: &[&dyn Case] = &[
     &matmul_fp32::MatmulFp32,
     // add new cases below this line
+    &rollouts::Rollouts,
 ];
 
 /// Every case, in run order.
