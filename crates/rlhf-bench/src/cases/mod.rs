@@ -3,6 +3,7 @@
 //! Cases that use another's figure (e.g. the matmul roof) must come after it.
 
 mod matmul_fp32;
+mod rm_lora_vs_full;
 mod rollouts;
 
 use crate::Case;
@@ -11,6 +12,7 @@ use crate::Case;
 static REGISTRY: &[&dyn Case] = &[
     &matmul_fp32::MatmulFp32,
     // add new cases below this line
+    &rm_lora_vs_full::RmLoraVsFull,
     &rollouts::Rollouts,
 ];
 
