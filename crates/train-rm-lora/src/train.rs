@@ -77,7 +77,7 @@ pub fn batch_loss(
     let device = scores.device();
     let host = to_vec(&scores)?;
     let mut collected = Collected::default();
-    let mut loss = Tensor::zeros([], (Kind::Float, device));
+    let mut parts: Vec<Tensor> = Vec::new();
     if !batch.pairs.is_empty() {
         let pos = |f: fn(&(usize, usize, usize)) -> usize| {
             Tensor::from_slice(&batch.pairs.iter().map(|p| f(p) as i64).collect::<Vec<_>>())
@@ -92,7 +92,7 @@ pub fn batch_loss(
         let label = field(&|p| ex.pairs[p].label);
         let margin = field(&|p| ex.pairs[p].margin);
         let weight = field(&|p| ex.pairs[p].weight);
-        loss = loss + loss::pairs(&rc, &rr, &label, &margin, &weight, &cfg.loss)?.loss;
+        parts.push(loss::pairs(&rc, &rr, &label, &margin, &weight, &cfg.loss)?.loss);
         collected.pairs = batch
             .pairs
             .iter()
@@ -118,13 +118,17 @@ pub fn batch_loss(
             &Tensor::from_slice(&weight).to_device(device),
             &cfg.loss,
         )?;
-        loss = loss + l * cfg.ratings_weight;
+        parts.push(l * cfg.ratings_weight);
         collected.ratings = batch
             .ratings
             .iter()
             .map(|&(s, r)| (host[s], ex.ratings[r].target as f64))
             .collect();
     }
+    let loss = parts
+        .into_iter()
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
     Ok((loss, collected))
 }
 
@@ -210,7 +214,7 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         .iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
-    let mut opt = AdamW::new(shared, cfg.adamw.clone());
+    let mut opt = AdamW::new(shared, cfg.adamw);
     let mut log = MetricsLog::new("train-rm-lora", iteration);
     let mut start = 0u64;
     if job.resume && checkpoint::exists(&job.checkpoint_dir) {
