@@ -52,12 +52,7 @@ fn init(corpus: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
             "--text-column",
             "prompt,completion",
         ])
-        .args([
-            "--out",
-            out.to_str().unwrap(),
-            "--vocab-size",
-            "320",
-        ])
+        .args(["--out", out.to_str().unwrap(), "--vocab-size", "320"])
         .args(extra)
         .output()
         .unwrap()

@@ -11,7 +11,7 @@ use rlhf_algo::schedule::Schedule;
 use rlhf_algo::{ensure_finite, error::ensure_finite_named};
 use rlhf_core::metrics::MetricsLog;
 use rlhf_nn::Model;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::batching::{derive_seed, locate, Batcher};
 use crate::data::{Example, SftData};
@@ -24,6 +24,14 @@ use crate::settings::Settings;
 pub const STAGE: &str = "train-sft";
 /// Seed stream tag of the per-step torch RNG (LoRA dropout).
 const DROPOUT_TAG: u64 = 0xD80_0u64;
+
+/// Seconds spent in each part of the training steps (logged at debug level).
+#[derive(Debug, Default)]
+struct Timing {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +161,7 @@ impl Run<'_> {
         let started = Instant::now();
         let mut eval_seconds = 0.0;
         let ga = s.grad_accum as u64;
+        let mut timing = Timing::default();
         for step in start..total {
             tch::manual_seed(derive_seed(s.seed, DROPOUT_TAG, step) as i64);
             opt.zero_grad();
@@ -174,11 +183,16 @@ impl Run<'_> {
             let norm = targets.max(1) as f64;
             let mut loss_sum = 0.0;
             for b in &batches {
+                let t0 = Instant::now();
                 let nll = completion_nll_sum(self.model, self.adapter, b, true)
                     .with_context(|| format!("forward pass at step {step}"))?;
                 loss_sum += nll.double_value(&[]);
+                let t1 = Instant::now();
                 (nll / norm).backward();
+                timing.forward += (t1 - t0).as_secs_f64();
+                timing.backward += t1.elapsed().as_secs_f64();
             }
+            let t_opt = Instant::now();
             let loss = loss_sum / norm;
             ensure_finite(loss, step + 1).map_err(|e| stop_error(e.into(), s, step))?;
             let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
@@ -186,6 +200,7 @@ impl Run<'_> {
                 .map_err(|e| stop_error(e.into(), s, step))?;
             let lr = schedule.lr_at(step);
             opt.step(lr);
+            timing.optimizer += t_opt.elapsed().as_secs_f64();
             let done = step + 1;
             let tokens: usize = batches.iter().map(|b| b.num_tokens).sum();
             tokens_total += tokens as u64;
@@ -249,6 +264,13 @@ impl Run<'_> {
         bar.finish_and_clear();
         outcome.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
         outcome.steps = total;
+        debug!(
+            forward_s = timing.forward,
+            backward_s = timing.backward,
+            optimizer_s = timing.optimizer,
+            total_s = outcome.train_seconds,
+            "time spent"
+        );
         outcome.eval_loss = self.eval(&eval_batches, &mut metrics, total)?;
         metrics.push(total as i64, "train/tokens_total", tokens_total as f64);
         Ok((metrics, outcome))
