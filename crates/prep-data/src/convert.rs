@@ -337,7 +337,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Summary> {
         ))
         .into());
     }
-    if args.min_score_ratio.is_some_and(|r| !(r > 0.0)) {
+    if args.min_score_ratio.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err(PrepError::Flag("--min-score-ratio must be positive".into()).into());
     }
     let shard: Shard = args

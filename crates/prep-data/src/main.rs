@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convert raw feedback files into prompts/preferences/ratings/sft + rejects.
-    Convert(convert::ConvertArgs),
+    Convert(Box<convert::ConvertArgs>),
     /// Pair scored rollouts of the same prompt into preferences by a score column (oracle labels).
     Pairs(pairs::PairsArgs),
     /// Generate the embedded synthetic review task from --seed.

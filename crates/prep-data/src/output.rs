@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rlhf_core::hash::content_id;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::parquet_io::ArtifactWriter;
 use rlhf_core::records::{Record, RejectRow};
@@ -194,19 +195,21 @@ impl RejectSink {
     }
 }
 
-/// Remembers content ids already written (16 bytes each), for exact-duplicate removal.
+/// Remembers content ids already written, for exact-duplicate removal: 8 bytes per id
+/// (plus hash-table slack), one table per kind. This is the only memory that grows with
+/// the input.
 #[derive(Default)]
-pub struct SeenIds(HashSet<(u8, u64)>);
+pub struct SeenIds(Vec<HashSet<u64>>);
 
 impl SeenIds {
-    /// True when `id` (a 16-hex content id) is new; records it.
+    /// True when `id` (a 16-hex content id) of kind `kind` is new; records it.
     pub fn insert(&mut self, kind: u8, id: &str) -> bool {
-        let v = u64::from_str_radix(id, 16).unwrap_or_else(|_| blake3_u64(id));
-        self.0.insert((kind, v))
+        let v = u64::from_str_radix(id, 16)
+            .unwrap_or_else(|_| u64::from_str_radix(&content_id(&[id]), 16).unwrap_or(0));
+        let k = kind as usize;
+        if self.0.len() <= k {
+            self.0.resize_with(k + 1, HashSet::new);
+        }
+        self.0[k].insert(v)
     }
-}
-
-fn blake3_u64(s: &str) -> u64 {
-    let h = rlhf_core::hash::content_id(&[s]);
-    u64::from_str_radix(&h, 16).unwrap_or(0)
 }

@@ -91,7 +91,7 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
         ))
         .into());
     }
-    if !(args.tie_threshold >= 0.0) {
+    if args.tie_threshold.is_nan() || args.tie_threshold < 0.0 {
         return Err(PrepError::Flag("--tie-threshold must be >= 0".into()).into());
     }
     crate::error::require_input(&args.rollouts)?;

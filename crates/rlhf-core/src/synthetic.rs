@@ -6,8 +6,9 @@
 //!
 //! A prompt asks for a review of an item, e.g. `Write a review of the red phone.`
 //! (4 prompt templates x 10 neutral descriptors x 16 items = 640 distinct prompts).
-//! A response is one to three short lowercase sentences built from a fixed vocabulary of
-//! about 110 words, e.g. ` the phone is very great and the design is nice.`
+//! A response is one to three short lowercase sentences (5 to 18 words) built from a fixed
+//! vocabulary; prompts and responses together use 96 distinct words, e.g.
+//! ` the phone is very great. the design is nice and the price is poor.`
 //!
 //! # The gold function (the "human")
 //!
@@ -30,11 +31,15 @@
 //!
 //! Each supervised example draws a sentiment class uniformly from strongly negative, mildly
 //! negative, neutral, mixed, mildly positive and strongly positive, and a length of one to
-//! three sentences; about 20% of examples never name the item. The supervised
-//! model therefore samples responses whose gold scores spread from about -3.5 to 3.5
-//! (mean near 0), which leaves RLHF room to improve. Everything is drawn from a ChaCha8
-//! stream of the seed; ids are content hashes and the train/eval split of prompts is
-//! by hash ([`crate::hash::split_for`]), so a seed gives byte-identical data everywhere.
+//! three sentences; about 20% of examples never name the item ("this one", "it"). The
+//! supervised examples' gold scores spread from -3.5 to 3.5 with mean about 0.1 and
+//! standard deviation about 1.4 (seed 0, 512 prompts), so a model imitating them samples
+//! responses of varied gold score and RLHF has room to improve them. Prompts are rendered
+//! with the plain chat template ("User: ...\nAssistant:") unless raw prompts are asked
+//! for, and completions start with a space. Everything is drawn from a ChaCha8 stream of
+//! the seed; ids are content hashes and the train/eval split of prompts is by hash
+//! ([`crate::hash::split_for`]), so a seed gives byte-identical data everywhere; the
+//! supervised examples of eval prompts carry split = eval.
 
 use std::collections::HashSet;
 
@@ -239,7 +244,7 @@ fn adjective(rng: &mut ChaCha8Rng, s: Sentiment, i: usize) -> &'static str {
         Sentiment::StrongNegative => &NEGATIVE,
         Sentiment::MildPositive if i == 0 => &POSITIVE,
         Sentiment::MildNegative if i == 0 => &NEGATIVE,
-        Sentiment::Mixed if i % 2 == 0 => &POSITIVE,
+        Sentiment::Mixed if i.is_multiple_of(2) => &POSITIVE,
         Sentiment::Mixed => &NEGATIVE,
         _ => &NEUTRAL,
     };

@@ -21,8 +21,8 @@ pub fn convert(row: &Value, min_ratio: Option<f64>) -> Result<Example, Rejection
     let b = text(row, "human_ref_B")?;
     let label = required_number(row, "labels")?;
     let a_wins = match label {
-        x if x == 1.0 => true,
-        x if x == 0.0 => false,
+        1.0 => true,
+        0.0 => false,
         x => {
             return Err(Rejection::new(
                 Reason::BadValue,

@@ -28,8 +28,8 @@ pub fn convert(row: &Value) -> Result<Example, Rejection> {
     let s1 = text(row, "summaries.1.text")?;
     let choice = required_number(row, "choice")?;
     let (chosen, rejected) = match choice {
-        c if c == 0.0 => (s0, s1),
-        c if c == 1.0 => (s1, s0),
+        0.0 => (s0, s1),
+        1.0 => (s1, s0),
         c => {
             return Err(Rejection::new(
                 Reason::BadValue,
