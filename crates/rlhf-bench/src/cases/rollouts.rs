@@ -53,7 +53,7 @@ fn sizes(quick: bool) -> Sizes {
     } else {
         Sizes {
             preset: "30m",
-            prompts: 16,
+            prompts: 8,
             samples: 4,
             max_new_tokens: 32,
         }
