@@ -208,7 +208,8 @@ pub struct Cli {
     /// Resume from the checkpoint an interrupted run left beside --out (same inputs and flags).
     #[arg(long)]
     pub resume: bool,
-    /// Record wall-clock figures (tokens/s) in metrics.parquet. Off by default: timings
+    /// Record wall-clock and memory figures (run/tokens_per_s, run/seconds_per_step,
+    /// run/peak_rss_bytes) in metrics.parquet. Off by default: timings
     /// differ between runs, and the adapter folder (with its metrics) should be
     /// byte-identical for the same inputs, flags and seed. They are always logged with -v.
     #[arg(long)]

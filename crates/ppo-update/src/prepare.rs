@@ -41,6 +41,9 @@ pub struct Prepared {
     pub kl_seq_mean: f64,
 }
 
+/// Per-rollout policy log-probs, and reference log-probs and critic values when asked.
+type Scored = (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>);
+
 /// Scores every rollout with the policy (and the reference and critic when needed), in
 /// forward batches of `micro` rollouts, in order.
 fn score_all(
@@ -49,7 +52,7 @@ fn score_all(
     micro: usize,
     need_ref: bool,
     critic: bool,
-) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
+) -> Result<Scored> {
     let device = model.device();
     let mut old = Vec::with_capacity(examples.len());
     let mut refs = need_ref.then(Vec::new);

@@ -52,7 +52,7 @@ fn lora_config(s: &Settings, model: &Model) -> LoraConfig {
 }
 
 fn check_tokens(model: &Model, data: &Data, s: &Settings) -> Result<()> {
-    let vocab = model.config().vocab_size as i64;
+    let vocab = model.config().vocab_size;
     for (row, e) in data.examples.iter().enumerate() {
         if let Some(&t) = e
             .prompt_tokens
@@ -94,6 +94,20 @@ fn load_optimizer(opt: &mut AdamW, dir: Option<&Path>, file: &str, s: &Settings)
     opt.load_state(&state)
         .with_context(|| format!("loading optimiser state {}", path.display()))?;
     Ok(())
+}
+
+/// Peak resident set size of this process in bytes (VmHWM, Linux), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Runs one iteration and writes `s.out`.
@@ -243,26 +257,17 @@ pub fn run(s: &Settings) -> Result<Summary> {
         done: 0,
         metrics: MetricsLog::new(STAGE, iteration),
         record_timings: s.record_timings,
-    };
-    if s.resume {
-        if !restore_checkpoint(&model, &mut opt, &mut st, s, &fingerprint)? {
-            tracing::info!(
-                "--resume: no checkpoint at {}; starting from the beginning",
-                s.checkpoint_dir().display()
-            );
-        }
-    }
-    train(
-        &model,
-        &data.examples,
-        &prep,
-        s,
         beta,
         iteration,
-        &mut opt,
-        &mut st,
-        &fingerprint,
-    )?;
+        fingerprint,
+    };
+    if s.resume && !restore_checkpoint(&model, &mut opt, &mut st, s)? {
+        tracing::info!(
+            "--resume: no checkpoint at {}; starting from the beginning",
+            s.checkpoint_dir().display()
+        );
+    }
+    train(&model, &data.examples, &prep, s, &mut opt, &mut st)?;
     let steps = st.done;
     let end_step = (base_step + steps) as i64;
 
@@ -277,6 +282,11 @@ pub fn run(s: &Settings) -> Result<Summary> {
     }
     m.push(end_step, "iter/next_kl_coef", next_beta);
     m.push(end_step, "iter/optimizer_steps", steps as f64);
+    if s.record_timings {
+        if let Some(rss) = peak_rss_bytes() {
+            m.push(end_step, "run/peak_rss_bytes", rss as f64);
+        }
+    }
 
     let out = AtomicDir::new(&s.out)?;
     model.save_adapter(POLICY, out.path())?;

@@ -115,7 +115,7 @@ impl Settings {
                 "--epochs, --minibatch-size and --micro-batch-size must be at least 1".into(),
             ));
         }
-        if cli.minibatch_size % cli.micro_batch_size != 0 {
+        if !cli.minibatch_size.is_multiple_of(cli.micro_batch_size) {
             return Err(usage(format!(
                 "--minibatch-size ({}) must be a multiple of --micro-batch-size ({})",
                 cli.minibatch_size, cli.micro_batch_size
@@ -171,7 +171,11 @@ impl Settings {
             targets: cli.lora_targets.clone(),
             rslora: cli.rslora,
         };
-        if lora.rank <= 0 || !(lora.alpha > 0.0) || !(0.0..1.0).contains(&lora.dropout) {
+        if lora.rank <= 0
+            || lora.alpha.is_nan()
+            || lora.alpha <= 0.0
+            || !(0.0..1.0).contains(&lora.dropout)
+        {
             return Err(usage(format!(
                 "--lora-rank must be >= 1, --lora-alpha > 0 and --lora-dropout in [0, 1); got {}, {}, {}",
                 lora.rank, lora.alpha, lora.dropout

@@ -38,6 +38,12 @@ pub struct LoopState {
     pub metrics: MetricsLog,
     /// Whether to record timings (tokens/s) in the metrics.
     pub record_timings: bool,
+    /// KL coefficient of this iteration.
+    pub beta: f64,
+    /// Policy iteration number.
+    pub iteration: i32,
+    /// Identity of the run's inputs and settings (checked on resume).
+    pub fingerprint: String,
 }
 
 /// The minibatches of the whole iteration: for each epoch a seeded permutation cut into
@@ -107,21 +113,15 @@ fn strip(prefix: &str, list: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
 }
 
 /// Saves a checkpoint of the iteration after `done` minibatch steps.
-fn save_checkpoint(
-    model: &Model,
-    opt: &Optimizers,
-    st: &LoopState,
-    s: &Settings,
-    fingerprint: &str,
-) -> Result<()> {
+fn save_checkpoint(model: &Model, opt: &Optimizers, st: &LoopState, s: &Settings) -> Result<()> {
     let mut meta = CheckpointMeta::new(st.done, st.done, s.seed);
     let rows: Vec<serde_json::Value> = st
         .metrics
         .rows
         .iter()
-        .map(|r| serde_json::json!([r.step, r.metric, r.value]))
+        .map(|r| serde_json::json!([r.step, r.metric, r.value.to_bits()]))
         .collect();
-    meta.extra = serde_json::json!({ "fingerprint": fingerprint, "metrics": rows });
+    meta.extra = serde_json::json!({ "fingerprint": st.fingerprint, "metrics": rows });
     let mut optim = prefixed(POLICY, opt.policy.state());
     if let Some(c) = &opt.critic {
         optim.extend(prefixed(CRITIC, c.state()));
@@ -144,8 +144,8 @@ pub fn restore_checkpoint(
     opt: &mut Optimizers,
     st: &mut LoopState,
     s: &Settings,
-    fingerprint: &str,
 ) -> Result<bool> {
+    let fingerprint = st.fingerprint.clone();
     let dir = s.checkpoint_dir();
     if !checkpoint::exists(&dir) {
         return Ok(false);
@@ -157,7 +157,7 @@ pub fn restore_checkpoint(
         .get("fingerprint")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    if found != fingerprint {
+    if found != fingerprint.as_str() {
         bail!(rlhf_core::CoreError::Mismatch {
             what: "checkpoint",
             left_name: dir.display().to_string(),
@@ -176,9 +176,11 @@ pub fn restore_checkpoint(
     st.metrics.rows.clear();
     if let Some(rows) = ck.meta.extra.get("metrics").and_then(|v| v.as_array()) {
         for r in rows {
-            let (Some(step), Some(name), Some(value)) =
-                (r[0].as_i64(), r[1].as_str(), r[2].as_f64())
-            else {
+            let (Some(step), Some(name), Some(value)) = (
+                r[0].as_i64(),
+                r[1].as_str(),
+                r[2].as_u64().map(f64::from_bits),
+            ) else {
                 bail!("checkpoint {}: malformed metrics entry {r}", dir.display());
             };
             st.metrics.push(step, name, value);
@@ -199,12 +201,10 @@ pub fn train(
     examples: &[Example],
     prep: &Prepared,
     s: &Settings,
-    beta: f64,
-    iteration: i32,
     opt: &mut Optimizers,
     st: &mut LoopState,
-    fingerprint: &str,
 ) -> Result<()> {
+    let (beta, iteration) = (st.beta, st.iteration);
     let minibatches = schedule_minibatches(examples.len(), s, iteration);
     let total = minibatches.len() as u64;
     let device = model.device();
@@ -333,7 +333,8 @@ pub fn train(
             m.push(at, "train/critic_grad_norm", g);
         }
         if st.record_timings {
-            m.push(at, "train/tokens_per_s", mb_tokens as f64 / secs.max(1e-9));
+            m.push(at, "run/tokens_per_s", mb_tokens as f64 / secs.max(1e-9));
+            m.push(at, "run/seconds_per_step", secs);
         }
         tracing::debug!(
             step = at,
@@ -345,8 +346,8 @@ pub fn train(
         );
         st.done = k + 1;
         bar.inc(1);
-        if s.checkpoint_every > 0 && st.done % s.checkpoint_every == 0 && st.done < total {
-            save_checkpoint(model, opt, st, s, fingerprint)?;
+        if s.checkpoint_every > 0 && st.done.is_multiple_of(s.checkpoint_every) && st.done < total {
+            save_checkpoint(model, opt, st, s)?;
         }
         if s.stop_after_steps == Some(st.done) && st.done < total {
             bail!(
