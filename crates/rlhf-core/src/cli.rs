@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 bad input data.
 
 use std::error::Error as StdError;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -66,6 +67,7 @@ impl GlobalArgs {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false);
         // A second init (tests calling into main twice) is harmless: keep the first.
         let _ = match self.log_format {
