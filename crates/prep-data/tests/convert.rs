@@ -480,3 +480,59 @@ fn two_runs_are_byte_identical_and_shards_partition_rows() {
         50
     );
 }
+
+#[test]
+fn model_chat_template_renders_prompts_without_response_space() {
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("tokenizer.json"), TOKENIZER).unwrap();
+    let tmpl = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        json!({"chat_template": tmpl}).to_string(),
+    )
+    .unwrap();
+    let input = t.path().join("p.jsonl");
+    jsonl(
+        &input,
+        &[
+            json!({"prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}], "chosen": "yes", "rejected": "no"}),
+        ],
+    );
+    let out = t.path().join("out");
+    let o = prep(&[
+        "convert",
+        "--input",
+        input.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let p = prefs(&out);
+    assert_eq!(p[0].prompt, "<system>be nice<user>hi<assistant>");
+    assert_eq!(
+        (p[0].chosen.as_str(), p[0].rejected.as_str()),
+        ("yes", "no")
+    );
+    // --chat-template plain overrides the model's template.
+    let out2 = t.path().join("out2");
+    let o = prep(&[
+        "convert",
+        "--input",
+        input.to_str().unwrap(),
+        "--out-dir",
+        out2.to_str().unwrap(),
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--chat-template",
+        "plain",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        prefs(&out2)[0].prompt,
+        "System: be nice\nUser: hi\nAssistant:"
+    );
+}
