@@ -339,7 +339,11 @@ fn killed_run_resumes_to_the_same_adapter() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "rlhf_state.json",
+    ] {
         assert_eq!(
             std::fs::read(straight.join(f)).unwrap(),
             std::fs::read(resumed.join(f)).unwrap(),
