@@ -26,26 +26,32 @@ pub struct Restored {
     pub tokens: u64,
 }
 
-/// Saves the run's state after `step` optimiser steps.
-pub fn save(
-    dir: &Path,
-    step: u64,
-    micro_batches: u64,
-    seed: u64,
-    fingerprint: &Value,
-    opt: &Optimizer,
-    metrics: &MetricsLog,
-    tokens: u64,
-) -> Result<()> {
-    let rows: Vec<Value> = metrics
+/// Where a run stands, for a checkpoint.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Micro-batches consumed (the position in the data order).
+    pub micro_batches: u64,
+    pub seed: u64,
+    pub fingerprint: &'a Value,
+    pub metrics: &'a MetricsLog,
+    /// Real tokens trained on so far.
+    pub tokens: u64,
+}
+
+/// Saves the run's state (tensors and moments from the optimiser).
+pub fn save(dir: &Path, snap: &Snapshot, opt: &Optimizer) -> Result<()> {
+    let rows: Vec<Value> = snap
+        .metrics
         .rows
         .iter()
         .map(|r| json!([r.step, r.metric, r.value.to_bits()]))
         .collect();
-    let mut meta = CheckpointMeta::new(step, micro_batches, seed);
+    let mut meta = CheckpointMeta::new(snap.step, snap.micro_batches, snap.seed);
     meta.extra = json!({
-        "fingerprint": fingerprint,
-        "tokens": tokens,
+        "fingerprint": snap.fingerprint,
+        "tokens": snap.tokens,
         "metrics": rows,
     });
     checkpoint::save(dir, &meta, opt.params(), &opt.state())

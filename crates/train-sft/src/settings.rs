@@ -102,13 +102,13 @@ impl Settings {
                 cli.min_lr_fraction
             )));
         }
-        if !(cli.max_grad_norm >= 0.0) {
+        if cli.max_grad_norm.is_nan() || cli.max_grad_norm < 0.0 {
             return Err(usage(format!(
                 "--max-grad-norm must be >= 0 (0 disables clipping), got {}",
                 cli.max_grad_norm
             )));
         }
-        if !(cli.weight_decay >= 0.0) {
+        if cli.weight_decay.is_nan() || cli.weight_decay < 0.0 {
             return Err(usage(format!(
                 "--weight-decay must be >= 0, got {}",
                 cli.weight_decay

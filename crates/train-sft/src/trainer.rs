@@ -23,7 +23,7 @@ use crate::settings::Settings;
 /// Stage name in the metrics file.
 pub const STAGE: &str = "train-sft";
 /// Seed stream tag of the per-step torch RNG (LoRA dropout).
-const DROPOUT_TAG: u64 = 0xD80_0u64;
+const DROPOUT_TAG: u64 = 0xD800;
 
 /// Seconds spent in each part of the training steps (logged at debug level).
 #[derive(Debug, Default)]
@@ -240,16 +240,15 @@ impl Run<'_> {
             let periodic = s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
             if (periodic || stop) && done < total {
                 let t = Instant::now();
-                resume::save(
-                    &s.ckpt_dir,
-                    done,
-                    done * ga,
-                    s.seed,
-                    &self.fingerprint,
-                    opt,
-                    &metrics,
-                    tokens_total,
-                )?;
+                let snap = resume::Snapshot {
+                    step: done,
+                    micro_batches: done * ga,
+                    seed: s.seed,
+                    fingerprint: &self.fingerprint,
+                    metrics: &metrics,
+                    tokens: tokens_total,
+                };
+                resume::save(&s.ckpt_dir, &snap, opt)?;
                 eval_seconds += t.elapsed().as_secs_f64();
             }
             if stop {

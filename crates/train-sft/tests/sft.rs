@@ -101,8 +101,8 @@ fn loss_counts_completion_tokens_only() {
     let (mut completion_only, mut all_positions) = (0.0, 0.0);
     for (row, e) in exs.iter().enumerate() {
         let tokens: Vec<i32> = e.prompt.iter().chain(&e.completion).copied().collect();
-        for t in 1..tokens.len() {
-            let nll = -logp.double_value(&[row as i64, t as i64 - 1, tokens[t] as i64]);
+        for (t, &token) in tokens.iter().enumerate().skip(1) {
+            let nll = -logp.double_value(&[row as i64, t as i64 - 1, token as i64]);
             all_positions += nll;
             if t >= e.prompt.len() {
                 completion_only += nll;
