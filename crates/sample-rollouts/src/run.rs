@@ -180,7 +180,17 @@ pub fn run(cli: &Cli) -> Result<()> {
             );
             m.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
         }
-        println!("{v}");
+        print_json(&v)?;
     }
     Ok(())
+}
+
+/// Prints one JSON line on stdout; a closed pipe (e.g. `| head`) is not an error.
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{v}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the JSON summary to stdout"),
+    }
 }

@@ -203,7 +203,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             serde_json::json!(rows as f64 / secs.max(1e-9)),
         );
         out.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
-        println!("{}", serde_json::to_string(&out)?);
+        print_json(&serde_json::to_value(&out)?)?;
     }
     Ok(())
 }
@@ -283,5 +283,15 @@ fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, ou
         tracing::info!(
             "{penalised} of {rows} responses did not end by themselves (finish_reason length)"
         );
+    }
+}
+
+/// Prints one JSON line on stdout; a closed pipe (e.g. `| head`) is not an error.
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{v}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the JSON summary to stdout"),
     }
 }
