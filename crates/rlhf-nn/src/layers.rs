@@ -7,6 +7,58 @@ use tch::{Kind, Tensor};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::lora::Adapter;
 
+/// Several linears sharing an input, run as one GEMM: `weight` is the row-wise
+/// concatenation, and each member's own `weight` / `bias` are views into it (so merging into a
+/// member, or an optimiser step on the fused leaf, is seen by both).
+pub(crate) struct Fused {
+    /// (sum of outs, in): the leaf tensor.
+    pub weight: Tensor,
+    /// (sum of outs,), when the members have biases.
+    pub bias: Option<Tensor>,
+}
+
+impl Fused {
+    /// Concatenates `members` (same input size) and re-points their tensors at views.
+    pub fn new(members: &mut [&mut Linear]) -> Self {
+        let ws: Vec<&Tensor> = members.iter().map(|l| &l.weight).collect();
+        let weight = Tensor::cat(&ws, 0);
+        let bias = if members.iter().all(|l| l.bias.is_some()) {
+            let bs: Vec<&Tensor> = members.iter().filter_map(|l| l.bias.as_ref()).collect();
+            Some(Tensor::cat(&bs, 0))
+        } else {
+            None
+        };
+        let mut off = 0;
+        for l in members.iter_mut() {
+            let n = l.weight.size()[0];
+            l.weight = weight.narrow(0, off, n);
+            if let Some(b) = &bias {
+                l.bias = Some(b.narrow(0, off, n));
+            }
+            off += n;
+        }
+        Fused { weight, bias }
+    }
+
+    /// `x` (..., in) -> each member's output (base plus its LoRA delta), in order.
+    pub fn forward(&self, x: &Tensor, members: &[&Linear], ctx: Ctx) -> Vec<Tensor> {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        let last = y.dim() as i64 - 1;
+        let mut off = 0;
+        members
+            .iter()
+            .map(|l| {
+                let n = l.out_features();
+                let part = y.narrow(last, off, n);
+                off += n;
+                // Contiguous either way, so later kernels take the same (vectorised) path with and
+                // without an adapter: a fresh adapter then reproduces the base bit for bit.
+                l.add_lora(part, x, ctx).contiguous()
+            })
+            .collect()
+    }
+}
+
 /// Per-forward context: the active adapter (None = base = reference policy) and train mode
 /// (LoRA dropout on).
 #[derive(Clone, Copy)]
@@ -35,6 +87,12 @@ impl Linear {
     /// targets this module.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
+        self.add_lora(y, x, ctx)
+    }
+
+    /// `y + scale * B(A(dropout(x)))` when the active adapter targets this module, else `y`
+    /// (used after a fused projection computed the base output of several modules at once).
+    pub fn add_lora(&self, y: Tensor, x: &Tensor, ctx: Ctx) -> Tensor {
         let Some(adapter) = ctx.adapter else { return y };
         let Some(pair) = adapter.pair(self.id) else {
             return y;

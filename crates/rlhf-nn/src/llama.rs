@@ -8,7 +8,7 @@ use tch::Tensor;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::layers::{apply_rope, Ctx, Linear, RmsNorm, Rope};
+use crate::layers::{apply_rope, Ctx, Fused, Linear, RmsNorm, Rope};
 use crate::loader::{push_linear, Loader};
 
 pub(crate) struct LlamaLayer {
@@ -21,6 +21,10 @@ pub(crate) struct LlamaLayer {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    /// q, k, v as one GEMM.
+    qkv: Fused,
+    /// gate, up as one GEMM.
+    gate_up: Fused,
 }
 
 pub(crate) struct Llama {
@@ -42,44 +46,56 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
         for n in 0..cfg.num_layers {
             let p = format!("layers.{n}");
+            let mut q_proj = ld.linear(
+                &format!("{p}.self_attn.q_proj"),
+                h,
+                q_out,
+                cfg.qkv_bias,
+                false,
+            )?;
+            let mut k_proj = ld.linear(
+                &format!("{p}.self_attn.k_proj"),
+                h,
+                kv_out,
+                cfg.qkv_bias,
+                false,
+            )?;
+            let mut v_proj = ld.linear(
+                &format!("{p}.self_attn.v_proj"),
+                h,
+                kv_out,
+                cfg.qkv_bias,
+                false,
+            )?;
+            let o_proj = ld.linear(
+                &format!("{p}.self_attn.o_proj"),
+                q_out,
+                h,
+                cfg.o_bias,
+                false,
+            )?;
+            let mut gate_proj =
+                ld.linear(&format!("{p}.mlp.gate_proj"), h, i, cfg.mlp_bias, false)?;
+            let mut up_proj = ld.linear(&format!("{p}.mlp.up_proj"), h, i, cfg.mlp_bias, false)?;
+            let down_proj = ld.linear(&format!("{p}.mlp.down_proj"), i, h, cfg.mlp_bias, false)?;
+            let qkv = Fused::new(&mut [&mut q_proj, &mut k_proj, &mut v_proj]);
+            let gate_up = Fused::new(&mut [&mut gate_proj, &mut up_proj]);
             layers.push(LlamaLayer {
                 input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), h, cfg.norm_eps)?,
-                q_proj: ld.linear(
-                    &format!("{p}.self_attn.q_proj"),
-                    h,
-                    q_out,
-                    cfg.qkv_bias,
-                    false,
-                )?,
-                k_proj: ld.linear(
-                    &format!("{p}.self_attn.k_proj"),
-                    h,
-                    kv_out,
-                    cfg.qkv_bias,
-                    false,
-                )?,
-                v_proj: ld.linear(
-                    &format!("{p}.self_attn.v_proj"),
-                    h,
-                    kv_out,
-                    cfg.qkv_bias,
-                    false,
-                )?,
-                o_proj: ld.linear(
-                    &format!("{p}.self_attn.o_proj"),
-                    q_out,
-                    h,
-                    cfg.o_bias,
-                    false,
-                )?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
                 post_attention_layernorm: ld.rms_norm(
                     &format!("{p}.post_attention_layernorm"),
                     h,
                     cfg.norm_eps,
                 )?,
-                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), h, i, cfg.mlp_bias, false)?,
-                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), h, i, cfg.mlp_bias, false)?,
-                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), i, h, cfg.mlp_bias, false)?,
+                gate_proj,
+                up_proj,
+                down_proj,
+                qkv,
+                gate_up,
             });
         }
         let norm = ld.rms_norm("norm", h, cfg.norm_eps)?;
@@ -141,6 +157,45 @@ impl Llama {
             .collect()
     }
 
+    /// The leaf tensors (trainable in full fine-tuning): fused projections appear once, as
+    /// `...self_attn.qkv_proj.weight` and `...mlp.gate_up_proj.weight` (rows q|k|v, gate|up).
+    pub fn parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((
+            format!("{prefix}embed_tokens.weight"),
+            self.embed_tokens.shallow_clone(),
+        ));
+        for (n, l) in self.layers.iter().enumerate() {
+            let p = format!("{prefix}layers.{n}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
+            for (name, f) in [
+                ("self_attn.qkv_proj", &l.qkv),
+                ("mlp.gate_up_proj", &l.gate_up),
+            ] {
+                out.push((format!("{p}.{name}.weight"), f.weight.shallow_clone()));
+                if let Some(b) = &f.bias {
+                    out.push((format!("{p}.{name}.bias"), b.shallow_clone()));
+                }
+            }
+            for lin in [&l.o_proj, &l.down_proj] {
+                out.push((format!("{}.weight", lin.name), lin.weight.shallow_clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((format!("{}.bias", lin.name), b.shallow_clone()));
+                }
+            }
+        }
+        out.push((
+            format!("{prefix}norm.weight"),
+            self.norm.weight.shallow_clone(),
+        ));
+    }
+
     /// Base tensors in HF layout and names (without the LM head).
     pub fn named_tensors(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         out.push((
@@ -190,20 +245,17 @@ impl LlamaLayer {
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let h = self.input_layernorm.forward(x);
-        let q = self
-            .q_proj
-            .forward(&h, ctx)
-            .view([b, t, m.num_heads, m.head_dim])
+        let qkv = self
+            .qkv
+            .forward(&h, &[&self.q_proj, &self.k_proj, &self.v_proj], ctx);
+        let q = qkv[0]
+            .reshape([b, t, m.num_heads, m.head_dim])
             .transpose(1, 2);
-        let k = self
-            .k_proj
-            .forward(&h, ctx)
-            .view([b, t, m.num_kv_heads, m.head_dim])
+        let k = qkv[1]
+            .reshape([b, t, m.num_kv_heads, m.head_dim])
             .transpose(1, 2);
-        let v = self
-            .v_proj
-            .forward(&h, ctx)
-            .view([b, t, m.num_kv_heads, m.head_dim])
+        let v = qkv[2]
+            .reshape([b, t, m.num_kv_heads, m.head_dim])
             .transpose(1, 2);
         let q = apply_rope(&q, cos, sin);
         let k = apply_rope(&k, cos, sin);
@@ -225,7 +277,10 @@ impl LlamaLayer {
         let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
         let x = x + self.o_proj.forward(&a, ctx);
         let h = self.post_attention_layernorm.forward(&x);
-        let mlp = self.gate_proj.forward(&h, ctx).silu() * self.up_proj.forward(&h, ctx);
+        let gu = self
+            .gate_up
+            .forward(&h, &[&self.gate_proj, &self.up_proj], ctx);
+        let mlp = gu[0].silu() * &gu[1];
         Ok(x + self.down_proj.forward(&mlp, ctx))
     }
 }

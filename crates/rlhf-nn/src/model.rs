@@ -250,25 +250,35 @@ impl Model {
         out
     }
 
-    /// The base parameters (shared handles: gradients land on the model's own tensors), named
-    /// as in the checkpoint. Internal layout: GPT-2 Conv1D weights are (out, in) here.
+    /// The base leaf parameters (shared handles: gradients land on the model's own tensors),
+    /// for full fine-tuning. Names follow the checkpoint except that the Llama family's fused
+    /// projections appear as `...self_attn.qkv_proj.weight` (rows q|k|v) and
+    /// `...mlp.gate_up_proj.weight` (rows gate|up); GPT-2 Conv1D weights are (out, in) here.
+    /// Use [`Model::save_pretrained`] to write HF names and layouts.
     pub fn base_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        let mut lin = |l: &Linear| {
-            out.push((format!("{}.weight", l.name), l.weight.shallow_clone()));
-            if let Some(b) = &l.bias {
-                out.push((format!("{}.bias", l.name), b.shallow_clone()));
+        match &self.body {
+            Body::Llama(m) => m.parameters("model.", &mut out),
+            Body::Gpt2(m) => {
+                // GPT-2 keeps one tensor per module; Conv1D weights are (out, in) here.
+                for l in m.linears() {
+                    out.push((format!("{}.weight", l.name), l.weight.shallow_clone()));
+                    if let Some(b) = &l.bias {
+                        out.push((format!("{}.bias", l.name), b.shallow_clone()));
+                    }
+                }
+                let linear: std::collections::HashSet<String> =
+                    out.iter().map(|(n, _)| n.clone()).collect();
+                let mut rest = Vec::new();
+                m.named_tensors("transformer.", &mut rest);
+                out.extend(rest.into_iter().filter(|(n, _)| !linear.contains(n)));
             }
-        };
-        for l in self.linears() {
-            lin(l);
         }
-        let linear_names: std::collections::HashSet<String> =
-            out.iter().map(|(n, _)| n.clone()).collect();
-        for (n, t) in self.base_named_tensors() {
-            if !linear_names.contains(&n) {
-                out.push((n, t));
-            }
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".into(), w.shallow_clone()));
+        }
+        if let Some(w) = &self.base_head {
+            out.push(("score.weight".into(), w.shallow_clone()));
         }
         out
     }

@@ -268,3 +268,52 @@ fn load_errors_name_files_and_tensors() {
     );
     assert!(rlhf_nn::is_bad_input(&err));
 }
+
+#[test]
+fn full_fine_tuning_reaches_every_base_leaf() {
+    for preset in ["llama-tiny", "gpt2-tiny"] {
+        let mut m = model(preset);
+        m.set_base_trainable(true);
+        let params = m.base_parameters();
+        assert!(params.iter().all(|(_, t)| t.requires_grad()));
+        let batch = SeqBatch::new(&[(vec![1, 2, 3], vec![4, 5])], 0, Device::Cpu).unwrap();
+        let lp = token_logprobs(&m, None, &batch, true).unwrap();
+        lp.sum(Kind::Float).backward();
+        for (name, t) in &params {
+            let g = t.grad();
+            assert!(g.defined(), "{preset}: `{name}` got no gradient");
+        }
+        // An update of a fused leaf shows in the saved (per-module) weights.
+        let before = m
+            .base_named_tensors()
+            .into_iter()
+            .find(|(n, _)| {
+                n.ends_with("layers.0.self_attn.k_proj.weight")
+                    || n.ends_with("h.0.attn.c_attn.weight")
+            })
+            .unwrap()
+            .1
+            .copy();
+        {
+            let _g = tch::no_grad_guard();
+            for (_, t) in &params {
+                let _ = t.shallow_clone().f_add_(&(t.grad() * 0.1)).unwrap();
+            }
+        }
+        let after = m
+            .base_named_tensors()
+            .into_iter()
+            .find(|(n, _)| {
+                n.ends_with("layers.0.self_attn.k_proj.weight")
+                    || n.ends_with("h.0.attn.c_attn.weight")
+            })
+            .unwrap()
+            .1;
+        assert!(
+            max_diff(&before, &after) > 0.0,
+            "{preset}: update not visible in saved weights"
+        );
+        m.set_base_trainable(false);
+        assert!(m.base_parameters().iter().all(|(_, t)| !t.requires_grad()));
+    }
+}
