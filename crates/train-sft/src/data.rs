@@ -212,6 +212,40 @@ mod tests {
         }
     }
 
+    fn sft_row(prompt: &str, completion: &str, messages: Option<Vec<Message>>) -> SftRow {
+        SftRow {
+            sft_id: "s".into(),
+            prompt_id: "p".into(),
+            prompt: prompt.into(),
+            completion: completion.into(),
+            messages,
+            split: "train".into(),
+            source: "t".into(),
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
+    }
+
+    #[test]
+    fn message_rows_render_the_context_and_train_on_the_last_assistant_turn() {
+        let chat = rlhf_core::chat::ChatTemplate::plain();
+        let msgs = vec![
+            Message::new("user", "hi"),
+            Message::new("assistant", "hello"),
+            Message::new("user", "2+2?"),
+            Message::new("assistant", "4"),
+        ];
+        let (p, c) = texts(&sft_row("", "", Some(msgs.clone())), &chat).unwrap();
+        assert_eq!(p, "User: hi\nAssistant: hello\nUser: 2+2?\nAssistant:");
+        assert_eq!(c, "4");
+        // A set prompt wins over the messages; a set completion wins over the last turn.
+        let (p, c) = texts(&sft_row("P", "C", Some(msgs.clone())), &chat).unwrap();
+        assert_eq!((p.as_str(), c.as_str()), ("P", "C"));
+        let only_user = vec![Message::new("user", "hi")];
+        let err = texts(&sft_row("", "", Some(only_user)), &chat).unwrap_err();
+        assert!(err.contains("no assistant turn"), "{err}");
+    }
+
     #[test]
     fn truncation_keeps_the_prompt_end_and_the_completion_start() {
         let mut e = ex(10, 4);
