@@ -60,8 +60,17 @@ pub fn write(
             &lineage.for_artifact(rlhf_core::schema::Artifact::Metrics),
         )
         .context("writing metrics")?;
+    let folder = Lineage {
+        schema: if adapter.is_some() {
+            "adapter"
+        } else {
+            "model"
+        }
+        .to_string(),
+        ..lineage.clone()
+    };
     let lineage_path = dir.path().join(LINEAGE_FILE);
-    std::fs::write(&lineage_path, lineage.to_json() + "\n")
+    std::fs::write(&lineage_path, folder.to_json() + "\n")
         .with_context(|| format!("writing {}", lineage_path.display()))?;
     dir.commit()?;
     Ok(())
