@@ -24,12 +24,9 @@ RM := $(RUN)/rm
 .PHONY: all
 all: $(RUN)/report/summary.json
 
-$(PREP)/preferences.parquet $(PREP)/prompts.parquet &: $(DATA) $(CONF)/data.args
+$(PREP)/preferences.parquet $(PREP)/prompts.parquet $(PREP)/eval_prompts.parquet &: $(DATA) $(CONF)/data.args
 	$(TIME) prep-data $(BIN)/prep-data convert $(G) $(call args,data) --format $(FORMAT) \
 	  --input $(DATA) --tokenizer $(MODEL) --out-dir $(PREP)
-
-$(EVAL_PROMPTS): $(PROMPTS)
-	$(TIME) eval-prompts $(BIN)/prep-data split $(G) --input $< --split eval --out $@
 
 $(RM)/adapter_config.json: $(PREP)/preferences.parquet $(CONF)/rm.args
 	$(TIME) train-rm-lora $(BIN)/train-rm-lora $(G) $(call args,rm) \

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use rlhf_core::hash::{content_id, split_for, unit_interval};
+use rlhf_core::hash::{content_id, split_salted, unit_interval};
 use rlhf_core::lineage::Lineage;
 use rlhf_core::parquet_io::{write_records, Dataset};
 use rlhf_core::records::{PreferenceRow, RolloutRow, ScoresTable};
@@ -297,7 +297,8 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
                 label: if tie { 0.5 } else { 1.0 },
                 margin: Some(diff as f32),
                 weight: 1.0,
-                split: split_for(&x.prompt_id, args.eval_fraction).to_string(),
+                // Salted: the prompts were already split with the plain hash upstream.
+                split: split_salted(&x.prompt_id, "pairs", args.eval_fraction).to_string(),
                 source: format!("oracle:{}", args.score_column),
                 prompt_tokens: Some(x.prompt_tokens.clone()),
                 chosen_tokens: Some(win.response_tokens.clone()),

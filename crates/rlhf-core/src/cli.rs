@@ -149,6 +149,18 @@ mod tests {
         assert_eq!(exit_code_for(&err, &[]), EXIT_BAD_INPUT);
         let other = anyhow::anyhow!("disk full").context("writing");
         assert_eq!(exit_code_for(&other, &[]), EXIT_FAILURE);
+        let missing = anyhow::Error::new(CoreError::io(
+            "opening",
+            "prompts.parquet",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+        assert_eq!(exit_code_for(&missing, &[]), EXIT_BAD_INPUT);
+        let write = anyhow::Error::new(CoreError::io(
+            "writing",
+            "out.parquet",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ));
+        assert_eq!(exit_code_for(&write, &[]), EXIT_FAILURE);
     }
 
     #[test]

@@ -85,8 +85,12 @@ impl CoreError {
         }
     }
 
-    /// True when the error is caused by the user's input data rather than the program.
+    /// True when the error is caused by the user's input data rather than the program:
+    /// bad or mismatched data, and input files that cannot be read (a failed write is not).
     pub fn is_bad_input(&self) -> bool {
+        if let CoreError::Io { action, .. } = self {
+            return matches!(*action, "reading" | "opening" | "listing" | "hashing");
+        }
         matches!(
             self,
             CoreError::SchemaMismatch { .. }

@@ -54,7 +54,14 @@ pub fn unit_interval(key: &str) -> f64 {
 
 /// Deterministic split by hash: "eval" for about `eval_fraction` of ids, else "train".
 pub fn split_for(id: &str, eval_fraction: f64) -> &'static str {
-    if unit_interval(&format!("split:{id}")) < eval_fraction {
+    split_salted(id, "split", eval_fraction)
+}
+
+/// Like [`split_for`] with another salt, for a split nested inside an earlier one: rows
+/// that `split_for` put in "train" are then spread over both splits again (the same salt
+/// would put every one of them back in "train").
+pub fn split_salted(id: &str, salt: &str, eval_fraction: f64) -> &'static str {
+    if unit_interval(&format!("{salt}:{id}")) < eval_fraction {
         "eval"
     } else {
         "train"
@@ -82,5 +89,24 @@ mod tests {
         assert!((frac - 0.1).abs() < 0.01, "eval fraction {frac}");
         assert_eq!(split_for("abc", 0.0), "train");
         assert_eq!(split_for("abc", 1.0), "eval");
+    }
+
+    #[test]
+    fn a_salted_split_reaches_rows_an_earlier_split_kept_in_train() {
+        let train: Vec<String> = (0..2000)
+            .map(|i| i.to_string())
+            .filter(|id| split_for(id, 0.1) == "train")
+            .collect();
+        let same = train
+            .iter()
+            .filter(|id| split_for(id, 0.1) == "eval")
+            .count();
+        let salted = train
+            .iter()
+            .filter(|id| split_salted(id, "pairs", 0.1) == "eval")
+            .count();
+        assert_eq!(same, 0);
+        let frac = salted as f64 / train.len() as f64;
+        assert!((frac - 0.1).abs() < 0.03, "salted eval fraction {frac}");
     }
 }

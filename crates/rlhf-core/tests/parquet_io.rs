@@ -89,7 +89,10 @@ fn every_artifact_round_trips() {
         prompt_id: "p".into(),
         prompt: "q".into(),
         completion: "a".into(),
-        messages: Some(vec![Message::new("user", "q"), Message::new("assistant", "a")]),
+        messages: Some(vec![
+            Message::new("user", "q"),
+            Message::new("assistant", "a"),
+        ]),
         split: "train".into(),
         source: "s".into(),
         prompt_tokens: Some(vec![1]),
@@ -223,7 +226,10 @@ fn schema_mismatch_names_file_column_and_types() {
         msg.contains("column `iteration` has type int64, expected int32"),
         "{msg}"
     );
-    assert!(msg.contains("expected schema: stage: utf8, iteration: int32"), "{msg}");
+    assert!(
+        msg.contains("expected schema: stage: utf8, iteration: int32"),
+        "{msg}"
+    );
 }
 
 #[test]
