@@ -22,6 +22,7 @@ fn repo_root() -> PathBuf {
 
 fn golden_dir() -> PathBuf {
     let dir = std::env::var_os("RLHF_GOLDEN_DIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("tests/fixtures/generated"));
     assert!(
