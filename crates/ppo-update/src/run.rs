@@ -96,19 +96,7 @@ fn load_optimizer(opt: &mut AdamW, dir: Option<&Path>, file: &str, s: &Settings)
     Ok(())
 }
 
-/// Peak resident set size of this process in bytes (VmHWM, Linux), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
+pub use rlhf_core::resources::peak_rss_bytes;
 
 /// Runs one iteration and writes `s.out`.
 pub fn run(s: &Settings) -> Result<Summary> {

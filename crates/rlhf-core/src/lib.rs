@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod parquet_io;
 pub mod progress;
 pub mod records;
+pub mod resources;
 pub mod schema;
 pub mod shard;
 pub mod synthetic;

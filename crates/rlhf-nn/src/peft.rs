@@ -211,11 +211,16 @@ impl Model {
     pub fn save_adapter(&self, name: &str, dir: &Path) -> Result<()> {
         let adapter = self.adapter(name)?;
         std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
-        let mut targets: Vec<String> = self
-            .linears()
+        let linears = self.linears();
+        let off: Vec<&str> = linears
+            .iter()
+            .filter(|l| adapter.pair(l.id).is_none())
+            .map(|l| l.name.as_str())
+            .collect();
+        let mut targets: Vec<String> = linears
             .iter()
             .filter(|l| adapter.pair(l.id).is_some())
-            .map(|l| l.name.rsplit('.').next().unwrap_or(&l.name).to_string())
+            .map(|l| target_suffix(&l.name, &off))
             .collect();
         targets.sort();
         targets.dedup();
@@ -263,4 +268,38 @@ pub fn read_adapter_tensors(dir: &Path) -> Result<HashMap<String, tch::Tensor>> 
         .into_iter()
         .map(|(k, t)| (k.strip_prefix(PEFT_PREFIX).unwrap_or(&k).to_string(), t))
         .collect())
+}
+
+/// The shortest dotted suffix of `name` (PEFT matches `target_modules` entries by name
+/// suffix) that selects no module in `untargeted`: `q_proj` for Llama, but `attn.c_proj`
+/// for GPT-2 when only the attention output projection (not `mlp.c_proj`) is adapted.
+fn target_suffix(name: &str, untargeted: &[&str]) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    for k in 1..=parts.len() {
+        let suffix = parts[parts.len() - k..].join(".");
+        let dotted = format!(".{suffix}");
+        if !untargeted
+            .iter()
+            .any(|u| *u == suffix || u.ends_with(&dotted))
+        {
+            return suffix;
+        }
+    }
+    name.to_string()
+}
+
+#[cfg(test)]
+mod target_suffix_tests {
+    use super::target_suffix;
+
+    #[test]
+    fn suffix_is_short_unless_it_would_select_an_untargeted_module() {
+        let off = ["h.0.mlp.c_proj", "h.1.mlp.c_proj"];
+        assert_eq!(target_suffix("h.0.attn.c_proj", &off), "attn.c_proj");
+        assert_eq!(target_suffix("h.0.attn.c_attn", &off), "c_attn");
+        assert_eq!(
+            target_suffix("model.layers.0.self_attn.q_proj", &[]),
+            "q_proj"
+        );
+    }
 }

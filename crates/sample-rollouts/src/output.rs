@@ -44,18 +44,7 @@ impl Summary {
     }
 }
 
-/// Peak resident memory of this process in bytes (Linux VmHWM), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line["VmHWM:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
+pub use rlhf_core::resources::peak_rss_bytes;
 
 /// Streams rollout rows into one artifact file.
 pub struct RolloutSink {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use rlhf_core::lineage::Lineage;
 use rlhf_core::parquet_io::Dataset;
 use rlhf_core::records::{RolloutRow, ScoresTable};
+use rlhf_core::resources::peak_rss_bytes;
 use rlhf_core::schema::Artifact;
 
 use crate::combine::{response_length, CombineSpec, ENDED};
@@ -259,19 +260,6 @@ fn summarise(
         serde_json::json!({"index": settings.shard.index, "count": settings.shard.count}),
     );
     (stats, m)
-}
-
-/// Peak resident memory of this process in bytes (Linux VmHWM), if known.
-fn peak_rss_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line["VmHWM:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, out: &Path) {

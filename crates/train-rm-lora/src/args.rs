@@ -186,6 +186,12 @@ pub struct Cli {
     /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
     #[arg(long)]
     pub keep_checkpoint: bool,
+
+    /// Record wall-clock and memory figures (run/seconds_per_step, run/peak_rss_bytes) in
+    /// metrics.parquet. Off by default: they differ between runs, and the adapter folder
+    /// should be byte-identical for the same inputs, flags and seed.
+    #[arg(long)]
+    pub record_timings: bool,
 }
 
 fn number(s: &str) -> Result<f64, String> {

@@ -8,7 +8,6 @@ pub mod batching;
 pub mod data;
 pub mod loss;
 pub mod quality;
-pub mod resources;
 pub mod reward_model;
 pub mod run;
 pub mod state;

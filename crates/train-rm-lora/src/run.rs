@@ -97,6 +97,7 @@ fn train_config(cli: &Cli) -> TrainConfig {
         max_grad_norm: cli.max_grad_norm,
         eval_every: cli.eval_every,
         checkpoint_every: cli.checkpoint_every,
+        record_timings: cli.record_timings,
         seed: cli.global.seed,
         loss: LossConfig {
             label_smoothing: cli.label_smoothing,

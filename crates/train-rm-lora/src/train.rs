@@ -37,6 +37,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub loss: LossConfig,
     pub ratings_weight: f64,
+    /// Record run/seconds_per_step and run/peak_rss_bytes in the metrics (they differ
+    /// between runs, so they are off unless asked for).
+    pub record_timings: bool,
 }
 
 /// One member's training job.
@@ -319,13 +322,19 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
     }
     log.push(end, "run/trainable_params", trainable_params as f64);
     if timed_steps > 0 {
-        log.push(
-            end,
-            "run/seconds_per_step",
-            step_seconds / timed_steps as f64,
+        info!(
+            seconds_per_step = step_seconds / timed_steps as f64,
+            "timing"
         );
+        if cfg.record_timings {
+            log.push(
+                end,
+                "run/seconds_per_step",
+                step_seconds / timed_steps as f64,
+            );
+        }
     }
-    if let Some(rss) = crate::resources::peak_rss_bytes() {
+    if let Some(rss) = rlhf_core::resources::peak_rss_bytes().filter(|_| cfg.record_timings) {
         log.push(end, "run/peak_rss_bytes", rss as f64);
     }
     Ok(Outcome {

@@ -44,6 +44,7 @@ fn lora_learns_the_separable_task_and_normalises() {
             "3",
             "--eval-every",
             "10",
+            "--record-timings",
         ][..],
         &FAST[..],
     ]

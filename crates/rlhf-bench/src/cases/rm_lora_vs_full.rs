@@ -133,6 +133,7 @@ fn train(
         "cpu",
         "--no-progress",
         "-q",
+        "--record-timings",
     ])
     .args(["--threads", &threads.to_string()]);
     // PERL's learning rates: higher for LoRA than for full tuning.
