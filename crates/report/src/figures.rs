@@ -92,6 +92,9 @@ pub fn iteration_figures(iteration: u32, s: &Sampled) -> IterationFigures {
 /// Gold-judged comparison of a policy against SFT on the same prompts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WinRate {
+    /// The score column that judged: `gold` when the run has the oracle, else the
+    /// reward model's column (a proxy: the policy was trained on it).
+    pub judge: String,
     /// (wins + ties / 2) / pairs.
     pub rate: f64,
     pub pairs: usize,
@@ -124,18 +127,28 @@ fn keyed(s: &Sampled) -> Result<BTreeMap<(String, i32), usize>> {
     Ok(out)
 }
 
-fn gold_of(s: &Sampled, i: usize) -> Result<f32> {
-    s.score(i, "gold").ok_or_else(|| {
+fn judged(s: &Sampled, i: usize, judge: &str) -> Result<f32> {
+    s.score(i, judge).ok_or_else(|| {
         CoreError::BadInput {
             path: s.scores_path.clone(),
             row: Some(s.score_index[i]),
             message: format!(
-                "no `gold` score for rollout `{}`\n  hint: score the final rollouts with the gold function (score-rewards --gold ...)",
+                "no `{judge}` score for rollout `{}`\n  hint: score the final SFT and policy rollouts with the same reward sources",
                 s.rollouts[i].rollout_id
             ),
         }
         .into()
     })
+}
+
+/// The column that judges the final policy against the SFT model: `gold` when both final
+/// score files carry the oracle, else the reward model's proxy column.
+pub fn judge_column(policy: &Sampled, sft: &Sampled) -> &'static str {
+    if policy.has_source("gold") && sft.has_source("gold") {
+        "gold"
+    } else {
+        proxy_column(policy)
+    }
 }
 
 /// Policy and SFT rollouts matched by prompt_id and sample_index.
@@ -162,8 +175,10 @@ pub fn pairs(policy: &Sampled, sft: &Sampled) -> Result<Pairs> {
     })
 }
 
-/// Win rate of `policy` over `sft` under the gold score: win 1, tie 0.5, loss 0.
-pub fn gold_win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
+/// Win rate of `policy` over `sft` under the judge column (see [`judge_column`]): win 1,
+/// tie 0.5, loss 0.
+pub fn win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
+    let judge = judge_column(policy, sft);
     let Pairs {
         paired,
         unpaired_policy,
@@ -182,7 +197,7 @@ pub fn gold_win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
     }
     let (mut wins, mut ties, mut losses) = (0, 0, 0);
     for &(i, j) in &paired {
-        let (gp, gs) = (gold_of(policy, i)?, gold_of(sft, j)?);
+        let (gp, gs) = (judged(policy, i, judge)?, judged(sft, j, judge)?);
         if gp > gs {
             wins += 1;
         } else if gp == gs {
@@ -192,6 +207,7 @@ pub fn gold_win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
         }
     }
     Ok(WinRate {
+        judge: judge.to_string(),
         rate: (wins as f64 + 0.5 * ties as f64) / paired.len() as f64,
         pairs: paired.len(),
         wins,
@@ -260,7 +276,7 @@ pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTabl
     let (peak, step) = resources(&lora_policy_metrics);
     let policy_full = if run.final_full_policy.is_some() || !full_policy_metrics.is_empty() {
         let quality = match &run.final_full_policy {
-            Some(full) => Some(gold_win_rate(full, &run.final_sft)?.rate),
+            Some(full) => Some(win_rate(full, &run.final_sft)?.rate),
             None => None,
         };
         let (peak_rss_bytes, seconds_per_step) = resources(&full_policy_metrics);
@@ -288,7 +304,9 @@ pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTabl
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub rm_eval_accuracy: Option<f64>,
-    pub gold_win_rate_vs_sft: f64,
+    /// Null when the run has no gold oracle (real data): then `win_rate` is judged by the
+    /// reward model, named in `win_rate.judge`.
+    pub gold_win_rate_vs_sft: Option<f64>,
     pub kl_to_sft: Option<f64>,
     pub gold_reward_sft: Option<f64>,
     pub gold_reward_final: Option<f64>,
@@ -317,7 +335,13 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
             None
         }
     };
-    let win_rate = gold_win_rate(&run.final_policy, &run.final_sft)?;
+    let win_rate = win_rate(&run.final_policy, &run.final_sft)?;
+    if win_rate.judge != "gold" {
+        notes.push(format!(
+            "no gold scores in final/: the win rate is judged by `{}`, the reward model the policy was trained on (a proxy, not a human)",
+            win_rate.judge
+        ));
+    }
     if win_rate.unpaired_policy + win_rate.unpaired_sft > 0 {
         notes.push(format!(
             "win rate over {} pairs; {} final-policy and {} SFT rollouts had no counterpart with the same prompt_id and sample_index",
@@ -343,7 +367,7 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
     let perl = perl_table(run, win_rate.rate)?;
     Ok(Summary {
         rm_eval_accuracy,
-        gold_win_rate_vs_sft: win_rate.rate,
+        gold_win_rate_vs_sft: (win_rate.judge == "gold").then_some(win_rate.rate),
         kl_to_sft,
         gold_reward_sft: mean_score(&run.final_sft, "gold"),
         gold_reward_final: mean_score(&run.final_policy, "gold"),

@@ -103,7 +103,7 @@ fn build_document(
             percent(s.rm_eval_accuracy),
         ],
         vec![
-            "gold win rate, final policy vs SFT".into(),
+            format!("win rate under `{}`, final policy vs SFT", w.judge),
             format!(
                 "{} ({} pairs; wins/ties/losses {}/{}/{})",
                 percent(Some(w.rate)),

@@ -44,9 +44,10 @@ fn main() -> ExitCode {
     };
     let result = report::run(&settings).and_then(|summary| {
         tracing::info!(
-            "wrote {} (gold win rate vs SFT {:.3})",
+            "wrote {} (win rate vs SFT under `{}`: {:.3})",
             settings.out_dir.display(),
-            summary.gold_win_rate_vs_sft
+            summary.win_rate.judge,
+            summary.win_rate.rate
         );
         if cli.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);

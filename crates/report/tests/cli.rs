@@ -360,3 +360,29 @@ fn missing_essentials_are_named() {
     );
     assert!(!run.join("report").exists(), "nothing written on failure");
 }
+
+#[test]
+fn without_gold_the_reward_model_judges_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    build_run(&run);
+    // Real data has no oracle: drop the gold column of the final scores.
+    for name in ["sft_scores.parquet", "policy_scores.parquet"] {
+        let path = run.join("final").join(name);
+        let (mut t, _) = ScoresTable::read(&path).unwrap();
+        t.sources.retain(|(n, _)| n != "gold");
+        std::fs::remove_file(&path).unwrap();
+        t.write(&path, &lineage(Artifact::Scores)).unwrap();
+    }
+    let o = report(&["--run-dir", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report/summary.json")).unwrap())
+            .unwrap();
+    assert!(s["gold_win_rate_vs_sft"].is_null());
+    assert_eq!(s["win_rate"]["judge"], "rm");
+    // rm is 0.0 for every SFT rollout and 1.0 for every policy rollout: 8 wins of 8.
+    close(&s["win_rate"]["rate"], 1.0);
+    let notes = s["notes"].to_string();
+    assert!(notes.contains("judged by `rm`"), "{notes}");
+}

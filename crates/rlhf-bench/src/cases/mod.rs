@@ -5,6 +5,7 @@
 mod matmul_fp32;
 mod rm_lora_vs_full;
 mod rollouts;
+mod sampling;
 
 use crate::Case;
 
@@ -14,6 +15,7 @@ static REGISTRY: &[&dyn Case] = &[
     // add new cases below this line
     &rm_lora_vs_full::RmLoraVsFull,
     &rollouts::Rollouts,
+    &sampling::Sampling,
 ];
 
 /// Every case, in run order.

@@ -1,0 +1,149 @@
+//! Case `sampling`: batched sampling with the KV cache on a random ~30M-parameter Llama
+//! (preset llama-30m): batch 16, 64-token prompts, 128 new tokens, temperature 1, on the
+//! CPU with `--threads`. Reports tokens/s with the cache, against transformers' `generate`
+//! on the same saved model and threads (`scripts/bench/sampling.py`), as a fraction of the
+//! matmul roof (the model's forward flops per token over the measured matmul rate), and
+//! without the cache (a full forward per token) to show what the cache buys.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use rlhf_nn::generate::{generate, SamplingParams};
+use rlhf_nn::{Model, ModelConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::{python, Case, Context, Measurement};
+
+/// The case.
+pub struct Sampling;
+
+/// (batch, prompt tokens, new tokens) of a run.
+fn shape(quick: bool) -> (usize, usize, usize) {
+    if quick {
+        (4, 16, 8)
+    } else {
+        (16, 64, 128)
+    }
+}
+
+fn prompts(batch: usize, len: usize, vocab: i64) -> Vec<Vec<i32>> {
+    (0..batch)
+        .map(|i| {
+            (0..len)
+                .map(|j| ((i * 131 + j * 17) as i64 % (vocab - 3) + 3) as i32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Tokens per second of `generate` with the KV cache.
+fn with_cache(model: &Model, prompts: &[Vec<i32>], new: usize) -> Result<f64> {
+    let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
+    let params = SamplingParams {
+        max_new_tokens: new,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    // Warm-up on two rows and a few tokens.
+    let warm = SamplingParams {
+        max_new_tokens: 4,
+        ..params.clone()
+    };
+    generate(model, None, &prompts[..2], &seeds[..2], &warm, 0, None)?;
+    let t = Instant::now();
+    let out = generate(model, None, prompts, &seeds, &params, 0, None)?;
+    let tokens: usize = out.iter().map(|g| g.tokens.len()).sum();
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Tokens per second of greedy decoding with a full forward over the sequence per token.
+fn without_cache(model: &Model, prompts: &[Vec<i32>], new: usize) -> Result<f64> {
+    let _guard = tch::no_grad_guard();
+    let batch = prompts.len() as i64;
+    let mut seqs: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| p.iter().map(|&x| x as i64).collect())
+        .collect();
+    let t = Instant::now();
+    for _ in 0..new {
+        let n = seqs[0].len() as i64;
+        let flat: Vec<i64> = seqs.iter().flatten().copied().collect();
+        let ids = Tensor::from_slice(&flat).view([batch, n]);
+        let mask = Tensor::ones([batch, n], (Kind::Int64, Device::Cpu));
+        let h = model.forward(&ids, &mask, None, false)?;
+        let next = Vec::<i64>::try_from(model.lm_logits(&h.select(1, n - 1))?.argmax(-1, false))?;
+        for (s, t) in seqs.iter_mut().zip(next) {
+            s.push(t);
+        }
+    }
+    Ok((prompts.len() * new) as f64 / t.elapsed().as_secs_f64())
+}
+
+impl Case for Sampling {
+    fn name(&self) -> &'static str {
+        "sampling"
+    }
+
+    fn about(&self) -> &'static str {
+        "KV-cache sampling on a ~30M Llama (batch 16, 64-token prompts, 128 new), tokens/s vs transformers generate"
+    }
+
+    fn run(&self, ctx: &Context) -> Result<Vec<Measurement>> {
+        tch::set_num_threads(ctx.threads as i32);
+        let (batch, prompt_len, new) = shape(ctx.quick);
+        let cfg = ModelConfig::preset("llama-30m")?;
+        let model = Model::random(&cfg, Device::Cpu, Kind::Float, 0)?;
+        let dir = tempfile::tempdir()?;
+        model.save_pretrained(dir.path())?;
+        let prompts = prompts(batch, prompt_len, cfg.vocab_size);
+
+        let cached = with_cache(&model, &prompts, new)?;
+        let uncached_tokens = if ctx.quick { new } else { 32 };
+        let uncached = without_cache(&model, &prompts, uncached_tokens)?;
+
+        let mut out = Vec::new();
+        let mut ours = Measurement::new("sampling.kv_cache.tokens_per_s", cached, "tokens/s");
+        let args = [
+            "--model".to_string(),
+            dir.path().display().to_string(),
+            "--batch".to_string(),
+            batch.to_string(),
+            "--prompt-len".to_string(),
+            prompt_len.to_string(),
+            "--new".to_string(),
+            new.to_string(),
+            "--threads".to_string(),
+            ctx.threads.to_string(),
+        ];
+        if let Some(v) = python::run_script(ctx, "sampling.py", &args)? {
+            let theirs = python::number(&v, "tokens_per_s", "sampling.py")?;
+            ours = ours.against(
+                "transformers generate, same model and threads",
+                theirs,
+                true,
+            );
+        }
+        out.push(ours);
+        // Forward flops per generated token ~ 2 x parameters (the KV-cache attention term is
+        // small at these lengths); as a fraction of what the matmul roof allows.
+        if let Some(roof) = ctx.value("matmul_fp32") {
+            let flops_per_token = 2.0 * cfg.num_parameters() as f64;
+            let achieved = cached * flops_per_token / 1e9;
+            out.push(
+                Measurement::new("sampling.kv_cache.gflops", achieved, "GFLOP/s").against(
+                    "matmul_fp32 roof",
+                    roof,
+                    true,
+                ),
+            );
+        }
+        out.push(
+            Measurement::new("sampling.cache_vs_no_cache", cached, "tokens/s").against(
+                "same model without the KV cache (greedy, full forward per token)",
+                uncached,
+                true,
+            ),
+        );
+        Ok(out)
+    }
+}

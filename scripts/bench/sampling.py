@@ -1,0 +1,45 @@
+"""Reference for the rlhf-bench case sampling: transformers' generate with sampling on the
+same saved model, batch, prompt length, new tokens and threads.
+
+Usage: python scripts/bench/sampling.py --model DIR --batch 16 --prompt-len 64 --new 128 --threads 2
+Prints {"tokens_per_s": ..., "transformers_version": ...}.
+"""
+
+import argparse
+import time
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+from common import emit
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="HF model folder written by rlhf-bench")
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--prompt-len", type=int, required=True)
+    ap.add_argument("--new", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    ids = torch.tensor(
+        [[(i * 131 + j * 17) % (vocab - 3) + 3 for j in range(args.prompt_len)] for i in range(args.batch)]
+    )
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        model.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=4, min_new_tokens=4, **kw)
+        t = time.perf_counter()
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
+        secs = time.perf_counter() - t
+    tokens = (out.shape[1] - args.prompt_len) * args.batch
+    emit({"tokens_per_s": tokens / secs, "transformers_version": transformers.__version__})
+
+
+if __name__ == "__main__":
+    main()
