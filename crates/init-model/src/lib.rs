@@ -2,9 +2,6 @@
 //! text columns of a Parquet file and writes a Hugging Face model folder with random
 //! weights, atomically (a temporary sibling folder renamed into place).
 
-// CoreError (rlhf-core's error type, carrying paths and messages) is large by design.
-#![allow(clippy::result_large_err)]
-
 pub mod bpe;
 pub mod corpus;
 pub mod settings;

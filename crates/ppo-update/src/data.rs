@@ -3,9 +3,6 @@
 //! error naming the counts and example ids (never a silent inner join). Rows are checked
 //! (non-empty response, one sampler log-prob per token, finite reward) and named by id.
 
-// CoreError is the core crate's error type; its size is its business.
-#![allow(clippy::result_large_err)]
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -2,9 +2,6 @@
 //! completion tokens only; see `trainer` for the loop, `loss` for the masking, `batching`
 //! for the deterministic data order, `resume` for checkpoints.
 
-// CoreError (rlhf-core's error type, carrying paths and messages) is large by design.
-#![allow(clippy::result_large_err)]
-
 pub mod args;
 pub mod batching;
 pub mod data;
