@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, View};
 use tch::{Kind, Tensor};
 
 use crate::error::{NnError, Result};
@@ -18,36 +18,123 @@ pub struct Checkpoint {
     tensors: HashMap<String, Tensor>,
 }
 
-fn kind_of(dtype: Dtype, path: &Path, name: &str) -> Result<Kind> {
+fn kind_of(dtype: &str, path: &Path, name: &str) -> Result<Kind> {
     Ok(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F64 => Kind::Double,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::BOOL => Kind::Bool,
-        Dtype::U8 => Kind::Uint8,
+        "F32" => Kind::Float,
+        "F16" => Kind::Half,
+        "BF16" => Kind::BFloat16,
+        "F64" => Kind::Double,
+        "I64" => Kind::Int64,
+        "I32" => Kind::Int,
+        "BOOL" => Kind::Bool,
+        "U8" => Kind::Uint8,
         other => {
             return Err(NnError::Safetensors {
                 path: path.to_path_buf(),
-                message: format!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+                message: format!("tensor `{name}` has dtype {other}; expected F32, F16 or BF16"),
             })
         }
     })
 }
 
-fn read_file_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| NnError::Safetensors {
+/// One tensor's entry in a safetensors header.
+struct Entry {
+    name: String,
+    kind: Kind,
+    shape: Vec<i64>,
+    begin: u64,
+    end: u64,
+}
+
+/// Parses a safetensors header (the JSON after the 8-byte length) into entries sorted by
+/// offset, checking each entry's byte range against its dtype, shape and the file size.
+fn parse_header(path: &Path, header: &[u8], data_len: u64) -> Result<Vec<Entry>> {
+    let bad = |message: String| NnError::Safetensors {
         path: path.to_path_buf(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
-    for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype(), path, &name)?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-        out.insert(name, t);
+        message,
+    };
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| {
+            bad(format!(
+                "not a valid safetensors file: unreadable header: {e}"
+            ))
+        })?;
+    let mut entries = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = v.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let kind = kind_of(dtype, path, &name)?;
+        let shape: Option<Vec<i64>> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|a| a.iter().filter_map(|d| d.as_i64()).collect());
+        let offsets: Option<Vec<u64>> = v
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Err(bad(format!(
+                "header entry of `{name}` lacks shape or data_offsets"
+            )));
+        };
+        let (begin, end) = match offsets[..] {
+            [b, e] if b <= e && e <= data_len => (b, e),
+            _ => {
+                return Err(bad(format!(
+                    "tensor `{name}`: data_offsets {offsets:?} outside the {data_len} data bytes"
+                )))
+            }
+        };
+        let numel: i64 = shape.iter().product();
+        let expected = numel as u64 * kind.elt_size_in_bytes() as u64;
+        if end - begin != expected {
+            return Err(bad(format!(
+                "tensor `{name}`: {} bytes for shape {shape:?} {dtype}, expected {expected}",
+                end - begin
+            )));
+        }
+        entries.push(Entry {
+            name,
+            kind,
+            shape,
+            begin,
+            end,
+        });
+    }
+    entries.sort_by_key(|e| e.begin);
+    Ok(entries)
+}
+
+/// Reads a safetensors file tensor by tensor (one tensor's bytes in flight at a time), so
+/// loading peaks near one copy of the weights rather than the file plus the tensors.
+fn read_file_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e| NnError::io(path, e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(io)?;
+    let n = u64::from_le_bytes(len8);
+    if n.saturating_add(8) > file_len || n > 100_000_000 {
+        return Err(NnError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a valid safetensors file: header length {n} for a {file_len}-byte file"
+            ),
+        });
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(io)?;
+    let start = 8 + n;
+    let mut buf = Vec::new();
+    for e in parse_header(path, &header, file_len - start)? {
+        f.seek(SeekFrom::Start(start + e.begin)).map_err(io)?;
+        buf.resize((e.end - e.begin) as usize, 0);
+        f.read_exact(&mut buf).map_err(io)?;
+        let t = Tensor::f_from_data_size(&buf, &e.shape, e.kind)?;
+        out.insert(e.name, t);
     }
     Ok(())
 }
