@@ -18,6 +18,12 @@ pub struct Outputs {
     pub values: Option<Tensor>,
 }
 
+/// Grad mode for one scoring call: a no-grad guard (held by the caller for the whole call,
+/// head included, since adapter weights require grad) unless training.
+fn grad_mode(train: bool) -> Option<tch::NoGradGuard> {
+    (!train).then(tch::no_grad_guard)
+}
+
 /// One forward producing log-probs, and optionally entropies and head values.
 pub fn forward_outputs(
     model: &Model,
@@ -27,11 +33,7 @@ pub fn forward_outputs(
     entropy: bool,
     values: bool,
 ) -> Result<Outputs> {
-    let _guard = if train {
-        None
-    } else {
-        Some(tch::no_grad_guard())
-    };
+    let _guard = grad_mode(train);
     let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     let l = hidden.size()[1];
     let h = hidden.narrow(1, 0, l - 1);
@@ -88,11 +90,7 @@ pub fn token_values(
     batch: &SeqBatch,
     train: bool,
 ) -> Result<Tensor> {
-    let _guard = if train {
-        None
-    } else {
-        Some(tch::no_grad_guard())
-    };
+    let _guard = grad_mode(train);
     let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     let l = hidden.size()[1];
     model.head(adapter, &hidden.narrow(1, 0, l - 1))
@@ -106,11 +104,7 @@ pub fn last_token_scores(
     batch: &SeqBatch,
     train: bool,
 ) -> Result<Tensor> {
-    let _guard = if train {
-        None
-    } else {
-        Some(tch::no_grad_guard())
-    };
+    let _guard = grad_mode(train);
     let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     let h = hidden.size()[2];
     let idx = batch.last_index.view([-1, 1, 1]).expand([-1, 1, h], false);
