@@ -41,7 +41,7 @@ impl Algo {
 }
 
 /// One policy iteration: PPO, REINFORCE with baseline (PERL), RLOO or GRPO on rollouts and
-/// scores; writes the next policy adapter.
+/// scores; writes the next policy adapter (or, with --full, the next full model).
 #[derive(Debug, Parser)]
 #[command(
     name = "ppo-update",
@@ -52,6 +52,12 @@ KL-regularised advantages and updates the LoRA policy (and the LoRA critic for p
 reinforce) on the frozen base. Writes the next adapter folder atomically: the policy in PEFT \
 layout, with the critic (critic/), optimiser state, KL-controller state (training_state.json) \
 and metrics.parquet inside it. Pass that folder as --adapter to the next iteration.\n\n\
+--full tunes every weight of the policy instead (the baseline PERL compares LoRA with): \
+--model is then the current policy (first iteration: the SFT model; later: the previous --full \
+output), --ref-model the frozen reference loaded as a second copy (it carries the LoRA \
+critic), and --out a full model folder (config.json, model.safetensors, tokenizer files) with \
+the same state files beside the weights. Pass it as --model to the next iteration, and to \
+sample-rollouts (no --adapter; --no-ref-logprobs, since ppo-update --full recomputes them).\n\n\
 Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data."
 )]
 pub struct Cli {
@@ -62,8 +68,29 @@ pub struct Cli {
 
     /// Policy adapter folder to continue from (the previous iteration's output). Without it a
     /// fresh LoRA policy is created from --lora-* (it starts equal to the base).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "full")]
     pub adapter: Option<PathBuf>,
+    /// Full fine-tuning of the policy instead of LoRA: every weight of --model (the current
+    /// policy: the SFT model, then the previous --full output) is trained with AdamW, and
+    /// --out is a full model folder with the optimiser, critic and KL state beside the
+    /// weights. Needs --ref-model. Costs a second model copy (the reference), a gradient and
+    /// two AdamW moments per weight: the memory PERL's LoRA policy avoids. With --dtype bf16
+    /// the weights themselves are bf16 (no f32 master copy: small updates round away), so
+    /// prefer f32.
+    #[arg(long)]
+    pub full: bool,
+    /// With --full (and only then; required): the reference policy, a full model folder
+    /// loaded as a second, frozen copy. Use the same folder (the SFT model) in every
+    /// iteration. Reference log-probabilities are always recomputed from it: rollouts
+    /// sampled from a full policy record the policy's own log-probabilities as ref_logprobs
+    /// (it has no adapter to switch off). The critic (ppo, reinforce) sits on this copy.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "full",
+        required_if_eq("full", "true")
+    )]
+    pub ref_model: Option<PathBuf>,
     /// Rollouts (file, folder of part files, or glob) written by sample-rollouts.
     #[arg(long, value_name = "PATH")]
     pub rollouts: PathBuf,
@@ -84,15 +111,16 @@ pub struct Cli {
     #[arg(long, default_value = "reward", value_name = "COLUMN")]
     pub reward_column: String,
 
-    /// LoRA rank of a fresh policy (and critic) adapter.
-    #[arg(long, default_value_t = 8, value_name = "R")]
-    pub lora_rank: i64,
-    /// LoRA alpha of a fresh adapter (scale alpha / rank).
-    #[arg(long, default_value_t = 16.0, value_name = "ALPHA")]
-    pub lora_alpha: f64,
-    /// LoRA dropout of a fresh adapter (training forwards only).
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    pub lora_dropout: f64,
+    /// LoRA rank of a fresh policy (and critic) adapter [default: 8]. With --full the
+    /// --lora-* flags shape the fresh critic only (an error when --algo has no critic).
+    #[arg(long, value_name = "R")]
+    pub lora_rank: Option<i64>,
+    /// LoRA alpha of a fresh adapter (scale alpha / rank) [default: 16].
+    #[arg(long, value_name = "ALPHA")]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout of a fresh adapter (training forwards only) [default: 0].
+    #[arg(long, value_name = "P")]
+    pub lora_dropout: Option<f64>,
     /// LoRA target modules of a fresh adapter, comma-separated (`all-linear` for every block
     /// linear). Default: q_proj,v_proj for Llama, c_attn for GPT-2.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
@@ -101,7 +129,8 @@ pub struct Cli {
     #[arg(long)]
     pub rslora: bool,
 
-    /// Critic adapter folder to continue from (default: critic/ inside --adapter).
+    /// Critic adapter folder to continue from (default: critic/ inside --adapter, or inside
+    /// --model with --full).
     #[arg(long, value_name = "DIR")]
     pub critic: Option<PathBuf>,
     /// Initialise a new critic from this reward adapter folder (LoRA + score head) instead of
@@ -109,7 +138,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub critic_init: Option<PathBuf>,
 
-    /// Peak learning rate of the policy adapter.
+    /// Peak learning rate of the policy (adapter, or every weight with --full).
     #[arg(long, default_value_t = 1e-4, value_name = "LR")]
     pub learning_rate: f64,
     /// Learning rate of the critic (default: --learning-rate).
@@ -139,10 +168,12 @@ pub struct Cli {
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.0, value_name = "WD")]
     pub weight_decay: f64,
-    /// Clip the global gradient L2 norm of each adapter to this (0 = no clipping).
+    /// Clip the global gradient L2 norm of the policy, and of the critic, to this (0 = no
+    /// clipping).
     #[arg(long, default_value_t = 1.0, value_name = "NORM")]
     pub max_grad_norm: f64,
-    /// Start the optimiser afresh instead of loading the moments saved with --adapter.
+    /// Start the optimiser afresh instead of loading the moments saved with --adapter (with
+    /// --full: beside the weights in --model).
     #[arg(long)]
     pub reset_optimizer: bool,
 
@@ -194,7 +225,8 @@ pub struct Cli {
     /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).
     #[arg(long, default_value = "k1", value_name = "K")]
     pub kl_estimator: KlEstimator,
-    /// Recompute reference log-probabilities (adapter off) even when the rollouts carry them.
+    /// Recompute reference log-probabilities (adapter off) even when the rollouts carry them
+    /// (--full always recomputes them, with --ref-model).
     #[arg(long)]
     pub recompute_ref: bool,
     /// Truncated importance-sampling correction for the sampler/trainer mismatch: weight each

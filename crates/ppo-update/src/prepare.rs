@@ -1,6 +1,6 @@
 //! Phase 1 of an iteration (no gradients): recompute the policy's log-probabilities of the
 //! sampled tokens ("old" log-probs, compared with the sampler's), the reference's (adapter
-//! off; or taken from the rollouts), the critic's values, then the rewards, advantages and
+//! off, or the --ref-model copy with --full; or taken from the rollouts), the critic's values, then the rewards, advantages and
 //! returns of the chosen algorithm. Everything here is a pure function of the adapters at
 //! the start of the iteration, so a resumed run recomputes it identically.
 
@@ -9,11 +9,12 @@ use rlhf_algo::advantages::{gae, grpo_advantages, rloo_advantages};
 use rlhf_algo::kl::{kl_penalised_rewards, kl_per_token, KlEstimator};
 use rlhf_algo::masked::{masked_mean, masked_row_sum, masked_whiten, scalar};
 use rlhf_nn::batch::SeqBatch;
-use rlhf_nn::{scoring, Model};
+use rlhf_nn::scoring;
 use tch::Tensor;
 
 use crate::args::Algo;
 use crate::data::Example;
+use crate::models::Models;
 use crate::ragged::{pad, unpad, vector};
 use crate::settings::Settings;
 
@@ -47,13 +48,13 @@ type Scored = (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>);
 /// Scores every rollout with the policy (and the reference and critic when needed), in
 /// forward batches of `micro` rollouts, in order.
 fn score_all(
-    model: &Model,
+    models: &Models,
     examples: &[Example],
     micro: usize,
     need_ref: bool,
     critic: bool,
 ) -> Result<Scored> {
-    let device = model.device();
+    let device = models.device();
     let mut old = Vec::with_capacity(examples.len());
     let mut refs = need_ref.then(Vec::new);
     let mut values = critic.then(Vec::new);
@@ -64,14 +65,14 @@ fn score_all(
             .map(|e| (e.prompt_tokens.as_slice(), e.response_tokens.as_slice()))
             .collect();
         let batch = SeqBatch::new(&rows, 0, device)?;
-        let lp = scoring::token_logprobs(model, Some(POLICY), &batch, false)?;
+        let lp = scoring::token_logprobs(&models.policy, models.policy_adapter(), &batch, false)?;
         old.extend(batch.response_values(&lp)?);
         if let Some(r) = refs.as_mut() {
-            let lp = scoring::token_logprobs(model, None, &batch, false)?;
+            let lp = scoring::token_logprobs(models.reference(), None, &batch, false)?;
             r.extend(batch.response_values(&lp)?);
         }
         if let Some(v) = values.as_mut() {
-            let tv = scoring::token_values(model, Some(CRITIC), &batch, false)?;
+            let tv = scoring::token_values(models.critic_model(), Some(CRITIC), &batch, false)?;
             v.extend(batch.response_values(&tv)?);
         }
         bar.inc(chunk.len() as u64);
@@ -94,15 +95,18 @@ fn stats(prefix: &str, x: &Tensor, mask: &Tensor, out: &mut Vec<(String, f64)>) 
 }
 
 /// Runs phase 1 with the KL coefficient `beta` of this iteration.
-pub fn prepare(model: &Model, examples: &[Example], s: &Settings, beta: f64) -> Result<Prepared> {
+pub fn prepare(models: &Models, examples: &[Example], s: &Settings, beta: f64) -> Result<Prepared> {
     let _guard = tch::no_grad_guard();
     let have_ref = examples.iter().all(|e| e.ref_logprobs.is_some());
-    let need_ref = s.recompute_ref || !have_ref;
-    if need_ref && !s.recompute_ref {
+    // --full: rollouts sampled from a full policy carry its own log-probs as ref_logprobs
+    let need_ref = s.recompute_ref || s.full || !have_ref;
+    if s.full {
+        tracing::info!("--full: computing reference log-probabilities with --ref-model");
+    } else if need_ref && !s.recompute_ref {
         tracing::info!("rollouts carry no ref_logprobs: recomputing them with the adapter off");
     }
     let (old_logp, refs, values) = score_all(
-        model,
+        models,
         examples,
         s.micro_batch_size,
         need_ref,

@@ -1,6 +1,7 @@
 //! One iteration end to end: read and join the inputs, load the frozen base with the policy
-//! (and critic) adapters and their saved state, prepare advantages, update, and write the
-//! next adapter folder atomically with its training state and metrics.
+//! (and critic) adapters and their saved state (or, with --full, the policy and a frozen
+//! reference copy), prepare advantages, update, and write the next adapter folder (or full
+//! model folder) atomically with its training state and metrics.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,10 +12,11 @@ use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
 use rlhf_core::schema::Artifact;
-use rlhf_nn::{HeadKind, LoraConfig, Model};
+use rlhf_nn::Model;
 
 use crate::data::{self, Data};
-use crate::prepare::{prepare, CRITIC, POLICY};
+use crate::models::{self, save_full_policy, Loaded};
+use crate::prepare::{prepare, CRITIC};
 use crate::settings::Settings;
 use crate::state::{
     TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
@@ -37,18 +39,6 @@ pub struct Summary {
     pub score_mean: f64,
     pub kl_ref: f64,
     pub seconds: f64,
-}
-
-fn lora_config(s: &Settings, model: &Model) -> LoraConfig {
-    let mut cfg = LoraConfig::default_for(model.config().arch);
-    cfg.r = s.lora.rank;
-    cfg.alpha = s.lora.alpha;
-    cfg.dropout = s.lora.dropout;
-    cfg.use_rslora = s.lora.rslora;
-    if !s.lora.targets.is_empty() {
-        cfg.target_modules = s.lora.targets.clone();
-    }
-    cfg
 }
 
 fn check_tokens(model: &Model, data: &Data, s: &Settings) -> Result<()> {
@@ -107,81 +97,17 @@ pub fn run(s: &Settings) -> Result<Summary> {
         rollouts = data.examples.len(),
         iteration,
         algo = s.algo.name(),
+        full = s.full,
         "inputs joined"
     );
-    let prev_state = match &s.adapter {
-        Some(dir) => TrainingState::read(dir)?,
-        None => None,
-    };
-    if let (Some(dir), false) = (&s.adapter, data.policy_ids.is_empty()) {
-        let id = rlhf_core::hash::dir_hash(dir)?;
-        if !data.policy_ids.iter().any(|p| id.starts_with(p.as_str())) {
-            tracing::warn!(
-                adapter = %dir.display(),
-                sampled_by = ?data.policy_ids,
-                "the rollouts were sampled by another policy than --adapter: the update is off-policy (see sampler_ratio_* metrics)"
-            );
-        }
-    }
-
-    let mut model = Model::load(&s.model_dir, s.device, s.kind)
-        .with_context(|| format!("loading base model {}", s.model_dir.display()))?;
-    check_tokens(&model, &data, s)?;
-    let base_id = model.base_id();
-    if let Some(st) = &prev_state {
-        if st.base_id != base_id {
-            return Err(rlhf_core::CoreError::Mismatch {
-                what: "base model",
-                left_name: s
-                    .adapter
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                left: st.base_id.clone(),
-                right_name: s.model_dir.display().to_string(),
-                right: base_id,
-                hint: "pass the --model the adapter was trained on".into(),
-            }
-            .into());
-        }
-    }
-    match &s.adapter {
-        Some(dir) => model
-            .load_adapter(POLICY, dir)
-            .with_context(|| format!("loading policy adapter {}", dir.display()))?,
-        None => model.add_adapter(POLICY, &lora_config(s, &model), None, s.seed)?,
-    }
-    let critic_dir = s.critic.clone().or_else(|| {
-        s.adapter
-            .as_ref()
-            .map(|d| d.join(CRITIC_DIR))
-            .filter(|d| d.join("adapter_config.json").is_file())
-    });
-    if s.algo.has_critic() {
-        match (&critic_dir, &s.critic_init) {
-            (Some(dir), _) => model
-                .load_adapter(CRITIC, dir)
-                .with_context(|| format!("loading critic adapter {}", dir.display()))?,
-            (None, Some(dir)) => {
-                model
-                    .load_adapter(CRITIC, dir)
-                    .with_context(|| format!("initialising the critic from {}", dir.display()))?;
-                if !model.adapter_has_head(CRITIC)? {
-                    anyhow::bail!(rlhf_core::CoreError::BadInput {
-                        path: dir.clone(),
-                        row: None,
-                        message: "--critic-init needs a reward adapter with a score head (modules_to_save: score)".into(),
-                    });
-                }
-            }
-            (None, None) => model.add_adapter(
-                CRITIC,
-                &lora_config(s, &model),
-                Some(HeadKind::Value),
-                s.seed.wrapping_add(1),
-            )?,
-        }
-    }
+    let Loaded {
+        mut models,
+        prev_state,
+        critic_dir,
+        base_id,
+        ref_id,
+    } = models::load(s, &data)?;
+    check_tokens(&models.policy, &data, s)?;
 
     // KL controller: carried over when the flags describe the same controller
     let mut kl = match &prev_state {
@@ -195,10 +121,10 @@ pub fn run(s: &Settings) -> Result<Summary> {
     let beta = kl.value();
 
     let mut opt = Optimizers {
-        policy: AdamW::new(model.adapter_named_parameters(POLICY)?, s.adamw),
+        policy: AdamW::new(models.policy_parameters()?, s.adamw),
         critic: if s.algo.has_critic() {
             Some(AdamW::new(
-                model.adapter_named_parameters(CRITIC)?,
+                models.critic_parameters()?,
                 AdamWConfig {
                     lr: s.critic_lr,
                     ..s.adamw
@@ -209,13 +135,15 @@ pub fn run(s: &Settings) -> Result<Summary> {
         },
     };
     if prev_state.is_some() {
-        load_optimizer(&mut opt.policy, s.adapter.as_deref(), OPTIMIZER_FILE, s)?;
+        load_optimizer(&mut opt.policy, s.state_dir(), OPTIMIZER_FILE, s)?;
         if let Some(c) = opt.critic.as_mut() {
             if critic_dir.is_some() && s.critic.is_none() {
-                load_optimizer(c, s.adapter.as_deref(), CRITIC_OPTIMIZER_FILE, s)?;
+                load_optimizer(c, s.state_dir(), CRITIC_OPTIMIZER_FILE, s)?;
             }
         }
     }
+    let policy_numel = opt.policy.numel();
+    let critic_numel = opt.critic.as_ref().map(AdamW::numel);
     let base_step = prev_state
         .as_ref()
         .map(|st| st.optimizer_steps)
@@ -232,14 +160,28 @@ pub fn run(s: &Settings) -> Result<Summary> {
     if let Some(dir) = &s.adapter {
         lineage.add_input("adapter", dir)?;
     }
+    if s.full {
+        // the policy's weights and the state beside them (optimiser, critic, KL controller)
+        lineage.add_input("policy", &s.model_dir)?;
+    }
     lineage
         .extra
         .insert("base_id".into(), serde_json::json!(base_id));
+    if let Some(id) = &ref_id {
+        lineage.extra.insert("ref_id".into(), serde_json::json!(id));
+        lineage
+            .extra
+            .insert("tuning".into(), serde_json::json!("full"));
+    }
     let input_hashes: Vec<String> = lineage.inputs.iter().map(|i| i.blake3.clone()).collect();
-    let fingerprint =
-        rlhf_core::hash::content_id(&[&s.fingerprint(), &input_hashes.join(","), &base_id]);
+    let fingerprint = rlhf_core::hash::content_id(&[
+        &s.fingerprint(),
+        &input_hashes.join(","),
+        &base_id,
+        ref_id.as_deref().unwrap_or(""),
+    ]);
 
-    let prep = prepare(&model, &data.examples, s, beta)?;
+    let prep = prepare(&models, &data.examples, s, beta)?;
     let mut st = LoopState {
         base_step,
         done: 0,
@@ -249,13 +191,13 @@ pub fn run(s: &Settings) -> Result<Summary> {
         iteration,
         fingerprint,
     };
-    if s.resume && !restore_checkpoint(&model, &mut opt, &mut st, s)? {
+    if s.resume && !restore_checkpoint(&models, &mut opt, &mut st, s)? {
         tracing::info!(
             "--resume: no checkpoint at {}; starting from the beginning",
             s.checkpoint_dir().display()
         );
     }
-    train(&model, &data.examples, &prep, s, &mut opt, &mut st)?;
+    train(&models, &data.examples, &prep, s, &mut opt, &mut st)?;
     let steps = st.done;
     let end_step = (base_step + steps) as i64;
 
@@ -270,6 +212,10 @@ pub fn run(s: &Settings) -> Result<Summary> {
     }
     m.push(end_step, "iter/next_kl_coef", next_beta);
     m.push(end_step, "iter/optimizer_steps", steps as f64);
+    m.push(end_step, "run/trainable_params", policy_numel as f64);
+    if let Some(n) = critic_numel {
+        m.push(end_step, "run/critic_trainable_params", n as f64);
+    }
     if s.record_timings {
         if let Some(rss) = peak_rss_bytes() {
             m.push(end_step, "run/peak_rss_bytes", rss as f64);
@@ -277,10 +223,22 @@ pub fn run(s: &Settings) -> Result<Summary> {
     }
 
     let out = AtomicDir::new(&s.out)?;
-    model.save_adapter(POLICY, out.path())?;
+    // the id the next iteration checks: the frozen base (LoRA), or the trained weights
+    let out_base_id = if s.full {
+        models.policy.set_base_trainable(false); // also drops the cached id of the old weights
+        models.policy.base_id()
+    } else {
+        base_id.clone()
+    };
+    match models.policy_adapter() {
+        Some(name) => models.policy.save_adapter(name, out.path())?,
+        None => save_full_policy(&models.policy, &s.model_dir, out.path())?,
+    }
     rlhf_algo::checkpoint::write_named(&out.path().join(OPTIMIZER_FILE), &opt.policy.state())?;
     if let Some(c) = &opt.critic {
-        model.save_adapter(CRITIC, &out.path().join(CRITIC_DIR))?;
+        models
+            .critic_model()
+            .save_adapter(CRITIC, &out.path().join(CRITIC_DIR))?;
         rlhf_algo::checkpoint::write_named(&out.path().join(CRITIC_OPTIMIZER_FILE), &c.state())?;
     }
     let rollouts_seen =
@@ -293,7 +251,9 @@ pub fn run(s: &Settings) -> Result<Summary> {
         optimizer_steps: base_step + steps,
         rollouts_seen,
         kl_controller: kl.clone(),
-        base_id: model.base_id(),
+        base_id: out_base_id,
+        full: s.full,
+        ref_id,
         schedule: s.schedule,
         adamw: s.adamw,
     }

@@ -27,7 +27,14 @@ pub struct LoraSettings {
 /// Everything ppo-update needs, checked.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
+    /// The frozen base (LoRA), or the current policy's weights (--full).
     pub model_dir: PathBuf,
+    /// Full fine-tuning of the policy (--full). Absent from LoRA fingerprints.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    /// The reference policy's model folder (--full only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_model: Option<PathBuf>,
     #[serde(skip)]
     pub device: Device,
     #[serde(skip)]
@@ -85,12 +92,35 @@ impl Settings {
     /// Validates the parsed command line.
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
         let device = cli.model.device()?;
+        let model_hint = if cli.full {
+            "--model takes the current policy with --full (the SFT model folder, or the previous `ppo-update --full` output)"
+        } else {
+            "--model takes the frozen base (e.g. the SFT model folder); the policy adapter goes to --adapter"
+        };
         if !cli.model.model.join("config.json").is_file() {
             bail!(CoreError::BadInput {
                 path: cli.model.model.clone(),
                 row: None,
-                message: "not a model folder (no config.json)\n  hint: --model takes the frozen base (e.g. the SFT model folder)".into(),
+                message: format!("not a model folder (no config.json)\n  hint: {model_hint}"),
             });
+        }
+        if let Some(r) = &cli.ref_model {
+            if !r.join("config.json").is_file() {
+                bail!(CoreError::BadInput {
+                    path: r.clone(),
+                    row: None,
+                    message: "--ref-model: not a model folder (no config.json)\n  hint: pass the SFT model folder the policy started from".into(),
+                });
+            }
+        }
+        if cli.full && cli.ref_model.is_none() {
+            // clap enforces this for the binary; kept for callers building a Cli by hand
+            return Err(usage(
+                "--full needs --ref-model (the frozen reference policy)".into(),
+            ));
+        }
+        if cli.full && cli.model.model == cli.out {
+            return Err(usage("--out must differ from --model (the input policy is read while the output is written)".into()));
         }
         for (flag, dir) in [
             ("--adapter", &cli.adapter),
@@ -165,12 +195,23 @@ impl Settings {
         }
         .map_err(|e| usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
         let lora = LoraSettings {
-            rank: cli.lora_rank,
-            alpha: cli.lora_alpha,
-            dropout: cli.lora_dropout,
+            rank: cli.lora_rank.unwrap_or(8),
+            alpha: cli.lora_alpha.unwrap_or(16.0),
+            dropout: cli.lora_dropout.unwrap_or(0.0),
             targets: cli.lora_targets.clone(),
             rslora: cli.rslora,
         };
+        let lora_given = cli.lora_rank.is_some()
+            || cli.lora_alpha.is_some()
+            || cli.lora_dropout.is_some()
+            || !cli.lora_targets.is_empty()
+            || cli.rslora;
+        if cli.full && lora_given && !cli.algo.has_critic() {
+            return Err(usage(format!(
+                "--full --algo {} trains no LoRA adapter (the policy is fully tuned, and there is no critic); drop the --lora-* flags",
+                cli.algo.name()
+            )));
+        }
         if lora.rank <= 0
             || lora.alpha.is_nan()
             || lora.alpha <= 0.0
@@ -195,6 +236,8 @@ impl Settings {
             .unwrap_or(matches!(cli.algo, Algo::Ppo | Algo::Reinforce));
         Ok(Settings {
             model_dir: cli.model.model.clone(),
+            full: cli.full,
+            ref_model: cli.ref_model.clone(),
             device,
             kind: cli.model.kind(),
             adapter: cli.adapter.clone(),
@@ -233,6 +276,16 @@ impl Settings {
             record_timings: cli.record_timings,
             seed: cli.global.seed,
         })
+    }
+
+    /// The folder holding the previous iteration's training state (optimiser moments,
+    /// critic, training_state.json): --adapter, or with --full the policy folder --model.
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        if self.full {
+            Some(&self.model_dir)
+        } else {
+            self.adapter.as_deref()
+        }
     }
 
     /// The checkpoint folder of an interrupted run: a hidden sibling of --out.

@@ -3,7 +3,8 @@
 //! (`optimizer.safetensors`, `critic_optimizer.safetensors`), the critic adapter
 //! (`critic/`), and `training_state.json` (step count for the learning-rate schedule, the
 //! KL controller's state, the algorithm and settings it was made with). PEFT ignores these
-//! files when it loads the adapter.
+//! files when it loads the adapter. With --full the same files sit beside the full model's
+//! weights (config.json, model.safetensors), which transformers likewise ignores.
 
 use std::path::Path;
 
@@ -42,8 +43,16 @@ pub struct TrainingState {
     pub rollouts_seen: u64,
     /// KL controller after this iteration's update (the next iteration's beta).
     pub kl_controller: KlController,
-    /// Content hash of the frozen base the adapter belongs to.
+    /// Content hash of the frozen base the adapter belongs to; with --full, of the policy
+    /// weights saved beside this file (the ones the optimiser moments belong to).
     pub base_id: String,
+    /// Full fine-tuning (--full): the folder is a whole model, not an adapter. Written only
+    /// when true, so LoRA state files are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    /// Content hash of the reference model (--full): the KL anchor and the critic's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
     pub schedule: Schedule,
     pub adamw: AdamWConfig,
 }
@@ -103,12 +112,26 @@ mod tests {
             rollouts_seen: 64,
             kl_controller: KlController::adaptive(0.1, 6.0, 1000.0).unwrap(),
             base_id: "abc".into(),
+            full: false,
+            ref_id: None,
             schedule: Schedule::constant(1e-4),
             adamw: AdamWConfig::default(),
         };
         s.write(dir.path()).unwrap();
         assert_eq!(TrainingState::read(dir.path()).unwrap(), Some(s.clone()));
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(
+            !text.contains("full") && !text.contains("ref_id"),
+            "LoRA state files keep their layout: {text}"
+        );
+        let full = TrainingState {
+            full: true,
+            ref_id: Some("def".into()),
+            ..s.clone()
+        };
+        let other = tempfile::tempdir().unwrap();
+        full.write(other.path()).unwrap();
+        assert_eq!(TrainingState::read(other.path()).unwrap(), Some(full));
         std::fs::write(
             dir.path().join(STATE_FILE),
             text.replace("\"format_version\": 1", "\"format_version\": 9"),

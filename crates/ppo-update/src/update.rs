@@ -1,7 +1,8 @@
 //! Phase 2 of an iteration: epochs over shuffled minibatches, each accumulated over
-//! micro-batches, one AdamW step per minibatch for the policy (and the critic), with
-//! gradient clipping, the learning-rate schedule, per-step metrics, NaN/inf checks and
-//! periodic checkpoints from which `--resume` continues to the same result.
+//! micro-batches, one AdamW step per minibatch for the policy (its LoRA factors, or every
+//! weight with --full) and the critic, with gradient clipping, the learning-rate schedule,
+//! per-step metrics, NaN/inf checks and periodic checkpoints from which `--resume`
+//! continues to the same result.
 
 use std::time::Instant;
 
@@ -13,11 +14,12 @@ use rlhf_algo::optim::AdamW;
 use rlhf_algo::policy_loss::{clipped_value_loss, kl_loss, ppo_clipped_loss};
 use rlhf_core::metrics::MetricsLog;
 use rlhf_nn::batch::SeqBatch;
-use rlhf_nn::{scoring, Model};
+use rlhf_nn::scoring;
 use tch::Tensor;
 
 use crate::args::Algo;
 use crate::data::Example;
+use crate::models::Models;
 use crate::prepare::{Prepared, CRITIC, POLICY};
 use crate::ragged::at_response;
 use crate::settings::Settings;
@@ -79,19 +81,10 @@ struct StepSums {
 }
 
 /// Names and tensors of the trainable parameters, prefixed by adapter (for checkpoints).
-pub fn trainable(model: &Model, critic: bool) -> Result<Vec<(String, Tensor)>> {
-    let mut out: Vec<(String, Tensor)> = model
-        .adapter_named_parameters(POLICY)?
-        .into_iter()
-        .map(|(n, t)| (format!("{POLICY}/{n}"), t))
-        .collect();
+pub fn trainable(models: &Models, critic: bool) -> Result<Vec<(String, Tensor)>> {
+    let mut out = prefixed(POLICY, models.policy_parameters()?);
     if critic {
-        out.extend(
-            model
-                .adapter_named_parameters(CRITIC)?
-                .into_iter()
-                .map(|(n, t)| (format!("{CRITIC}/{n}"), t)),
-        );
+        out.extend(prefixed(CRITIC, models.critic_parameters()?));
     }
     Ok(out)
 }
@@ -113,7 +106,7 @@ fn strip(prefix: &str, list: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
 }
 
 /// Saves a checkpoint of the iteration after `done` minibatch steps.
-fn save_checkpoint(model: &Model, opt: &Optimizers, st: &LoopState, s: &Settings) -> Result<()> {
+fn save_checkpoint(models: &Models, opt: &Optimizers, st: &LoopState, s: &Settings) -> Result<()> {
     let mut meta = CheckpointMeta::new(st.done, st.done, s.seed);
     let rows: Vec<serde_json::Value> = st
         .metrics
@@ -130,7 +123,7 @@ fn save_checkpoint(model: &Model, opt: &Optimizers, st: &LoopState, s: &Settings
     checkpoint::save(
         &dir,
         &meta,
-        &trainable(model, opt.critic.is_some())?,
+        &trainable(models, opt.critic.is_some())?,
         &optim,
     )
     .with_context(|| format!("writing checkpoint {}", dir.display()))?;
@@ -140,7 +133,7 @@ fn save_checkpoint(model: &Model, opt: &Optimizers, st: &LoopState, s: &Settings
 
 /// Restores a checkpoint into the model, optimisers and loop state; false when none exists.
 pub fn restore_checkpoint(
-    model: &Model,
+    models: &Models,
     opt: &mut Optimizers,
     st: &mut LoopState,
     s: &Settings,
@@ -167,7 +160,7 @@ pub fn restore_checkpoint(
             hint: "resume with the same inputs, flags and seed, or delete the checkpoint folder to start over".into(),
         });
     }
-    checkpoint::restore_into(&trainable(model, opt.critic.is_some())?, &ck.tensors)?;
+    checkpoint::restore_into(&trainable(models, opt.critic.is_some())?, &ck.tensors)?;
     opt.policy.load_state(&strip(POLICY, &ck.optimizer))?;
     if let Some(c) = opt.critic.as_mut() {
         c.load_state(&strip(CRITIC, &ck.optimizer))?;
@@ -197,7 +190,7 @@ fn pick<'a>(v: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
 
 /// Runs every minibatch step not yet done.
 pub fn train(
-    model: &Model,
+    models: &Models,
     examples: &[Example],
     prep: &Prepared,
     s: &Settings,
@@ -207,7 +200,7 @@ pub fn train(
     let (beta, iteration) = (st.beta, st.iteration);
     let minibatches = schedule_minibatches(examples.len(), s, iteration);
     let total = minibatches.len() as u64;
-    let device = model.device();
+    let device = models.device();
     let bar = rlhf_core::progress::bar(total, "updating policy");
     bar.set_position(st.done);
     for (k, mb) in minibatches.iter().enumerate().skip(st.done as usize) {
@@ -244,7 +237,14 @@ pub fn train(
             let mask = &batch.response_mask;
             let old = at_response(&batch, &pick(&prep.old_logp, micro))?;
             let adv = at_response(&batch, &pick(&prep.advantages, micro))?;
-            let out = scoring::forward_outputs(model, Some(POLICY), &batch, true, true, false)?;
+            let out = scoring::forward_outputs(
+                &models.policy,
+                models.policy_adapter(),
+                &batch,
+                true,
+                true,
+                false,
+            )?;
             let logp = out.logprobs;
             let entropy = out.entropy.unwrap_or_else(|| logp.zeros_like());
             let pl = ppo_clipped_loss(&logp, &old, &adv, mask, s.clip_range)?;
@@ -278,7 +278,10 @@ pub fn train(
             sums.ratio_max = sums.ratio_max.max(pl.ratio_max);
             sums.kl_ref += kl_ref * w;
             if opt.critic.is_some() {
-                let values = scoring::token_values(model, Some(CRITIC), &batch, true)?;
+                // the critic's own model (the frozen reference copy with --full): see
+                // Models::critic_model for why it never shares the full policy's weights
+                let values =
+                    scoring::token_values(models.critic_model(), Some(CRITIC), &batch, true)?;
                 let ret = at_response(&batch, &pick(&prep.returns, micro))?;
                 let old_v = at_response(&batch, &pick(&prep.old_values, micro))?;
                 let (vmask, vweight) = if s.algo == Algo::Ppo {
@@ -347,7 +350,7 @@ pub fn train(
         st.done = k + 1;
         bar.inc(1);
         if s.checkpoint_every > 0 && st.done.is_multiple_of(s.checkpoint_every) && st.done < total {
-            save_checkpoint(model, opt, st, s)?;
+            save_checkpoint(models, opt, st, s)?;
         }
         if s.stop_after_steps == Some(st.done) && st.done < total {
             bail!(

@@ -128,3 +128,63 @@ fn usage_errors_exit_2_and_bad_model_exits_3() {
     assert_ne!(code, 0);
     assert!(err.contains("at least 2 samples per prompt"), "{err}");
 }
+
+#[test]
+fn full_flag_combinations_are_usage_errors() {
+    let w = World::new();
+    let (r, sc) = w.rollouts("it1", None, 2, 2, false);
+    let adapter = w.drifted_adapter("drifted", 0.05);
+    let out = w.path("out");
+    let base = [
+        "--model",
+        s(&w.model),
+        "--rollouts",
+        s(&r),
+        "--scores",
+        s(&sc),
+        "--out",
+        s(&out),
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        ppo_update(&a)
+    };
+    // a full policy has no adapter
+    let (code, err) = with(&[
+        "--full",
+        "--ref-model",
+        s(&w.model),
+        "--adapter",
+        s(&adapter),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--adapter") && err.contains("--full") && err.contains("cannot be used with"),
+        "{err}"
+    );
+    // --full needs a reference copy; --ref-model means nothing without --full
+    let (code, err) = with(&["--full"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ref-model"), "{err}");
+    let (code, err) = with(&["--ref-model", s(&w.model)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--full"), "{err}");
+    // --lora-* shape only the critic with --full: an error where there is none
+    let (code, err) = with(&[
+        "--full",
+        "--ref-model",
+        s(&w.model),
+        "--algo",
+        "rloo",
+        "--lora-rank",
+        "4",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("drop the --lora-* flags"), "{err}");
+    // the reference must be a model folder
+    let (code, err) = with(&["--full", "--ref-model", s(&adapter)]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--ref-model: not a model folder"), "{err}");
+    assert!(!out.exists());
+}

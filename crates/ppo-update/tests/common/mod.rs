@@ -73,7 +73,22 @@ impl World {
         k: usize,
         zero_reward: bool,
     ) -> (PathBuf, PathBuf) {
-        let mut m = self.load();
+        self.rollouts_of(name, &self.model, adapter, n_prompts, k, zero_reward)
+    }
+
+    /// As [`World::rollouts`] from the model folder `model` (e.g. a `--full` output; its
+    /// "reference" log-probabilities are then the model's own, as sample-rollouts records
+    /// them without an adapter).
+    pub fn rollouts_of(
+        &self,
+        name: &str,
+        model: &Path,
+        adapter: Option<&Path>,
+        n_prompts: usize,
+        k: usize,
+        zero_reward: bool,
+    ) -> (PathBuf, PathBuf) {
+        let mut m = Model::load(model, Device::Cpu, Kind::Float).unwrap();
         if let Some(a) = adapter {
             m.load_adapter("p", a).unwrap();
         }
@@ -170,6 +185,53 @@ impl World {
             .double_value(&[]);
         kl / rows.len() as f64
     }
+}
+
+/// Scores `rollouts` with `reward(row)` (written beside them as `<name>-scores.parquet`).
+pub fn score_with(
+    w: &World,
+    name: &str,
+    rollouts: &Path,
+    reward: impl Fn(&RolloutRow) -> f32,
+) -> PathBuf {
+    let (rows, _) = rlhf_core::parquet_io::read_records::<RolloutRow>(rollouts).unwrap();
+    let mut table = ScoresTable::default();
+    for r in &rows {
+        table.rollout_id.push(r.rollout_id.clone());
+        table.reward.push(reward(r));
+        table.penalty.push(0.0);
+    }
+    let out = w.path(&format!("{name}-scores.parquet"));
+    table
+        .write(&out, &Lineage::new("test", "0", Artifact::Scores))
+        .unwrap();
+    out
+}
+
+/// Mean over the rollouts of the summed per-token log-ratio log pi - log ref (k1 KL)
+/// between two full model folders.
+pub fn kl_between(policy: &Path, reference: &Path, rollouts: &Path) -> f64 {
+    let load = |d: &Path| Model::load(d, Device::Cpu, Kind::Float).unwrap();
+    let (p, r) = (load(policy), load(reference));
+    let (rows, _) = rlhf_core::parquet_io::read_records::<RolloutRow>(rollouts).unwrap();
+    let pairs: Vec<(Vec<i32>, Vec<i32>)> = rows
+        .iter()
+        .map(|r| (r.prompt_tokens.clone(), r.response_tokens.clone()))
+        .collect();
+    let batch = SeqBatch::new(&pairs, 0, Device::Cpu).unwrap();
+    let lp = scoring::token_logprobs(&p, None, &batch, false).unwrap();
+    let rf = scoring::token_logprobs(&r, None, &batch, false).unwrap();
+    let kl = ((lp - rf) * &batch.response_mask)
+        .sum(Kind::Double)
+        .double_value(&[]);
+    kl / rows.len() as f64
+}
+
+/// The tensors of a model folder's model.safetensors, sorted by name.
+pub fn model_tensors(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
 }
 
 /// Runs ppo-update in-process with these arguments.
