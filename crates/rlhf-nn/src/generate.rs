@@ -126,6 +126,8 @@ pub fn generate(
         .to_device(device);
     let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
+    // Decode steps: few rows per product, run by the skinny-GEMM kernel on every thread.
+    let _threads = crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device);
     // active[r] = sequence index of cache row r.
     let mut active: Vec<usize> = (0..b).collect();
     for step in 0..params.max_new_tokens {

@@ -146,16 +146,7 @@ impl Gpt2Block {
             Some((c, n)) => c.store(n, &k, &v)?,
             None => (k, v),
         };
-        let a = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(attn_mask),
-            0.0,
-            false,
-            None,
-            false,
-        )?;
+        let a = crate::decode_kernels::attention::sdpa(&q, &k, &v, attn_mask, false)?;
         let a = a.transpose(1, 2).reshape([b, t, hs]);
         let x = x + self.attn_c_proj.forward(&a, ctx);
         let h = self.ln_2.forward(&x);

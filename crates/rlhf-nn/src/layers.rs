@@ -42,7 +42,7 @@ impl Fused {
 
     /// `x` (..., in) -> each member's output (base plus its LoRA delta), in order.
     pub fn forward(&self, x: &Tensor, members: &[&Linear], ctx: Ctx) -> Vec<Tensor> {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = crate::decode_kernels::gemm::linear(x, &self.weight, self.bias.as_ref());
         let last = y.dim() as i64 - 1;
         let mut off = 0;
         members
@@ -86,7 +86,7 @@ impl Linear {
     /// `x` (..., in) -> (..., out), plus `scale * B(A(dropout(x)))` when the active adapter
     /// targets this module.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = crate::decode_kernels::gemm::linear(x, &self.weight, self.bias.as_ref());
         self.add_lora(y, x, ctx)
     }
 

@@ -17,6 +17,7 @@ mod adapters;
 pub mod args;
 pub mod batch;
 pub mod config;
+mod decode_kernels;
 pub mod error;
 pub mod generate;
 mod gpt2;

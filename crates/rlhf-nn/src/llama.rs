@@ -264,16 +264,7 @@ impl LlamaLayer {
             None => (k, v),
         };
         let gqa = m.num_heads != m.num_kv_heads;
-        let a = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(attn_mask),
-            0.0,
-            false,
-            None,
-            gqa,
-        )?;
+        let a = crate::decode_kernels::attention::sdpa(&q, &k, &v, attn_mask, gqa)?;
         let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
         let x = x + self.o_proj.forward(&a, ctx);
         let h = self.post_attention_layernorm.forward(&x);

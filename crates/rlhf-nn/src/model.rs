@@ -411,7 +411,7 @@ impl Model {
             (None, Body::Llama(m)) => &m.embed_tokens,
             (None, Body::Gpt2(m)) => &m.wte,
         };
-        Ok(hidden.linear::<Tensor>(w, None))
+        Ok(crate::decode_kernels::gemm::linear(hidden, w, None))
     }
 
     /// Scalar head values (b, s) in f32 at every position: the adapter's head, or with

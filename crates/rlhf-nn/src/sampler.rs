@@ -67,6 +67,39 @@ pub fn argmax(x: &[f32]) -> usize {
     best
 }
 
+/// Temperature sampling over the whole vocabulary without allocating: the same sums in the
+/// same order as the general path below, so the same draw gives the same token and
+/// log-probability. `None` when no logit is finite (the general path handles it).
+fn sample_unfiltered(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> Option<(usize, f32)> {
+    let scaled = |v: f32| v as f64 * inv_t;
+    let max = logits
+        .iter()
+        .map(|&v| scaled(v))
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return None;
+    }
+    let weight = |v: f32| {
+        let s = scaled(v);
+        s.is_finite().then(|| (s - max).exp())
+    };
+    let total: f64 = logits.iter().filter_map(|&v| weight(v)).sum();
+    let u = crate::rng::uniform(rng) * total;
+    let mut acc = 0.0;
+    let mut last = None;
+    for (i, &v) in logits.iter().enumerate() {
+        let Some(w) = weight(v) else { continue };
+        acc += w;
+        last = Some((i, w));
+        if u < acc {
+            break;
+        }
+    }
+    let (tok, w) = last?;
+    Some((tok, (w / total).ln() as f32))
+}
+
 /// Picks the next token from `logits` (one row, vocabulary order). Greedy rows report the
 /// log-probability under the untempered softmax.
 pub fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (usize, f32) {
@@ -75,6 +108,12 @@ pub fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (
         return (t, log_softmax_at(logits, t) as f32);
     }
     let inv_t = 1.0 / p.temperature;
+    let filter = p.top_k > 0 || p.top_p < 1.0;
+    if !filter {
+        if let Some(drawn) = sample_unfiltered(logits, inv_t, rng) {
+            return drawn;
+        }
+    }
     let scaled: Vec<f64> = logits.iter().map(|&v| v as f64 * inv_t).collect();
     // Candidate set: indices surviving top-k / top-p, as (index, scaled logit).
     let mut cand: Vec<(usize, f64)> = scaled
@@ -172,6 +211,32 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(sample_row(&logits, &p, &mut rng).0, 1);
+    }
+
+    #[test]
+    fn unfiltered_fast_path_draws_exactly_what_the_general_path_draws() {
+        let mut r = rng_for(11, "logits");
+        let mut logits: Vec<f32> = (0..500)
+            .map(|_| (crate::rng::normal(&mut r) * 3.0) as f32)
+            .collect();
+        logits[7] = f32::NEG_INFINITY; // a banned token
+        for temperature in [1.0, 0.7] {
+            let fast = SamplingParams {
+                temperature,
+                ..Default::default()
+            };
+            // top_k = vocabulary size filters nothing but takes the general path.
+            let general = SamplingParams {
+                top_k: logits.len(),
+                ..fast.clone()
+            };
+            let (mut a, mut b) = (rng_for(5, "s"), rng_for(5, "s"));
+            for _ in 0..200 {
+                let x = sample_row(&logits, &fast, &mut a);
+                assert_eq!(x, sample_row(&logits, &general, &mut b));
+                assert_ne!(x.0, 7);
+            }
+        }
     }
 
     #[test]

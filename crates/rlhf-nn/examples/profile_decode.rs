@@ -1,0 +1,90 @@
+//! Where sampling time goes on the `sampling` bench shape (random llama-30m, batch 16,
+//! 64-token prompts, 128 new tokens): the whole `generate`, then one decode step's parts.
+//! For A/B timing of the CPU decode kernels, run it again with `RLHF_NO_DECODE_KERNELS=1`;
+//! for a profile, under `perf record -g`.
+//!
+//! `scripts/cargo.sh run --release -p rlhf-nn --example profile_decode -- [THREADS] [BATCH] [gen]`
+//! (`gen`: only the whole generate, twice).
+
+use std::time::Instant;
+
+use rlhf_nn::generate::{generate, SamplingParams};
+use rlhf_nn::kv_cache::KvCache;
+use rlhf_nn::{Model, ModelConfig};
+use tch::{Device, Kind, Tensor};
+
+/// Mean milliseconds of `reps` calls of `f`, after one warm-up call.
+fn time<F: FnMut()>(label: &str, reps: usize, mut f: F) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    println!("{label:<44} {ms:8.3} ms");
+    ms
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let threads: i32 = args.get(1).map_or(Ok(2), |s| s.parse())?;
+    let batch: i64 = args.get(2).map_or(Ok(16), |s| s.parse())?;
+    let only_generate = args.get(3).is_some_and(|a| a == "gen");
+    tch::set_num_threads(threads);
+    let cfg = ModelConfig::preset("llama-30m")?;
+    let model = Model::random(&cfg, Device::Cpu, Kind::Float, 0)?;
+    let (plen, new) = (64usize, 128usize);
+    let vocab = cfg.vocab_size as usize;
+    let prompts: Vec<Vec<i32>> = (0..batch as usize)
+        .map(|i| {
+            (0..plen)
+                .map(|j| ((i * 131 + j * 17) % (vocab - 3) + 3) as i32)
+                .collect()
+        })
+        .collect();
+    let seeds: Vec<u64> = (0..batch as u64).collect();
+    let params = SamplingParams {
+        max_new_tokens: new,
+        ..Default::default()
+    };
+    let total = time("generate (prefill + 128 decode steps)", 2, || {
+        generate(&model, None, &prompts, &seeds, &params, 0, None).expect("generate");
+    });
+    println!(
+        "  -> {:.0} new tokens/s",
+        (batch as f64 * new as f64) / total * 1e3
+    );
+    if only_generate {
+        return Ok(());
+    }
+
+    // One decode step at cache length ~128, outside generate (libtorch keeps its threads).
+    let _guard = tch::no_grad_guard();
+    let opts = (Kind::Int64, Device::Cpu);
+    let ids = Tensor::randint(cfg.vocab_size - 3, [batch, plen as i64], opts) + 3;
+    let ones = Tensor::ones([batch, plen as i64], opts);
+    let step_in = Tensor::randint(cfg.vocab_size - 3, [batch, 1], opts) + 3;
+    let step_mask = Tensor::ones([batch, 1], opts);
+    let mut cache = KvCache::new(&model, batch, (plen + 512) as i64);
+    let _ = model.forward_cached(&ids, &ones, &mut cache, None)?;
+    for _ in 0..64 {
+        let _ = model.forward_cached(&step_in, &step_mask, &mut cache, None)?;
+    }
+    time("decode step: body forward", 50, || {
+        let _ = model
+            .forward_cached(&step_in, &step_mask, &mut cache, None)
+            .expect("forward");
+    });
+    let h = Tensor::randn([batch, cfg.hidden_size], (Kind::Float, Device::Cpu));
+    time("decode step: LM head", 50, || {
+        let _ = model.lm_logits(&h).expect("logits");
+    });
+    let logits = Vec::<f32>::try_from(model.lm_logits(&h)?.contiguous().view([-1]))?;
+    let mut rng = rlhf_nn::rng::rng_for(1, "profile");
+    time("decode step: sampling every row (CPU)", 50, || {
+        for row in logits.chunks(vocab) {
+            rlhf_nn::sampler::sample_row(row, &params, &mut rng);
+        }
+    });
+    Ok(())
+}

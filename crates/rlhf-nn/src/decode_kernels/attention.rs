@@ -1,0 +1,296 @@
+//! Attention of one new token per sequence over the KV cache: for each (sequence, head),
+//! softmax(q k^T / sqrt(d) + mask) v in one pass over the cached keys and values, read in place
+//! from the cache views. libtorch's SDPA does the same with a GEMV per head and block.
+
+#![allow(unsafe_code)]
+
+use tch::{Device, Kind, Tensor};
+
+use super::{grad_enabled, simd, split, Simd};
+use crate::error::Result;
+
+/// Scaled dot-product attention with an additive mask, as
+/// `Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, gqa)`:
+/// q (b, h, t, d), k and v (b, kv_heads, T, d), mask broadcastable to (b, 1, t, T). Decode
+/// steps (t = 1) of f32 CPU tensors without grad use this module's kernel; the rest libtorch.
+pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, gqa: bool) -> Result<Tensor> {
+    if let Some(out) = try_decode(q, k, v, mask) {
+        return Ok(out);
+    }
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        Some(mask),
+        0.0,
+        false,
+        None,
+        gqa,
+    )?)
+}
+
+/// A 4-d f32 CPU tensor's elements, read through its strides.
+struct View<'a> {
+    data: &'a [f32],
+    stride: [usize; 4],
+}
+
+impl<'a> View<'a> {
+    /// `None` unless `t` is f32 on the CPU with non-negative strides and unit stride in the
+    /// last dimension.
+    fn of(t: &'a Tensor) -> Option<View<'a>> {
+        if t.kind() != Kind::Float || t.device() != Device::Cpu || t.dim() != 4 {
+            return None;
+        }
+        let size = t.size();
+        let st = t.stride();
+        if st.iter().any(|&s| s < 0) || (size[3] > 1 && st[3] != 1) {
+            return None;
+        }
+        let extent = 1 + size
+            .iter()
+            .zip(&st)
+            .map(|(&n, &s)| (n.max(1) - 1) * s)
+            .sum::<i64>();
+        // SAFETY: data_ptr points at the view's first element (storage offset included); the
+        // view reaches `extent` elements from it, all inside its storage, which `t` keeps alive
+        // for 'a. Nothing writes to it meanwhile: this runs with grad off on inputs owned by the
+        // caller's forward.
+        let data =
+            unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, extent as usize) };
+        Some(View {
+            data,
+            stride: std::array::from_fn(|i| st[i] as usize),
+        })
+    }
+
+    /// The `len` elements starting at index (a, b, c, 0).
+    fn row(&self, a: usize, b: usize, c: usize, len: usize) -> &'a [f32] {
+        let o = a * self.stride[0] + b * self.stride[1] + c * self.stride[2];
+        &self.data[o..o + len]
+    }
+}
+
+fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
+    let simd = simd()?;
+    let (qs, ks, ms) = (q.size(), k.size(), mask.size());
+    if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || qs[2] != 1 || v.size() != ks {
+        return None;
+    }
+    let (b, h, d) = (qs[0], qs[1], qs[3]);
+    let (kvh, len) = (ks[1], ks[2]);
+    if ks[0] != b
+        || ks[3] != d
+        || kvh == 0
+        || h % kvh != 0
+        || len == 0
+        || !(ms[0] == 1 || ms[0] == b)
+        || ms[1] != 1
+        || ms[2] != 1
+        || ms[3] != len
+        || grad_enabled()
+    {
+        return None;
+    }
+    let q = q.contiguous();
+    let (qv, kv, vv, mv) = (View::of(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
+    let (b, h, d, kvh, len) = (
+        b as usize,
+        h as usize,
+        d as usize,
+        kvh as usize,
+        len as usize,
+    );
+    let rep = h / kvh;
+    let out = Tensor::empty(
+        [b as i64, h as i64, 1, d as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*d elements, owned here.
+    let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * d) };
+    let scale = 1.0 / (d as f32).sqrt();
+    // One item per (sequence, kv head): its `rep` query heads' outputs, rep * d floats.
+    let group = rep * d;
+    split(ys, group, |first, part| {
+        let mut scores = vec![0f32; len];
+        for (i, y) in part.chunks_mut(group).enumerate() {
+            let task = first / group + i;
+            let (bi, g) = (task / kvh, task % kvh);
+            let mrow = mv.row(if ms[0] == 1 { 0 } else { bi }, 0, 0, len);
+            let keys = |j: usize| kv.row(bi, g, j, d);
+            let values = |j: usize| vv.row(bi, g, j, d);
+            for (r, yh) in y.chunks_mut(d).enumerate() {
+                let qh = qv.row(bi, g * rep + r, 0, d);
+                head(simd, qh, &keys, &values, mrow, scale, &mut scores, yh);
+            }
+        }
+    });
+    Some(out)
+}
+
+/// One head: `y = softmax(q . k_j * scale + mask_j) . v_j` over the cached positions j.
+#[allow(clippy::too_many_arguments)]
+fn head<'a>(
+    simd: Simd,
+    q: &[f32],
+    keys: &dyn Fn(usize) -> &'a [f32],
+    values: &dyn Fn(usize) -> &'a [f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `simd()` chose the variant after detecting the CPU features it enables.
+    unsafe {
+        match simd {
+            Simd::Avx512 => head_avx512(q, keys, values, mask, scale, scores, y),
+            Simd::Avx2 => head_avx2(q, keys, values, mask, scale, scores, y),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = simd;
+        head_body(q, keys, values, mask, scale, scores, y)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn head_avx512<'a>(
+    q: &[f32],
+    keys: &dyn Fn(usize) -> &'a [f32],
+    values: &dyn Fn(usize) -> &'a [f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
+    head_body(q, keys, values, mask, scale, scores, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_avx2<'a>(
+    q: &[f32],
+    keys: &dyn Fn(usize) -> &'a [f32],
+    values: &dyn Fn(usize) -> &'a [f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
+    head_body(q, keys, values, mask, scale, scores, y)
+}
+
+/// Lanes of the dot-product accumulators (vectorised by the target features of the caller).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn head_body<'a>(
+    q: &[f32],
+    keys: &dyn Fn(usize) -> &'a [f32],
+    values: &dyn Fn(usize) -> &'a [f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    y: &mut [f32],
+) {
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, keys(j)) * scale + mask[j];
+        max = max.max(*s);
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    y.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        if p == 0.0 {
+            continue; // masked (pads): exp underflows to exactly 0
+        }
+        for (o, vj) in y.iter_mut().zip(values(j)) {
+            *o = p.mul_add(*vj, *o);
+        }
+    }
+    let inv = 1.0 / total;
+    for o in y.iter_mut() {
+        *o *= inv;
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, ar) = a.split_at(a.len() / LANES * LANES);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        s = x.mul_add(*y, s);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libtorch(q: &Tensor, k: &Tensor, v: &Tensor, m: &Tensor, gqa: bool) -> Tensor {
+        Tensor::scaled_dot_product_attention(q, k, v, Some(m), 0.0, false, None, gqa)
+    }
+
+    #[test]
+    fn decode_attention_matches_sdpa_on_cache_views_with_padding_and_gqa() {
+        let _guard = tch::no_grad_guard();
+        let opts = (Kind::Float, Device::Cpu);
+        for (b, h, kvh, d, len) in [(3, 4, 2, 16, 9), (2, 6, 6, 20, 33), (5, 8, 4, 64, 70)] {
+            let q = Tensor::randn([b, h, 1, d], opts);
+            // Views into a larger cache, as the KV cache hands them out.
+            let kc = Tensor::randn([b, kvh, len + 7, d], opts);
+            let vc = Tensor::randn([b, kvh, len + 7, d], opts);
+            let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+            // Left padding: row i masks its first i positions.
+            let keep = Tensor::arange(len, (Kind::Int64, Device::Cpu))
+                .unsqueeze(0)
+                .ge_tensor(&Tensor::arange(b, (Kind::Int64, Device::Cpu)).unsqueeze(1));
+            let mask = Tensor::zeros([1], opts)
+                .where_scalarother(&keep, f32::MIN as f64)
+                .view([b, 1, 1, len]);
+            let gqa = h != kvh;
+            let want = libtorch(&q, &k, &v, &mask, gqa);
+            match try_decode(&q, &k, &v, &mask) {
+                Some(got) => {
+                    let diff = (got - &want).abs().max().double_value(&[]);
+                    assert!(diff < 1e-5, "({b},{h},{kvh},{d},{len}): differs by {diff}");
+                }
+                None => assert!(simd().is_none(), "kernel refused a decode step"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_and_grad_mode_go_to_libtorch() {
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, 2, 1, 8], opts);
+        let k = Tensor::randn([2, 2, 5, 8], opts);
+        let m = Tensor::zeros([2, 1, 1, 5], opts);
+        assert!(try_decode(&q, &k, &k, &m).is_none(), "grad mode on");
+        let _guard = tch::no_grad_guard();
+        let q3 = Tensor::randn([2, 2, 3, 8], opts);
+        let m3 = Tensor::zeros([2, 1, 3, 5], opts);
+        assert!(try_decode(&q3, &k, &k, &m3).is_none(), "several queries");
+        let qd = q.to_kind(Kind::Double);
+        let kd = k.to_kind(Kind::Double);
+        assert!(try_decode(&qd, &kd, &kd, &m.to_kind(Kind::Double)).is_none());
+        // And the public entry computes them all.
+        let out = sdpa(&q3, &k, &k, &m3, false).unwrap();
+        assert_eq!(out.size(), [2, 2, 3, 8]);
+    }
+}

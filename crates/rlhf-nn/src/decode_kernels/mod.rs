@@ -1,0 +1,135 @@
+//! CPU kernels for the decode steps of generation: the products of a few rows by every weight
+//! matrix ([`gemm`]) and attention of one new token over the KV cache ([`attention`]).
+//!
+//! A decode step is small: with 16 sequences it multiplies 16 rows by each weight and attends
+//! one query per head. libtorch's CPU paths are built for large work: MKL repacks the whole
+//! weight on every call (39% of a decode step's time, `perf` on the `sampling` bench), and
+//! SDPA issues one tiny GEMV per head. These kernels stream each weight once with the rows held
+//! in SIMD registers, and attend in one pass. They apply only where the result needs no
+//! autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
+//! everywhere else (training, bf16, CUDA, prefill) libtorch computes as before. Results differ
+//! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
+//! them off (for A/B timing).
+//!
+//! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
+//! and the kernels split work between that thread and a small pool, as many threads in all as
+//! libtorch had. Both at once would oversubscribe the cores: libtorch's idle OpenMP workers
+//! spin between its ops (measured 40% of CPU time spinning on 2 cores).
+
+// unsafe is confined to this module: SIMD intrinsics, and reading or writing the f32 buffers of
+// tensors checked to be f32, on the CPU, with the strides used.
+#![allow(unsafe_code)]
+
+pub(crate) mod attention;
+pub(crate) mod gemm;
+
+use std::sync::OnceLock;
+
+use tch::{Device, Kind};
+
+/// Which SIMD kernels this CPU runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Simd {
+    Avx512,
+    Avx2,
+}
+
+/// The kernels' instruction set, or `None` (kernels off: another CPU, or
+/// `RLHF_NO_DECODE_KERNELS` set).
+pub(crate) fn simd() -> Option<Simd> {
+    static SIMD: OnceLock<Option<Simd>> = OnceLock::new();
+    *SIMD.get_or_init(|| {
+        if std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Some(Simd::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Simd::Avx2);
+            }
+        }
+        None
+    })
+}
+
+/// True while libtorch records gradients.
+pub(crate) fn grad_enabled() -> bool {
+    // SAFETY: at_grad_set_enabled sets the thread-local grad mode and returns the previous
+    // value; setting it straight back leaves the state unchanged.
+    unsafe {
+        let prev = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(prev);
+        prev != 0
+    }
+}
+
+/// Worker threads that share the work with the calling thread: one less than libtorch's
+/// thread count when first needed (none for a single thread).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = tch::get_num_threads().max(1) as usize - 1;
+        (workers > 0).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .thread_name(|i| format!("decode-kernel-{i}"))
+                .build()
+                .expect("building the decode-kernel thread pool")
+        })
+    })
+    .as_ref()
+}
+
+/// Runs `work(first, part)` over equal parts of `items` (whole multiples of `align`), one part
+/// on the calling thread and the others on the pool; `first` is the part's offset.
+pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize, &mut [T]) + Sync) {
+    let Some(pool) = pool() else {
+        return work(0, items);
+    };
+    let shares = pool.current_num_threads() + 1;
+    let per = (items.len().div_ceil(shares).div_ceil(align) * align).max(1);
+    let mut parts = items.chunks_mut(per);
+    let Some(mine) = parts.next() else { return };
+    let work = &work;
+    pool.in_place_scope(|scope| {
+        for (i, part) in parts.enumerate() {
+            scope.spawn(move |_| work((i + 1) * per, part));
+        }
+        work(0, mine);
+    });
+}
+
+/// Makes libtorch single-threaded on this thread while it lives, when the kernels will run the
+/// decode steps of `rows` sequences of a `kind` model on `device` (see the module docs).
+pub(crate) struct DecodeThreads {
+    restore: Option<i32>,
+}
+
+impl DecodeThreads {
+    pub fn enter(rows: i64, kind: Kind, device: Device) -> Self {
+        let applies = simd().is_some()
+            && rows <= gemm::MAX_ROWS
+            && kind == Kind::Float
+            && device == Device::Cpu;
+        let threads = tch::get_num_threads();
+        if !applies || threads <= 1 {
+            return DecodeThreads { restore: None };
+        }
+        let _ = pool();
+        tch::set_num_threads(1);
+        DecodeThreads {
+            restore: Some(threads),
+        }
+    }
+}
+
+impl Drop for DecodeThreads {
+    fn drop(&mut self) {
+        if let Some(n) = self.restore {
+            tch::set_num_threads(n);
+        }
+    }
+}
