@@ -109,133 +109,183 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*d elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * d) };
     let scale = 1.0 / (d as f32).sqrt();
-    // One item per (sequence, kv head): its `rep` query heads' outputs, rep * d floats.
+    // One item per (sequence, kv head): its `rep` query heads' outputs, rep * d floats. The
+    // heads of a group share keys and values, so each cached row is read once for all of them.
     let group = rep * d;
     split(ys, group, |first, part| {
-        let mut scores = vec![0f32; len];
+        let mut scores = vec![0f32; rep * len];
         for (i, y) in part.chunks_mut(group).enumerate() {
             let task = first / group + i;
             let (bi, g) = (task / kvh, task % kvh);
-            let mrow = mv.row(if ms[0] == 1 { 0 } else { bi }, 0, 0, len);
-            let keys = |j: usize| kv.row(bi, g, j, d);
-            let values = |j: usize| vv.row(bi, g, j, d);
-            for (r, yh) in y.chunks_mut(d).enumerate() {
-                let qh = qv.row(bi, g * rep + r, 0, d);
-                head(simd, qh, &keys, &values, mrow, scale, &mut scores, yh);
-            }
+            let heads = Heads {
+                q: qv.row(bi, g * rep, 0, group),
+                keys: |j| kv.row(bi, g, j, d),
+                values: |j| vv.row(bi, g, j, d),
+                mask: mv.row(if ms[0] == 1 { 0 } else { bi }, 0, 0, len),
+                scale,
+                d,
+            };
+            attend(simd, &heads, &mut scores, y);
         }
     });
     Some(out)
 }
 
-/// One head: `y = softmax(q . k_j * scale + mask_j) . v_j` over the cached positions j.
-#[allow(clippy::too_many_arguments)]
-fn head<'a>(
-    simd: Simd,
-    q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    values: &dyn Fn(usize) -> &'a [f32],
-    mask: &[f32],
+/// The query heads of one (sequence, kv head) and what they attend over.
+struct Heads<'a, K, V> {
+    /// rep * d: the group's queries, one after the other.
+    q: &'a [f32],
+    /// Cached key j (d floats).
+    keys: K,
+    /// Cached value j (d floats).
+    values: V,
+    /// Additive mask over the cached positions (0, or the most negative float for pads).
+    mask: &'a [f32],
     scale: f32,
-    scores: &mut [f32],
-    y: &mut [f32],
-) {
+    d: usize,
+}
+
+/// `y_r = softmax_j(q_r . k_j * scale + mask_j) . v_j` for every query head r of the group;
+/// `scores` holds rep * len floats, `y` rep * d.
+fn attend<'a, K, V>(simd: Simd, heads: &Heads<'a, K, V>, scores: &mut [f32], y: &mut [f32])
+where
+    K: Fn(usize) -> &'a [f32],
+    V: Fn(usize) -> &'a [f32],
+{
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `simd()` chose the variant after detecting the CPU features it enables.
     unsafe {
         match simd {
-            Simd::Avx512 => head_avx512(q, keys, values, mask, scale, scores, y),
-            Simd::Avx2 => head_avx2(q, keys, values, mask, scale, scores, y),
+            Simd::Avx512 => attend_avx512(heads, scores, y),
+            Simd::Avx2 => attend_avx2(heads, scores, y),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = simd;
-        head_body(q, keys, values, mask, scale, scores, y)
+        attend_body(heads, scores, y, dot)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn head_avx512<'a>(
-    q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    values: &dyn Fn(usize) -> &'a [f32],
-    mask: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    y: &mut [f32],
-) {
-    head_body(q, keys, values, mask, scale, scores, y)
+unsafe fn attend_avx512<'a, K, V>(heads: &Heads<'a, K, V>, scores: &mut [f32], y: &mut [f32])
+where
+    K: Fn(usize) -> &'a [f32],
+    V: Fn(usize) -> &'a [f32],
+{
+    attend_body(heads, scores, y, |a, b| x86::dot_avx512(a, b))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2<'a>(
-    q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    values: &dyn Fn(usize) -> &'a [f32],
-    mask: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    y: &mut [f32],
-) {
-    head_body(q, keys, values, mask, scale, scores, y)
+unsafe fn attend_avx2<'a, K, V>(heads: &Heads<'a, K, V>, scores: &mut [f32], y: &mut [f32])
+where
+    K: Fn(usize) -> &'a [f32],
+    V: Fn(usize) -> &'a [f32],
+{
+    attend_body(heads, scores, y, |a, b| x86::dot_avx2(a, b))
 }
 
-/// Lanes of the dot-product accumulators (vectorised by the target features of the caller).
-const LANES: usize = 16;
-
 #[inline(always)]
-fn head_body<'a>(
-    q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    values: &dyn Fn(usize) -> &'a [f32],
-    mask: &[f32],
-    scale: f32,
+fn attend_body<'a, K, V>(
+    heads: &Heads<'a, K, V>,
     scores: &mut [f32],
     y: &mut [f32],
-) {
-    let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = dot(q, keys(j)) * scale + mask[j];
-        max = max.max(*s);
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) where
+    K: Fn(usize) -> &'a [f32],
+    V: Fn(usize) -> &'a [f32],
+{
+    let (d, len) = (heads.d, heads.mask.len());
+    let rep = heads.q.len() / d;
+    // scores[r * len + j]
+    for j in 0..len {
+        let k = (heads.keys)(j);
+        for r in 0..rep {
+            scores[r * len + j] =
+                dot(&heads.q[r * d..(r + 1) * d], k) * heads.scale + heads.mask[j];
+        }
     }
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
+    let mut inv = vec![0f32; rep];
+    for (r, row) in scores.chunks_mut(len).take(rep).enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        inv[r] = 1.0 / total;
     }
     y.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        if p == 0.0 {
-            continue; // masked (pads): exp underflows to exactly 0
-        }
-        for (o, vj) in y.iter_mut().zip(values(j)) {
-            *o = p.mul_add(*vj, *o);
+    for j in 0..len {
+        let v = (heads.values)(j);
+        for r in 0..rep {
+            let p = scores[r * len + j];
+            if p == 0.0 {
+                continue; // masked (pads): exp underflows to exactly 0
+            }
+            for (o, vj) in y[r * d..(r + 1) * d].iter_mut().zip(v) {
+                *o = p.mul_add(*vj, *o);
+            }
         }
     }
-    let inv = 1.0 / total;
-    for o in y.iter_mut() {
-        *o *= inv;
+    for (r, yr) in y.chunks_mut(d).enumerate() {
+        for o in yr.iter_mut() {
+            *o *= inv[r];
+        }
     }
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ac, ar) = a.split_at(a.len() / LANES * LANES);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `a . b` with 16-lane fused multiply-adds and one horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let x = _mm512_loadu_ps(a.as_ptr().add(i));
+            let y = _mm512_loadu_ps(b.as_ptr().add(i));
+            acc = _mm512_fmadd_ps(x, y, acc);
+            i += 16;
         }
+        let mut s = _mm512_reduce_add_ps(acc);
+        while i < n {
+            s = a[i].mul_add(b[i], s);
+            i += 1;
+        }
+        s
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        s = x.mul_add(*y, s);
+
+    /// `a . b` with 8-lane fused multiply-adds and one horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(a.as_ptr().add(i));
+            let y = _mm256_loadu_ps(b.as_ptr().add(i));
+            acc = _mm256_fmadd_ps(x, y, acc);
+            i += 8;
+        }
+        let hi = _mm256_extractf128_ps(acc, 1);
+        let v = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        let v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+        let mut s = _mm_cvtss_f32(v);
+        while i < n {
+            s = a[i].mul_add(b[i], s);
+            i += 1;
+        }
+        s
     }
-    s
 }
 
 #[cfg(test)]

@@ -80,25 +80,33 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
 
 /// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major.
 fn product(simd: Simd, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
-    let mut panel = vec![[0f32; LANES]; k];
-    let mut tiles = vec![[0f32; LANES]; n];
-    for r0 in (0..m).step_by(LANES) {
-        let rows = LANES.min(m - r0);
-        for (kk, p) in panel.iter_mut().enumerate() {
-            for (i, v) in p.iter_mut().enumerate() {
-                *v = if i < rows { x[(r0 + i) * k + kk] } else { 0.0 };
-            }
-        }
-        let panel = &panel;
-        split(&mut tiles, TILE, |first, out| {
-            block(simd, panel, &w[first * k..(first + out.len()) * k], k, out)
-        });
-        for (j, t) in tiles.iter().enumerate() {
-            for i in 0..rows {
-                y[(r0 + i) * n + j] = t[i];
-            }
-        }
+    thread_local! {
+        /// (panel, tiles) buffers reused across calls: a decode step makes dozens of products.
+        static SCRATCH: std::cell::RefCell<(Vec<[f32; LANES]>, Vec<[f32; LANES]>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
+    SCRATCH.with_borrow_mut(|(panel, tiles)| {
+        panel.resize(k, [0.0; LANES]);
+        tiles.resize(n, [0.0; LANES]);
+        for r0 in (0..m).step_by(LANES) {
+            let rows = LANES.min(m - r0);
+            for (kk, p) in panel.iter_mut().enumerate() {
+                for (i, v) in p.iter_mut().enumerate() {
+                    *v = if i < rows { x[(r0 + i) * k + kk] } else { 0.0 };
+                }
+            }
+            let panel = &panel[..];
+            split(&mut tiles[..], TILE, |first, out| {
+                block(simd, panel, &w[first * k..(first + out.len()) * k], k, out)
+            });
+            for i in 0..rows {
+                let row = &mut y[(r0 + i) * n..(r0 + i + 1) * n];
+                for (v, t) in row.iter_mut().zip(tiles.iter()) {
+                    *v = t[i];
+                }
+            }
+        }
+    });
 }
 
 /// `out[j] = sum_k w[j, k] * panel[k]` (16 lanes) for the weight rows `w` (out.len(), k).
