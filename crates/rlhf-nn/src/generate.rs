@@ -3,6 +3,7 @@
 //! draws do not depend on which other sequences share the batch. Finished rows are dropped
 //! from the cache as they finish. Runs without grad.
 
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{NnError, Result};
@@ -126,10 +127,11 @@ pub fn generate(
         .to_device(device);
     let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
-    // Decode steps: few rows per product, run by the skinny-GEMM kernel on every thread.
+    // Decode steps: few rows per product, run by the CPU decode kernels on every thread.
     let _threads = crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device);
-    // active[r] = sequence index of cache row r.
+    // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
+    let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();
     for step in 0..params.max_new_tokens {
         let rows = active.len();
         let flat = Vec::<f32>::try_from(
@@ -140,10 +142,25 @@ pub fn generate(
                 .view([-1]),
         )?;
         let v = vocab as usize;
+        // Rows draw in parallel, each from its own sequence's generator.
+        let mut draws: Vec<(usize, &mut ChaCha8Rng, (usize, f32))> = rngs
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(seq, g)| slot[seq].map(|r| (r, g, (0, 0.0))))
+            .collect();
+        crate::decode_kernels::split(&mut draws, 1, |_, part| {
+            for (r, rng, draw) in part.iter_mut() {
+                *draw = sample_row(&flat[*r * v..(*r + 1) * v], params, rng);
+            }
+        });
+        let mut picked = vec![(0usize, 0f32); rows];
+        for (r, _, draw) in draws {
+            picked[r] = draw;
+        }
         let mut next = Vec::with_capacity(rows);
         let mut keep = Vec::with_capacity(rows);
         for (r, &seq) in active.iter().enumerate() {
-            let (tok, lp) = sample_row(&flat[r * v..(r + 1) * v], params, &mut rngs[seq]);
+            let (tok, lp) = picked[r];
             let tok = tok as i32;
             let g = &mut out[seq];
             g.tokens.push(tok);
@@ -163,6 +180,10 @@ pub fn generate(
         if keep.len() < rows {
             cache.select_rows(&Tensor::from_slice(&keep).to_device(device));
             active = keep.iter().map(|&r| active[r as usize]).collect();
+            slot.fill(None);
+            for (r, &seq) in active.iter().enumerate() {
+                slot[seq] = Some(r);
+            }
         }
         let n = active.len() as i64;
         let input = Tensor::from_slice(&next).view([n, 1]).to_device(device);

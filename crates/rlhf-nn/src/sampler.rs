@@ -71,6 +71,10 @@ pub fn argmax(x: &[f32]) -> usize {
 /// same order as the general path below, so the same draw gives the same token and
 /// log-probability. `None` when no logit is finite (the general path handles it).
 fn sample_unfiltered(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> Option<(usize, f32)> {
+    thread_local! {
+        /// exp(scaled - max) per token (NaN for non-finite logits), reused across calls.
+        static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let scaled = |v: f32| v as f64 * inv_t;
     let max = logits
         .iter()
@@ -80,24 +84,33 @@ fn sample_unfiltered(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> Option
     if max == f64::NEG_INFINITY {
         return None;
     }
-    let weight = |v: f32| {
-        let s = scaled(v);
-        s.is_finite().then(|| (s - max).exp())
-    };
-    let total: f64 = logits.iter().filter_map(|&v| weight(v)).sum();
-    let u = crate::rng::uniform(rng) * total;
-    let mut acc = 0.0;
-    let mut last = None;
-    for (i, &v) in logits.iter().enumerate() {
-        let Some(w) = weight(v) else { continue };
-        acc += w;
-        last = Some((i, w));
-        if u < acc {
-            break;
+    WEIGHTS.with_borrow_mut(|w| {
+        w.clear();
+        w.extend(logits.iter().map(|&v| {
+            let s = scaled(v);
+            if s.is_finite() {
+                (s - max).exp()
+            } else {
+                f64::NAN
+            }
+        }));
+        let total: f64 = w.iter().filter(|x| !x.is_nan()).sum();
+        let u = crate::rng::uniform(rng) * total;
+        let mut acc = 0.0;
+        let mut last = None;
+        for (i, &x) in w.iter().enumerate() {
+            if x.is_nan() {
+                continue;
+            }
+            acc += x;
+            last = Some((i, x));
+            if u < acc {
+                break;
+            }
         }
-    }
-    let (tok, w) = last?;
-    Some((tok, (w / total).ln() as f32))
+        let (tok, x) = last?;
+        Some((tok, (x / total).ln() as f32))
+    })
 }
 
 /// Picks the next token from `logits` (one row, vocabulary order). Greedy rows report the
