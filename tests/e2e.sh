@@ -5,7 +5,9 @@
 #  2. make caching: a rerun does nothing; touching the reward-model config reruns the
 #     reward model and what depends on it, not the data, model or SFT;
 #  3. the real-data pipeline (pipelines/perl.mk) on a tiny model written by transformers
-#     and HH-RLHF-format fixture data.
+#     and HH-RLHF-format fixture data;
+#  4. full fine-tuning of the policy (ppo-update --full) on the micro demo's SFT model: its
+#     output feeds sample-rollouts and a second --full iteration, and transformers loads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -56,4 +58,29 @@ make --no-print-directory -f pipelines/perl.mk BIN="$BIN" RUN="$tmp/perl" CONF=t
   MODEL="$model" DATA=tests/fixtures/hh_rlhf_sample.jsonl FORMAT=hh-rlhf ITERATIONS=1 THREADS=2 \
   >"$tmp/perl.log" 2>&1 || { tail -50 "$tmp/perl.log"; fail "perl pipeline"; }
 [ -e "$tmp/perl/report/summary.json" ] || fail "perl pipeline wrote no summary"
+# --- 4. ppo-update --full and the stages after it -------------------------------------
+full=$tmp/full
+g=(-q --no-progress --threads 2 --device cpu)
+echo "e2e: ppo-update --full on $run/sft" >&2
+"$BIN/ppo-update" "${g[@]}" --full --model "$run/sft" --ref-model "$run/sft" --algo ppo \
+  --rollouts "$run/iter-001/rollouts.parquet" --scores "$run/iter-001/scores.parquet" \
+  --minibatch-size 8 --out "$full/policy-1" >/dev/null || fail "ppo-update --full"
+"$BIN/sample-rollouts" "${g[@]}" --model "$full/policy-1" --no-ref-logprobs \
+  --prompts "$run/data/prompts.parquet" --max-prompts 4 --samples-per-prompt 2 \
+  --max-new-tokens 8 --iteration 2 --out "$full/rollouts-2.parquet" || fail "sample-rollouts on a --full policy"
+"$BIN/score-rewards" "${g[@]}" --model "$run/sft" --reward-model "$run/rm" --rule gold:0 \
+  --rollouts "$full/rollouts-2.parquet" --out "$full/scores-2.parquet" || fail "score-rewards on --full rollouts"
+"$BIN/ppo-update" "${g[@]}" --full --model "$full/policy-1" --ref-model "$run/sft" --algo ppo \
+  --rollouts "$full/rollouts-2.parquet" --scores "$full/scores-2.parquet" --iteration 2 \
+  --out "$full/policy-2" >/dev/null || fail "second ppo-update --full"
+"$PY" - "$full/policy-2" <<'PYEOF' || fail "the --full output"
+import json, os, sys
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from transformers import AutoModelForCausalLM
+st = json.load(open(os.path.join(sys.argv[1], "training_state.json")))
+assert st["full"] and st["iteration"] == 2 and st["optimizer_steps"] >= 2, st
+AutoModelForCausalLM.from_pretrained(sys.argv[1])
+print("e2e: --full policy after 2 iterations:", st["optimizer_steps"], "optimiser steps")
+PYEOF
+
 echo "e2e: ok" >&2

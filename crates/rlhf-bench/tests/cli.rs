@@ -69,3 +69,48 @@ fn unknown_case_is_refused() {
     assert!(err.contains("unknown benchmark case `warp_drive`"), "{err}");
     assert!(!tmp.path().join("r.json").exists());
 }
+
+/// The LoRA-vs-full policy case end to end on the small preset: it runs the stage binaries
+/// (built beside this test by `cargo test --workspace`) and reports every figure against
+/// the full run. Only shapes and the trainable-parameter counts are checked, never timings.
+#[test]
+fn quick_ppo_lora_vs_full_reports_each_figure_against_full_tuning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let o = bench()
+        .args([
+            "--quick",
+            "--threads",
+            "1",
+            "--cases",
+            "ppo_lora_vs_full",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let get = |what: &str| {
+        let name = format!("ppo_lora_vs_full.small.rloo.{what}");
+        cases
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {cases:?}"))
+    };
+    for what in [
+        "lora_seconds_per_step",
+        "lora_peak_rss",
+        "lora_trainable_params",
+    ] {
+        let c = get(what);
+        assert!(c["value"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["reference_value"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["ratio"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    // LoRA trains a small fraction of the weights: the ratio (full / LoRA) is large
+    assert!(get("lora_trainable_params")["ratio"].as_f64().unwrap() > 5.0);
+    let fraction = get("lora_memory_fraction")["value"].as_f64().unwrap();
+    assert!(fraction > 0.0 && fraction.is_finite());
+}

@@ -3,6 +3,7 @@
 //! Cases that use another's figure (e.g. the matmul roof) must come after it.
 
 mod matmul_fp32;
+mod ppo_lora_vs_full;
 mod rm_lora_vs_full;
 mod rollouts;
 mod sampling;
@@ -14,6 +15,7 @@ static REGISTRY: &[&dyn Case] = &[
     &matmul_fp32::MatmulFp32,
     // add new cases below this line
     &rm_lora_vs_full::RmLoraVsFull,
+    &ppo_lora_vs_full::PpoLoraVsFull,
     &rollouts::Rollouts,
     &sampling::Sampling,
 ];

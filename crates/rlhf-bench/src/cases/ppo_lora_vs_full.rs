@@ -1,0 +1,448 @@
+//! Case `ppo_lora_vs_full`: one policy update with a LoRA policy against full fine-tuning of
+//! the policy, on the same base, rollouts, scores and batch (PERL, Sidahmed et al. 2024: in
+//! RL, LoRA used 74-80% of full tuning's peak memory and was up to 1.3x faster).
+//!
+//! For each base size (init-model presets `30m` and `100m`; `small` with --quick) it writes
+//! the embedded task's prompts, makes the base with `init-model` (it stands in for the SFT
+//! model: the figures depend on shapes, not on what the weights learned), samples K = 4
+//! responses per prompt with `sample-rollouts` and scores them with `score-rewards --rule
+//! gold`. Then it runs the `ppo-update` binary twice per algorithm, each in its own process
+//! so that peak RSS (VmHWM) is that run's:
+//!
+//! - LoRA: `--model base`, a fresh adapter (rank 8, alpha 16, every block linear: the demo's
+//!   policy), reference = the base with the adapter off (log-probs from the rollouts);
+//! - full: `--full --model base --ref-model base`: every weight trains with AdamW (a gradient
+//!   and two moments per weight), and the reference is a second, frozen copy.
+//!
+//! Algorithms: `rloo` (no critic: the policy alone) and, in full runs, `ppo` (a LoRA critic
+//! with value head in both modes; with --full it sits on the reference copy). Same flags
+//! otherwise: minibatch, micro-batch, epochs, clip, KL coefficient, seed; learning rates
+//! differ as in PERL (higher for LoRA), which does not change the work. Figures from each
+//! run's metrics.parquet (`--record-timings`): run/seconds_per_step of the fastest optimiser
+//! step after the first (warm-up; interference from other processes only slows steps down,
+//! and both modes see the same minibatches in the same order), run/peak_rss_bytes and
+//! run/trainable_params.
+//! The LoRA figures are reported against the full run's (ratio > 1: LoRA wins). A run that
+//! was frozen part of the time (SIGSTOP from another benchmark, a paused machine) is
+//! detected by polling and repeated, since its wall-clock figures would be meaningless. The
+//! work folder (in the temp dir) is removed unless RLHF_BENCH_KEEP is set.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use rlhf_core::lineage::Lineage;
+use rlhf_core::metrics::MetricsLog;
+use rlhf_core::parquet_io::write_records;
+use rlhf_core::schema::Artifact;
+use rlhf_core::synthetic::{generate, PromptStyle, SyntheticConfig};
+
+use crate::{Case, Context, Measurement};
+
+/// The case.
+pub struct PpoLoraVsFull;
+
+/// One base size and the work done on it.
+struct Plan {
+    preset: &'static str,
+    prompts: usize,
+    samples: usize,
+    max_new_tokens: usize,
+    minibatch: usize,
+    micro: usize,
+    epochs: usize,
+    algos: &'static [&'static str],
+}
+
+fn plans(quick: bool) -> Vec<Plan> {
+    if quick {
+        return vec![Plan {
+            preset: "small",
+            prompts: 4,
+            samples: 4,
+            max_new_tokens: 8,
+            minibatch: 8,
+            micro: 4,
+            epochs: 2,
+            algos: &["rloo"],
+        }];
+    }
+    ["30m", "100m"]
+        .into_iter()
+        .map(|preset| Plan {
+            preset,
+            prompts: 16,
+            samples: 4,
+            max_new_tokens: 32,
+            minibatch: 16,
+            micro: 8,
+            epochs: 2,
+            algos: &["rloo", "ppo"],
+        })
+        .collect()
+}
+
+/// A workspace binary next to this executable (or next to its parent, for test binaries
+/// in target/<profile>/deps).
+fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating rlhf-bench")?;
+    let dir = exe.parent().context("rlhf-bench has no folder")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found next to {} (hint: `make build` builds every binary)",
+        exe.display()
+    )
+}
+
+/// Runs a workspace binary with `args`, failing with its stderr.
+fn run_bin(name: &str, args: &[String]) -> Result<()> {
+    let bin = binary(name)?;
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// True when `/proc/<pid>/stat` says the process is stopped (`T`, SIGSTOP) or traced.
+fn is_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold spaces or parens)
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        .is_some_and(|c| c == 'T' || c == 't')
+}
+
+/// Runs a workspace binary like [`run_bin`] and tells whether the run was disturbed: its
+/// wall-clock figures are meaningless if it was frozen part of the time (another process
+/// may SIGSTOP heavy processes while it benchmarks, or the machine may pause). The child's
+/// state is polled every 50 ms; seeing it stopped, or a gap of over a second between two
+/// polls (this process was frozen as well), marks the run as disturbed.
+fn run_watched(name: &str, args: &[String], log: &Path) -> Result<bool> {
+    let bin = binary(name)?;
+    let stderr =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut disturbed = false;
+    let mut last = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        disturbed |= is_stopped(child.id()) || last.elapsed().as_secs_f64() > 1.0;
+        last = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if !status.success() {
+        bail!(
+            "{name} failed ({status}):\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    Ok(disturbed)
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Prompts, base model, rollouts and scores for one plan, under `dir`.
+fn prepare(dir: &Path, plan: &Plan, threads: &str) -> Result<()> {
+    let data = generate(&SyntheticConfig {
+        seed: 0,
+        num_prompts: 4 * plan.prompts.max(16),
+        eval_fraction: 0.0,
+        completions_per_prompt: 4,
+        prompt_style: PromptStyle::Chat,
+    })?;
+    let lineage = |a| Lineage::new("rlhf-bench", env!("CARGO_PKG_VERSION"), a);
+    write_records(&dir.join("sft.parquet"), &data.sft, &lineage(Artifact::Sft))?;
+    write_records(
+        &dir.join("prompts.parquet"),
+        &data.prompts,
+        &lineage(Artifact::Prompts),
+    )?;
+    let common = strings(&["--threads", threads, "--no-progress", "-q", "--seed", "0"]);
+    let with = |args: &[&str]| -> Vec<String> {
+        let mut a = strings(args);
+        a.extend(common.iter().cloned());
+        a
+    };
+    run_bin(
+        "init-model",
+        &with(&[
+            "--text-file",
+            &p(&dir.join("sft.parquet")),
+            "--text-column",
+            "prompt,completion",
+            "--preset",
+            plan.preset,
+            "--vocab-size",
+            "2048",
+            "--out",
+            &p(&dir.join("base")),
+        ]),
+    )?;
+    run_bin(
+        "sample-rollouts",
+        &with(&[
+            "--model",
+            &p(&dir.join("base")),
+            "--prompts",
+            &p(&dir.join("prompts.parquet")),
+            "--out",
+            &p(&dir.join("rollouts.parquet")),
+            "--max-prompts",
+            &plan.prompts.to_string(),
+            "--samples-per-prompt",
+            &plan.samples.to_string(),
+            "--max-new-tokens",
+            &plan.max_new_tokens.to_string(),
+            "--temperature",
+            "1",
+            "--iteration",
+            "1",
+            "--device",
+            "cpu",
+        ]),
+    )?;
+    run_bin(
+        "score-rewards",
+        &with(&[
+            "--rollouts",
+            &p(&dir.join("rollouts.parquet")),
+            "--rule",
+            "gold",
+            "--out",
+            &p(&dir.join("scores.parquet")),
+        ]),
+    )
+}
+
+/// Figures of one ppo-update run.
+struct RunFigures {
+    seconds_per_step: f64,
+    peak_rss_gib: f64,
+    trainable: f64,
+}
+
+/// Runs one policy update (LoRA, or --full) and reads its figures.
+fn update(dir: &Path, plan: &Plan, algo: &str, full: bool, threads: &str) -> Result<RunFigures> {
+    let tag = if full { "full" } else { "lora" };
+    let out = dir.join(format!("{algo}-{tag}"));
+    let base = p(&dir.join("base"));
+    let mut args = strings(&[
+        "--model",
+        &base,
+        "--rollouts",
+        &p(&dir.join("rollouts.parquet")),
+        "--scores",
+        &p(&dir.join("scores.parquet")),
+        "--out",
+        &p(&out),
+        "--algo",
+        algo,
+        "--minibatch-size",
+        &plan.minibatch.to_string(),
+        "--micro-batch-size",
+        &plan.micro.to_string(),
+        "--epochs",
+        &plan.epochs.to_string(),
+        "--kl-coef",
+        "0.05",
+        "--device",
+        "cpu",
+        "--threads",
+        threads,
+        "--seed",
+        "0",
+        "--record-timings",
+        "--no-progress",
+        "-q",
+    ]);
+    if full {
+        args.extend(strings(&["--full", "--ref-model", &base]));
+        args.extend(strings(&["--learning-rate", "1e-5"]));
+    } else {
+        args.extend(strings(&[
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-targets",
+            "all-linear",
+            "--learning-rate",
+            "3e-3",
+        ]));
+    }
+    // a run frozen part of the time is repeated; if every attempt was, the least slowed
+    // one is kept (with a warning)
+    let mut best: Option<RunFigures> = None;
+    for attempt in 1..=ATTEMPTS {
+        let disturbed = run_watched("ppo-update", &args, &dir.join(format!("{algo}-{tag}.log")))?;
+        let figures = read_figures(&out)?;
+        if !disturbed {
+            best = Some(figures);
+            break;
+        }
+        tracing::warn!(
+            algo,
+            tag,
+            attempt,
+            seconds_per_step = figures.seconds_per_step,
+            "ppo-update was frozen or paused during the run: its timings are not kept"
+        );
+        if best
+            .as_ref()
+            .is_none_or(|b| figures.seconds_per_step < b.seconds_per_step)
+        {
+            best = Some(figures);
+        }
+        if attempt == ATTEMPTS {
+            tracing::warn!(
+                algo,
+                tag,
+                "every attempt was disturbed: reporting the fastest"
+            );
+        } else {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+        }
+    }
+    // the folders are big (a full model and its moments); only the metrics were needed
+    if std::env::var_os("RLHF_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    best.context("no ppo-update attempt")
+}
+
+/// Attempts per update before a disturbed run's figures are reported anyway.
+const ATTEMPTS: usize = 4;
+
+/// Reads a finished update's figures from its metrics.parquet.
+fn read_figures(out: &Path) -> Result<RunFigures> {
+    let log = MetricsLog::read(&out.join("metrics.parquet"), "ppo-update", 1)?;
+    let get = |m: &str| log.last(m).with_context(|| format!("metric {m} missing"));
+    let mut steps: Vec<(i64, f64)> = log
+        .rows
+        .iter()
+        .filter(|r| r.metric == "run/seconds_per_step")
+        .map(|r| (r.step, r.value))
+        .collect();
+    steps.sort_by_key(|&(s, _)| s);
+    if steps.is_empty() {
+        bail!("{}: no run/seconds_per_step recorded", out.display());
+    }
+    let after_warmup = if steps.len() > 1 {
+        &steps[1..]
+    } else {
+        &steps[..]
+    };
+    let seconds_per_step = after_warmup
+        .iter()
+        .map(|&(_, v)| v)
+        .fold(f64::INFINITY, f64::min);
+    Ok(RunFigures {
+        seconds_per_step,
+        peak_rss_gib: get("run/peak_rss_bytes")? / (1u64 << 30) as f64,
+        trainable: get("run/trainable_params")?,
+    })
+}
+
+fn measure(ctx: &Context, root: &Path, plan: &Plan) -> Result<Vec<Measurement>> {
+    let threads = ctx.threads.to_string();
+    let dir = root.join(plan.preset);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    prepare(&dir, plan, &threads)?;
+    let mut out = Vec::new();
+    for &algo in plan.algos {
+        let lora = update(&dir, plan, algo, false, &threads)?;
+        let full = update(&dir, plan, algo, true, &threads)?;
+        let name = |what: &str| format!("ppo_lora_vs_full.{}.{algo}.{what}", plan.preset);
+        let vs = format!(
+            "full fine-tuning + frozen reference copy; {} rollouts, minibatch {}, {} epochs",
+            plan.prompts * plan.samples,
+            plan.minibatch,
+            plan.epochs
+        );
+        tracing::info!(
+            preset = plan.preset,
+            algo,
+            lora_s_per_step = lora.seconds_per_step,
+            full_s_per_step = full.seconds_per_step,
+            lora_rss_gib = lora.peak_rss_gib,
+            full_rss_gib = full.peak_rss_gib,
+            "ppo_lora_vs_full"
+        );
+        out.extend([
+            Measurement::new(name("lora_seconds_per_step"), lora.seconds_per_step, "s").against(
+                &vs,
+                full.seconds_per_step,
+                false,
+            ),
+            Measurement::new(name("lora_peak_rss"), lora.peak_rss_gib, "GiB").against(
+                &vs,
+                full.peak_rss_gib,
+                false,
+            ),
+            Measurement::new(
+                name("lora_memory_fraction"),
+                lora.peak_rss_gib / full.peak_rss_gib,
+                "of full",
+            ),
+            Measurement::new(name("lora_trainable_params"), lora.trainable, "params").against(
+                &vs,
+                full.trainable,
+                false,
+            ),
+        ]);
+    }
+    Ok(out)
+}
+
+impl Case for PpoLoraVsFull {
+    fn name(&self) -> &'static str {
+        "ppo_lora_vs_full"
+    }
+
+    fn about(&self) -> &'static str {
+        "policy update LoRA vs full tuning (rloo, ppo): time per step, peak RSS, trainable params"
+    }
+
+    fn run(&self, ctx: &Context) -> Result<Vec<Measurement>> {
+        let root = std::env::temp_dir().join(format!("rlhf-bench-ppo-{}", std::process::id()));
+        let mut out = Vec::new();
+        let result = plans(ctx.quick).iter().try_for_each(|plan| {
+            out.extend(measure(ctx, &root, plan)?);
+            Ok::<(), anyhow::Error>(())
+        });
+        if std::env::var_os("RLHF_BENCH_KEEP").is_some() {
+            tracing::info!("kept {}", root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        result.map(|()| out)
+    }
+}
