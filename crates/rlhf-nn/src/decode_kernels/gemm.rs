@@ -9,9 +9,9 @@
 //! broadcast and one fused multiply-add. Output rows are split across the calling thread and a
 //! small pool (see [`super::DecodeThreads`]).
 //!
-//! Used only where it is exact to do so: grad mode off, f32, CPU, contiguous weight, at most
-//! [`MAX_ROWS`] rows, and a CPU with AVX-512F or AVX2+FMA; everywhere else (training, bf16,
-//! CUDA, prefill) the caller gets `None` and uses libtorch. Sums run over k in order with
+//! Used only where no autograd record is needed and the shapes suit it: grad mode off, f32,
+//! CPU, contiguous weight, at most [`MAX_ROWS`] rows, and a CPU with AVX-512F or AVX2+FMA;
+//! everywhere else (training, bf16, CUDA, prefill) libtorch computes the product. Sums run over k in order with
 //! fused multiply-adds, so results differ from MKL's only by float rounding (~1e-6 relative).
 
 #![allow(unsafe_code)]
@@ -29,6 +29,9 @@ const LANES: usize = 16;
 
 /// Weight rows per output tile.
 const TILE: usize = 8;
+
+/// A row panel (K, 16) and the output tiles (N, 16) of one product.
+type Scratch = (Vec<[f32; LANES]>, Vec<[f32; LANES]>);
 
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
@@ -81,9 +84,8 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
 /// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major.
 fn product(simd: Simd, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     thread_local! {
-        /// (panel, tiles) buffers reused across calls: a decode step makes dozens of products.
-        static SCRATCH: std::cell::RefCell<(Vec<[f32; LANES]>, Vec<[f32; LANES]>)> =
-            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// Panel and tiles buffers reused across calls: a decode step makes dozens of products.
+        static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
     SCRATCH.with_borrow_mut(|(panel, tiles)| {
         panel.resize(k, [0.0; LANES]);
