@@ -22,9 +22,7 @@
 //! step after the first (warm-up; interference from other processes only slows steps down,
 //! and both modes see the same minibatches in the same order), run/peak_rss_bytes and
 //! run/trainable_params.
-//! The LoRA figures are reported against the full run's (ratio > 1: LoRA wins). A run that
-//! was frozen part of the time (SIGSTOP from another benchmark, a paused machine) is
-//! detected by polling and repeated, since its wall-clock figures would be meaningless. The
+//! The LoRA figures are reported against the full run's (ratio > 1: LoRA wins). The
 //! work folder (in the temp dir) is removed unless RLHF_BENCH_KEEP is set.
 
 use std::path::{Path, PathBuf};
@@ -114,51 +112,6 @@ fn run_bin(name: &str, args: &[String]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// True when `/proc/<pid>/stat` says the process is stopped (`T`, SIGSTOP) or traced.
-fn is_stopped(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) S ...": the state follows the last ')' (comm may hold spaces or parens)
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
-        .is_some_and(|c| c == 'T' || c == 't')
-}
-
-/// Runs a workspace binary like [`run_bin`] and tells whether the run was disturbed: its
-/// wall-clock figures are meaningless if it was frozen part of the time (another process
-/// may SIGSTOP heavy processes while it benchmarks, or the machine may pause). The child's
-/// state is polled every 50 ms; seeing it stopped, or a gap of over a second between two
-/// polls (this process was frozen as well), marks the run as disturbed.
-fn run_watched(name: &str, args: &[String], log: &Path) -> Result<bool> {
-    let bin = binary(name)?;
-    let stderr =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = Command::new(&bin)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut disturbed = false;
-    let mut last = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        disturbed |= is_stopped(child.id()) || last.elapsed().as_secs_f64() > 1.0;
-        last = std::time::Instant::now();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    if !status.success() {
-        bail!(
-            "{name} failed ({status}):\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    Ok(disturbed)
 }
 
 fn p(path: &Path) -> String {
@@ -298,48 +251,14 @@ fn update(dir: &Path, plan: &Plan, algo: &str, full: bool, threads: &str) -> Res
             "3e-3",
         ]));
     }
-    // a run frozen part of the time is repeated; if every attempt was, the least slowed
-    // one is kept (with a warning)
-    let mut best: Option<RunFigures> = None;
-    for attempt in 1..=ATTEMPTS {
-        let disturbed = run_watched("ppo-update", &args, &dir.join(format!("{algo}-{tag}.log")))?;
-        let figures = read_figures(&out)?;
-        if !disturbed {
-            best = Some(figures);
-            break;
-        }
-        tracing::warn!(
-            algo,
-            tag,
-            attempt,
-            seconds_per_step = figures.seconds_per_step,
-            "ppo-update was frozen or paused during the run: its timings are not kept"
-        );
-        if best
-            .as_ref()
-            .is_none_or(|b| figures.seconds_per_step < b.seconds_per_step)
-        {
-            best = Some(figures);
-        }
-        if attempt == ATTEMPTS {
-            tracing::warn!(
-                algo,
-                tag,
-                "every attempt was disturbed: reporting the fastest"
-            );
-        } else {
-            std::thread::sleep(std::time::Duration::from_secs(10));
-        }
-    }
+    run_bin("ppo-update", &args)?;
+    let figures = read_figures(&out)?;
     // the folders are big (a full model and its moments); only the metrics were needed
     if std::env::var_os("RLHF_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&out);
     }
-    best.context("no ppo-update attempt")
+    Ok(figures)
 }
-
-/// Attempts per update before a disturbed run's figures are reported anyway.
-const ATTEMPTS: usize = 4;
 
 /// Reads a finished update's figures from its metrics.parquet.
 fn read_figures(out: &Path) -> Result<RunFigures> {
