@@ -128,7 +128,7 @@ pub fn generate(
     let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
     // Decode steps: few rows per product, run by the CPU decode kernels on every thread.
-    let _threads = crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device);
+    let threads = crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device);
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
     let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();
@@ -148,11 +148,17 @@ pub fn generate(
             .enumerate()
             .filter_map(|(seq, g)| slot[seq].map(|r| (r, g, (0, 0.0))))
             .collect();
-        crate::decode_kernels::split(&mut draws, 1, |_, part| {
+        let sample = |part: &mut [(usize, &mut ChaCha8Rng, (usize, f32))]| {
             for (r, rng, draw) in part.iter_mut() {
                 *draw = sample_row(&flat[*r * v..(*r + 1) * v], params, rng);
             }
-        });
+        };
+        // In parallel only while libtorch is single-threaded (its idle workers would spin).
+        if threads.active() {
+            crate::decode_kernels::split(&mut draws, 1, |_, part| sample(part));
+        } else {
+            sample(&mut draws);
+        }
         let mut picked = vec![(0usize, 0f32); rows];
         for (r, _, draw) in draws {
             picked[r] = draw;

@@ -126,6 +126,13 @@ impl DecodeThreads {
     }
 }
 
+impl DecodeThreads {
+    /// True when libtorch was made single-threaded (the kernels own the threads).
+    pub fn active(&self) -> bool {
+        self.restore.is_some()
+    }
+}
+
 impl Drop for DecodeThreads {
     fn drop(&mut self) {
         if let Some(n) = self.restore {
