@@ -3,7 +3,9 @@
 //! CPU with `--threads`. Reports tokens/s with the cache, against transformers' `generate`
 //! on the same saved model and threads (`scripts/bench/sampling.py`), as a fraction of the
 //! matmul roof (the model's forward flops per token over the measured matmul rate), and
-//! without the cache (a full forward per token) to show what the cache buys.
+//! without the cache (a full forward per token) to show what the cache buys. Set
+//! `RLHF_NO_DECODE_KERNELS=1` to time libtorch's own decode path instead of rlhf-nn's CPU
+//! decode kernels.
 
 use std::time::Instant;
 
