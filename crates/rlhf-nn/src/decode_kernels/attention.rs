@@ -6,7 +6,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{grad_enabled, simd, split, Simd};
+use super::{enabled, grad_enabled, split, Simd};
 use crate::error::Result;
 
 /// Scaled dot-product attention with an additive mask, as
@@ -72,7 +72,7 @@ impl<'a> View<'a> {
 }
 
 fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
-    let simd = simd()?;
+    let simd = enabled()?;
     let (qs, ks, ms) = (q.size(), k.size(), mask.size());
     if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || qs[2] != 1 || v.size() != ks {
         return None;
@@ -299,6 +299,7 @@ mod tests {
     #[test]
     fn decode_attention_matches_sdpa_on_cache_views_with_padding_and_gqa() {
         let _guard = tch::no_grad_guard();
+        let _decode = crate::decode_kernels::DecodeThreads::enter(5, Kind::Float, Device::Cpu);
         let opts = (Kind::Float, Device::Cpu);
         for (b, h, kvh, d, len) in [(3, 4, 2, 16, 9), (2, 6, 6, 20, 33), (5, 8, 4, 64, 70)] {
             let q = Tensor::randn([b, h, 1, d], opts);
@@ -320,7 +321,10 @@ mod tests {
                     let diff = (got - &want).abs().max().double_value(&[]);
                     assert!(diff < 1e-5, "({b},{h},{kvh},{d},{len}): differs by {diff}");
                 }
-                None => assert!(simd().is_none(), "kernel refused a decode step"),
+                None => assert!(
+                    crate::decode_kernels::simd().is_none(),
+                    "kernel refused a decode step"
+                ),
             }
         }
     }
@@ -331,8 +335,15 @@ mod tests {
         let q = Tensor::randn([2, 2, 1, 8], opts);
         let k = Tensor::randn([2, 2, 5, 8], opts);
         let m = Tensor::zeros([2, 1, 1, 5], opts);
+        let grad_off = tch::no_grad_guard();
+        assert!(
+            try_decode(&q, &k, &k, &m).is_none(),
+            "outside a decode scope"
+        );
+        let decode = crate::decode_kernels::DecodeThreads::enter(2, Kind::Float, Device::Cpu);
+        drop(grad_off);
         assert!(try_decode(&q, &k, &k, &m).is_none(), "grad mode on");
-        let _guard = tch::no_grad_guard();
+        let _grad_off = tch::no_grad_guard();
         let q3 = Tensor::randn([2, 2, 3, 8], opts);
         let m3 = Tensor::zeros([2, 1, 3, 5], opts);
         assert!(try_decode(&q3, &k, &k, &m3).is_none(), "several queries");
@@ -342,5 +353,6 @@ mod tests {
         // And the public entry computes them all.
         let out = sdpa(&q3, &k, &k, &m3, false).unwrap();
         assert_eq!(out.size(), [2, 2, 3, 8]);
+        drop(decode);
     }
 }

@@ -18,7 +18,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{grad_enabled, simd, split, Simd};
+use super::{enabled, grad_enabled, split, Simd};
 
 /// Rows of `x` (the product of its leading dimensions) up to which the kernel is used; above
 /// it the weight would be streamed once per 16 rows and BLAS is as fast.
@@ -41,7 +41,7 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tens
 
 /// The kernel's `linear`, or `None` when it does not apply (see the module docs).
 fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
-    let simd = simd()?;
+    let simd = enabled()?;
     let dims = x.size();
     let k = *dims.last()?;
     let m: i64 = dims[..dims.len() - 1].iter().product();
@@ -275,6 +275,9 @@ mod tests {
         // Grad mode on: never used (the product must be recorded by autograd).
         assert!(try_linear(&x, &w, Some(&b)).is_none());
         let _guard = tch::no_grad_guard();
+        // Outside the decode steps of generate: libtorch's.
+        assert!(try_linear(&x, &w, Some(&b)).is_none());
+        let _decode = crate::decode_kernels::DecodeThreads::enter(6, Kind::Float, Device::Cpu);
         let want = x.linear(&w, Some(&b));
         match try_linear(&x, &w, Some(&b)) {
             Some(y) => {
@@ -282,7 +285,10 @@ mod tests {
                 let d = (y - &want).abs().max().double_value(&[]);
                 assert!(d < 1e-4, "max difference {d}");
             }
-            None => assert!(simd().is_none(), "kernel refused a supported product"),
+            None => assert!(
+                crate::decode_kernels::simd().is_none(),
+                "kernel refused a supported product"
+            ),
         }
         // Too many rows, or another dtype: libtorch's.
         let tall = Tensor::randn([MAX_ROWS + 1, 48], (Kind::Float, Device::Cpu));

@@ -5,9 +5,10 @@
 //! one query per head. libtorch's CPU paths are built for large work: MKL repacks the whole
 //! weight on every call (39% of a decode step's time, `perf` on the `sampling` bench), and
 //! SDPA issues one tiny GEMV per head. These kernels stream each weight once with the rows held
-//! in SIMD registers, and attend in one pass. They apply only where the result needs no
+//! in SIMD registers, and attend in one pass. They apply only inside the decode steps of
+//! `generate` (a [`DecodeThreads`] scope, at most 32 sequences), where the result needs no
 //! autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
-//! everywhere else (training, bf16, CUDA, prefill) libtorch computes as before. Results differ
+//! everywhere else (training, scoring, bf16, CUDA, prefill) libtorch computes as before. Results differ
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
 //! them off (for A/B timing).
 //!
@@ -102,9 +103,29 @@ pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize,
     });
 }
 
-/// Makes libtorch single-threaded on this thread while it lives, when the kernels will run the
-/// decode steps of `rows` sequences of a `kind` model on `device` (see the module docs).
+thread_local! {
+    /// True inside a [`DecodeThreads`] scope that turned the kernels on.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The kernels' instruction set when they are on for this thread: inside the decode steps of
+/// `generate` (a [`DecodeThreads`] scope), on a CPU they support.
+pub(crate) fn enabled() -> Option<Simd> {
+    if DECODING.get() {
+        simd()
+    } else {
+        None
+    }
+}
+
+/// The decode steps of `generate`: turns the kernels on for this thread while it lives, when
+/// they suit `rows` sequences of a `kind` model on `device`, and then makes libtorch
+/// single-threaded (see the module docs). Outside such a scope every product and attention is
+/// libtorch's.
 pub(crate) struct DecodeThreads {
+    /// Whether the kernels were turned on (and the previous state to restore).
+    on: Option<bool>,
+    /// libtorch's thread count to restore.
     restore: Option<i32>,
 }
 
@@ -114,20 +135,26 @@ impl DecodeThreads {
             && rows <= gemm::MAX_ROWS
             && kind == Kind::Float
             && device == Device::Cpu;
+        if !applies {
+            return DecodeThreads {
+                on: None,
+                restore: None,
+            };
+        }
+        let on = Some(DECODING.replace(true));
         let threads = tch::get_num_threads();
-        if !applies || threads <= 1 {
-            return DecodeThreads { restore: None };
+        if threads <= 1 {
+            return DecodeThreads { on, restore: None };
         }
         let _ = pool();
         tch::set_num_threads(1);
         DecodeThreads {
+            on,
             restore: Some(threads),
         }
     }
-}
 
-impl DecodeThreads {
-    /// True when libtorch was made single-threaded (the kernels own the threads).
+    /// True when the kernels are on and own the threads (libtorch runs single-threaded).
     pub fn active(&self) -> bool {
         self.restore.is_some()
     }
@@ -135,6 +162,9 @@ impl DecodeThreads {
 
 impl Drop for DecodeThreads {
     fn drop(&mut self) {
+        if let Some(previous) = self.on {
+            DECODING.set(previous);
+        }
         if let Some(n) = self.restore {
             tch::set_num_threads(n);
         }
