@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn decode_attention_matches_sdpa_on_cache_views_with_padding_and_gqa() {
         let _guard = tch::no_grad_guard();
-        let _decode = crate::decode_kernels::DecodeThreads::enter(5, Kind::Float, Device::Cpu);
+        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
         let opts = (Kind::Float, Device::Cpu);
         for (b, h, kvh, d, len) in [(3, 4, 2, 16, 9), (2, 6, 6, 20, 33), (5, 8, 4, 64, 70)] {
             let q = Tensor::randn([b, h, 1, d], opts);
@@ -340,7 +340,7 @@ mod tests {
             try_decode(&q, &k, &k, &m).is_none(),
             "outside a decode scope"
         );
-        let decode = crate::decode_kernels::DecodeThreads::enter(2, Kind::Float, Device::Cpu);
+        let decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
         drop(grad_off);
         assert!(try_decode(&q, &k, &k, &m).is_none(), "grad mode on");
         let _grad_off = tch::no_grad_guard();

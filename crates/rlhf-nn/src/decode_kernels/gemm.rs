@@ -277,7 +277,7 @@ mod tests {
         let _guard = tch::no_grad_guard();
         // Outside the decode steps of generate: libtorch's.
         assert!(try_linear(&x, &w, Some(&b)).is_none());
-        let _decode = crate::decode_kernels::DecodeThreads::enter(6, Kind::Float, Device::Cpu);
+        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
         let want = x.linear(&w, Some(&b));
         match try_linear(&x, &w, Some(&b)) {
             Some(y) => {

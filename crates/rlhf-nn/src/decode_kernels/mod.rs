@@ -6,7 +6,7 @@
 //! weight on every call (39% of a decode step's time, `perf` on the `sampling` bench), and
 //! SDPA issues one tiny GEMV per head. These kernels stream each weight once with the rows held
 //! in SIMD registers, and attend in one pass. They apply only inside the decode steps of
-//! `generate` (a [`DecodeThreads`] scope, at most 32 sequences), where the result needs no
+//! `generate` (a [`DecodeThreads`] scope, 8 to 32 sequences), where the result needs no
 //! autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
 //! everywhere else (training, scoring, bf16, CUDA, prefill) libtorch computes as before. Results differ
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
@@ -118,6 +118,11 @@ pub(crate) fn enabled() -> Option<Simd> {
     }
 }
 
+/// Fewest sequences for which the kernels pay: below it the 16-lane row panel is mostly padding
+/// and splitting tiny products costs more than it saves (measured: the demo's 4-sample batches
+/// sampled in 58-60 s with the kernels vs 42-50 s without).
+const MIN_ROWS: usize = 8;
+
 /// The decode steps of `generate`: turns the kernels on for this thread while it lives, when
 /// they suit `rows` sequences of a `kind` model on `device`, and then makes libtorch
 /// single-threaded (see the module docs). Outside such a scope every product and attention is
@@ -132,7 +137,7 @@ pub(crate) struct DecodeThreads {
 impl DecodeThreads {
     pub fn enter(rows: i64, kind: Kind, device: Device) -> Self {
         let applies = simd().is_some()
-            && rows <= gemm::MAX_ROWS
+            && (MIN_ROWS..=gemm::MAX_ROWS as usize).contains(&(rows.max(0) as usize))
             && kind == Kind::Float
             && device == Device::Cpu;
         if !applies {
