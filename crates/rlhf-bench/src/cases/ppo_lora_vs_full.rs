@@ -25,8 +25,7 @@
 //! The LoRA figures are reported against the full run's (ratio > 1: LoRA wins). The
 //! work folder (in the temp dir) is removed unless RLHF_BENCH_KEEP is set.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 use rlhf_core::lineage::Lineage;
@@ -35,7 +34,13 @@ use rlhf_core::parquet_io::write_records;
 use rlhf_core::schema::Artifact;
 use rlhf_core::synthetic::{generate, PromptStyle, SyntheticConfig};
 
+use super::rollouts::{p, strings};
 use crate::{Case, Context, Measurement};
+
+/// Runs a workspace binary with `args`, failing with its stderr.
+fn run_bin(name: &str, args: &[String]) -> Result<()> {
+    super::rollouts::run_bin(name, args, false).map(drop)
+}
 
 /// The case.
 pub struct PpoLoraVsFull;
@@ -78,48 +83,6 @@ fn plans(quick: bool) -> Vec<Plan> {
             algos: &["rloo", "ppo"],
         })
         .collect()
-}
-
-/// A workspace binary next to this executable (or next to its parent, for test binaries
-/// in target/<profile>/deps).
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating rlhf-bench")?;
-    let dir = exe.parent().context("rlhf-bench has no folder")?;
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let p = d.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "{name} not found next to {} (hint: `make build` builds every binary)",
-        exe.display()
-    )
-}
-
-/// Runs a workspace binary with `args`, failing with its stderr.
-fn run_bin(name: &str, args: &[String]) -> Result<()> {
-    let bin = binary(name)?;
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{name} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// Prompts, base model, rollouts and scores for one plan, under `dir`.

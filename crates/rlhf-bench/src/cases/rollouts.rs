@@ -71,7 +71,7 @@ impl Drop for Scratch {
 
 /// A workspace binary next to this executable (or next to its parent, for test binaries
 /// in target/<profile>/deps).
-fn binary(name: &str) -> Result<PathBuf> {
+pub(super) fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating rlhf-bench")?;
     let dir = exe.parent().context("rlhf-bench has no folder")?;
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
@@ -88,7 +88,7 @@ fn binary(name: &str) -> Result<PathBuf> {
 
 /// Runs a workspace binary and returns the JSON object it prints on stdout's last line (or
 /// Null when `json` is false).
-fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value> {
+pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value> {
     let bin = binary(name)?;
     let out = Command::new(&bin)
         .args(args)
@@ -113,11 +113,11 @@ fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value>
     serde_json::from_str(last).with_context(|| format!("{name} printed no JSON summary: {last:?}"))
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(super) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn p(path: &Path) -> String {
+pub(super) fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
