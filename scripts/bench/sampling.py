@@ -33,7 +33,8 @@ def main():
     mask = torch.ones_like(ids)
     kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
-        model.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=4, min_new_tokens=4, **kw)
+        # Warm-up: the whole batch, a few tokens (as the Rust side does).
+        model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, **kw)
         t = time.perf_counter()
         out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
         secs = time.perf_counter() - t

@@ -128,6 +128,9 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(y) = crate::decode_kernels::elementwise::rms_norm(x, &self.weight, self.eps) {
+            return y;
+        }
         let kind = x.kind();
         let h = x.to_kind(Kind::Float);
         let var = h.square().mean_dim(-1, true, Kind::Float);
@@ -219,6 +222,9 @@ impl Rope {
 
 /// Applies rotary embedding to `x` (b, heads, t, d).
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    if let Some(y) = crate::decode_kernels::elementwise::rope(x, cos, sin) {
+        return y;
+    }
     let d = x.size()[3];
     let x1 = x.narrow(3, 0, d / 2);
     let x2 = x.narrow(3, d / 2, d / 2);

@@ -46,12 +46,13 @@ fn with_cache(model: &Model, prompts: &[Vec<i32>], new: usize) -> Result<f64> {
         temperature: 1.0,
         ..Default::default()
     };
-    // Warm-up on two rows and a few tokens.
+    // Warm-up: the whole batch, a few tokens (as scripts/bench/sampling.py does), so one-time
+    // costs (thread start, first allocations) stay out of the timed run.
     let warm = SamplingParams {
         max_new_tokens: 4,
         ..params.clone()
     };
-    generate(model, None, &prompts[..2], &seeds[..2], &warm, 0, None)?;
+    generate(model, None, prompts, &seeds, &warm, 0, None)?;
     let t = Instant::now();
     let out = generate(model, None, prompts, &seeds, &params, 0, None)?;
     let tokens: usize = out.iter().map(|g| g.tokens.len()).sum();

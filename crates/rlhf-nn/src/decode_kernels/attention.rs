@@ -30,7 +30,7 @@ pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, gqa: bool)
 }
 
 /// A 4-d f32 CPU tensor's elements, read through its strides.
-struct View<'a> {
+pub(super) struct View<'a> {
     data: &'a [f32],
     stride: [usize; 4],
 }
@@ -38,7 +38,7 @@ struct View<'a> {
 impl<'a> View<'a> {
     /// `None` unless `t` is f32 on the CPU with non-negative strides and unit stride in the
     /// last dimension.
-    fn of(t: &'a Tensor) -> Option<View<'a>> {
+    pub(super) fn of(t: &'a Tensor) -> Option<View<'a>> {
         if t.kind() != Kind::Float || t.device() != Device::Cpu || t.dim() != 4 {
             return None;
         }
@@ -65,7 +65,7 @@ impl<'a> View<'a> {
     }
 
     /// The `len` elements starting at index (a, b, c, 0).
-    fn row(&self, a: usize, b: usize, c: usize, len: usize) -> &'a [f32] {
+    pub(super) fn row(&self, a: usize, b: usize, c: usize, len: usize) -> &'a [f32] {
         let o = a * self.stride[0] + b * self.stride[1] + c * self.stride[2];
         &self.data[o..o + len]
     }

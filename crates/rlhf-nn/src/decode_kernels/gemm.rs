@@ -6,8 +6,9 @@
 //! this kernel takes 0.27 ms; `make bench` case `sampling`). The kernel here keeps the rows in
 //! registers: `x` is transposed into (K, 16) panels, so one 16-lane vector holds column k of all
 //! rows, and each weight row streams through once, contributing `W[n, k] * x[:, k]` by a
-//! broadcast and one fused multiply-add. Output rows are split across the calling thread and a
-//! small pool (see [`super::DecodeThreads`]).
+//! broadcast and one fused multiply-add. Output columns are split across the calling thread
+//! and the decode crew (see [`super::DecodeThreads`]). With AVX-512 the weights are read from a
+//! copy packed tile by tile ([`pack`]), prefetched into L2 ahead of use.
 //!
 //! Used only where no autograd record is needed and the shapes suit it: grad mode off, f32,
 //! CPU, contiguous weight, at most [`MAX_ROWS`] rows, and a CPU with AVX-512F or AVX2+FMA;
@@ -18,7 +19,10 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{enabled, grad_enabled, split, Simd};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{enabled, grad_enabled, ranges, split, Simd};
 
 /// Rows of `x` (the product of its leading dimensions) up to which the kernel is used; above
 /// it the weight would be streamed once per 16 rows and BLAS is as fast.
@@ -29,9 +33,6 @@ const LANES: usize = 16;
 
 /// Weight rows per output tile.
 const TILE: usize = 8;
-
-/// A row panel (K, 16) and the output tiles (N, 16) of one product.
-type Scratch = (Vec<[f32; LANES]>, Vec<[f32; LANES]>);
 
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
@@ -71,7 +72,16 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     let out = Tensor::empty([m, n], (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of m*n elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, mu * nu) };
-    product(simd, xs, mu, ku, ws, nu, ys);
+    let packed = packed_weights(simd, ws, nu, ku);
+    product(
+        simd,
+        xs,
+        mu,
+        ku,
+        (ws, packed.as_deref().map(Vec::as_slice)),
+        nu,
+        ys,
+    );
     let mut shape = dims;
     *shape.last_mut()? = n;
     let out = out.view(shape.as_slice());
@@ -81,35 +91,143 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     })
 }
 
-/// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major.
-fn product(simd: Simd, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+/// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major; `packed`, when given, holds the
+/// same weights' whole tiles in the [`pack`] layout and is read instead of `w` for them.
+fn product(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    (w, packed): (&[f32], Option<&[f32]>),
+    n: usize,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    assert!(packed.is_none_or(|p| p.len() == (n - n % TILE) * k));
     thread_local! {
-        /// Panel and tiles buffers reused across calls: a decode step makes dozens of products.
-        static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// The row panel, reused across calls: a decode step makes dozens of products.
+        static PANEL: std::cell::RefCell<Vec<[f32; LANES]>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    SCRATCH.with_borrow_mut(|(panel, tiles)| {
+    let out = Out(y.as_mut_ptr());
+    PANEL.with_borrow_mut(|panel| {
         panel.resize(k, [0.0; LANES]);
-        tiles.resize(n, [0.0; LANES]);
         for r0 in (0..m).step_by(LANES) {
             let rows = LANES.min(m - r0);
-            for (kk, p) in panel.iter_mut().enumerate() {
-                for (i, v) in p.iter_mut().enumerate() {
-                    *v = if i < rows { x[(r0 + i) * k + kk] } else { 0.0 };
+            if rows < LANES {
+                panel.fill([0.0; LANES]);
+            }
+            for i in 0..rows {
+                let xi = &x[(r0 + i) * k..(r0 + i + 1) * k];
+                for (p, &v) in panel.iter_mut().zip(xi) {
+                    p[i] = v;
                 }
             }
             let panel = &panel[..];
-            split(&mut tiles[..], TILE, |first, out| {
-                block(simd, panel, &w[first * k..(first + out.len()) * k], k, out)
+            // Each thread computes whole tiles of output columns and writes them into `y`.
+            ranges(n, TILE, |cols| {
+                let mut tile = [[0f32; LANES]; TILE];
+                for j in cols.clone().step_by(TILE) {
+                    let t = TILE.min(cols.end - j);
+                    match packed {
+                        Some(p) if t == TILE => {
+                            packed_tile(simd, panel, &p[j * k..(j + t) * k], &mut tile)
+                        }
+                        _ => block(simd, panel, &w[j * k..(j + t) * k], k, &mut tile[..t]),
+                    }
+                    for i in 0..rows {
+                        for (c, lanes) in tile[..t].iter().enumerate() {
+                            // SAFETY: (r0 + i, j + c) is inside y (m, n), asserted above; this
+                            // thread alone writes columns `cols`, and `y` outlives `ranges`.
+                            unsafe { out.write((r0 + i) * n + j + c, lanes[i]) };
+                        }
+                    }
+                }
             });
-            for i in 0..rows {
-                let row = &mut y[(r0 + i) * n..(r0 + i + 1) * n];
-                for (v, t) in row.iter_mut().zip(tiles.iter()) {
-                    *v = t[i];
+        }
+    });
+}
+
+/// Weight tiles packed for streaming: for each tile of [`TILE`] weight rows, element
+/// `(j0 + r, k)` at `j0 * K + k * TILE + r`, so a tile's k-th column is 8 adjacent floats and a
+/// product reads the whole matrix front to back in one stream (the row-major layout reads 8
+/// rows at once, 8 streams the hardware prefetcher follows less well). Only whole tiles; the
+/// `n % TILE` last rows stay in `w`. Measured on the `sampling` bench: the decode GEMMs 12%
+/// faster (0.86-0.99 s against 1.02-1.06 s per `generate`, interleaved runs).
+fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut p = vec![0f32; (n - n % TILE) * k];
+    split(&mut p, TILE * k, |first, part| {
+        for (t, tile) in part.chunks_exact_mut(TILE * k).enumerate() {
+            let j0 = first / k + t * TILE;
+            for r in 0..TILE {
+                for (kk, &v) in w[(j0 + r) * k..(j0 + r + 1) * k].iter().enumerate() {
+                    tile[kk * TILE + r] = v;
                 }
             }
         }
     });
+    p
 }
+
+/// A weight's address, rows and columns.
+type PackKey = (usize, usize, usize);
+
+thread_local! {
+    /// The packed copies of the weights multiplied in the current decode scope, by (address,
+    /// rows, columns); cleared when the scope ends ([`forget_packed`]).
+    static PACKED: std::cell::RefCell<HashMap<PackKey, Rc<Vec<f32>>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// The packed copy of `w` (n, k) for the AVX-512 kernel, made on first use in a decode scope.
+/// Inside the scope the weights are the model's and do not change (no training runs in
+/// `generate`), so the address identifies them; the copies last until the scope ends, a second
+/// copy of the weights `generate` multiplies.
+fn packed_weights(simd: Simd, w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
+    if simd != Simd::Avx512 || n < TILE {
+        return None;
+    }
+    let key = (w.as_ptr() as usize, n, k);
+    Some(PACKED.with_borrow_mut(|m| {
+        m.entry(key)
+            .or_insert_with(|| Rc::new(pack(w, n, k)))
+            .clone()
+    }))
+}
+
+/// Drops this thread's packed weights (at the end of a decode scope).
+pub(super) fn forget_packed() {
+    PACKED.with_borrow_mut(HashMap::clear);
+}
+
+/// `out[r] = sum_k wp[k, r] * panel[k]` for one packed tile `wp` (K, TILE).
+fn packed_tile(simd: Simd, panel: &[[f32; LANES]], wp: &[f32], out: &mut [[f32; LANES]; TILE]) {
+    assert_eq!(wp.len(), panel.len() * TILE);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: packing is used only when `simd()` detected AVX-512F; lengths checked above.
+        Simd::Avx512 => unsafe { x86::packed_tile_avx512(panel, wp, out) },
+        _ => unreachable!("packed weights are made for the AVX-512 kernel only"),
+    }
+}
+
+/// `y`'s buffer, written by several threads at disjoint columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+impl Out {
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the buffer, and no other thread accesses element `i` meanwhile.
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+// SAFETY: each thread writes only its own columns (see `product`).
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
 
 /// `out[j] = sum_k w[j, k] * panel[k]` (16 lanes) for the weight rows `w` (out.len(), k).
 fn block(simd: Simd, panel: &[[f32; LANES]], w: &[f32], k: usize, out: &mut [[f32; LANES]]) {
@@ -173,6 +291,46 @@ mod x86 {
         }
         for (jj, o) in out.iter_mut().enumerate().skip(j) {
             *o = row(panel, &w[jj * k..(jj + 1) * k]);
+        }
+    }
+
+    /// How far ahead of the tile column being read the packed kernel prefetches, in floats
+    /// (8 KB: 4-32 KB measured alike, 0.25-1 KB slower).
+    const PREFETCH: usize = 2048;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn packed_tile_avx512(
+        panel: &[[f32; LANES]],
+        wp: &[f32],
+        out: &mut [[f32; LANES]; TILE],
+    ) {
+        let k = panel.len();
+        let xp = panel.as_ptr() as *const f32;
+        let w = wp.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); TILE];
+        let mut kk = 0;
+        while kk + 2 <= k {
+            // One cache line (two columns of 8 floats) per two columns; past the end of the
+            // weights it is only a hint, and `wrapping_add` keeps the address arithmetic defined.
+            _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(kk * TILE + PREFETCH) as *const i8);
+            for k2 in kk..kk + 2 {
+                let xv = _mm512_loadu_ps(xp.add(k2 * LANES));
+                let wk = w.add(k2 * TILE);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wk.add(r)), xv, *a);
+                }
+            }
+            kk += 2;
+        }
+        for k2 in kk..k {
+            let xv = _mm512_loadu_ps(xp.add(k2 * LANES));
+            let wk = w.add(k2 * TILE);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*wk.add(r)), xv, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r) as *mut f32, *a);
         }
     }
 
@@ -254,14 +412,22 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
             let want = reference(&x, m, k, &w, n);
+            let packed = pack(&w, n, k);
             for &s in &variants {
-                let mut y = vec![f32::NAN; m * n];
-                product(s, &x, m, k, &w, n, &mut y);
-                for (a, b) in y.iter().zip(&want) {
-                    assert!(
-                        (*a as f64 - b).abs() < 1e-5,
-                        "{s:?} {m}x{k}x{n}: {a} vs {b}"
-                    );
+                let layouts: &[Option<&[f32]>] = match s {
+                    Simd::Avx512 => &[None, Some(&packed)],
+                    Simd::Avx2 => &[None],
+                };
+                for &p in layouts {
+                    let mut y = vec![f32::NAN; m * n];
+                    product(s, &x, m, k, (&w, p), n, &mut y);
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!(
+                            (*a as f64 - b).abs() < 1e-5,
+                            "{s:?} packed {} {m}x{k}x{n}: {a} vs {b}",
+                            p.is_some()
+                        );
+                    }
                 }
             }
         }

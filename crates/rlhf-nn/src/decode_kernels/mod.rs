@@ -13,18 +13,26 @@
 //! them off (for A/B timing).
 //!
 //! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
-//! and the kernels split work between that thread and a small pool, as many threads in all as
-//! libtorch had. Both at once would oversubscribe the cores: libtorch's idle OpenMP workers
-//! spin between its ops (measured 40% of CPU time spinning on 2 cores).
+//! and the kernels split work between that thread and a small [`crew`] of workers, as many
+//! threads in all as libtorch had, which spin between the step's jobs. Both at once would
+//! oversubscribe the cores: libtorch's idle OpenMP workers spin between its ops (measured 40% of
+//! CPU time spinning on 2 cores).
+//!
+//! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
+//! single calls ([`elementwise`]), and the weights are read from a copy packed for streaming,
+//! made on first use in the scope and dropped with it ([`gemm`]).
 
 // unsafe is confined to this module: SIMD intrinsics, and reading or writing the f32 buffers of
 // tensors checked to be f32, on the CPU, with the strides used.
 #![allow(unsafe_code)]
 
 pub(crate) mod attention;
+mod crew;
+pub(crate) mod elementwise;
 pub(crate) mod gemm;
 
-use std::sync::OnceLock;
+use std::ops::Range;
+use std::sync::{Mutex, OnceLock};
 
 use tch::{Device, Kind};
 
@@ -67,39 +75,43 @@ pub(crate) fn grad_enabled() -> bool {
     }
 }
 
-/// Worker threads that share the work with the calling thread: one less than libtorch's
-/// thread count when first needed (none for a single thread).
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let workers = tch::get_num_threads().max(1) as usize - 1;
-        (workers > 0).then(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(workers)
-                .thread_name(|i| format!("decode-kernel-{i}"))
-                .build()
-                .expect("building the decode-kernel thread pool")
-        })
-    })
-    .as_ref()
+/// Runs `work(range)` over consecutive ranges covering `0..len` (each a whole multiple of
+/// `align` long, but the last), one per thread of the [`crew`]: the first on the calling thread.
+pub(crate) fn ranges(len: usize, align: usize, work: impl Fn(Range<usize>) + Sync) {
+    let Some(crew) = crew::crew() else {
+        return work(0..len);
+    };
+    let per = (len.div_ceil(crew.parts()).div_ceil(align) * align).max(1);
+    if per >= len {
+        return work(0..len);
+    }
+    crew.run(&|p| {
+        let start = (p * per).min(len);
+        let end = (start + per).min(len);
+        if start < end {
+            work(start..end);
+        }
+    });
 }
 
-/// Runs `work(first, part)` over equal parts of `items` (whole multiples of `align`), one part
-/// on the calling thread and the others on the pool; `first` is the part's offset.
+/// Runs `work(first, part)` over equal parts of `items` (whole multiples of `align`), as
+/// [`ranges`] does; `first` is the part's offset in `items`.
 pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    let Some(pool) = pool() else {
+    let Some(crew) = crew::crew() else {
         return work(0, items);
     };
-    let shares = pool.current_num_threads() + 1;
-    let per = (items.len().div_ceil(shares).div_ceil(align) * align).max(1);
-    let mut parts = items.chunks_mut(per);
-    let Some(mine) = parts.next() else { return };
-    let work = &work;
-    pool.in_place_scope(|scope| {
-        for (i, part) in parts.enumerate() {
-            scope.spawn(move |_| work((i + 1) * per, part));
+    let per = (items.len().div_ceil(crew.parts()).div_ceil(align) * align).max(1);
+    let parts: Vec<Mutex<(usize, &mut [T])>> = items
+        .chunks_mut(per)
+        .enumerate()
+        .map(|(i, part)| Mutex::new((i * per, part)))
+        .collect();
+    ranges(parts.len(), 1, |r| {
+        for part in &parts[r] {
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            let first = part.0;
+            work(first, part.1);
         }
-        work(0, mine);
     });
 }
 
@@ -132,6 +144,8 @@ pub(crate) struct DecodeThreads {
     on: Option<bool>,
     /// libtorch's thread count to restore.
     restore: Option<i32>,
+    /// Keeps the crew spinning between the step's jobs.
+    _hot: Option<crew::Hot>,
 }
 
 impl DecodeThreads {
@@ -144,18 +158,24 @@ impl DecodeThreads {
             return DecodeThreads {
                 on: None,
                 restore: None,
+                _hot: None,
             };
         }
         let on = Some(DECODING.replace(true));
         let threads = tch::get_num_threads();
-        if threads <= 1 {
-            return DecodeThreads { on, restore: None };
-        }
-        let _ = pool();
+        let Some(crew) = (threads > 1).then(crew::crew).flatten() else {
+            return DecodeThreads {
+                on,
+                restore: None,
+                _hot: None,
+            };
+        };
+        let hot = crew::Hot::new(crew);
         tch::set_num_threads(1);
         DecodeThreads {
             on,
             restore: Some(threads),
+            _hot: Some(hot),
         }
     }
 
@@ -167,6 +187,9 @@ impl DecodeThreads {
 
 impl Drop for DecodeThreads {
     fn drop(&mut self) {
+        if self.on.is_some() {
+            gemm::forget_packed();
+        }
         if let Some(previous) = self.on {
             DECODING.set(previous);
         }
