@@ -19,6 +19,7 @@ pub mod batch;
 pub mod config;
 mod decode_kernels;
 pub mod error;
+mod exp;
 pub mod generate;
 mod gpt2;
 pub mod kv_cache;

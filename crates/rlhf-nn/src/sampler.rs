@@ -6,6 +6,8 @@
 
 use rand_chacha::ChaCha8Rng;
 
+use crate::exp::exp_f64;
+
 /// Decoding parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -86,14 +88,8 @@ fn sample_unfiltered(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> Option
     }
     WEIGHTS.with_borrow_mut(|w| {
         w.clear();
-        w.extend(logits.iter().map(|&v| {
-            let s = scaled(v);
-            if s.is_finite() {
-                (s - max).exp()
-            } else {
-                f64::NAN
-            }
-        }));
+        w.resize(logits.len(), 0.0);
+        crate::decode_kernels::sampling_weights(logits, inv_t, max, w);
         let total: f64 = w.iter().filter(|x| !x.is_nan()).sum();
         let u = crate::rng::uniform(rng) * total;
         let mut acc = 0.0;
@@ -148,7 +144,7 @@ pub fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (
         }
         if p.top_p < 1.0 {
             let max = cand[0].1;
-            let w: Vec<f64> = cand.iter().map(|(_, v)| (v - max).exp()).collect();
+            let w: Vec<f64> = cand.iter().map(|(_, v)| exp_f64(v - max)).collect();
             let total: f64 = w.iter().sum();
             // transformers removes tokens whose ascending cumulative mass is <= 1 - top_p;
             // in descending order: keep while the mass before this token is < top_p.
@@ -165,7 +161,7 @@ pub fn sample_row(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> (
         }
     }
     let max = cand.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = cand.iter().map(|(_, v)| (v - max).exp()).collect();
+    let w: Vec<f64> = cand.iter().map(|(_, v)| exp_f64(v - max)).collect();
     let total: f64 = w.iter().sum();
     let u = crate::rng::uniform(rng) * total;
     let mut acc = 0.0;

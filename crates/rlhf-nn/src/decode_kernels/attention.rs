@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{enabled, grad_enabled, split, Simd};
 use crate::error::Result;
+use crate::exp::exp_f32;
 
 /// Scaled dot-product attention with an additive mask, as
 /// `Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, gqa)`:
@@ -210,11 +211,10 @@ fn attend_body<'a, K, V>(
     let mut inv = vec![0f32; rep];
     for (r, row) in scores.chunks_mut(len).take(rep).enumerate() {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0f32;
         for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
+            *s = exp_f32(*s - max);
         }
+        let total: f32 = row.iter().sum();
         inv[r] = 1.0 / total;
     }
     y.fill(0.0);

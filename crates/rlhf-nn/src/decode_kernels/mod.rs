@@ -75,6 +75,31 @@ pub(crate) fn grad_enabled() -> bool {
     }
 }
 
+/// The sampler's weights: `w[i] = exp(logits[i] * inv_t - max)`, NaN where the scaled logit is
+/// not finite. The same bits whichever loop runs (see [`crate::exp`]); with AVX-512 the loop is
+/// compiled for it and vectorised.
+pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
+    #[inline(always)]
+    fn body(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
+        for (o, &v) in w.iter_mut().zip(logits) {
+            let s = v as f64 * inv_t;
+            let e = crate::exp::exp_f64(s - max);
+            *o = if s.is_finite() { e } else { f64::NAN };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn body_avx512(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
+        body(logits, inv_t, max, w)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { body_avx512(logits, inv_t, max, w) };
+    }
+    body(logits, inv_t, max, w)
+}
+
 /// Runs `work(range)` over consecutive ranges covering `0..len` (each a whole multiple of
 /// `align` long, but the last), one per thread of the [`crew`]: the first on the calling thread.
 pub(crate) fn ranges(len: usize, align: usize, work: impl Fn(Range<usize>) + Sync) {
