@@ -11,16 +11,16 @@
 //! accuracy. The LoRA figures are reported against the full run (ratio > 1: LoRA wins).
 //! The work folder (in the temp dir) is removed unless RLHF_BENCH_KEEP is set.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
 use rlhf_core::parquet_io::write_records;
 use rlhf_core::records::PreferenceRow;
 use rlhf_core::schema::Artifact;
 
+use super::rollouts::{p, run_bin, strings};
 use crate::{Case, Context, Measurement};
 
 /// The case.
@@ -70,28 +70,6 @@ fn pairs(n: usize) -> Vec<PreferenceRow> {
         .collect()
 }
 
-fn bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .context("no folder of the bench binary")?
-        .join(name);
-    if !path.is_file() {
-        bail!(
-            "{} not found: build every binary first (make build)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn check(status: std::process::Output, what: &str) -> Result<()> {
-    if !status.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&status.stderr));
-    }
-    Ok(())
-}
-
 /// Figures of one training run.
 struct RunFigures {
     seconds_per_step: f64,
@@ -109,22 +87,17 @@ fn train(
     threads: usize,
 ) -> Result<RunFigures> {
     let out = dir.join(if full { "rm-full" } else { "rm-lora" });
-    let mut cmd = Command::new(bin("train-rm-lora")?);
-    cmd.args([
+    let mut args = strings(&[
         "--model",
-        &model.display().to_string(),
+        &p(model),
         "--preferences",
-        &prefs.display().to_string(),
-    ])
-    .args([
+        &p(prefs),
         "--out",
-        &out.display().to_string(),
+        &p(&out),
         "--max-steps",
         &steps.to_string(),
         "--epochs",
         "100",
-    ])
-    .args([
         "--batch-size",
         "8",
         "--warmup-steps",
@@ -134,14 +107,16 @@ fn train(
         "--no-progress",
         "-q",
         "--record-timings",
-    ])
-    .args(["--threads", &threads.to_string()]);
-    // PERL's learning rates: higher for LoRA than for full tuning.
-    cmd.args(["--learning-rate", if full { "1e-4" } else { "1e-3" }]);
+        "--threads",
+        &threads.to_string(),
+        // PERL's learning rates: higher for LoRA than for full tuning.
+        "--learning-rate",
+        if full { "1e-4" } else { "1e-3" },
+    ]);
     if full {
-        cmd.arg("--full");
+        args.push("--full".into());
     }
-    check(cmd.output()?, "train-rm-lora")?;
+    run_bin("train-rm-lora", &args, false)?;
     let log = MetricsLog::read(&out.join("metrics.parquet"), "train-rm-lora", 0)?;
     let get = |m: &str| log.last(m).with_context(|| format!("metric {m} missing"));
     Ok(RunFigures {
@@ -163,24 +138,20 @@ fn measure(ctx: &Context, root: &Path, preset: &str, steps: usize) -> Result<Vec
     );
     write_records(&prefs, &pairs(400), &l)?;
     let model = dir.join("base");
-    let init = Command::new(bin("init-model")?)
-        .args([
-            "--text-file",
-            &prefs.display().to_string(),
-            "--text-column",
-            "prompt,chosen,rejected",
-        ])
-        .args([
-            "--vocab-size",
-            "1024",
-            "--preset",
-            preset,
-            "--out",
-            &model.display().to_string(),
-            "-q",
-        ])
-        .output()?;
-    check(init, "init-model")?;
+    let init = strings(&[
+        "--text-file",
+        &p(&prefs),
+        "--text-column",
+        "prompt,chosen,rejected",
+        "--vocab-size",
+        "1024",
+        "--preset",
+        preset,
+        "--out",
+        &p(&model),
+        "-q",
+    ]);
+    run_bin("init-model", &init, false)?;
     let lora = train(&dir, &model, &prefs, false, steps, ctx.threads)?;
     let full = train(&dir, &model, &prefs, true, steps, ctx.threads)?;
     let name = |what: &str| format!("rm_lora_vs_full.{preset}.{what}");
