@@ -151,8 +151,10 @@ fn product(
 /// `(j0 + r, k)` at `j0 * K + k * TILE + r`, so a tile's k-th column is 8 adjacent floats and a
 /// product reads the whole matrix front to back in one stream (the row-major layout reads 8
 /// rows at once, 8 streams the hardware prefetcher follows less well). Only whole tiles; the
-/// `n % TILE` last rows stay in `w`. Measured on the `sampling` bench: the decode GEMMs 12%
-/// faster (0.86-0.99 s against 1.02-1.06 s per `generate`, interleaved runs).
+/// `n % TILE` last rows stay in `w`. Measured on the `sampling` bench shape (interleaved runs of
+/// `examples/profile_decode`): the decode GEMMs took 0.86-0.99 s per `generate` packed against
+/// 1.02-1.06 s row-major, both prefetching into L1; prefetching into L2 then took them to
+/// 0.63-0.65 s (0.74-0.80 s into L1).
 fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
     let mut p = vec![0f32; (n - n % TILE) * k];
     split(&mut p, TILE * k, |first, part| {
@@ -295,7 +297,7 @@ mod x86 {
     }
 
     /// How far ahead of the tile column being read the packed kernel prefetches, in floats
-    /// (8 KB: 4-32 KB measured alike, 0.25-1 KB slower).
+    /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
     const PREFETCH: usize = 2048;
 
     #[target_feature(enable = "avx512f")]
