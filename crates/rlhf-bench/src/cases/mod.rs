@@ -7,6 +7,7 @@ mod ppo_lora_vs_full;
 mod rm_lora_vs_full;
 mod rollouts;
 mod sampling;
+mod support;
 
 use crate::Case;
 

@@ -28,18 +28,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
-use rlhf_core::parquet_io::write_records;
-use rlhf_core::schema::Artifact;
-use rlhf_core::synthetic::{generate, PromptStyle, SyntheticConfig};
 
-use super::rollouts::{p, strings};
+use super::support::{keep, p, strings, write_synthetic, Scratch};
 use crate::{Case, Context, Measurement};
 
 /// Runs a workspace binary with `args`, failing with its stderr.
 fn run_bin(name: &str, args: &[String]) -> Result<()> {
-    super::rollouts::run_bin(name, args, false).map(drop)
+    super::support::run_bin(name, args, false).map(drop)
 }
 
 /// The case.
@@ -87,20 +83,7 @@ fn plans(quick: bool) -> Vec<Plan> {
 
 /// Prompts, base model, rollouts and scores for one plan, under `dir`.
 fn prepare(dir: &Path, plan: &Plan, threads: &str) -> Result<()> {
-    let data = generate(&SyntheticConfig {
-        seed: 0,
-        num_prompts: 4 * plan.prompts.max(16),
-        eval_fraction: 0.0,
-        completions_per_prompt: 4,
-        prompt_style: PromptStyle::Chat,
-    })?;
-    let lineage = |a| Lineage::new("rlhf-bench", env!("CARGO_PKG_VERSION"), a);
-    write_records(&dir.join("sft.parquet"), &data.sft, &lineage(Artifact::Sft))?;
-    write_records(
-        &dir.join("prompts.parquet"),
-        &data.prompts,
-        &lineage(Artifact::Prompts),
-    )?;
+    write_synthetic(dir, plan.prompts)?;
     let common = strings(&["--threads", threads, "--no-progress", "-q", "--seed", "0"]);
     let with = |args: &[&str]| -> Vec<String> {
         let mut a = strings(args);
@@ -217,7 +200,7 @@ fn update(dir: &Path, plan: &Plan, algo: &str, full: bool, threads: &str) -> Res
     run_bin("ppo-update", &args)?;
     let figures = read_figures(&out)?;
     // the folders are big (a full model and its moments); only the metrics were needed
-    if std::env::var_os("RLHF_BENCH_KEEP").is_none() {
+    if !keep() {
         let _ = std::fs::remove_dir_all(&out);
     }
     Ok(figures)
@@ -314,17 +297,11 @@ impl Case for PpoLoraVsFull {
     }
 
     fn run(&self, ctx: &Context) -> Result<Vec<Measurement>> {
-        let root = std::env::temp_dir().join(format!("rlhf-bench-ppo-{}", std::process::id()));
+        let root = Scratch::new("ppo")?;
         let mut out = Vec::new();
-        let result = plans(ctx.quick).iter().try_for_each(|plan| {
-            out.extend(measure(ctx, &root, plan)?);
-            Ok::<(), anyhow::Error>(())
-        });
-        if std::env::var_os("RLHF_BENCH_KEEP").is_some() {
-            tracing::info!("kept {}", root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&root);
+        for plan in plans(ctx.quick) {
+            out.extend(measure(ctx, root.path(), &plan)?);
         }
-        result.map(|()| out)
+        Ok(out)
     }
 }

@@ -20,7 +20,7 @@ use rlhf_core::parquet_io::write_records;
 use rlhf_core::records::PreferenceRow;
 use rlhf_core::schema::Artifact;
 
-use super::rollouts::{p, run_bin, strings};
+use super::support::{p, run_bin, strings, Scratch};
 use crate::{Case, Context, Measurement};
 
 /// The case.
@@ -195,22 +195,16 @@ impl Case for RmLoraVsFull {
     }
 
     fn run(&self, ctx: &Context) -> Result<Vec<Measurement>> {
-        let root = std::env::temp_dir().join(format!("rlhf-bench-rm-{}", std::process::id()));
+        let root = Scratch::new("rm")?;
         let plan: &[(&str, usize)] = if ctx.quick {
             &[("small", 4)]
         } else {
             &[("30m", 40), ("100m", 20)]
         };
         let mut out = Vec::new();
-        let result = plan.iter().try_for_each(|&(preset, steps)| {
-            out.extend(measure(ctx, &root, preset, steps)?);
-            Ok::<(), anyhow::Error>(())
-        });
-        if std::env::var_os("RLHF_BENCH_KEEP").is_some() {
-            tracing::info!("kept {}", root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&root);
+        for &(preset, steps) in plan {
+            out.extend(measure(ctx, root.path(), preset, steps)?);
         }
-        result.map(|()| out)
+        Ok(out)
     }
 }

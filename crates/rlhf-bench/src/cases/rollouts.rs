@@ -20,15 +20,11 @@
 //!
 //! Without RLHF_PYTHON the reward adapter cannot be made, so only the sampling figures run.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
-use rlhf_core::lineage::Lineage;
-use rlhf_core::parquet_io::write_records;
-use rlhf_core::schema::Artifact;
-use rlhf_core::synthetic::{generate, PromptStyle, SyntheticConfig};
+use anyhow::{Context as _, Result};
 
+use super::support::{p, run_bin, strings, write_synthetic, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -60,83 +56,9 @@ fn sizes(quick: bool) -> Sizes {
     }
 }
 
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A workspace binary next to this executable (or next to its parent, for test binaries
-/// in target/<profile>/deps).
-pub(super) fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating rlhf-bench")?;
-    let dir = exe.parent().context("rlhf-bench has no folder")?;
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let p = d.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "{name} not found next to {} (hint: `make build` builds every binary)",
-        exe.display()
-    )
-}
-
-/// Runs a workspace binary and returns the JSON object it prints on stdout's last line (or
-/// Null when `json` is false).
-pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value> {
-    let bin = binary(name)?;
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{name} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if !json {
-        return Ok(serde_json::Value::Null);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    serde_json::from_str(last).with_context(|| format!("{name} printed no JSON summary: {last:?}"))
-}
-
-pub(super) fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-pub(super) fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
 /// Writes the corpus and prompts, and makes the bench model with init-model.
 fn prepare(dir: &Path, s: &Sizes, threads: &str) -> Result<()> {
-    let data = generate(&SyntheticConfig {
-        seed: 0,
-        num_prompts: 4 * s.prompts.max(16),
-        eval_fraction: 0.0,
-        completions_per_prompt: 4,
-        prompt_style: PromptStyle::Chat,
-    })?;
-    let lineage = |a| Lineage::new("rlhf-bench", env!("CARGO_PKG_VERSION"), a);
-    write_records(&dir.join("sft.parquet"), &data.sft, &lineage(Artifact::Sft))?;
-    write_records(
-        &dir.join("prompts.parquet"),
-        &data.prompts,
-        &lineage(Artifact::Prompts),
-    )?;
+    write_synthetic(dir, s.prompts)?;
     run_bin(
         "init-model",
         &strings(&[
@@ -217,12 +139,8 @@ impl Case for Rollouts {
     fn run(&self, ctx: &Context) -> Result<Vec<Measurement>> {
         let s = sizes(ctx.quick);
         let threads = ctx.threads.to_string();
-        let scratch = Scratch(
-            std::env::temp_dir().join(format!("rlhf-bench-rollouts-{}", std::process::id())),
-        );
-        std::fs::create_dir_all(&scratch.0)
-            .with_context(|| format!("creating {}", scratch.0.display()))?;
-        let dir = scratch.0.as_path();
+        let scratch = Scratch::new("rollouts")?;
+        let dir = scratch.path();
         prepare(dir, &s, &threads)?;
         let mut out = Vec::new();
 
