@@ -65,6 +65,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ones = Tensor::ones([batch, plen as i64], opts);
     let step_in = Tensor::randint(cfg.vocab_size - 3, [batch, 1], opts) + 3;
     let step_mask = Tensor::ones([batch, 1], opts);
+    time("prefill: body forward (batch x 64 tokens)", 5, || {
+        let mut cache = KvCache::new(&model, batch, (plen + new) as i64);
+        let _ = model
+            .forward_cached(&ids, &ones, &mut cache, None)
+            .expect("prefill");
+    });
     let mut cache = KvCache::new(&model, batch, (plen + 512) as i64);
     let _ = model.forward_cached(&ids, &ones, &mut cache, None)?;
     for _ in 0..64 {

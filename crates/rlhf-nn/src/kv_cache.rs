@@ -83,6 +83,12 @@ impl KvCache {
         ))
     }
 
+    /// Layer `n`'s whole key and value buffers (b, kv_heads, capacity, d), for the decode
+    /// kernels that write the new token in place and attend over the first `len() + 1`.
+    pub(crate) fn layer(&self, n: usize) -> (&Tensor, &Tensor) {
+        (&self.k[n], &self.v[n])
+    }
+
     /// Advances the end after every layer has stored `t` tokens.
     pub(crate) fn commit(&mut self, t: i64) {
         self.len += t;

@@ -5,6 +5,7 @@
 use tch::{Kind, Tensor};
 
 use crate::config::{ModelConfig, RopeScaling};
+use crate::decode_kernels::layer::{LoraOn, Proj};
 use crate::lora::Adapter;
 
 /// Several linears sharing an input, run as one GEMM: `weight` is the row-wise
@@ -57,6 +58,36 @@ impl Fused {
             })
             .collect()
     }
+}
+
+/// A product for the fused decode layer ([`crate::decode_kernels::layer`]): `weight` and
+/// `bias` with the LoRA factors the active adapter puts on `members` (consecutive output
+/// columns, in order). `None` in a training forward with LoRA dropout (not computed there).
+pub(crate) fn step_proj<'a>(
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    members: &[&'a Linear],
+    ctx: Ctx<'a>,
+) -> Option<Proj<'a>> {
+    let mut lora = Vec::new();
+    if let Some(adapter) = ctx.adapter {
+        if ctx.train && adapter.config.dropout > 0.0 {
+            return None;
+        }
+        let mut first = 0;
+        for l in members {
+            if let Some(pair) = adapter.pair(l.id) {
+                lora.push(LoraOn {
+                    first: first as usize,
+                    a: &pair.a,
+                    b: &pair.b,
+                    scale: adapter.scale,
+                });
+            }
+            first += l.out_features();
+        }
+    }
+    Some(Proj { weight, bias, lora })
 }
 
 /// Per-forward context: the active adapter (None = base = reference policy) and train mode

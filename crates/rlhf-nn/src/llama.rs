@@ -6,9 +6,10 @@
 use tch::Tensor;
 
 use crate::config::ModelConfig;
+use crate::decode_kernels::layer::{llama_step, LlamaWeights, Proj, StepInputs};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::layers::{apply_rope, Ctx, Fused, Linear, RmsNorm, Rope};
+use crate::layers::{apply_rope, step_proj, Ctx, Fused, Linear, RmsNorm, Rope};
 use crate::loader::{push_linear, Loader};
 
 pub(crate) struct LlamaLayer {
@@ -232,6 +233,59 @@ impl Llama {
 }
 
 impl LlamaLayer {
+    /// The whole layer for one decode step by the fused CPU kernel, where it applies (see
+    /// [`crate::decode_kernels::layer`]); it writes the new key and value into the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_step(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        attn_mask: &Tensor,
+        cache: &KvCache,
+        n: usize,
+        ctx: Ctx,
+        m: &Llama,
+    ) -> Option<Tensor> {
+        crate::decode_kernels::enabled()?;
+        fn proj<'a>(l: &'a Linear, ctx: Ctx<'a>) -> Option<Proj<'a>> {
+            step_proj(&l.weight, l.bias.as_ref(), &[l], ctx)
+        }
+        let weights = LlamaWeights {
+            input_norm: (&self.input_layernorm.weight, self.input_layernorm.eps),
+            post_norm: (
+                &self.post_attention_layernorm.weight,
+                self.post_attention_layernorm.eps,
+            ),
+            qkv: step_proj(
+                &self.qkv.weight,
+                self.qkv.bias.as_ref(),
+                &[&self.q_proj, &self.k_proj, &self.v_proj],
+                ctx,
+            )?,
+            o: proj(&self.o_proj, ctx)?,
+            gate_up: step_proj(
+                &self.gate_up.weight,
+                self.gate_up.bias.as_ref(),
+                &[&self.gate_proj, &self.up_proj],
+                ctx,
+            )?,
+            down: proj(&self.down_proj, ctx)?,
+            heads: m.num_heads as usize,
+            kv_heads: m.num_kv_heads as usize,
+            head_dim: m.head_dim as usize,
+        };
+        let inputs = StepInputs {
+            x,
+            cos,
+            sin,
+            mask: attn_mask,
+            cache: cache.layer(n),
+            pos: cache.len() as usize,
+        };
+        llama_step(&weights, &inputs)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -244,6 +298,11 @@ impl LlamaLayer {
         m: &Llama,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
+        if let (1, Some((c, n))) = (t, &cache) {
+            if let Some(y) = self.decode_step(x, cos, sin, attn_mask, c, *n, ctx, m) {
+                return Ok(y);
+            }
+        }
         let h = self.input_layernorm.forward(x);
         let qkv = self
             .qkv
@@ -273,5 +332,95 @@ impl LlamaLayer {
             .forward(&h, &[&self.gate_proj, &self.up_proj], ctx);
         let mlp = gu[0].silu() * &gu[1];
         Ok(x + self.down_proj.forward(&mlp, ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use crate::decode_kernels::{layer, simd, DecodeThreads};
+    use crate::{KvCache, LoraConfig, Model, ModelConfig};
+
+    /// Largest |a - b| over the tensors' elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    /// Decode steps through the fused layer equal the op-by-op forward (libtorch, outside a
+    /// decode scope): the hidden states, and the keys and values written into the cache. With
+    /// an adapter on every product (B non-zero), left padding, GQA, random norms and biases:
+    /// Qwen2 (q/k/v bias, tied embeddings) and a Llama with a bias on every product.
+    #[test]
+    fn fused_decode_layer_matches_the_op_by_op_forward() {
+        let _grad = tch::no_grad_guard();
+        for preset in ["qwen2-tiny", "llama-tiny"] {
+            let mut cfg = ModelConfig::preset(preset).unwrap();
+            if preset == "llama-tiny" {
+                (cfg.qkv_bias, cfg.o_bias, cfg.mlp_bias) = (true, true, true);
+            }
+            let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap();
+            // Random init leaves norms at 1 and biases at 0: make both matter.
+            for (name, mut t) in model.base_parameters() {
+                if name.ends_with("bias") || name.contains("norm") {
+                    let noise = t.randn_like() * 0.3 + f64::from(name.contains("norm"));
+                    t.copy_(&noise);
+                }
+            }
+            let lora = LoraConfig {
+                target_modules: vec!["all-linear".into()],
+                ..LoraConfig::default_for(cfg.arch)
+            };
+            model.add_adapter("p", &lora, None, 6).unwrap();
+            for mut t in model.adapter_parameters("p").unwrap() {
+                let noise = t.randn_like() * 0.2;
+                t.copy_(&noise);
+            }
+            let (b, width) = (9i64, 6i64);
+            let opts = (Kind::Int64, Device::Cpu);
+            let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
+            // Row i has i % 4 pads on the left.
+            let mask = Tensor::arange(width, opts)
+                .unsqueeze(0)
+                .ge_tensor(&Tensor::arange(b, opts).remainder(4).unsqueeze(1))
+                .to_kind(Kind::Int64);
+            for adapter in [Some("p"), None] {
+                let mut plain = KvCache::new(&model, b, width + 4);
+                let mut fused = KvCache::new(&model, b, width + 4);
+                let _ = model
+                    .forward_cached(&ids, &mask, &mut plain, adapter)
+                    .unwrap();
+                let _ = model
+                    .forward_cached(&ids, &mask, &mut fused, adapter)
+                    .unwrap();
+                for step in 0..3 {
+                    let next = Tensor::randint(cfg.vocab_size, [b, 1], opts);
+                    let ones = Tensor::ones([b, 1], opts);
+                    let want = model
+                        .forward_cached(&next, &ones, &mut plain, adapter)
+                        .unwrap();
+                    let scope = DecodeThreads::enter(b, Kind::Float, Device::Cpu);
+                    let before = layer::fused_steps();
+                    let got = model
+                        .forward_cached(&next, &ones, &mut fused, adapter)
+                        .unwrap();
+                    let ran = layer::fused_steps() - before;
+                    drop(scope);
+                    if simd().is_some() {
+                        assert_eq!(ran, cfg.num_layers as usize, "{preset}: fused layers run");
+                    }
+                    let d = max_diff(&got, &want);
+                    assert!(
+                        d < 1e-4,
+                        "{preset} {adapter:?} step {step}: hidden differs by {d}"
+                    );
+                    for n in 0..cfg.num_layers as usize {
+                        let ((pk, pv), (fk, fv)) = (plain.layer(n), fused.layer(n));
+                        let d = max_diff(pk, fk).max(max_diff(pv, fv));
+                        assert!(d < 1e-4, "{preset} layer {n}: cache differs by {d}");
+                    }
+                }
+            }
+        }
     }
 }

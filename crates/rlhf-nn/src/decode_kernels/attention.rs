@@ -34,6 +34,8 @@ pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, gqa: bool)
 pub(super) struct View<'a> {
     data: &'a [f32],
     stride: [usize; 4],
+    /// Size of the first dimension.
+    size0: usize,
 }
 
 impl<'a> View<'a> {
@@ -62,6 +64,7 @@ impl<'a> View<'a> {
         Some(View {
             data,
             stride: std::array::from_fn(|i| st[i] as usize),
+            size0: size[0] as usize,
         })
     }
 
@@ -102,13 +105,51 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
         kvh as usize,
         len as usize,
     );
-    let rep = h / kvh;
     let out = Tensor::empty(
         [b as i64, h as i64, 1, d as i64],
         (Kind::Float, Device::Cpu),
     );
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*d elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * d) };
+    let shape = Shape {
+        heads: h,
+        kv_heads: kvh,
+        head_dim: d,
+        len,
+    };
+    attend_cached(simd, qv.row(0, 0, 0, b * h * d), (&kv, &vv), &mv, shape, ys);
+    Some(out)
+}
+
+/// Sizes of a decode step's attention.
+#[derive(Clone, Copy)]
+pub(super) struct Shape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Cached positions attended (the new token's included).
+    pub len: usize,
+}
+
+/// `ys` (b, heads, d) = attention of the queries `q` (b, heads, d) over the first `len` keys
+/// and values of the views (b, kv_heads, >= len, d), with the additive `mask` (b or 1, 1, 1,
+/// >= len). Split by (sequence, kv head) across the crew.
+pub(super) fn attend_cached(
+    simd: Simd,
+    q: &[f32],
+    (keys, values): (&View, &View),
+    mask: &View,
+    shape: Shape,
+    ys: &mut [f32],
+) {
+    let Shape {
+        heads: h,
+        kv_heads: kvh,
+        head_dim: d,
+        len,
+    } = shape;
+    let rep = h / kvh;
+    let shared_mask = mask.size0 == 1;
     let scale = 1.0 / (d as f32).sqrt();
     // One item per (sequence, kv head): its `rep` query heads' outputs, rep * d floats. The
     // heads of a group share keys and values, so each cached row is read once for all of them.
@@ -119,17 +160,16 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
             let task = first / group + i;
             let (bi, g) = (task / kvh, task % kvh);
             let heads = Heads {
-                q: qv.row(bi, g * rep, 0, group),
-                keys: |j| kv.row(bi, g, j, d),
-                values: |j| vv.row(bi, g, j, d),
-                mask: mv.row(if ms[0] == 1 { 0 } else { bi }, 0, 0, len),
+                q: &q[task * group..(task + 1) * group],
+                keys: |j| keys.row(bi, g, j, d),
+                values: |j| values.row(bi, g, j, d),
+                mask: mask.row(if shared_mask { 0 } else { bi }, 0, 0, len),
                 scale,
                 d,
             };
             attend(simd, &heads, &mut scores, y);
         }
     });
-    Some(out)
 }
 
 /// The query heads of one (sequence, kv head) and what they attend over.

@@ -42,13 +42,19 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> 
     let out = Tensor::empty(dims.as_slice(), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of rows*n elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * n) };
+    rms_norm_rows(xs, ws, eps, ys);
+    Some(out)
+}
+
+/// RMSNorm of each row of `xs` (rows of `weight.len()`) into `ys`.
+pub(super) fn rms_norm_rows(xs: &[f32], weight: &[f32], eps: f64, ys: &mut [f32]) {
+    let n = weight.len();
     for (xr, yr) in xs.chunks_exact(n).zip(ys.chunks_exact_mut(n)) {
         let inv = 1.0 / (mean_square(xr) + eps as f32).sqrt();
-        for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(ws) {
+        for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
             *y = w * (v * inv);
         }
     }
-    Some(out)
 }
 
 /// mean(x^2), summed in 16 lanes (vectorises).
@@ -81,7 +87,6 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tensor> {
     let (b, h, t, d) = (b as usize, h as usize, t as usize, d as usize);
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*t*d elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * t * d) };
-    let half = d / 2;
     for (row, y) in ys.chunks_exact_mut(d).enumerate() {
         let (bi, hi, ti) = (row / (h * t), row / t % h, row % t);
         let (xr, c, s) = (
@@ -89,12 +94,21 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tensor> {
             cv.row(bi, 0, ti, d),
             sv.row(bi, 0, ti, d),
         );
-        for i in 0..half {
-            y[i] = xr[i] * c[i] + -xr[i + half] * s[i];
-            y[i + half] = xr[i + half] * c[i + half] + xr[i] * s[i + half];
-        }
+        rope_row(xr, c, s, y);
     }
     Some(out)
+}
+
+/// One head's rotary embedding: `y = x * cos + rotate_half(x) * sin`, rounded as libtorch's
+/// unfused ops round it.
+pub(super) fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32]) {
+    let half = y.len() / 2;
+    let ((x1, x2), (c1, c2), (s1, s2)) = (x.split_at(half), cos.split_at(half), sin.split_at(half));
+    let (y1, y2) = y.split_at_mut(half);
+    for (i, (o1, o2)) in y1.iter_mut().zip(y2.iter_mut()).enumerate() {
+        *o1 = x1[i] * c1[i] + -x2[i] * s1[i];
+        *o2 = x2[i] * c2[i] + x1[i] * s2[i];
+    }
 }
 
 #[cfg(test)]

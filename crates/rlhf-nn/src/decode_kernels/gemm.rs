@@ -72,16 +72,7 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     let out = Tensor::empty([m, n], (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of m*n elements, owned here.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, mu * nu) };
-    let packed = packed_weights(simd, ws, nu, ku);
-    product(
-        simd,
-        xs,
-        mu,
-        ku,
-        (ws, packed.as_deref().map(Vec::as_slice)),
-        nu,
-        ys,
-    );
+    matmul(simd, xs, mu, ku, ws, nu, ys);
     let mut shape = dims;
     *shape.last_mut()? = n;
     let out = out.view(shape.as_slice());
@@ -89,6 +80,29 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
         Some(b) => out + b,
         None => out,
     })
+}
+
+/// `y (m, n) = x (m, k) w^T` with `w` (n, k) a weight of the decode scope, all row-major: read
+/// from its packed copy where the kernel uses one ([`packed_weights`]).
+pub(super) fn matmul(
+    simd: Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let packed = packed_weights(simd, w, n, k);
+    product(
+        simd,
+        x,
+        m,
+        k,
+        (w, packed.as_deref().map(Vec::as_slice)),
+        n,
+        y,
+    );
 }
 
 /// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major; `packed`, when given, holds the
@@ -116,10 +130,14 @@ fn product(
             if rows < LANES {
                 panel.fill([0.0; LANES]);
             }
-            for i in 0..rows {
-                let xi = &x[(r0 + i) * k..(r0 + i + 1) * k];
-                for (p, &v) in panel.iter_mut().zip(xi) {
-                    p[i] = v;
+            // Transposed in blocks of LANES columns, so the panel rows being written stay in L1.
+            for k0 in (0..k).step_by(LANES) {
+                let k1 = (k0 + LANES).min(k);
+                for i in 0..rows {
+                    let xi = &x[(r0 + i) * k + k0..(r0 + i) * k + k1];
+                    for (p, &v) in panel[k0..k1].iter_mut().zip(xi) {
+                        p[i] = v;
+                    }
                 }
             }
             let panel = &panel[..];

@@ -20,7 +20,9 @@
 //!
 //! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
 //! single calls ([`elementwise`]), and the weights are read from a copy packed for streaming,
-//! made on first use in the scope and dropped with it ([`gemm`]).
+//! made on first use in the scope and dropped with it ([`gemm`]). A Llama-family layer runs as
+//! one call built from these pieces ([`layer`]), LoRA included, so a step makes no libtorch
+//! calls inside its layers; GPT-2 layers use the pieces op by op.
 
 // unsafe is confined to this module: SIMD intrinsics, and reading or writing the f32 buffers of
 // tensors checked to be f32, on the CPU, with the strides used.
@@ -30,6 +32,7 @@ pub(crate) mod attention;
 mod crew;
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
+pub(crate) mod layer;
 
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
