@@ -1,8 +1,8 @@
 """Reference for the rlhf-bench case sampling: transformers' generate with sampling on the
 same saved model, batch, prompt length, new tokens and threads.
 
-Usage: python scripts/bench/sampling.py --model DIR --batch 16 --prompt-len 64 --new 128 --threads 2
-Prints {"tokens_per_s": ..., "transformers_version": ...}.
+Usage: python scripts/bench/sampling.py --model DIR --batch 16 --prompt-len 64 --new 128 --threads 2 [--repeats 3]
+Prints {"tokens_per_s": best of the timed runs, "runs": [tokens/s of each], "transformers_version": ...}.
 """
 
 import argparse
@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, required=True)
     ap.add_argument("--new", type=int, required=True)
     ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs; the best is reported")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -35,11 +36,13 @@ def main():
     with torch.no_grad():
         # Warm-up: the whole batch, a few tokens (as the Rust side does).
         model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, **kw)
-        t = time.perf_counter()
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
-        secs = time.perf_counter() - t
-    tokens = (out.shape[1] - args.prompt_len) * args.batch
-    emit({"tokens_per_s": tokens / secs, "transformers_version": transformers.__version__})
+        runs = []
+        for _ in range(max(1, args.repeats)):
+            t = time.perf_counter()
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
+            secs = time.perf_counter() - t
+            runs.append((out.shape[1] - args.prompt_len) * args.batch / secs)
+    emit({"tokens_per_s": max(runs), "runs": runs, "transformers_version": transformers.__version__})
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@
 //! for a profile, under `perf record -g`.
 //!
 //! `scripts/cargo.sh run --release -p rlhf-nn --example profile_decode -- [THREADS] [BATCH] [gen]`
-//! (`gen`: only the whole generate, twice).
+//! (`gen`: only the whole generate, twice; `gen-lora`: the same through a LoRA adapter on
+//! q_proj and v_proj, as the policy samples in PPO).
 
 use std::time::Instant;
 
 use rlhf_nn::generate::{generate, SamplingParams};
 use rlhf_nn::kv_cache::KvCache;
-use rlhf_nn::{Model, ModelConfig};
+use rlhf_nn::{LoraConfig, Model, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
 /// Mean milliseconds of `reps` calls of `f`, after one warm-up call.
@@ -29,10 +30,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let threads: i32 = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let batch: i64 = args.get(2).map_or(Ok(16), |s| s.parse())?;
-    let only_generate = args.get(3).is_some_and(|a| a == "gen");
+    let only_generate = args.get(3).is_some_and(|a| a.starts_with("gen"));
+    let with_lora = args.get(3).is_some_and(|a| a == "gen-lora");
     tch::set_num_threads(threads);
     let cfg = ModelConfig::preset("llama-30m")?;
-    let model = Model::random(&cfg, Device::Cpu, Kind::Float, 0)?;
+    let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 0)?;
+    let adapter = with_lora.then_some("policy");
+    if let Some(name) = adapter {
+        model.add_adapter(name, &LoraConfig::default_for(cfg.arch), None, 1)?;
+        // A trained adapter: B non-zero.
+        let _guard = tch::no_grad_guard();
+        for mut t in model.adapter_parameters(name)? {
+            let noise = t.randn_like() * 0.02;
+            t.copy_(&noise);
+        }
+    }
     let (plen, new) = (64usize, 128usize);
     let vocab = cfg.vocab_size as usize;
     let prompts: Vec<Vec<i32>> = (0..batch as usize)
@@ -48,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let total = time("generate (prefill + 128 decode steps)", 2, || {
-        generate(&model, None, &prompts, &seeds, &params, 0, None).expect("generate");
+        generate(&model, adapter, &prompts, &seeds, &params, 0, None).expect("generate");
     });
     println!(
         "  -> {:.0} new tokens/s",

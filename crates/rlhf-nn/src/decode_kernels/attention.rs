@@ -156,13 +156,16 @@ pub(super) fn attend_cached(
     let group = rep * d;
     split(ys, group, |first, part| {
         let mut scores = vec![0f32; rep * len];
+        let tasks = part.len() / group;
         for (i, y) in part.chunks_mut(group).enumerate() {
             let task = first / group + i;
             let (bi, g) = (task / kvh, task % kvh);
+            let next = task + 1;
             let heads = Heads {
                 q: &q[task * group..(task + 1) * group],
-                keys: |j| keys.row(bi, g, j, d),
-                values: |j| values.row(bi, g, j, d),
+                keys: rows(keys, bi, g, d),
+                values: rows(values, bi, g, d),
+                next_keys: (i + 1 < tasks).then(|| rows(keys, next / kvh, next % kvh, d)),
                 mask: mask.row(if shared_mask { 0 } else { bi }, 0, 0, len),
                 scale,
                 d,
@@ -170,6 +173,26 @@ pub(super) fn attend_cached(
             attend(simd, &heads, &mut scores, y);
         }
     });
+}
+
+/// Row j (d floats) of (sequence `bi`, kv head `g`) in a cache view.
+fn rows<'a>(view: &'a View<'a>, bi: usize, g: usize, d: usize) -> impl Fn(usize) -> &'a [f32] {
+    move |j| view.row(bi, g, j, d)
+}
+
+/// Asks for `row` to be brought into L2 ahead of its use (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch only hints the cache; the address is inside `row`.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 /// The query heads of one (sequence, kv head) and what they attend over.
@@ -180,6 +203,10 @@ struct Heads<'a, K, V> {
     keys: K,
     /// Cached value j (d floats).
     values: V,
+    /// Cached key j of the group this thread attends next, if any: its keys are prefetched
+    /// while this group's values are read (and this group's values while its keys are), so the
+    /// thread reads one continuous stream instead of restarting at every block.
+    next_keys: Option<K>,
     /// Additive mask over the cached positions (0, or the most negative float for pads).
     mask: &'a [f32],
     scale: f32,
@@ -243,6 +270,7 @@ fn attend_body<'a, K, V>(
     // scores[r * len + j]
     for j in 0..len {
         let k = (heads.keys)(j);
+        prefetch((heads.values)(j));
         for r in 0..rep {
             scores[r * len + j] =
                 dot(&heads.q[r * d..(r + 1) * d], k) * heads.scale + heads.mask[j];
@@ -260,6 +288,9 @@ fn attend_body<'a, K, V>(
     y.fill(0.0);
     for j in 0..len {
         let v = (heads.values)(j);
+        if let Some(next) = &heads.next_keys {
+            prefetch(next(j));
+        }
         for r in 0..rep {
             let p = scores[r * len + j];
             if p == 0.0 {

@@ -123,8 +123,12 @@ fn product(
         static PANEL: std::cell::RefCell<Vec<[f32; LANES]>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let out = Out(y.as_mut_ptr());
-    PANEL.with_borrow_mut(|panel| {
-        panel.resize(k, [0.0; LANES]);
+    PANEL.with_borrow_mut(|buf| {
+        // Grown only: products of different k alternate within a step.
+        if buf.len() < k {
+            buf.resize(k, [0.0; LANES]);
+        }
+        let panel = &mut buf[..k];
         for r0 in (0..m).step_by(LANES) {
             let rows = LANES.min(m - r0);
             if rows < LANES {
@@ -140,9 +144,12 @@ fn product(
                     }
                 }
             }
-            let panel = &panel[..];
+            let panel = &*panel;
             // Each thread computes whole tiles of output columns and writes them into `y`.
             ranges(n, TILE, |cols| {
+                // Copied in: read through the closure's borrows, they were reloaded after every
+                // store to `y` (which might alias them, as far as the compiler knows).
+                let (out, n, r0, rows) = (out, n, r0, rows);
                 let mut tile = [[0f32; LANES]; TILE];
                 for j in cols.clone().step_by(TILE) {
                     let t = TILE.min(cols.end - j);
@@ -153,10 +160,11 @@ fn product(
                         _ => block(simd, panel, &w[j * k..(j + t) * k], k, &mut tile[..t]),
                     }
                     for i in 0..rows {
+                        let at = (r0 + i) * n + j;
                         for (c, lanes) in tile[..t].iter().enumerate() {
                             // SAFETY: (r0 + i, j + c) is inside y (m, n), asserted above; this
                             // thread alone writes columns `cols`, and `y` outlives `ranges`.
-                            unsafe { out.write((r0 + i) * n + j + c, lanes[i]) };
+                            unsafe { out.write(at + c, lanes[i]) };
                         }
                     }
                 }
