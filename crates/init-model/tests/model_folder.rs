@@ -1,7 +1,7 @@
 //! init-model end to end: the folder it writes loads in transformers (model and tokenizer
 //! agree with ours), loads in our own loader, and is byte-identical on a rerun.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rlhf_core::lineage::Lineage;
@@ -9,23 +9,7 @@ use rlhf_core::parquet_io::write_records;
 use rlhf_core::records::SftRow;
 use rlhf_core::schema::Artifact;
 use rlhf_core::tokenizer::Tokenizer;
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RLHF_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-python.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("running setup-python.sh");
-    assert!(
-        out.status.success(),
-        "setup-python.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python")
-}
+use rlhf_testkit::python;
 
 fn write_corpus(path: &Path) {
     let rows: Vec<SftRow> = (0..400)

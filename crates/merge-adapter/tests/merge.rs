@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use merge_adapter::output::OutputKind;
 use merge_adapter::verify;
 use rlhf_nn::{HeadKind, LoraConfig, Model, ModelConfig};
+use rlhf_testkit::{python, randomize_adapter, Redraw};
 use tch::{Device, Kind, Tensor};
 
 /// A random base folder (pad id 0, so token ids >= 1 never count as padding).
@@ -29,17 +30,7 @@ fn adapter(base: &Path, name: &str, head: Option<HeadKind>, base_id: Option<&str
     let mut cfg = LoraConfig::default_for(m.config().arch);
     cfg.alpha = 2.0 * cfg.r as f64;
     m.add_adapter(name, &cfg, head, 5).unwrap();
-    tch::manual_seed(3);
-    {
-        let _g = tch::no_grad_guard();
-        for (n, t) in m.adapter_named_parameters(name).unwrap() {
-            if n.contains("lora_B") {
-                t.shallow_clone()
-                    .f_copy_(&(Tensor::randn_like(&t) * 0.2))
-                    .unwrap();
-            }
-        }
-    }
+    randomize_adapter(&m, name, Redraw::LoraB, 0.2, 3);
     let dir = base.parent().unwrap().join(name);
     m.save_adapter(name, &dir).unwrap();
     let state = if head.is_some() {
@@ -246,19 +237,6 @@ fn missing_adapter_folder_is_bad_input() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("adapter_config.json is missing"));
 }
 
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RLHF_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/setup-python.sh"))
-        .output()
-        .ok()?;
-    let env = String::from_utf8(out.stdout).ok()?;
-    let p = PathBuf::from(env.trim()).join("bin/python");
-    p.is_file().then_some(p)
-}
-
 fn reference(py: &Path, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
     let o = Command::new(py).arg(script).args(args).output().unwrap();
@@ -278,9 +256,7 @@ fn read_dir_tensors(dir: &Path) -> BTreeMap<String, Tensor> {
 
 #[test]
 fn transformers_loads_the_merged_folder_and_peft_merges_the_same_weights() {
-    let Some(py) = python() else {
-        panic!("no Python environment: set RLHF_PYTHON or run make setup");
-    };
+    let py = python();
     let tmp = tempfile::tempdir().unwrap();
     for (preset, head, kind, tag) in [
         ("llama-tiny", None, OutputKind::CausalLm, "causal"),

@@ -17,6 +17,7 @@ use ppo_update::state::{
 };
 use rlhf_core::records::MetricRow;
 use rlhf_nn::Model;
+use rlhf_testkit::python;
 use tch::{Device, Kind, Tensor};
 
 fn metrics(dir: &Path) -> Vec<MetricRow> {
@@ -322,26 +323,11 @@ fn full_resume_after_a_kill_equals_an_uninterrupted_run() {
     }
 }
 
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RLHF_PYTHON").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/setup-python.sh"))
-        .output()
-        .ok()?;
-    let env = String::from_utf8(out.stdout).ok()?;
-    let p = PathBuf::from(env.trim()).join("bin/python");
-    p.is_file().then_some(p)
-}
-
 /// transformers' AutoModelForCausalLM loads the --full output as it is, with the logits
 /// our loader computes from it.
 #[test]
 fn transformers_loads_the_full_output() {
-    let Some(py) = python() else {
-        panic!("no Python environment: set RLHF_PYTHON or run make setup");
-    };
+    let py = python();
     let w = world();
     let (r, sc) = rollouts(&w, "it1", &w.model);
     let out = w.path("full-1");

@@ -10,6 +10,7 @@ use common::*;
 use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::scoring::last_token_scores;
 use rlhf_nn::Model;
+use rlhf_testkit::python;
 use tch::{Device, Kind};
 
 const SCRIPT: &str = r#"

@@ -5,7 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{ok, python, Fixture};
+use common::{ok, Fixture};
+use rlhf_testkit::python;
 use tch::{Device, Kind, Tensor};
 
 fn logits(model: &rlhf_nn::Model, adapter: Option<&str>, ids: &[i32]) -> Vec<f32> {

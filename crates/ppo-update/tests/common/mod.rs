@@ -50,14 +50,7 @@ impl World {
         cfg.target_modules = vec!["all-linear".into()];
         cfg.dropout = 0.0;
         m.add_adapter("p", &cfg, None, 5).unwrap();
-        let _g = tch::no_grad_guard();
-        tch::manual_seed(3);
-        for (n, t) in m.adapter_named_parameters("p").unwrap() {
-            if n.contains("lora_B") {
-                let mut t = t;
-                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * scale));
-            }
-        }
+        rlhf_testkit::randomize_adapter(&m, "p", rlhf_testkit::Redraw::LoraB, scale, 3);
         let out = self.path(name);
         m.save_adapter("p", &out).unwrap();
         out

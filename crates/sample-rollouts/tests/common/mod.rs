@@ -11,30 +11,8 @@ use rlhf_core::parquet_io::write_records;
 use rlhf_core::records::PromptRow;
 use rlhf_core::schema::Artifact;
 use rlhf_nn::{LoraConfig, Model, ModelConfig};
-use tch::{Device, Kind, Tensor};
-
-/// Id of the EOS token `</s>`.
-pub const EOS: i32 = 1;
-
-/// Writes tokenizer.json (WordLevel: `<unk>`, `</s>`, then `w2` .. `w{vocab-1}`) and
-/// tokenizer_config.json into `dir`.
-pub fn write_tokenizer(dir: &Path, vocab: usize) {
-    let mut entries = vec!["\"<unk>\": 0".to_string(), "\"</s>\": 1".to_string()];
-    entries.extend((2..vocab).map(|i| format!("\"w{i}\": {i}")));
-    let json = format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,
-"added_tokens":[{{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}],
-"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
-"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        entries.join(",")
-    );
-    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "</s>", "pad_token": "</s>"}"#,
-    )
-    .unwrap();
-}
+use rlhf_testkit::{randomize_adapter, write_word_tokenizer, Redraw};
+use tch::{Device, Kind};
 
 /// A tiny random Llama (llama-tiny preset) saved with its tokenizer in `dir`; returns the
 /// in-memory model too.
@@ -45,7 +23,7 @@ pub fn tiny_model(dir: &Path, seed: u64) -> Model {
     cfg.initializer_range = 0.2;
     let model = Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap();
     model.save_pretrained(dir).unwrap();
-    write_tokenizer(dir, cfg.vocab_size as usize);
+    write_word_tokenizer(dir, cfg.vocab_size as usize);
     model
 }
 
@@ -60,12 +38,7 @@ pub fn random_adapter(
 ) {
     let cfg = LoraConfig::default_for(model.config().arch);
     model.add_adapter(name, &cfg, head, seed as u64).unwrap();
-    tch::manual_seed(seed);
-    let _guard = tch::no_grad_guard();
-    for (_, mut t) in model.adapter_named_parameters(name).unwrap() {
-        let r = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.3;
-        t.copy_(&r.to_device(t.device()));
-    }
+    randomize_adapter(model, name, Redraw::All, 0.3, seed);
     model.save_adapter(name, dir).unwrap();
 }
 
@@ -97,16 +70,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sample-rollouts"))
 }
 
-/// Runs the binary; returns (exit code, stdout, stderr).
+/// Runs the binary on the CPU, one thread, no progress bar; returns (exit code, stdout,
+/// stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin())
-        .args(args)
-        .args(["--device", "cpu", "--no-progress", "--threads", "1"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let fixed = ["--device", "cpu", "--no-progress", "--threads", "1"];
+    rlhf_testkit::run(&bin(), &[args, &fixed].concat())
 }

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rlhf_core::lineage::Lineage;
 use rlhf_core::parquet_io::write_records;
@@ -12,30 +12,9 @@ use rlhf_core::records::RolloutRow;
 use rlhf_core::schema::Artifact;
 use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::{HeadKind, LoraConfig, Model, ModelConfig};
-use tch::{Device, Kind, Tensor};
-
-/// Id of the EOS token `</s>`.
-pub const EOS: i32 = 1;
-
-/// Writes tokenizer.json (WordLevel: `<unk>`, `</s>`, then `w2` .. `w{vocab-1}`) and
-/// tokenizer_config.json into `dir`.
-pub fn write_tokenizer(dir: &Path, vocab: usize) {
-    let mut entries = vec!["\"<unk>\": 0".to_string(), "\"</s>\": 1".to_string()];
-    entries.extend((2..vocab).map(|i| format!("\"w{i}\": {i}")));
-    let json = format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,
-"added_tokens":[{{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}],
-"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
-"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        entries.join(",")
-    );
-    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "</s>", "pad_token": "</s>"}"#,
-    )
-    .unwrap();
-}
+pub use rlhf_testkit::{python, EOS};
+use rlhf_testkit::{randomize_adapter, write_word_tokenizer, Redraw};
+use tch::{Device, Kind};
 
 /// A tiny random Llama saved with its tokenizer in `dir`.
 pub fn tiny_model(dir: &Path, seed: u64) -> Model {
@@ -43,7 +22,7 @@ pub fn tiny_model(dir: &Path, seed: u64) -> Model {
     cfg.initializer_range = 0.2;
     let model = Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap();
     model.save_pretrained(dir).unwrap();
-    write_tokenizer(dir, cfg.vocab_size as usize);
+    write_word_tokenizer(dir, cfg.vocab_size as usize);
     model
 }
 
@@ -62,14 +41,7 @@ pub fn reward_adapter(
     model
         .add_adapter(name, &cfg, Some(HeadKind::Score), seed as u64)
         .unwrap();
-    tch::manual_seed(seed);
-    {
-        let _guard = tch::no_grad_guard();
-        for (_, mut t) in model.adapter_named_parameters(name).unwrap() {
-            let r = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.3;
-            t.copy_(&r);
-        }
-    }
+    randomize_adapter(model, name, Redraw::All, 0.3, seed);
     model.save_adapter(name, dir).unwrap();
     let tok = Tokenizer::from_dir(model_dir).unwrap();
     let state = serde_json::json!({
@@ -142,33 +114,9 @@ pub fn write_rollouts(path: &Path, rows: &[RolloutRow], tokenizer: Option<&str>)
     write_records(path, rows, &lineage).unwrap();
 }
 
-/// Runs the binary; returns (exit code, stdout, stderr).
+/// Runs the binary, one thread, no progress bar; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_score-rewards"))
-        .args(args)
-        .args(["--no-progress", "--threads", "1"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The project's Python (RLHF_PYTHON, else scripts/setup-python.sh's environment).
-pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RLHF_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::process::Command::new(root.join("scripts/setup-python.sh"))
-        .output()
-        .expect("scripts/setup-python.sh runs");
-    assert!(
-        out.status.success(),
-        "setup-python.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python")
+    let fixed = ["--no-progress", "--threads", "1"];
+    let bin = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
+    rlhf_testkit::run(bin, &[args, &fixed].concat())
 }

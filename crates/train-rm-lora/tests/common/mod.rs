@@ -166,15 +166,3 @@ pub fn last_metric(path: &Path, metric: &str) -> Option<f64> {
         .unwrap()
         .last(metric)
 }
-
-/// The Python interpreter of the reference environment.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("RLHF_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/setup-python.sh"))
-        .output()
-        .expect("cannot run scripts/setup-python.sh (set RLHF_PYTHON)");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python")
-}

@@ -144,14 +144,3 @@ pub fn metric(dir: &Path, name: &str) -> Vec<(i64, f64)> {
         .map(|r| (r.step, r.value))
         .collect()
 }
-
-/// The Python of the reference environment.
-pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RLHF_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-python.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(out.status.success(), "setup-python.sh failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python")
-}

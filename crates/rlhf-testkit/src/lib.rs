@@ -1,0 +1,93 @@
+//! Fixtures shared by the workspace's integration tests (a dev-dependency only): the
+//! project's Python environment (the reference for golden tests), a word-level tokenizer whose
+//! every id decodes to one word, LoRA adapters with random weights, and running a stage binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rlhf_nn::Model;
+use tch::Tensor;
+
+/// Id of `</s>` (EOS and pad) in [`write_word_tokenizer`]'s vocabulary.
+pub const EOS: i32 = 1;
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The project's Python: `RLHF_PYTHON` when set (and not empty), else the environment
+/// `scripts/setup-python.sh` makes or finds (it prints its folder). Panics, with the reason,
+/// when neither gives one: golden tests need it, and `make test` sets it up.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("RLHF_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let script = repo_root().join("scripts/setup-python.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (or set RLHF_PYTHON)", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python")
+}
+
+/// Writes tokenizer.json (WordLevel over whitespace: `<unk>`, `</s>`, then `w2` ..
+/// `w{vocab-1}`) and tokenizer_config.json (`</s>` as EOS and pad) into `dir`.
+pub fn write_word_tokenizer(dir: &Path, vocab: usize) {
+    let mut entries = vec!["\"<unk>\": 0".to_string(), "\"</s>\": 1".to_string()];
+    entries.extend((2..vocab).map(|i| format!("\"w{i}\": {i}")));
+    let json = format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,
+"added_tokens":[{{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}],
+"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
+"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
+        entries.join(",")
+    );
+    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "</s>", "pad_token": "</s>"}"#,
+    )
+    .unwrap();
+}
+
+/// Which of an adapter's tensors [`randomize_adapter`] redraws.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Redraw {
+    /// Every LoRA factor and the head.
+    All,
+    /// The B factors only (A keeps its init; the adapter then differs from the base).
+    LoraB,
+}
+
+/// Redraws adapter `name`'s tensors as `std * N(0, 1)` from libtorch's generator seeded with
+/// `seed`, in the adapter's parameter order, so the adapted model differs from the base.
+pub fn randomize_adapter(model: &Model, name: &str, which: Redraw, std: f64, seed: i64) {
+    tch::manual_seed(seed);
+    let _guard = tch::no_grad_guard();
+    for (n, mut t) in model.adapter_named_parameters(name).unwrap() {
+        if which == Redraw::All || n.contains("lora_B") {
+            let r = Tensor::randn(t.size(), (t.kind(), tch::Device::Cpu)) * std;
+            t.copy_(&r.to_device(t.device()));
+        }
+    }
+}
+
+/// Runs `bin` with `args`; returns (exit code, stdout, stderr).
+pub fn run(bin: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
