@@ -61,6 +61,25 @@ impl Shard {
         i % self.count == self.index
     }
 
+    /// Checks `--out` suits this shard (a file when unsharded, a folder for part files
+    /// otherwise) and returns this shard's output file ([`Shard::output_path`]).
+    pub fn output_for(&self, out: &std::path::Path) -> Result<std::path::PathBuf> {
+        if self.count > 1 && out.is_file() {
+            return Err(CoreError::Usage(format!(
+                "--out {} is a file, but with --num-shards {} it must be a folder for part files",
+                out.display(),
+                self.count
+            )));
+        }
+        if self.count == 1 && out.is_dir() {
+            return Err(CoreError::Usage(format!(
+                "--out {} is a folder; an unsharded run writes one file (give a file name)",
+                out.display()
+            )));
+        }
+        Ok(self.output_path(out))
+    }
+
     /// The output file for this shard: `path` itself when unsharded, otherwise a part file
     /// `part-00001-of-00004.parquet` inside the folder `path` (readers take the folder).
     pub fn output_path(&self, path: &std::path::Path) -> std::path::PathBuf {
@@ -90,5 +109,24 @@ mod tests {
             num_shards: 3,
         };
         assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn output_must_be_a_folder_when_sharded_and_a_file_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.parquet");
+        std::fs::write(&file, b"").unwrap();
+        let two = Shard { index: 1, count: 2 };
+        assert!(
+            matches!(two.output_for(&file), Err(CoreError::Usage(m)) if m.contains("must be a folder"))
+        );
+        assert_eq!(
+            two.output_for(dir.path()).unwrap(),
+            dir.path().join("part-00001-of-00002.parquet")
+        );
+        assert!(
+            matches!(Shard::ALL.output_for(dir.path()), Err(CoreError::Usage(m)) if m.contains("is a folder"))
+        );
+        assert_eq!(Shard::ALL.output_for(&file).unwrap(), file);
     }
 }

@@ -209,20 +209,7 @@ impl Settings {
         }
         rlhf_core::parquet_io::resolve_inputs(&cli.prompts)
             .with_context(|| format!("--prompts {}", cli.prompts.display()))?;
-        if shard.count > 1 && cli.out.is_file() {
-            bail!(usage(format!(
-                "--out {} is a file, but with --num-shards {} it must be a folder for part files",
-                cli.out.display(),
-                shard.count
-            )));
-        }
-        if shard.count == 1 && cli.out.is_dir() {
-            bail!(usage(format!(
-                "--out {} is a folder; an unsharded run writes one file (give a file name)",
-                cli.out.display()
-            )));
-        }
-        let out_file = shard.output_path(&cli.out);
+        let out_file = shard.output_for(&cli.out)?;
         check_writable(&out_file)?;
         Ok(Settings {
             model_dir: cli.model.model.clone(),

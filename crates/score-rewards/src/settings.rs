@@ -281,20 +281,7 @@ impl Settings {
         }
         rlhf_core::parquet_io::resolve_inputs(&cli.rollouts)
             .with_context(|| format!("--rollouts {}", cli.rollouts.display()))?;
-        if shard.count > 1 && cli.out.is_file() {
-            bail!(usage(format!(
-                "--out {} is a file, but with --num-shards {} it must be a folder for part files",
-                cli.out.display(),
-                shard.count
-            )));
-        }
-        if shard.count == 1 && cli.out.is_dir() {
-            bail!(usage(format!(
-                "--out {} is a folder; an unsharded run writes one file (give a file name)",
-                cli.out.display()
-            )));
-        }
-        let out_file = shard.output_path(&cli.out);
+        let out_file = shard.output_for(&cli.out)?;
         rlhf_core::atomic::ensure_parent(&out_file)?;
         let device = rlhf_nn::args::parse_device(&cli.device)?;
         Ok(Settings {
