@@ -134,16 +134,7 @@ fn product(
             if rows < LANES {
                 panel.fill([0.0; LANES]);
             }
-            // Transposed in blocks of LANES columns, so the panel rows being written stay in L1.
-            for k0 in (0..k).step_by(LANES) {
-                let k1 = (k0 + LANES).min(k);
-                for i in 0..rows {
-                    let xi = &x[(r0 + i) * k + k0..(r0 + i) * k + k1];
-                    for (p, &v) in panel[k0..k1].iter_mut().zip(xi) {
-                        p[i] = v;
-                    }
-                }
-            }
+            transpose_rows(simd, &x[r0 * k..(r0 + rows) * k], k, panel);
             let panel = &*panel;
             // Each thread computes whole tiles of output columns and writes them into `y`.
             ranges(n, TILE, |cols| {
@@ -171,6 +162,34 @@ fn product(
             });
         }
     });
+}
+
+/// `panel[kk][i] = x[i * k + kk]` for the rows of `x` (at most LANES of k floats): 16 x 16
+/// blocks transposed in registers with AVX-512 when there are 16 rows, element by element
+/// otherwise (and for the last k % 16 columns).
+fn transpose_rows(simd: Simd, x: &[f32], k: usize, panel: &mut [[f32; LANES]]) {
+    let rows = x.len() / k;
+    assert!(rows <= LANES && panel.len() >= k);
+    let mut k0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx512 && rows == LANES {
+        while k0 + LANES <= k {
+            // SAFETY: AVX-512F detected by `simd()`; rows 0..16 of columns k0..k0+16 are inside
+            // x (16 * k floats), and panel rows k0..k0+16 inside panel.
+            unsafe { x86::transpose16_avx512(x.as_ptr().add(k0), k, panel[k0..].as_mut_ptr()) };
+            k0 += LANES;
+        }
+    }
+    let _ = simd;
+    // The rest in blocks of LANES columns, so the panel rows being written stay in L1.
+    for c0 in (k0..k).step_by(LANES) {
+        let c1 = (c0 + LANES).min(k);
+        for i in 0..rows {
+            for (p, &v) in panel[c0..c1].iter_mut().zip(&x[i * k + c0..i * k + c1]) {
+                p[i] = v;
+            }
+        }
+    }
 }
 
 /// Weight tiles packed for streaming: for each tile of [`TILE`] weight rows, element
@@ -319,6 +338,43 @@ mod x86 {
         }
         for (jj, o) in out.iter_mut().enumerate().skip(j) {
             *o = row(panel, &w[jj * k..(jj + 1) * k]);
+        }
+    }
+
+    /// Writes `out[j][i] = x[i * stride + j]` for i, j < 16: sixteen rows of 16 floats
+    /// transposed in registers (64 shuffles).
+    ///
+    /// # Safety
+    /// AVX-512F; `x` is readable at `i * stride + j` and `out` writable for 16 rows.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16_avx512(x: *const f32, stride: usize, out: *mut [f32; LANES]) {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(x.add(i * stride)));
+        // Pairs of rows interleaved 32 bits at a time, then 64: u[4g + c] holds, per 128-bit
+        // lane l, rows 4g..4g+4 of column 4l + c.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+            let (lo_ab, hi_ab) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            let (lo_cd, hi_cd) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            let pd = |v: __m512| _mm512_castps_pd(v);
+            let ps = |v: __m512d| _mm512_castpd_ps(v);
+            u[4 * g] = ps(_mm512_unpacklo_pd(pd(lo_ab), pd(lo_cd)));
+            u[4 * g + 1] = ps(_mm512_unpackhi_pd(pd(lo_ab), pd(lo_cd)));
+            u[4 * g + 2] = ps(_mm512_unpacklo_pd(pd(hi_ab), pd(hi_cd)));
+            u[4 * g + 3] = ps(_mm512_unpackhi_pd(pd(hi_ab), pd(hi_cd)));
+        }
+        for c in 0..4 {
+            // Lanes regrouped: v0 = rows 0-7 of columns c and c + 8, v1 of c + 4 and c + 12;
+            // w0, w1 the same for rows 8-15.
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w1 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+            let o = |j: usize| out.add(j) as *mut f32;
+            _mm512_storeu_ps(o(c), _mm512_shuffle_f32x4::<0x88>(v0, w0));
+            _mm512_storeu_ps(o(c + 8), _mm512_shuffle_f32x4::<0xdd>(v0, w0));
+            _mm512_storeu_ps(o(c + 4), _mm512_shuffle_f32x4::<0x88>(v1, w1));
+            _mm512_storeu_ps(o(c + 12), _mm512_shuffle_f32x4::<0xdd>(v1, w1));
         }
     }
 
