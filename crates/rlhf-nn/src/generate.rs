@@ -128,7 +128,11 @@ pub fn generate(
     let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
     // Decode steps: few rows per product, run by the CPU decode kernels on every thread.
-    let threads = crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device);
+    let threads = if cfg.arch == crate::config::Arch::Llama {
+        crate::decode_kernels::DecodeThreads::enter_fused(b as i64, model.kind(), device)
+    } else {
+        crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device)
+    };
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
     let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();

@@ -6,7 +6,7 @@
 //! weight on every call (39% of a decode step's time, `perf` on the `sampling` bench), and
 //! SDPA issues one tiny GEMV per head. These kernels stream each weight once with the rows held
 //! in SIMD registers, and attend in one pass. They apply only inside the decode steps of
-//! `generate` (a [`DecodeThreads`] scope, 8 to 32 sequences), where the result needs no
+//! `generate` (a [`DecodeThreads`] scope: up to 32 sequences, at least 8 for GPT-2), where the result needs no
 //! autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
 //! everywhere else (training, scoring, bf16, CUDA, prefill) libtorch computes as before. Results differ
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
@@ -158,9 +158,12 @@ pub(crate) fn enabled() -> Option<Simd> {
     }
 }
 
-/// Fewest sequences for which the kernels pay: below it the 16-lane row panel is mostly padding
-/// and splitting tiny products costs more than it saves (measured: the demo's 4-sample batches
-/// sampled in 58-60 s with the kernels vs 42-50 s without).
+/// Fewest sequences for which the op-by-op kernels pay (GPT-2): below it the 16-lane row panel
+/// is mostly padding and libtorch's per-op costs stay (measured on a Llama before its layers
+/// were fused: the demo's 4-sample batches sampled in 58-60 s with the kernels vs 42-50 s
+/// without). Fused Llama layers pay from one sequence: the demo's sampling step (4 per batch)
+/// took 7.1-7.9 s with them vs 11.5-11.7 s on libtorch's path, and llama-30m sampled 144-165
+/// vs 79-80 tokens/s at batch 1, 265-271 vs 87-92 at batch 2 (`profile_decode`).
 const MIN_ROWS: usize = 8;
 
 /// The decode steps of `generate`: turns the kernels on for this thread while it lives, when
@@ -177,9 +180,19 @@ pub(crate) struct DecodeThreads {
 }
 
 impl DecodeThreads {
+    /// The scope for `rows` sequences of a model run op by op (at least [`MIN_ROWS`]).
     pub fn enter(rows: i64, kind: Kind, device: Device) -> Self {
+        Self::enter_from(MIN_ROWS, rows, kind, device)
+    }
+
+    /// The scope for a model whose decode layers run fused ([`layer`]): from one sequence.
+    pub fn enter_fused(rows: i64, kind: Kind, device: Device) -> Self {
+        Self::enter_from(1, rows, kind, device)
+    }
+
+    fn enter_from(min_rows: usize, rows: i64, kind: Kind, device: Device) -> Self {
         let applies = simd().is_some()
-            && (MIN_ROWS..=gemm::MAX_ROWS as usize).contains(&(rows.max(0) as usize))
+            && (min_rows..=gemm::MAX_ROWS as usize).contains(&(rows.max(0) as usize))
             && kind == Kind::Float
             && device == Device::Cpu;
         if !applies {
