@@ -6,7 +6,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{enabled, grad_enabled, split, Simd};
+use super::{enabled, floats, floats_mut, grad_enabled, split, Simd};
 use crate::error::Result;
 use crate::exp::exp_f32;
 
@@ -97,7 +97,7 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
         return None;
     }
     let q = q.contiguous();
-    let (qv, kv, vv, mv) = (View::of(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
+    let (qs, kv, vv, mv) = (floats(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
     let (b, h, d, kvh, len) = (
         b as usize,
         h as usize,
@@ -110,14 +110,14 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
         (Kind::Float, Device::Cpu),
     );
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*d elements, owned here.
-    let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * d) };
+    let ys = unsafe { floats_mut(&out) };
     let shape = Shape {
         heads: h,
         kv_heads: kvh,
         head_dim: d,
         len,
     };
-    attend_cached(simd, qv.row(0, 0, 0, b * h * d), (&kv, &vv), &mv, shape, ys);
+    attend_cached(simd, qs, (&kv, &vv), &mv, shape, ys);
     Some(out)
 }
 

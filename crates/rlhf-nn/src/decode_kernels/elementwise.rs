@@ -12,7 +12,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::attention::View;
-use super::{enabled, gemm::MAX_ROWS, grad_enabled};
+use super::{enabled, floats, floats_mut, gemm::MAX_ROWS, grad_enabled};
 
 /// `weight * (x * rsqrt(mean(x^2, -1) + eps))`, as `layers::RmsNorm` computes it, for x (..., n).
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> {
@@ -34,14 +34,10 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> 
         return None;
     }
     let x = x.contiguous();
-    let (rows, n) = (rows as usize, n as usize);
-    // SAFETY: `x` and `weight` are contiguous f32 CPU tensors of rows*n and n elements, alive
-    // and unmodified for the borrow (grad off, nothing else runs on this thread).
-    let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * n) };
-    let ws = unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const f32, n) };
+    let (xs, ws) = (floats(&x)?, floats(weight)?);
     let out = Tensor::empty(dims.as_slice(), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of rows*n elements, owned here.
-    let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * n) };
+    let ys = unsafe { floats_mut(&out) };
     rms_norm_rows(xs, ws, eps, ys);
     Some(out)
 }
@@ -84,9 +80,9 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tensor> {
     }
     let (xv, cv, sv) = (View::of(x)?, View::of(cos)?, View::of(sin)?);
     let out = Tensor::empty([b, h, t, d], (Kind::Float, Device::Cpu));
-    let (b, h, t, d) = (b as usize, h as usize, t as usize, d as usize);
+    let (h, t, d) = (h as usize, t as usize, d as usize);
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*t*d elements, owned here.
-    let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, b * h * t * d) };
+    let ys = unsafe { floats_mut(&out) };
     for (row, y) in ys.chunks_exact_mut(d).enumerate() {
         let (bi, hi, ti) = (row / (h * t), row / t % h, row % t);
         let (xr, c, s) = (

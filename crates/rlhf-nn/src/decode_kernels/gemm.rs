@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{enabled, grad_enabled, ranges, split, Simd};
+use super::{enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
 
 /// Rows of `x` (the product of its leading dimensions) up to which the kernel is used; above
 /// it the weight would be streamed once per 16 rows and BLAS is as fast.
@@ -64,14 +64,10 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     let n = wdims[0];
     let x = x.contiguous();
     let (mu, ku, nu) = (m as usize, k as usize, n as usize);
-    // SAFETY: `x` and `weight` are contiguous f32 CPU tensors of m*k and n*k elements, kept
-    // alive (and unmodified: grad mode is off and nothing else runs on this thread) for the
-    // borrow.
-    let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, mu * ku) };
-    let ws = unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const f32, nu * ku) };
+    let (xs, ws) = (floats(&x)?, floats(weight)?);
     let out = Tensor::empty([m, n], (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of m*n elements, owned here.
-    let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, mu * nu) };
+    let ys = unsafe { floats_mut(&out) };
     matmul(simd, xs, mu, ku, ws, nu, ys);
     let mut shape = dims;
     *shape.last_mut()? = n;

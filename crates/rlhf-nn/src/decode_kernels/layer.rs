@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 use super::attention::{attend_cached, Shape, View};
 use super::elementwise::{rms_norm_rows, rope_row};
 use super::gemm::{matmul, MAX_ROWS};
-use super::{enabled, grad_enabled, Simd};
+use super::{enabled, floats, floats_mut, grad_enabled, Simd};
 use crate::exp::exp_f32;
 
 /// One product of the layer: the base weight (out, in), its bias, and the active adapter's
@@ -86,14 +86,14 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
     }
     let (qn, kvn) = (nh * d, nkv * d);
     let inter = *w.down.weight.size().get(1)? as usize;
-    let in_norm = floats(w.input_norm.0, &[hidden])?;
-    let post_norm = floats(w.post_norm.0, &[hidden])?;
+    let in_norm = shaped(w.input_norm.0, &[hidden])?;
+    let post_norm = shaped(w.post_norm.0, &[hidden])?;
     let qkv = Ready::of(&w.qkv, qn + 2 * kvn, hidden)?;
     let o = Ready::of(&w.o, hidden, qn)?;
     let gate_up = Ready::of(&w.gate_up, 2 * inter, hidden)?;
     let down = Ready::of(&w.down, hidden, inter)?;
     let x = io.x.contiguous();
-    let xs = floats(&x, &[b, 1, hidden])?;
+    let xs = shaped(&x, &[b, 1, hidden])?;
     let rows = [b as i64, 1, 1, d as i64];
     if io.cos.size() != rows || io.sin.size() != rows {
         return None;
@@ -112,8 +112,8 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
         return None;
     }
     // Checked here, before anything is written.
-    floats(kc, &cache_shape)?;
-    floats(vc, &cache_shape)?;
+    shaped(kc, &cache_shape)?;
+    shaped(vc, &cache_shape)?;
 
     // Attention block.
     let mut h = vec![0f32; b * hidden];
@@ -124,8 +124,8 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
         // SAFETY: both caches are contiguous f32 CPU tensors of b*nkv*cap*d elements (checked
         // above), owned by the caller's KvCache, which nothing else reads or writes meanwhile
         // (grad off, one thread runs this layer); these borrows end before the views below.
-        let kbuf = unsafe { floats_mut(kc, b * nkv * cap * d) };
-        let vbuf = unsafe { floats_mut(vc, b * nkv * cap * d) };
+        let kbuf = unsafe { floats_mut(kc) };
+        let vbuf = unsafe { floats_mut(vc) };
         let width = qn + 2 * kvn;
         for (bi, row) in qkv_out.chunks_exact(width).enumerate() {
             let (c, s) = (cos.row(bi, 0, 0, d), sin.row(bi, 0, 0, d));
@@ -165,7 +165,7 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
     let mlp = down.run(simd, &act, b);
     let out = Tensor::empty([b as i64, 1, hidden as i64], (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*hidden elements, owned here.
-    let ys = unsafe { floats_mut(&out, b * hidden) };
+    let ys = unsafe { floats_mut(&out) };
     for ((y, &r), &m) in ys.iter_mut().zip(&x1).zip(&mlp) {
         *y = r + m;
     }
@@ -240,18 +240,18 @@ impl<'a> Ready<'a> {
                     first: l.first,
                     cols,
                     r,
-                    a: floats(l.a, &[r, k])?,
-                    b: floats(l.b, &[cols, r])?,
+                    a: shaped(l.a, &[r, k])?,
+                    b: shaped(l.b, &[cols, r])?,
                     scale: l.scale as f32,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Ready {
-            w: floats(p.weight, &[n, k])?,
+            w: shaped(p.weight, &[n, k])?,
             n,
             k,
             bias: match p.bias {
-                Some(t) => Some(floats(t, &[n])?),
+                Some(t) => Some(shaped(t, &[n])?),
                 None => None,
             },
             lora,
@@ -286,29 +286,11 @@ impl<'a> Ready<'a> {
     }
 }
 
-/// The elements of a contiguous f32 CPU tensor of exactly `shape`.
-fn floats<'a>(t: &'a Tensor, shape: &[usize]) -> Option<&'a [f32]> {
+/// The elements of `t` when it is a contiguous f32 CPU tensor of exactly `shape`.
+fn shaped<'a>(t: &'a Tensor, shape: &[usize]) -> Option<&'a [f32]> {
     let size = t.size();
-    if t.kind() != Kind::Float
-        || t.device() != Device::Cpu
-        || !t.is_contiguous()
-        || size.len() != shape.len()
-        || size.iter().zip(shape).any(|(&a, &b)| a != b as i64)
-    {
+    if size.len() != shape.len() || size.iter().zip(shape).any(|(&a, &b)| a != b as i64) {
         return None;
     }
-    let n = shape.iter().product();
-    // SAFETY: a contiguous f32 CPU tensor of n elements (checked above), alive for 'a; nothing
-    // writes to it meanwhile (grad off, inputs of this thread's forward).
-    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
-}
-
-/// The first `n` elements of `t`, mutable.
-///
-/// # Safety
-/// `t` is a contiguous f32 CPU tensor of at least `n` elements, and nothing else accesses its
-/// buffer while the slice lives.
-#[allow(clippy::mut_from_ref)]
-unsafe fn floats_mut(t: &Tensor, n: usize) -> &mut [f32] {
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
+    floats(t)
 }

@@ -37,7 +37,7 @@ pub(crate) mod layer;
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// Which SIMD kernels this CPU runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -65,6 +65,33 @@ pub(crate) fn simd() -> Option<Simd> {
         }
         None
     })
+}
+
+/// All elements of `t` when it is a contiguous f32 CPU tensor, else `None`.
+pub(super) fn floats(t: &Tensor) -> Option<&[f32]> {
+    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
+        return None;
+    }
+    if t.numel() == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: a contiguous f32 CPU tensor of numel elements (checked above), alive for the
+    // borrow. The kernels read with grad off, from tensors of their own thread's forward, which
+    // nothing writes meanwhile.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) })
+}
+
+/// All elements of `t`, to write.
+///
+/// # Safety
+/// `t` is a contiguous f32 CPU tensor (a fresh output, or a buffer this thread owns), and
+/// nothing else reads or writes it while the slice lives.
+#[allow(clippy::mut_from_ref)]
+pub(super) unsafe fn floats_mut(t: &Tensor) -> &mut [f32] {
+    if t.numel() == 0 {
+        return &mut [];
+    }
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
 /// True while libtorch records gradients.
