@@ -3,12 +3,16 @@
 //! A decode step multiplies a handful of rows (one per sequence) by every weight matrix of the
 //! model. BLAS libraries are tuned for large products; with 16 rows libtorch's MKL sgemm reaches
 //! about half of this machine's matmul rate (measured: 0.52 ms for 16 x 512 by 2816 x 512, where
-//! this kernel takes 0.27 ms; `make bench` case `sampling`). The kernel here keeps the rows in
-//! registers: `x` is transposed into (K, 16) panels, so one 16-lane vector holds column k of all
-//! rows, and each weight row streams through once, contributing `W[n, k] * x[:, k]` by a
-//! broadcast and one fused multiply-add. Output columns are split across the calling thread
-//! and the decode crew (see [`super::DecodeThreads`]). With AVX-512 the weights are read from a
-//! copy packed tile by tile ([`pack`]), prefetched into L2 ahead of use.
+//! this kernel takes 0.27 ms; `make bench` case `sampling`). The kernels here stream each
+//! weight once and keep the rows' sums in registers. Output columns are split across the
+//! calling thread and the decode crew (see [`super::DecodeThreads`]).
+//!
+//! With AVX-512 the weights are read from a copy packed 16 output columns to a tile ([`pack`]),
+//! prefetched into L2 ahead of use: one vector holds a tile's 16 weights of input column k,
+//! and each row's `x[i, k]` is broadcast into it, one accumulator per row, so a tile costs as
+//! many multiply-adds per column as there are rows (a batch of 4 does a quarter of the work of
+//! 16). Otherwise (AVX2, and weights of fewer than 16 rows) `x` is transposed into (k, 16)
+//! panels, one vector holding column k of all rows, and each weight value is broadcast.
 //!
 //! Used only where no autograd record is needed and the shapes suit it: grad mode off, f32,
 //! CPU, contiguous weight, at most [`MAX_ROWS`] rows, and a CPU with AVX-512F or AVX2+FMA;
@@ -31,8 +35,11 @@ pub const MAX_ROWS: i64 = 32;
 /// Lanes of a row panel: one AVX-512 vector, or two AVX2 vectors.
 const LANES: usize = 16;
 
-/// Weight rows per output tile.
+/// Weight rows per output tile of the panel kernels.
 const TILE: usize = 8;
+
+/// Output columns per tile of packed weights: one AVX-512 vector.
+const PACKED_COLS: usize = 16;
 
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
@@ -102,7 +109,8 @@ pub(super) fn matmul(
 }
 
 /// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major; `packed`, when given, holds the
-/// same weights' whole tiles in the [`pack`] layout and is read instead of `w` for them.
+/// same weights' whole tiles in the [`pack`] layout and is read instead of `w` for them (with
+/// AVX-512; there is no other packed kernel).
 fn product(
     simd: Simd,
     x: &[f32],
@@ -113,7 +121,91 @@ fn product(
     y: &mut [f32],
 ) {
     assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
-    assert!(packed.is_none_or(|p| p.len() == (n - n % TILE) * k));
+    match packed {
+        Some(p) if simd == Simd::Avx512 => product_packed(x, m, k, (w, p), n, y),
+        _ => product_panel(simd, x, m, k, w, n, y),
+    }
+}
+
+/// [`product`] from packed weights: each thread takes whole tiles of [`PACKED_COLS`] output
+/// columns; a tile's 16 columns fill one vector, and each row of `x` is broadcast a value at a
+/// time, so `x` is read where it lies (no panel) and each accumulator is one output row's
+/// slice, stored straight into `y`. The `n % PACKED_COLS` last columns, which `p` does not hold,
+/// are plain dot products over `w`.
+fn product_packed(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    (w, p): (&[f32], &[f32]),
+    n: usize,
+    y: &mut [f32],
+) {
+    let whole = n - n % PACKED_COLS;
+    assert_eq!(p.len(), whole * k);
+    thread_local! {
+        /// This thread's copy of `x` with padded rows, reused across calls.
+        static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // Rows a whole number of cache lines plus one apart: at the plain stride of k = 512 floats
+    // (2 KB) the 16 rows' current lines all fall in 2 of the L1 cache's 64 sets.
+    let stride = k.next_multiple_of(LANES) + LANES;
+    let out = Out(y.as_mut_ptr());
+    ranges(n, PACKED_COLS, |cols| {
+        let out = out;
+        ROWS.with_borrow_mut(|xs| {
+            if xs.len() < m * stride {
+                xs.resize(m * stride, 0.0);
+            }
+            for (dst, src) in xs.chunks_exact_mut(stride).zip(x.chunks_exact(k).take(m)) {
+                dst[..k].copy_from_slice(src);
+            }
+        });
+        let xs = ROWS.with_borrow(|xs| xs.as_ptr());
+        for j in cols.clone().step_by(PACKED_COLS) {
+            if j < whole {
+                let tile = &p[j * k..(j + PACKED_COLS) * k];
+                for r0 in (0..m).step_by(LANES) {
+                    let rows = LANES.min(m - r0);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: packing is used only when `simd()` detected AVX-512F; rows
+                    // r0..r0+rows of this thread's copy of x (k floats each, `stride` apart,
+                    // untouched until the next product) and the tile (k x 16) are inside their
+                    // buffers; the output rows' columns j..j+16 are inside y (m, n), asserted
+                    // in `product`, and this thread alone writes columns `cols`.
+                    unsafe {
+                        x86::packed_rows(
+                            rows,
+                            xs.add(r0 * stride),
+                            (k, stride),
+                            tile,
+                            out.at(r0 * n + j),
+                            n,
+                        )
+                    };
+                }
+            } else {
+                for jj in j..cols.end {
+                    let wr = &w[jj * k..(jj + 1) * k];
+                    for i in 0..m {
+                        let xr = &x[i * k..(i + 1) * k];
+                        let v = wr
+                            .iter()
+                            .zip(xr)
+                            .fold(0f32, |a, (&wv, &xv)| wv.mul_add(xv, a));
+                        // SAFETY: (i, jj) is inside y (m, n); this thread alone writes `cols`.
+                        unsafe { out.write(i * n + jj, v) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`product`] without packed weights: `x` is transposed into (k, 16) row panels, one vector
+/// holding column k of all rows, and each weight row streams through once, broadcast a value
+/// at a time into [`TILE`] accumulators (AVX2, and AVX-512 for weights of fewer than
+/// [`PACKED_COLS`] rows, such as LoRA's A).
+fn product_panel(simd: Simd, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     thread_local! {
         /// The row panel, reused across calls: a decode step makes dozens of products.
         static PANEL: std::cell::RefCell<Vec<[f32; LANES]>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -140,17 +232,13 @@ fn product(
                 let mut tile = [[0f32; LANES]; TILE];
                 for j in cols.clone().step_by(TILE) {
                     let t = TILE.min(cols.end - j);
-                    match packed {
-                        Some(p) if t == TILE => {
-                            packed_tile(simd, panel, &p[j * k..(j + t) * k], &mut tile)
-                        }
-                        _ => block(simd, panel, &w[j * k..(j + t) * k], k, &mut tile[..t]),
-                    }
+                    block(simd, panel, &w[j * k..(j + t) * k], k, &mut tile[..t]);
                     for i in 0..rows {
                         let at = (r0 + i) * n + j;
                         for (c, lanes) in tile[..t].iter().enumerate() {
-                            // SAFETY: (r0 + i, j + c) is inside y (m, n), asserted above; this
-                            // thread alone writes columns `cols`, and `y` outlives `ranges`.
+                            // SAFETY: (r0 + i, j + c) is inside y (m, n), asserted in
+                            // `product`; this thread alone writes columns `cols`, and `y`
+                            // outlives `ranges`.
                             unsafe { out.write(at + c, lanes[i]) };
                         }
                     }
@@ -188,22 +276,24 @@ fn transpose_rows(simd: Simd, x: &[f32], k: usize, panel: &mut [[f32; LANES]]) {
     }
 }
 
-/// Weight tiles packed for streaming: for each tile of [`TILE`] weight rows, element
-/// `(j0 + r, k)` at `j0 * K + k * TILE + r`, so a tile's k-th column is 8 adjacent floats and a
-/// product reads the whole matrix front to back in one stream (the row-major layout reads 8
-/// rows at once, 8 streams the hardware prefetcher follows less well). Only whole tiles; the
-/// `n % TILE` last rows stay in `w`. Measured on the `sampling` bench shape (interleaved runs of
-/// `examples/profile_decode`): the decode GEMMs took 0.86-0.99 s per `generate` packed against
-/// 1.02-1.06 s row-major, both prefetching into L1; prefetching into L2 then took them to
-/// 0.63-0.65 s (0.74-0.80 s into L1).
+/// Weight tiles packed for streaming: for each tile of [`PACKED_COLS`] weight rows (output
+/// columns), element `(j0 + c, k)` at `j0 * K + k * PACKED_COLS + c`, so a tile's k-th column is
+/// one 64-byte vector and a product reads the whole matrix front to back in one stream. Only
+/// whole tiles; the `n % PACKED_COLS` last rows stay in `w`.
+///
+/// Measured on the `sampling` bench shape (interleaved runs of `examples/profile_decode`), with
+/// the earlier 8-row tiles and a transposed row panel: the decode GEMMs took 0.86-0.99 s per
+/// `generate` packed against 1.02-1.06 s row-major, both prefetching into L1; prefetching into
+/// L2 then took them to 0.63-0.65 s (0.74-0.80 s into L1).
 fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let mut p = vec![0f32; (n - n % TILE) * k];
-    split(&mut p, TILE * k, |first, part| {
-        for (t, tile) in part.chunks_exact_mut(TILE * k).enumerate() {
-            let j0 = first / k + t * TILE;
-            for r in 0..TILE {
-                for (kk, &v) in w[(j0 + r) * k..(j0 + r + 1) * k].iter().enumerate() {
-                    tile[kk * TILE + r] = v;
+    const C: usize = PACKED_COLS;
+    let mut p = vec![0f32; (n - n % C) * k];
+    split(&mut p, C * k, |first, part| {
+        for (t, tile) in part.chunks_exact_mut(C * k).enumerate() {
+            let j0 = first / k + t * C;
+            for c in 0..C {
+                for (kk, &v) in w[(j0 + c) * k..(j0 + c + 1) * k].iter().enumerate() {
+                    tile[kk * C + c] = v;
                 }
             }
         }
@@ -226,7 +316,7 @@ thread_local! {
 /// `generate`), so the address identifies them; the copies last until the scope ends, a second
 /// copy of the weights `generate` multiplies.
 fn packed_weights(simd: Simd, w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
-    if simd != Simd::Avx512 || n < TILE {
+    if simd != Simd::Avx512 || n < PACKED_COLS {
         return None;
     }
     let key = (w.as_ptr() as usize, n, k);
@@ -242,22 +332,16 @@ pub(super) fn forget_packed() {
     PACKED.with_borrow_mut(HashMap::clear);
 }
 
-/// `out[r] = sum_k wp[k, r] * panel[k]` for one packed tile `wp` (K, TILE).
-fn packed_tile(simd: Simd, panel: &[[f32; LANES]], wp: &[f32], out: &mut [[f32; LANES]; TILE]) {
-    assert_eq!(wp.len(), panel.len() * TILE);
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: packing is used only when `simd()` detected AVX-512F; lengths checked above.
-        Simd::Avx512 => unsafe { x86::packed_tile_avx512(panel, wp, out) },
-        _ => unreachable!("packed weights are made for the AVX-512 kernel only"),
-    }
-}
-
 /// `y`'s buffer, written by several threads at disjoint columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
 
 impl Out {
+    /// The address of element `i` (inside the buffer).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+
     /// Writes element `i`.
     ///
     /// # Safety
@@ -296,7 +380,7 @@ fn block(simd: Simd, panel: &[[f32; LANES]], w: &[f32], k: usize, out: &mut [[f3
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, TILE};
+    use super::{LANES, PACKED_COLS, TILE};
 
     /// One output row the plain way (tails of fewer than TILE rows).
     fn row(panel: &[[f32; LANES]], w: &[f32]) -> [f32; LANES] {
@@ -378,39 +462,56 @@ mod x86 {
     /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
     const PREFETCH: usize = 2048;
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn packed_tile_avx512(
-        panel: &[[f32; LANES]],
-        wp: &[f32],
-        out: &mut [[f32; LANES]; TILE],
+    /// `y[i * n + c] = sum_k tile[k * 16 + c] * x[i * k + k]` for `rows` rows (1..=16) and the
+    /// 16 columns of one packed tile.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` readable for `rows * k` floats, `tile` is k x 16, and `y` writable at
+    /// `i * n + c` for i < rows, c < 16.
+    pub(super) unsafe fn packed_rows(
+        rows: usize,
+        x: *const f32,
+        (k, stride): (usize, usize),
+        tile: &[f32],
+        y: *mut f32,
+        n: usize,
     ) {
-        let k = panel.len();
-        let xp = panel.as_ptr() as *const f32;
-        let w = wp.as_ptr();
-        let mut acc = [_mm512_setzero_ps(); TILE];
-        let mut kk = 0;
-        while kk + 2 <= k {
-            // One cache line (two columns of 8 floats) per two columns; past the end of the
-            // weights it is only a hint, and `wrapping_add` keeps the address arithmetic defined.
-            _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(kk * TILE + PREFETCH) as *const i8);
-            for k2 in kk..kk + 2 {
-                let xv = _mm512_loadu_ps(xp.add(k2 * LANES));
-                let wk = w.add(k2 * TILE);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wk.add(r)), xv, *a);
+        assert_eq!(tile.len(), k * PACKED_COLS);
+        let t = tile.as_ptr();
+        macro_rules! rows {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => packed_rows_avx512::<$r>(x, (k, stride), t, y, n),)*
+                    _ => unreachable!("1 to 16 rows at a time"),
                 }
-            }
-            kk += 2;
+            };
         }
-        for k2 in kk..k {
-            let xv = _mm512_loadu_ps(xp.add(k2 * LANES));
-            let wk = w.add(k2 * TILE);
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*wk.add(r)), xv, *a);
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    /// [`packed_rows`] for `R` rows: `R` accumulators, each one output row's 16 columns; per
+    /// column k of the tile one vector load and `R` fused multiply-adds with `x[i, k]`
+    /// broadcast. Sums run over k in order, as the panel kernels' do (the same bits).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn packed_rows_avx512<const R: usize>(
+        x: *const f32,
+        (k, stride): (usize, usize),
+        t: *const f32,
+        y: *mut f32,
+        n: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for kk in 0..k {
+            // One cache line (one column of the tile) per column; past the end of the weights
+            // it is only a hint, and `wrapping_add` keeps the address arithmetic defined.
+            _mm_prefetch::<_MM_HINT_T1>(t.wrapping_add(kk * PACKED_COLS + PREFETCH) as *const i8);
+            let wv = _mm512_loadu_ps(t.add(kk * PACKED_COLS));
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(i * stride + kk)), *a);
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(r) as *mut f32, *a);
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(y.add(i * n), *a);
         }
     }
 
@@ -487,6 +588,7 @@ mod tests {
             (5, 33, 71),
             (16, 64, 130),
             (17, 40, 9),
+            (17, 40, 48),
             (32, 96, 200),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
