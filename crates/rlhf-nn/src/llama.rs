@@ -330,7 +330,8 @@ impl LlamaLayer {
         let gu = self
             .gate_up
             .forward(&h, &[&self.gate_proj, &self.up_proj], ctx);
-        let mlp = gu[0].silu() * &gu[1];
+        let mlp = crate::decode_kernels::elementwise::swiglu(&gu[0], &gu[1])
+            .unwrap_or_else(|| gu[0].silu() * &gu[1]);
         Ok(x + self.down_proj.forward(&mlp, ctx))
     }
 }

@@ -19,10 +19,9 @@
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{attend_cached, Shape, View};
-use super::elementwise::{rms_norm_rows, rope_row};
+use super::elementwise::{rms_norm_rows, rope_row, swiglu_rows};
 use super::gemm::{matmul, MAX_ROWS};
 use super::{enabled, floats, floats_mut, grad_enabled, Simd};
-use crate::exp::exp_f32;
 
 /// One product of the layer: the base weight (out, in), its bias, and the active adapter's
 /// LoRA factors on a range of its output columns.
@@ -160,7 +159,7 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
     let mut act = vec![0f32; b * inter];
     for (a, row) in act.chunks_exact_mut(inter).zip(gu.chunks_exact(2 * inter)) {
         let (gate, up) = row.split_at(inter);
-        swiglu(simd, gate, up, a);
+        swiglu_rows(simd, gate, up, a);
     }
     let mlp = down.run(simd, &act, b);
     let out = Tensor::empty([b as i64, 1, hidden as i64], (Kind::Float, Device::Cpu));
@@ -184,29 +183,6 @@ thread_local! {
 #[cfg(test)]
 pub(crate) fn fused_steps() -> usize {
     FUSED_STEPS.get()
-}
-
-/// `y = silu(gate) * up`, with `silu(g) = g / (1 + e^-g)`; with AVX-512 the loop is compiled
-/// for it, and vectorises (the same bits either way: see [`crate::exp`]).
-fn swiglu(simd: Simd, gate: &[f32], up: &[f32], y: &mut [f32]) {
-    #[inline(always)]
-    fn body(gate: &[f32], up: &[f32], y: &mut [f32]) {
-        for ((o, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + exp_f32(-g)) * u;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn body_avx512(gate: &[f32], up: &[f32], y: &mut [f32]) {
-        body(gate, up, y)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx512 {
-        // SAFETY: `simd()` chose Avx512 after detecting AVX-512F.
-        return unsafe { body_avx512(gate, up, y) };
-    }
-    let _ = simd;
-    body(gate, up, y)
 }
 
 /// A product's checked buffers.

@@ -19,7 +19,9 @@
 //! CPU time spinning on 2 cores).
 //!
 //! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
-//! single calls ([`elementwise`]), and the weights are read from a copy packed for streaming,
+//! single calls ([`elementwise`]); rotary embedding and SwiGLU's `silu(gate) * up` do so in
+//! every forward without grad (prefill and scoring too: one pass beats libtorch's several at
+//! any size), and the weights are read from a copy packed for streaming,
 //! made on first use in the scope and dropped with it ([`gemm`]). A Llama-family layer runs as
 //! one call built from these pieces ([`layer`]), LoRA included, so a step makes no libtorch
 //! calls inside its layers; GPT-2 layers use the pieces op by op.
