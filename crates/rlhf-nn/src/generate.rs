@@ -125,14 +125,17 @@ pub fn generate(
     let m = Tensor::from_slice(&mask)
         .view([b as i64, width as i64])
         .to_device(device);
+    // The CPU decode kernels on every thread: for a Llama model from the prefill on (its
+    // products, attention and row-wise ops have kernels for many rows too), for GPT-2 from the
+    // first decode step (few rows per product).
+    let llama = cfg.arch == crate::config::Arch::Llama;
+    let mut threads = llama
+        .then(|| crate::decode_kernels::DecodeThreads::enter_fused(b as i64, model.kind(), device));
     let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
-    // Decode steps: few rows per product, run by the CPU decode kernels on every thread.
-    let threads = if cfg.arch == crate::config::Arch::Llama {
-        crate::decode_kernels::DecodeThreads::enter_fused(b as i64, model.kind(), device)
-    } else {
+    let threads = threads.get_or_insert_with(|| {
         crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device)
-    };
+    });
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
     let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();

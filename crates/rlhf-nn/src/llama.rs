@@ -348,8 +348,9 @@ mod tests {
         (a - b).abs().max().double_value(&[])
     }
 
-    /// Decode steps through the fused layer equal the op-by-op forward (libtorch, outside a
-    /// decode scope): the hidden states, and the keys and values written into the cache. With
+    /// The prefill and decode steps through the kernels (the decode steps by the fused layer)
+    /// equal the op-by-op forward (libtorch, outside a decode scope): the hidden states, and the
+    /// keys and values written into the cache. With
     /// an adapter on every product (B non-zero), left padding, GQA, random norms and biases:
     /// Qwen2 (q/k/v bias, tied embeddings) and a Llama with a bias on every product.
     #[test]
@@ -388,12 +389,21 @@ mod tests {
             for adapter in [Some("p"), None] {
                 let mut plain = KvCache::new(&model, b, width + 4);
                 let mut fused = KvCache::new(&model, b, width + 4);
-                let _ = model
+                let want = model
                     .forward_cached(&ids, &mask, &mut plain, adapter)
                     .unwrap();
-                let _ = model
+                // The prefill through the kernels for many rows (products, attention, row-wise
+                // ops), as `generate` runs it for a Llama model.
+                let scope = DecodeThreads::enter_fused(b, Kind::Float, Device::Cpu);
+                let got = model
                     .forward_cached(&ids, &mask, &mut fused, adapter)
                     .unwrap();
+                drop(scope);
+                let d = max_diff(&got, &want);
+                assert!(
+                    d < 1e-4,
+                    "{preset} {adapter:?} prefill: hidden differs by {d}"
+                );
                 for step in 0..3 {
                     let next = Tensor::randint(cfg.vocab_size, [b, 1], opts);
                     let ones = Tensor::ones([b, 1], opts);

@@ -12,10 +12,11 @@ use crate::exp::exp_f32;
 
 /// Scaled dot-product attention with an additive mask, as
 /// `Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, gqa)`:
-/// q (b, h, t, d), k and v (b, kv_heads, T, d), mask broadcastable to (b, 1, t, T). Decode
-/// steps (t = 1) of f32 CPU tensors without grad use this module's kernel; the rest libtorch.
+/// q (b, h, t, d), k and v (b, kv_heads, T, d), mask broadcastable to (b, 1, t, T). Inside a
+/// decode scope (f32 CPU tensors without grad) this module's kernel computes it, for the decode
+/// steps (t = 1) and for the prompt's prefill; everywhere else libtorch.
 pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, gqa: bool) -> Result<Tensor> {
-    if let Some(out) = try_decode(q, k, v, mask) {
+    if let Some(out) = try_decode(q, k, v, mask).or_else(|| try_prefill(q, k, v, mask)) {
         return Ok(out);
     }
     Ok(Tensor::f_scaled_dot_product_attention(
@@ -118,6 +119,78 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
         len,
     };
     attend_cached(simd, qs, (&kv, &vv), &mv, shape, ys);
+    Some(out)
+}
+
+/// The prefill's attention (t > 1 new tokens per sequence, inside a decode scope): every
+/// query attends as a decode step's does ([`attend`]), over the keys up to its last unmasked
+/// one (the causal mask's most negative entries past it would weigh exactly 0), so a prompt
+/// of t tokens costs about t^2 / 2 key reads per head instead of t^2. One task per (sequence,
+/// kv head), split across the crew. On the `sampling` bench's prefill (16 prompts of 64
+/// tokens) libtorch's SDPA took 14-21 ms over the 8 layers.
+fn try_prefill(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
+    let simd = enabled()?;
+    let (qs, ks, ms) = (q.size(), k.size(), mask.size());
+    if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || qs[2] < 2 || v.size() != ks {
+        return None;
+    }
+    let (b, h, t, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let (kvh, len) = (ks[1], ks[2]);
+    if ks[0] != b
+        || ks[3] != d
+        || kvh == 0
+        || h % kvh != 0
+        || len == 0
+        || !(ms[0] == 1 || ms[0] == b)
+        || ms[1..] != [1, t, len]
+        || grad_enabled()
+    {
+        return None;
+    }
+    let q = q.contiguous();
+    let (qs, kv, vv, mv) = (floats(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
+    let out = Tensor::empty([b, h, t, d], (Kind::Float, Device::Cpu));
+    let [h, t, d, kvh, len] = [h, t, d, kvh, len].map(|x| x as usize);
+    // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*t*d elements, owned here.
+    let ys = unsafe { floats_mut(&out) };
+    let rep = h / kvh;
+    let shared_mask = mv.size0 == 1;
+    let scale = 1.0 / (d as f32).sqrt();
+    // A task's output: its rep query heads (consecutive in `ys`), each t x d.
+    let unit = rep * t * d;
+    split(ys, unit, |first, part| {
+        let mut scores = vec![0f32; rep * len];
+        let (mut qi, mut yi) = (vec![0f32; rep * d], vec![0f32; rep * d]);
+        for (u, out) in part.chunks_mut(unit).enumerate() {
+            let task = first / unit + u;
+            let (bi, g) = (task / kvh, task % kvh);
+            for i in 0..t {
+                for r in 0..rep {
+                    let at = ((bi * h + g * rep + r) * t + i) * d;
+                    qi[r * d..(r + 1) * d].copy_from_slice(&qs[at..at + d]);
+                }
+                let row = mv.row(if shared_mask { 0 } else { bi }, 0, i, len);
+                let upto = row
+                    .iter()
+                    .rposition(|&m| m != f32::MIN)
+                    .map_or(len, |j| j + 1);
+                let heads = Heads {
+                    q: &qi,
+                    keys: rows(&kv, bi, g, d),
+                    values: rows(&vv, bi, g, d),
+                    next_keys: None,
+                    mask: &row[..upto],
+                    scale,
+                    d,
+                };
+                attend(simd, &heads, &mut scores[..rep * upto], &mut yi);
+                for r in 0..rep {
+                    out[(r * t + i) * d..(r * t + i + 1) * d]
+                        .copy_from_slice(&yi[r * d..(r + 1) * d]);
+                }
+            }
+        }
+    });
     Some(out)
 }
 
@@ -395,6 +468,47 @@ mod tests {
                 None => assert!(
                     crate::decode_kernels::simd().is_none(),
                     "kernel refused a decode step"
+                ),
+            }
+        }
+    }
+
+    /// Several new tokens per row (a prefill, and a chunk after cached tokens): the causal
+    /// mask with left padding (rows fully masked included), GQA, cache views.
+    #[test]
+    fn prefill_attention_matches_sdpa_with_causal_padded_masks() {
+        let _guard = tch::no_grad_guard();
+        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
+        let opts = (Kind::Float, Device::Cpu);
+        let ints = (Kind::Int64, Device::Cpu);
+        for (b, h, kvh, d, past, t) in [
+            (3, 4, 2, 16, 0, 9),
+            (2, 6, 6, 20, 5, 7),
+            (4, 8, 4, 64, 0, 33),
+        ] {
+            let len = past + t;
+            let q = Tensor::randn([b, h, t, d], opts);
+            let kc = Tensor::randn([b, kvh, len + 3, d], opts);
+            let vc = Tensor::randn([b, kvh, len + 3, d], opts);
+            let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+            // Row i has 2i pads on the left.
+            let key_mask = Tensor::arange(len, ints)
+                .unsqueeze(0)
+                .ge_tensor(&(Tensor::arange(b, ints) * 2).unsqueeze(1))
+                .to_kind(Kind::Int64);
+            let mask = crate::layers::attention_mask(&key_mask, t, past, Kind::Float);
+            let want = libtorch(&q, &k, &v, &mask, h != kvh);
+            match try_prefill(&q, &k, &v, &mask) {
+                Some(got) => {
+                    let diff = (got - &want).abs().max().double_value(&[]);
+                    assert!(
+                        diff < 1e-5,
+                        "({b},{h},{kvh},{d},{past},{t}): differs by {diff}"
+                    );
+                }
+                None => assert!(
+                    crate::decode_kernels::simd().is_none(),
+                    "kernel refused a prefill"
                 ),
             }
         }

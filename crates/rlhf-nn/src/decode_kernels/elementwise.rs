@@ -17,7 +17,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::attention::View;
-use super::{enabled, floats, floats_mut, gemm::MAX_ROWS, grad_enabled, simd, Simd};
+use super::{enabled, floats, floats_mut, grad_enabled, simd, split_large, Simd};
 use crate::exp::exp_f32;
 
 /// `weight * (x * rsqrt(mean(x^2, -1) + eps))`, as `layers::RmsNorm` computes it, for x (..., n).
@@ -28,7 +28,6 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> 
     let rows: i64 = dims[..dims.len() - 1].iter().product();
     if n == 0
         || rows == 0
-        || rows > MAX_ROWS
         || x.kind() != Kind::Float
         || x.device() != Device::Cpu
         || weight.kind() != Kind::Float
@@ -44,7 +43,10 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> 
     let out = Tensor::empty(dims.as_slice(), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of rows*n elements, owned here.
     let ys = unsafe { floats_mut(&out) };
-    rms_norm_rows(xs, ws, eps, ys);
+    let n = n as usize;
+    split_large(ys, n, |first, part| {
+        rms_norm_rows(&xs[first..first + part.len()], ws, eps, part)
+    });
     Some(out)
 }
 
@@ -89,15 +91,16 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Option<Tensor> {
     let (h, t, d) = (h as usize, t as usize, d as usize);
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*t*d elements, owned here.
     let ys = unsafe { floats_mut(&out) };
-    let mut rows = ys.chunks_exact_mut(d);
-    for bi in 0..b as usize {
-        for hi in 0..h {
-            for (ti, y) in (0..t).zip(&mut rows) {
+    // In whole heads: t rows of d.
+    split_large(ys, t * d, |first, part| {
+        for (head, ys) in (first / (t * d)..).zip(part.chunks_exact_mut(t * d)) {
+            let (bi, hi) = (head / h, head % h);
+            for (ti, y) in ys.chunks_exact_mut(d).enumerate() {
                 let (c, s) = (cv.row(bi, 0, ti, d), sv.row(bi, 0, ti, d));
                 rope_row(xv.row(bi, hi, ti, d), c, s, y);
             }
         }
-    }
+    });
     Some(out)
 }
 
@@ -123,7 +126,10 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
     let out = Tensor::empty(gate.size().as_slice(), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of as many elements as `gate`, owned here.
     let ys = unsafe { floats_mut(&out) };
-    swiglu_rows(simd, g, u, ys);
+    split_large(ys, 16, |first, part| {
+        let span = first..first + part.len();
+        swiglu_rows(simd, &g[span.clone()], &u[span], part)
+    });
     Some(out)
 }
 
@@ -154,7 +160,7 @@ pub(super) fn swiglu_rows(simd: Simd, gate: &[f32], up: &[f32], y: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::decode_kernels::DecodeThreads;
-    use crate::layers::{apply_rope, RmsNorm};
+    use crate::layers::RmsNorm;
 
     #[test]
     fn apply_only_in_decode_scope_and_match_libtorch() {
@@ -214,9 +220,40 @@ mod tests {
             got.equal(&want_rope.contiguous()),
             "rope is not bit-identical"
         );
-        // Not for other kinds or too many rows.
+        // Not for other kinds.
         assert!(rms_norm(&x.to_kind(Kind::Double), &norm.weight, 1e-5).is_none());
-        let tall = Tensor::randn([MAX_ROWS + 1, 96], opts);
-        assert!(rms_norm(&tall, &norm.weight, 1e-5).is_none());
+    }
+
+    /// A prefill's sizes: in a decode scope the work is split across the crew, with the
+    /// same results.
+    #[test]
+    fn large_inputs_split_across_the_crew_give_the_same_results() {
+        let _guard = tch::no_grad_guard();
+        if crate::decode_kernels::simd().is_none() {
+            return;
+        }
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([7, 61, 96], opts) * 3;
+        let weight = Tensor::randn([96], opts);
+        let q = Tensor::randn([7, 61, 6, 32], opts).transpose(1, 2);
+        let pos = Tensor::randn([7, 61, 32], opts) * 10;
+        let (cos, sin) = (pos.cos().unsqueeze(1), pos.sin().unsqueeze(1));
+        let (gate, up) = (
+            Tensor::randn([7, 61, 96], opts),
+            Tensor::randn([7, 61, 96], opts),
+        );
+        assert!(x.numel() >= super::super::LARGE);
+        let plain_rope = rope(&q, &cos, &sin).unwrap();
+        let plain_swiglu = swiglu(&gate, &up).unwrap();
+        let want_norm = {
+            let inv = (x.square().mean_dim(-1, true, Kind::Float) + 1e-5).rsqrt();
+            &weight * (&x * inv)
+        };
+        let _decode = DecodeThreads::enter(16, Kind::Float, Device::Cpu);
+        assert!(rope(&q, &cos, &sin).unwrap().equal(&plain_rope));
+        assert!(swiglu(&gate, &up).unwrap().equal(&plain_swiglu));
+        let got = rms_norm(&x, &weight, 1e-5).expect("rms_norm of many rows in scope");
+        let diff = (&got - &want_norm).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "rms_norm differs by {diff}");
     }
 }

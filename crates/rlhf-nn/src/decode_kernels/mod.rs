@@ -1,16 +1,22 @@
-//! CPU kernels for the decode steps of generation: the products of a few rows by every weight
-//! matrix ([`gemm`]) and attention of one new token over the KV cache ([`attention`]).
+//! CPU kernels for generation: the products of the decode steps' few rows by every weight
+//! matrix ([`gemm`]) and attention of one new token over the KV cache ([`attention`]), and for
+//! a Llama model the prompt's prefill as well.
 //!
 //! A decode step is small: with 16 sequences it multiplies 16 rows by each weight and attends
 //! one query per head. libtorch's CPU paths are built for large work: MKL repacks the whole
 //! weight on every call (39% of a decode step's time, `perf` on the `sampling` bench), and
 //! SDPA issues one tiny GEMV per head. These kernels stream each weight once with the rows held
-//! in SIMD registers, and attend in one pass. They apply only inside the decode steps of
-//! `generate` (a [`DecodeThreads`] scope: up to 32 sequences, at least 8 for GPT-2), where the result needs no
-//! autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
-//! everywhere else (training, scoring, bf16, CUDA, prefill) libtorch computes as before. Results differ
+//! in SIMD registers, and attend in one pass. They apply only inside `generate` (a
+//! [`DecodeThreads`] scope: up to 32 sequences, at least 8 for GPT-2), where the result needs
+//! no autograd (grad mode off), to f32 CPU tensors, on x86-64 with AVX-512F or AVX2+FMA;
+//! everywhere else (training, scoring, bf16, CUDA) libtorch computes as before. Results differ
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
 //! them off (for A/B timing).
+//!
+//! A Llama model's `generate` opens the scope before the prefill: with AVX-512 the packed
+//! product beats MKL on the prefill's many rows too, attention has a many-query variant, and
+//! the row-wise ops split across the crew; the prefill packs the weights the decode steps then
+//! read. GPT-2 opens it after the prefill.
 //!
 //! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
 //! and the kernels split work between that thread and a small [`crew`] of workers, as many
@@ -21,10 +27,11 @@
 //! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
 //! single calls ([`elementwise`]); rotary embedding and SwiGLU's `silu(gate) * up` do so in
 //! every forward without grad (prefill and scoring too: one pass beats libtorch's several at
-//! any size), and the weights are read from a copy packed for streaming,
-//! made on first use in the scope and dropped with it ([`gemm`]). A Llama-family layer runs as
-//! one call built from these pieces ([`layer`]), LoRA included, so a step makes no libtorch
-//! calls inside its layers; GPT-2 layers use the pieces op by op.
+//! any size). The weights are read from a copy packed for streaming, made on first use in the
+//! scope and dropped with it, its memory kept for the next scope's copies ([`gemm`]). A
+//! Llama-family layer's decode step runs as one call built from these pieces ([`layer`]), LoRA
+//! included, so a step makes no libtorch calls inside its layers; GPT-2 layers use the pieces
+//! op by op.
 
 // unsafe is confined to this module: SIMD intrinsics, and reading or writing the f32 buffers of
 // tensors checked to be f32, on the CPU, with the strides used.
@@ -170,6 +177,25 @@ pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize,
             work(first, part.1);
         }
     });
+}
+
+/// Elements from which [`split_large`] splits: a decode step's activations (16 x 512 to
+/// 16 x 1408) stay on the calling thread, where a crew job's hand-off would cost more than the
+/// half it saves; a prefill's (1024 x 512 and up) are split.
+const LARGE: usize = 1 << 15;
+
+/// Runs `work(first, part)` over `items` as [`split`] does when there are at least [`LARGE`]
+/// of them and the crew is this thread's (a decode scope); else over all of them here.
+pub(crate) fn split_large<T: Send>(
+    items: &mut [T],
+    align: usize,
+    work: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if items.len() >= LARGE && DECODING.get() {
+        split(items, align, work)
+    } else {
+        work(0, items)
+    }
 }
 
 thread_local! {
