@@ -187,6 +187,8 @@ impl LayerNorm {
 /// Rotary embedding inverse frequencies (f32, head_dim/2), as transformers computes them.
 pub(crate) struct Rope {
     inv_freq: Tensor,
+    /// The same values, for [`Rope::cos_sin_host`].
+    host: Vec<f32>,
 }
 
 impl Rope {
@@ -237,6 +239,7 @@ impl Rope {
         }
         Rope {
             inv_freq: Tensor::from_slice(&inv).to_device(device),
+            host: inv,
         }
     }
 
@@ -248,6 +251,41 @@ impl Rope {
             emb.cos().to_kind(kind).unsqueeze(1),
             emb.sin().to_kind(kind).unsqueeze(1),
         )
+    }
+
+    /// [`Rope::cos_sin`] for one token per row at `positions` (b), computed on the host: a
+    /// decode step's cos and sin, (b, 1, 1, head_dim) each, in `kind` on `device`. The
+    /// products round as libtorch's f32 products do; `cos` and `sin` are libm's, which may
+    /// differ from libtorch's vectorised ones in the last bit.
+    pub fn cos_sin_host(
+        &self,
+        positions: &[i64],
+        kind: Kind,
+        device: tch::Device,
+    ) -> (Tensor, Tensor) {
+        let half = self.host.len();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions.len() * 2 * half),
+            Vec::with_capacity(positions.len() * 2 * half),
+        );
+        for &p in positions {
+            let start = cos.len();
+            for &f in &self.host {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+            cos.extend_from_within(start..);
+            sin.extend_from_within(start..);
+        }
+        let shape = [positions.len() as i64, 1, 1, 2 * half as i64];
+        let to = |v: Vec<f32>| {
+            Tensor::from_slice(&v)
+                .view(shape)
+                .to_device(device)
+                .to_kind(kind)
+        };
+        (to(cos), to(sin))
     }
 }
 
@@ -285,11 +323,17 @@ pub(crate) fn attention_mask(key_mask: &Tensor, t: i64, past_len: i64, kind: Kin
     let allowed = causal
         .unsqueeze(0)
         .logical_and(&key_mask.to_kind(Kind::Bool).unsqueeze(1));
-    let neg = match kind {
+    let zeros = Tensor::zeros([1], (kind, device));
+    zeros
+        .where_scalarother(&allowed, masked_value(kind))
+        .unsqueeze(1)
+}
+
+/// The additive mask's value at masked positions: the most negative finite value of `kind`.
+pub(crate) fn masked_value(kind: Kind) -> f64 {
+    match kind {
         Kind::BFloat16 => -3.389_531_4e38,
         Kind::Half => -65504.0,
         _ => f32::MIN as f64,
-    };
-    let zeros = Tensor::zeros([1], (kind, device));
-    zeros.where_scalarother(&allowed, neg).unsqueeze(1)
+    }
 }

@@ -123,7 +123,10 @@ impl Llama {
         let t = input_ids.size()[1];
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let frame = crate::kv_cache::Frame::new(mask, cache.as_deref_mut(), x.kind())?;
-        let (cos, sin) = self.rope.cos_sin(&frame.positions, x.kind());
+        let (cos, sin) = match &frame.host_positions {
+            Some(p) => self.rope.cos_sin_host(p, x.kind(), x.device()),
+            None => self.rope.cos_sin(&frame.positions, x.kind()),
+        };
         for (n, layer) in self.layers.iter().enumerate() {
             x = layer.forward(
                 &x,
