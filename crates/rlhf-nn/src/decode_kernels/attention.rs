@@ -255,7 +255,7 @@ fn rows<'a>(view: &'a View<'a>, bi: usize, g: usize, d: usize) -> impl Fn(usize)
 
 /// Asks for `row` to be brought into L2 ahead of its use (a hint: no effect on results).
 #[inline(always)]
-fn prefetch(row: &[f32]) {
+pub(super) fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in row.chunks(16) {
         // SAFETY: a prefetch only hints the cache; the address is inside `row`.

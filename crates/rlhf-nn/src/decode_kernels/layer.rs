@@ -18,7 +18,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::attention::{attend_cached, Shape, View};
+use super::attention::{attend_cached, prefetch, Shape, View};
 use super::elementwise::{rms_norm_rows, rope_row, swiglu_rows};
 use super::gemm::{matmul, MAX_ROWS};
 use super::{enabled, floats, floats_mut, grad_enabled, Simd};
@@ -114,7 +114,16 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
     shaped(kc, &cache_shape)?;
     shaped(vc, &cache_shape)?;
 
-    // Attention block.
+    // Attention block. The cache's lines at `pos`, written after the q/k/v product, are
+    // fetched while it runs (128 scattered misses otherwise).
+    // In-process A/B on the `sampling` bench shape (profile_decode): +1.0% and +1.4% tokens/s,
+    // ahead in 7 and 8 of 10 pairs.
+    for buf in [floats(kc)?, floats(vc)?] {
+        for row in 0..b * nkv {
+            let at = (row * cap + io.pos) * d;
+            prefetch(&buf[at..at + d]);
+        }
+    }
     let mut h = vec![0f32; b * hidden];
     rms_norm_rows(xs, in_norm, w.input_norm.1, &mut h);
     let qkv_out = qkv.run(simd, &h, b);
