@@ -141,13 +141,19 @@ pub fn generate(
     let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();
     for step in 0..params.max_new_tokens {
         let rows = active.len();
-        let flat = Vec::<f32>::try_from(
-            logits
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .contiguous()
-                .view([-1]),
-        )?;
+        // Read in place (a contiguous f32 CPU tensor no one else holds), else copied.
+        let host = logits
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        let copied;
+        let flat: &[f32] = match crate::decode_kernels::floats(&host) {
+            Some(f) => f,
+            None => {
+                copied = Vec::<f32>::try_from(host.view([-1]))?;
+                &copied
+            }
+        };
         let v = vocab as usize;
         // Rows draw in parallel, each from its own sequence's generator.
         let mut draws: Vec<(usize, &mut ChaCha8Rng, (usize, f32))> = rngs

@@ -77,12 +77,18 @@ fn sample_unfiltered(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> Option
         /// exp(scaled - max) per token (NaN for non-finite logits), reused across calls.
         static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let scaled = |v: f32| v as f64 * inv_t;
-    let max = logits
-        .iter()
-        .map(|&v| scaled(v))
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
+    // The largest finite scaled logit. Scaling by inv_t > 0 is monotone (rounding included), so
+    // it is the largest finite logit, scaled; unless that overflows (a tiny temperature), when
+    // the largest finite scaled value is searched for directly.
+    let max = match crate::decode_kernels::max_finite(logits) {
+        None => return None,
+        Some(m) if (m as f64 * inv_t).is_finite() => m as f64 * inv_t,
+        Some(_) => logits
+            .iter()
+            .map(|&v| v as f64 * inv_t)
+            .filter(|v| v.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max),
+    };
     if max == f64::NEG_INFINITY {
         return None;
     }

@@ -77,7 +77,7 @@ pub(crate) fn simd() -> Option<Simd> {
 }
 
 /// All elements of `t` when it is a contiguous f32 CPU tensor, else `None`.
-pub(super) fn floats(t: &Tensor) -> Option<&[f32]> {
+pub(crate) fn floats(t: &Tensor) -> Option<&[f32]> {
     if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
         return None;
     }
@@ -137,6 +137,47 @@ pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f6
         return unsafe { body_avx512(logits, inv_t, max, w) };
     }
     body(logits, inv_t, max, w)
+}
+
+/// The largest finite value of `x` (`None` when none is), in 16 lanes: vectorised, where a
+/// fold of `f32::max` runs one compare after another (8192 of them per sampled row).
+pub(crate) fn max_finite(x: &[f32]) -> Option<f32> {
+    #[inline(always)]
+    fn body(x: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let chunks = x.chunks_exact(16);
+        let mut best = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| {
+            if v.is_finite() && v > m {
+                v
+            } else {
+                m
+            }
+        });
+        for c in chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l = if v.is_finite() && v > *l { v } else { *l };
+            }
+        }
+        for l in lanes {
+            best = if l > best { l } else { best };
+        }
+        best
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn body_avx512(x: &[f32]) -> f32 {
+        body(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    let best = if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { body_avx512(x) }
+    } else {
+        body(x)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let best = body(x);
+    (best != f32::NEG_INFINITY).then_some(best)
 }
 
 /// Runs `work(range)` over consecutive ranges covering `0..len` (each a whole multiple of
@@ -292,5 +333,40 @@ impl Drop for DecodeThreads {
         if let Some(n) = self.restore {
             tch::set_num_threads(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_finite_skips_infinities_and_nan_at_any_length() {
+        let mut rng = crate::rng::rng_for(2, "max");
+        for len in [0usize, 1, 5, 16, 17, 100, 8192] {
+            let mut x: Vec<f32> = (0..len)
+                .map(|_| crate::rng::normal(&mut rng) as f32 * 4.0)
+                .collect();
+            // Non-finite values, the largest of all among them, at varying places.
+            for (i, v) in [f32::INFINITY, f32::NAN, f32::NEG_INFINITY]
+                .into_iter()
+                .enumerate()
+            {
+                if len > 3 {
+                    x[(i * 7 + len / 2) % len] = v;
+                }
+            }
+            let want = x
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.max(v))));
+            assert_eq!(max_finite(&x), want, "length {len}");
+        }
+        assert_eq!(
+            max_finite(&[f32::NAN, f32::NEG_INFINITY, f32::INFINITY]),
+            None
+        );
+        assert_eq!(max_finite(&[f32::NEG_INFINITY, -3.0]), Some(-3.0));
     }
 }
