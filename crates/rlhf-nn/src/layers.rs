@@ -54,7 +54,7 @@ impl Fused {
                 off += n;
                 // Contiguous either way, so later kernels take the same (vectorised) path with and
                 // without an adapter: a fresh adapter then reproduces the base bit for bit.
-                l.add_lora(part, x, ctx).contiguous()
+                crate::decode_kernels::elementwise::contiguous(&l.add_lora(part, x, ctx))
             })
             .collect()
     }
