@@ -487,12 +487,12 @@ mod x86 {
     /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
     const PREFETCH: usize = 2048;
 
-    /// `y[i * n + c] = sum_k tile[k * 16 + c] * x[i * k + k]` for `rows` rows (1..=16) and the
-    /// 16 columns of one packed tile.
+    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for `rows` rows (1..=16)
+    /// and the 16 columns of one packed tile.
     ///
     /// # Safety
-    /// AVX-512F; `x` readable for `rows * k` floats, `tile` is k x 16, and `y` writable at
-    /// `i * n + c` for i < rows, c < 16.
+    /// AVX-512F; `x` readable at `i * stride + kk` for i < rows, kk < k, `tile` is k x 16, and
+    /// `y` writable at `i * n + c` for i < rows, c < 16.
     pub(super) unsafe fn packed_rows(
         rows: usize,
         x: *const f32,
