@@ -131,8 +131,8 @@ pub fn generate(
     let llama = cfg.arch == crate::config::Arch::Llama;
     let mut threads = llama
         .then(|| crate::decode_kernels::DecodeThreads::enter_fused(b as i64, model.kind(), device));
-    let hidden = model.forward_cached(&input, &m, &mut cache, adapter)?;
-    let mut logits = model.lm_logits(&hidden.select(1, width as i64 - 1))?;
+    let hidden = model.prefill(&input, &m, &mut cache, adapter)?;
+    let mut logits = model.lm_logits(&hidden.select(1, 0))?;
     let threads = threads.get_or_insert_with(|| {
         crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device)
     });

@@ -117,8 +117,23 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        ctx: Ctx,
+    ) -> Result<Tensor> {
+        self.forward_upto(input_ids, mask, cache, ctx, false)
+    }
+
+    /// [`Llama::forward`]; with `last_only`, the hidden state of the last position alone
+    /// (b, 1, hidden): the last layer then computes its query, attention and MLP for that
+    /// position only (its keys and values still for all, into the cache). A prompt's prefill
+    /// needs no more, and skips most of a layer's work.
+    pub fn forward_upto(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
         mut cache: Option<&mut KvCache>,
         ctx: Ctx,
+        last_only: bool,
     ) -> Result<Tensor> {
         let t = input_ids.size()[1];
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
@@ -127,16 +142,19 @@ impl Llama {
             Some(p) => self.rope.cos_sin_host(p, x.kind(), x.device()),
             None => self.rope.cos_sin(&frame.positions, x.kind()),
         };
+        let last_layer = self.layers.len().saturating_sub(1);
         for (n, layer) in self.layers.iter().enumerate() {
             x = layer.forward(
                 &x,
-                &cos,
-                &sin,
+                (&cos, &sin),
                 &frame.attn_mask,
                 cache.as_deref_mut().map(|c| (c, n)),
-                ctx,
+                (ctx, last_only && n == last_layer),
                 self,
             )?;
+        }
+        if last_only && self.layers.is_empty() {
+            x = x.narrow(1, t - 1, 1);
         }
         if let Some(c) = cache {
             c.commit(t);
@@ -289,15 +307,15 @@ impl LlamaLayer {
         llama_step(&weights, &inputs)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The layer on `x` (b, t, hidden); with `last_only`, its output at the last position
+    /// alone (b, 1, hidden), the keys and values still stored for every position.
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         attn_mask: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
-        ctx: Ctx,
+        (ctx, last_only): (Ctx, bool),
         m: &Llama,
     ) -> Result<Tensor> {
         let (b, t) = (x.size()[0], x.size()[1]);
@@ -319,14 +337,36 @@ impl LlamaLayer {
         let v = qkv[2]
             .reshape([b, t, m.num_kv_heads, m.head_dim])
             .transpose(1, 2);
-        let q = apply_rope(&q, cos, sin);
         let k = apply_rope(&k, cos, sin);
         let (k, v) = match cache {
             Some((c, n)) => c.store(n, &k, &v)?,
             None => (k, v),
         };
+        // With `last_only`, the rest runs on the last position alone.
+        let last = |t: &Tensor, dim: i64| t.narrow(dim, t.size()[dim as usize] - 1, 1);
+        let (x, q, cos, sin, attn_mask, t) = if last_only && t > 1 {
+            let q = last(&q, 2);
+            (
+                last(x, 1),
+                q,
+                last(cos, 2),
+                last(sin, 2),
+                last(attn_mask, 2),
+                1,
+            )
+        } else {
+            (
+                x.shallow_clone(),
+                q,
+                cos.shallow_clone(),
+                sin.shallow_clone(),
+                attn_mask.shallow_clone(),
+                t,
+            )
+        };
+        let q = apply_rope(&q, &cos, &sin);
         let gqa = m.num_heads != m.num_kv_heads;
-        let a = crate::decode_kernels::attention::sdpa(&q, &k, &v, attn_mask, gqa)?;
+        let a = crate::decode_kernels::attention::sdpa(&q, &k, &v, &attn_mask, gqa)?;
         let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
         let x = x + self.o_proj.forward(&a, ctx);
         let h = self.post_attention_layernorm.forward(&x);
@@ -345,6 +385,58 @@ mod tests {
 
     use crate::decode_kernels::{layer, simd, DecodeThreads};
     use crate::{KvCache, LoraConfig, Model, ModelConfig};
+
+    /// `Model::prefill` (the last layer on the last position only) gives the full forward's
+    /// last hidden state and the same cache, for every family, with left padding and an
+    /// adapter on every product; in a decode scope (the kernels) and outside it (libtorch).
+    #[test]
+    fn prefill_gives_the_last_position_of_the_full_forward() {
+        let _grad = tch::no_grad_guard();
+        for preset in ["qwen2-tiny", "llama-tiny", "gpt2-tiny"] {
+            let cfg = ModelConfig::preset(preset).unwrap();
+            let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 7).unwrap();
+            let lora = LoraConfig {
+                target_modules: vec!["all-linear".into()],
+                ..LoraConfig::default_for(cfg.arch)
+            };
+            model.add_adapter("p", &lora, None, 8).unwrap();
+            for mut t in model.adapter_parameters("p").unwrap() {
+                let noise = t.randn_like() * 0.2;
+                t.copy_(&noise);
+            }
+            let (b, width) = (5i64, 40i64);
+            let opts = (Kind::Int64, Device::Cpu);
+            let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
+            let mask = Tensor::arange(width, opts)
+                .unsqueeze(0)
+                .ge_tensor(&(Tensor::arange(b, opts) * 3).unsqueeze(1))
+                .to_kind(Kind::Int64);
+            for (adapter, scoped) in [(Some("p"), false), (None, true), (Some("p"), true)] {
+                let mut full = KvCache::new(&model, b, width + 2);
+                let mut last = KvCache::new(&model, b, width + 2);
+                let scope = scoped.then(|| DecodeThreads::enter_fused(b, Kind::Float, Device::Cpu));
+                let want = model
+                    .forward_cached(&ids, &mask, &mut full, adapter)
+                    .unwrap()
+                    .narrow(1, width - 1, 1);
+                let got = model.prefill(&ids, &mask, &mut last, adapter).unwrap();
+                drop(scope);
+                assert_eq!(got.size(), [b, 1, cfg.hidden_size]);
+                let d = max_diff(&got, &want);
+                assert!(
+                    d < 1e-5,
+                    "{preset} {adapter:?} scoped {scoped}: differs by {d}"
+                );
+                for n in 0..cfg.num_layers as usize {
+                    let ((fk, fv), (lk, lv)) = (full.layer(n), last.layer(n));
+                    assert!(
+                        fk.equal(lk) && fv.equal(lv),
+                        "{preset} layer {n}: cache differs"
+                    );
+                }
+            }
+        }
+    }
 
     /// Largest |a - b| over the tensors' elements.
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
