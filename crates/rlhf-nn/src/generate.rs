@@ -125,17 +125,19 @@ pub fn generate(
     let m = Tensor::from_slice(&mask)
         .view([b as i64, width as i64])
         .to_device(device);
-    // The CPU decode kernels on every thread: for a Llama model from the prefill on (its
-    // products, attention and row-wise ops have kernels for many rows too), for GPT-2 from the
-    // first decode step (few rows per product).
+    // The CPU decode kernels on every thread: for a Llama model from the prefill on where they
+    // have kernels for its many rows (AVX-512), else from the first decode step; for GPT-2
+    // from the first decode step, from 8 sequences (see `decode_kernels`).
+    use crate::decode_kernels::{prefill_kernels, DecodeThreads};
     let llama = cfg.arch == crate::config::Arch::Llama;
-    let mut threads = llama
-        .then(|| crate::decode_kernels::DecodeThreads::enter_fused(b as i64, model.kind(), device));
+    let scope = || match llama {
+        true => DecodeThreads::enter_fused(b as i64, model.kind(), device),
+        false => DecodeThreads::enter(b as i64, model.kind(), device),
+    };
+    let mut threads = (llama && prefill_kernels()).then(scope);
     let hidden = model.prefill(&input, &m, &mut cache, adapter)?;
     let mut logits = model.lm_logits(&hidden.select(1, 0))?;
-    let threads = threads.get_or_insert_with(|| {
-        crate::decode_kernels::DecodeThreads::enter(b as i64, model.kind(), device)
-    });
+    let threads = threads.get_or_insert_with(scope);
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
     let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();

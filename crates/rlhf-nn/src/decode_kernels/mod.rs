@@ -13,10 +13,11 @@
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
 //! them off (for A/B timing).
 //!
-//! A Llama model's `generate` opens the scope before the prefill: with AVX-512 the packed
-//! product beats MKL on the prefill's many rows too, attention has a many-query variant, and
-//! the row-wise ops split across the crew; the prefill packs the weights the decode steps then
-//! read. GPT-2 opens it after the prefill.
+//! A Llama model's `generate` opens the scope before the prefill where the CPU has AVX-512
+//! ([`prefill_kernels`]): the packed product beats MKL on the prefill's many rows too,
+//! attention has a many-query variant, and the row-wise ops split across the crew; the prefill
+//! packs the weights the decode steps then read. Elsewhere, and for GPT-2, the scope opens after
+//! the prefill.
 //!
 //! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
 //! and the kernels split work between that thread and a small [`crew`] of workers, as many
@@ -74,6 +75,12 @@ pub(crate) fn simd() -> Option<Simd> {
         }
         None
     })
+}
+
+/// True where the kernels cover a prompt's prefill too (its products of many rows need the
+/// packed AVX-512 kernel; elsewhere libtorch's multi-threaded BLAS is the better choice).
+pub(crate) fn prefill_kernels() -> bool {
+    simd() == Some(Simd::Avx512)
 }
 
 /// All elements of `t` when it is a contiguous f32 CPU tensor, else `None`.
