@@ -149,23 +149,55 @@ fn product_packed(
     thread_local! {
         /// This thread's copy of `x` with padded rows, reused across calls.
         static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// The calling thread's copy shared with the crew (many rows), reused across calls.
+        static SHARED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    /// The shared copy's address, read by every thread of the product.
+    #[derive(Clone, Copy)]
+    struct Rows(*const f32);
+    // SAFETY: the buffer is written before the product's job starts and only read during it;
+    // the calling thread keeps it alive and untouched until the job has ended.
+    unsafe impl Send for Rows {}
+    // SAFETY: as above.
+    unsafe impl Sync for Rows {}
     // Rows a whole number of cache lines plus one apart: at the plain stride of k = 512 floats
     // (2 KB) the 16 rows' current lines all fall in 2 of the L1 cache's 64 sets.
     let stride = k.next_multiple_of(LANES) + LANES;
+    // Many rows (a prefill): one padded copy, made across the crew, that every thread reads;
+    // a copy per thread cost the thread whose rows were elsewhere (another core's cache)
+    // noticeably more than the other. Few rows: a copy per thread, made where it is read.
+    let shared = (m > MAX_ROWS as usize).then(|| {
+        SHARED_ROWS.with_borrow_mut(|xs| {
+            if xs.len() < m * stride {
+                xs.resize(m * stride, 0.0);
+            }
+            split(&mut xs[..m * stride], stride, |first, part| {
+                let rows = x[first / stride * k..].chunks_exact(k);
+                for (dst, src) in part.chunks_exact_mut(stride).zip(rows) {
+                    dst[..k].copy_from_slice(src);
+                }
+            });
+            Rows(xs.as_ptr())
+        })
+    });
     let out = Out(y.as_mut_ptr());
     ranges(n, PACKED_COLS, |cols| {
         // Copied in, as in `product_panel`.
         let (out, n, k) = (out, n, k);
-        ROWS.with_borrow_mut(|xs| {
-            if xs.len() < m * stride {
-                xs.resize(m * stride, 0.0);
+        let xs = match shared {
+            Some(Rows(p)) => p,
+            None => {
+                ROWS.with_borrow_mut(|xs| {
+                    if xs.len() < m * stride {
+                        xs.resize(m * stride, 0.0);
+                    }
+                    for (dst, src) in xs.chunks_exact_mut(stride).zip(x.chunks_exact(k).take(m)) {
+                        dst[..k].copy_from_slice(src);
+                    }
+                });
+                ROWS.with_borrow(|xs| xs.as_ptr())
             }
-            for (dst, src) in xs.chunks_exact_mut(stride).zip(x.chunks_exact(k).take(m)) {
-                dst[..k].copy_from_slice(src);
-            }
-        });
-        let xs = ROWS.with_borrow(|xs| xs.as_ptr());
+        };
         for j in cols.clone().step_by(PACKED_COLS) {
             if j < whole {
                 let tile = &p[j * k..(j + PACKED_COLS) * k];
@@ -173,9 +205,9 @@ fn product_packed(
                     let rows = LANES.min(m - r0);
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: packing is used only when `simd()` detected AVX-512F; rows
-                    // r0..r0+rows of this thread's copy of x (k floats each, `stride` apart,
-                    // untouched until the next product) and the tile (k x 16) are inside their
-                    // buffers; the output rows' columns j..j+16 are inside y (m, n), asserted
+                    // r0..r0+rows of the padded copy of x (this thread's, or the shared one:
+                    // k floats each, `stride` apart, untouched until the product ends) and the
+                    // tile (k x 16) are inside their buffers; the output rows' columns j..j+16 are inside y (m, n), asserted
                     // in `product`, and this thread alone writes columns `cols`.
                     unsafe {
                         x86::packed_rows(
