@@ -14,10 +14,12 @@
 //! 16). Otherwise (AVX2, and weights of fewer than 16 rows) `x` is transposed into (k, 16)
 //! panels, one vector holding column k of all rows, and each weight value is broadcast.
 //!
-//! Used only where no autograd record is needed and the shapes suit it: grad mode off, f32,
-//! CPU, contiguous weight, at most [`MAX_ROWS`] rows, and a CPU with AVX-512F or AVX2+FMA;
-//! everywhere else (training, bf16, CUDA, prefill) libtorch computes the product. Sums run over k in order with
-//! fused multiply-adds, so results differ from MKL's only by float rounding (~1e-6 relative).
+//! Used only inside a decode scope where no autograd record is needed and the shapes suit it:
+//! grad mode off, f32, CPU, contiguous weight, a CPU with AVX-512F or AVX2+FMA, and at most
+//! [`MAX_ROWS`] rows, or any number with the packed kernel (a Llama prefill); everywhere else
+//! (training, scoring, bf16, CUDA) libtorch computes the product. Sums run over k in order
+//! with fused multiply-adds, so results differ from MKL's only by float rounding (~1e-6
+//! relative).
 
 #![allow(unsafe_code)]
 
