@@ -395,22 +395,11 @@ mod tests {
         for preset in ["qwen2-tiny", "llama-tiny", "gpt2-tiny"] {
             let cfg = ModelConfig::preset(preset).unwrap();
             let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 7).unwrap();
-            let lora = LoraConfig {
-                target_modules: vec!["all-linear".into()],
-                ..LoraConfig::default_for(cfg.arch)
-            };
-            model.add_adapter("p", &lora, None, 8).unwrap();
-            for mut t in model.adapter_parameters("p").unwrap() {
-                let noise = t.randn_like() * 0.2;
-                t.copy_(&noise);
-            }
+            add_random_adapter(&mut model, 8);
             let (b, width) = (5i64, 40i64);
             let opts = (Kind::Int64, Device::Cpu);
             let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
-            let mask = Tensor::arange(width, opts)
-                .unsqueeze(0)
-                .ge_tensor(&(Tensor::arange(b, opts) * 3).unsqueeze(1))
-                .to_kind(Kind::Int64);
+            let mask = left_padded(width, &(Tensor::arange(b, opts) * 3));
             for (adapter, scoped) in [(Some("p"), false), (None, true), (Some("p"), true)] {
                 let mut full = KvCache::new(&model, b, width + 2);
                 let mut last = KvCache::new(&model, b, width + 2);
@@ -436,6 +425,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Adds adapter "p" on every linear with random factors (B non-zero: it changes outputs).
+    fn add_random_adapter(model: &mut Model, seed: u64) {
+        let lora = LoraConfig {
+            target_modules: vec!["all-linear".into()],
+            ..LoraConfig::default_for(model.config().arch)
+        };
+        model.add_adapter("p", &lora, None, seed).unwrap();
+        for mut t in model.adapter_parameters("p").unwrap() {
+            let noise = t.randn_like() * 0.2;
+            t.copy_(&noise);
+        }
+    }
+
+    /// A (b, width) i64 mask whose row i starts with `pads[i]` pads.
+    fn left_padded(width: i64, pads: &Tensor) -> Tensor {
+        Tensor::arange(width, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .ge_tensor(&pads.unsqueeze(1))
+            .to_kind(Kind::Int64)
     }
 
     /// Largest |a - b| over the tensors' elements.
@@ -464,23 +474,12 @@ mod tests {
                     t.copy_(&noise);
                 }
             }
-            let lora = LoraConfig {
-                target_modules: vec!["all-linear".into()],
-                ..LoraConfig::default_for(cfg.arch)
-            };
-            model.add_adapter("p", &lora, None, 6).unwrap();
-            for mut t in model.adapter_parameters("p").unwrap() {
-                let noise = t.randn_like() * 0.2;
-                t.copy_(&noise);
-            }
+            add_random_adapter(&mut model, 6);
             let (b, width) = (9i64, 6i64);
             let opts = (Kind::Int64, Device::Cpu);
             let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
             // Row i has i % 4 pads on the left.
-            let mask = Tensor::arange(width, opts)
-                .unsqueeze(0)
-                .ge_tensor(&Tensor::arange(b, opts).remainder(4).unsqueeze(1))
-                .to_kind(Kind::Int64);
+            let mask = left_padded(width, &Tensor::arange(b, opts).remainder(4));
             for adapter in [Some("p"), None] {
                 let mut plain = KvCache::new(&model, b, width + 4);
                 let mut fused = KvCache::new(&model, b, width + 4);

@@ -390,12 +390,7 @@ impl Model {
         cache: &mut KvCache,
         adapter: Option<&str>,
     ) -> Result<Tensor> {
-        self.check_ids(input_ids, attention_mask)?;
-        let ctx = self.ctx(adapter, false)?;
-        match &self.body {
-            Body::Llama(m) => m.forward(input_ids, attention_mask, Some(cache), ctx),
-            Body::Gpt2(m) => m.forward(input_ids, attention_mask, Some(cache), ctx),
-        }
+        self.cached(input_ids, attention_mask, cache, adapter, false)
     }
 
     /// A prompt's prefill: [`Model::forward_cached`] on the whole prompt, returning the hidden
@@ -409,14 +404,28 @@ impl Model {
         cache: &mut KvCache,
         adapter: Option<&str>,
     ) -> Result<Tensor> {
+        self.cached(input_ids, attention_mask, cache, adapter, true)
+    }
+
+    /// [`Model::forward_cached`], or with `last_only` [`Model::prefill`].
+    fn cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+        adapter: Option<&str>,
+        last_only: bool,
+    ) -> Result<Tensor> {
         self.check_ids(input_ids, attention_mask)?;
         let ctx = self.ctx(adapter, false)?;
         match &self.body {
-            Body::Llama(m) => m.forward_upto(input_ids, attention_mask, Some(cache), ctx, true),
+            Body::Llama(m) => {
+                m.forward_upto(input_ids, attention_mask, Some(cache), ctx, last_only)
+            }
             Body::Gpt2(m) => {
                 let h = m.forward(input_ids, attention_mask, Some(cache), ctx)?;
                 let t = h.size()[1];
-                Ok(h.narrow(1, t - 1, 1))
+                Ok(if last_only { h.narrow(1, t - 1, 1) } else { h })
             }
         }
     }

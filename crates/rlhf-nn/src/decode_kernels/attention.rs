@@ -76,13 +76,15 @@ impl<'a> View<'a> {
     }
 }
 
-fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
-    let simd = enabled()?;
+/// Sizes `[b, heads, t, d, kv_heads, len]` of an attention the kernels take: q (b, h, t, d),
+/// k and v (b, kv_heads, len, d) with h a multiple of kv_heads, mask (b or 1, 1, t, len), grad
+/// mode off; `None` otherwise.
+fn shapes(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<[usize; 6]> {
     let (qs, ks, ms) = (q.size(), k.size(), mask.size());
-    if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || qs[2] != 1 || v.size() != ks {
+    if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || v.size() != ks {
         return None;
     }
-    let (b, h, d) = (qs[0], qs[1], qs[3]);
+    let (b, h, t, d) = (qs[0], qs[1], qs[2], qs[3]);
     let (kvh, len) = (ks[1], ks[2]);
     if ks[0] != b
         || ks[3] != d
@@ -90,22 +92,22 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
         || h % kvh != 0
         || len == 0
         || !(ms[0] == 1 || ms[0] == b)
-        || ms[1] != 1
-        || ms[2] != 1
-        || ms[3] != len
+        || ms[1..] != [1, t, len]
         || grad_enabled()
     {
         return None;
     }
+    Some([b, h, t, d, kvh, len].map(|x| x as usize))
+}
+
+fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
+    let simd = enabled()?;
+    let [b, h, t, d, kvh, len] = shapes(q, k, v, mask)?;
+    if t != 1 {
+        return None;
+    }
     let q = q.contiguous();
     let (qs, kv, vv, mv) = (floats(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
-    let (b, h, d, kvh, len) = (
-        b as usize,
-        h as usize,
-        d as usize,
-        kvh as usize,
-        len as usize,
-    );
     let out = Tensor::empty(
         [b as i64, h as i64, 1, d as i64],
         (Kind::Float, Device::Cpu),
@@ -130,27 +132,13 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
 /// tokens) libtorch's SDPA took 14-21 ms over the 8 layers.
 fn try_prefill(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
     let simd = enabled()?;
-    let (qs, ks, ms) = (q.size(), k.size(), mask.size());
-    if qs.len() != 4 || ks.len() != 4 || ms.len() != 4 || qs[2] < 2 || v.size() != ks {
-        return None;
-    }
-    let (b, h, t, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let (kvh, len) = (ks[1], ks[2]);
-    if ks[0] != b
-        || ks[3] != d
-        || kvh == 0
-        || h % kvh != 0
-        || len == 0
-        || !(ms[0] == 1 || ms[0] == b)
-        || ms[1..] != [1, t, len]
-        || grad_enabled()
-    {
+    let [b, h, t, d, kvh, len] = shapes(q, k, v, mask)?;
+    if t < 2 {
         return None;
     }
     let q = q.contiguous();
     let (qs, kv, vv, mv) = (floats(&q)?, View::of(k)?, View::of(v)?, View::of(mask)?);
-    let out = Tensor::empty([b, h, t, d], (Kind::Float, Device::Cpu));
-    let [h, t, d, kvh, len] = [h, t, d, kvh, len].map(|x| x as usize);
+    let out = Tensor::empty([b, h, t, d].map(|x| x as i64), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 tensor of b*h*t*d elements, owned here.
     let ys = unsafe { floats_mut(&out) };
     let rep = h / kvh;
