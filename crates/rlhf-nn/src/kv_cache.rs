@@ -161,7 +161,8 @@ impl Frame {
                     )));
                 }
                 c.mask.narrow(1, c.len, t).f_copy_(&mask)?;
-                if host && t == 1 && mask.device() == Device::Cpu {
+                if host && t == 1 && c.mask.device() == Device::Cpu && mask.device() == Device::Cpu
+                {
                     return c.step_frame(&mask, kind);
                 }
                 let pos = positions(&mask, Some(&c.next_pos));

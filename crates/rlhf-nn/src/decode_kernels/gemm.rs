@@ -34,8 +34,8 @@ use super::{enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
 /// above it they stream the weight once per 16 rows and BLAS is as fast. The packed kernel
 /// (AVX-512, weights of at least [`PACKED_COLS`] rows) takes any number of rows: a prompt's
 /// prefill inside a decode scope, where it beats MKL on the `sampling` bench's shapes (1024
-/// rows of 512 by 512-2816 outputs: 200-215 vs 153-172 GFLOP/s on 2 threads; with 1408 inputs
-/// 179 vs 174).
+/// rows by 512-2816 outputs of 512 or 1408 inputs, two runs: 179-222 vs 153-205 GFLOP/s on 2
+/// threads).
 pub const MAX_ROWS: i64 = 32;
 
 /// Lanes of a row panel: one AVX-512 vector, or two AVX2 vectors.
@@ -174,10 +174,7 @@ fn product_packed(
                 xs.resize(m * stride, 0.0);
             }
             split(&mut xs[..m * stride], stride, |first, part| {
-                let rows = x[first / stride * k..].chunks_exact(k);
-                for (dst, src) in part.chunks_exact_mut(stride).zip(rows) {
-                    dst[..k].copy_from_slice(src);
-                }
+                pad_rows(&x[first / stride * k..m * k], (k, stride), part)
             });
             Rows(xs.as_ptr())
         })
@@ -188,17 +185,13 @@ fn product_packed(
         let (out, n, k) = (out, n, k);
         let xs = match shared {
             Some(Rows(p)) => p,
-            None => {
-                ROWS.with_borrow_mut(|xs| {
-                    if xs.len() < m * stride {
-                        xs.resize(m * stride, 0.0);
-                    }
-                    for (dst, src) in xs.chunks_exact_mut(stride).zip(x.chunks_exact(k).take(m)) {
-                        dst[..k].copy_from_slice(src);
-                    }
-                });
-                ROWS.with_borrow(|xs| xs.as_ptr())
-            }
+            None => ROWS.with_borrow_mut(|xs| {
+                if xs.len() < m * stride {
+                    xs.resize(m * stride, 0.0);
+                }
+                pad_rows(&x[..m * k], (k, stride), &mut xs[..m * stride]);
+                xs.as_ptr()
+            }),
         };
         for j in cols.clone().step_by(PACKED_COLS) {
             if j < whole {
@@ -209,8 +202,9 @@ fn product_packed(
                     // SAFETY: packing is used only when `simd()` detected AVX-512F; rows
                     // r0..r0+rows of the padded copy of x (this thread's, or the shared one:
                     // k floats each, `stride` apart, untouched until the product ends) and the
-                    // tile (k x 16) are inside their buffers; the output rows' columns j..j+16 are inside y (m, n), asserted
-                    // in `product`, and this thread alone writes columns `cols`.
+                    // tile (k x 16) are inside their buffers; the output rows' columns
+                    // j..j+16 are inside y (m, n), asserted in `product`, and this thread
+                    // alone writes columns `cols`.
                     unsafe {
                         x86::packed_rows(
                             rows,
@@ -238,6 +232,14 @@ fn product_packed(
             }
         }
     });
+}
+
+/// Copies rows of `k` floats from `src` into `dst` at `stride` floats apart, as many as both
+/// hold.
+fn pad_rows(src: &[f32], (k, stride): (usize, usize), dst: &mut [f32]) {
+    for (d, s) in dst.chunks_exact_mut(stride).zip(src.chunks_exact(k)) {
+        d[..k].copy_from_slice(s);
+    }
 }
 
 /// [`product`] without packed weights: `x` is transposed into (k, 16) row panels, one vector
