@@ -345,10 +345,9 @@ impl LlamaLayer {
         // With `last_only`, the rest runs on the last position alone.
         let last = |t: &Tensor, dim: i64| t.narrow(dim, t.size()[dim as usize] - 1, 1);
         let (x, q, cos, sin, attn_mask, t) = if last_only && t > 1 {
-            let q = last(&q, 2);
             (
                 last(x, 1),
-                q,
+                last(&q, 2),
                 last(cos, 2),
                 last(sin, 2),
                 last(attn_mask, 2),

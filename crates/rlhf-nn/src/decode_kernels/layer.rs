@@ -115,8 +115,8 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
     shaped(vc, &cache_shape)?;
 
     // Attention block. The cache's lines at `pos`, written after the q/k/v product, are
-    // fetched while it runs (128 scattered misses otherwise).
-    // In-process A/B on the `sampling` bench shape (profile_decode): +1.0% and +1.4% tokens/s,
+    // fetched while it runs (otherwise 2 x b x kv_heads scattered rows miss when written).
+    // A temporary in-process A/B on the `sampling` bench shape: +1.0% and +1.4% tokens/s,
     // ahead in 7 and 8 of 10 pairs.
     for buf in [floats(kc)?, floats(vc)?] {
         for row in 0..b * nkv {
