@@ -7,14 +7,13 @@
 //! (converted to the output dtype per tensor), so the peak stays near one copy of the model.
 //! With --verify the in-memory model is dropped before the written folder is loaded back.
 
-pub mod base_check;
 pub mod output;
 pub mod shards;
 pub mod verify;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::schema::Artifact;
@@ -23,7 +22,7 @@ use rlhf_nn::{Dtype, Model};
 use tch::{Device, Kind};
 use tracing::{info, warn};
 
-use crate::base_check::BaseCheck;
+use rlhf_core::adapter_meta::{self as base_check, BaseCheck};
 use crate::output::OutputKind;
 use crate::shards::Entry;
 
@@ -69,18 +68,15 @@ fn bad(path: &std::path::Path, message: String) -> anyhow::Error {
 
 /// Checks paths before any heavy work.
 pub fn validate(s: &Settings) -> Result<()> {
+    rlhf_core::paths::check_outputs(
+        &[("--out", &s.out)],
+        &[("--model", &s.model), ("--adapter", &s.adapter)],
+    )?;
     if !s.model.join("config.json").is_file() {
         return Err(bad(&s.model, "not a model folder: config.json is missing\n  hint: --model takes the base the adapter was trained on (e.g. the SFT model folder)".into()));
     }
     if !s.adapter.join("adapter_config.json").is_file() {
         return Err(bad(&s.adapter, "not an adapter folder: adapter_config.json is missing\n  hint: --adapter takes a PEFT LoRA folder written by train-rm-lora, ppo-update or peft".into()));
-    }
-    let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
-    if same(&s.out, &s.model) || same(&s.out, &s.adapter) {
-        bail!(CoreError::Usage(format!(
-            "--out {} would replace an input folder; choose a new folder",
-            s.out.display()
-        )));
     }
     Ok(())
 }
@@ -92,7 +88,8 @@ pub fn run(s: &Settings) -> Result<Summary> {
     let mut model = Model::load(&s.model, s.device, Kind::Float)
         .with_context(|| format!("loading the base {}", s.model.display()))?;
     let base_id = model.base_id();
-    match base_check::check(&s.adapter, &s.model, &base_id, s.force)? {
+    match base_check::check_base(&s.adapter, &s.model, &base_id, s.force)
+        .context("the adapter was trained on another base (--force merges anyway)")? {
         BaseCheck::Match => info!("adapter was trained on this base (base_id {base_id})"),
         BaseCheck::Unrecorded => warn!(
             "{} records no base_id ({}): only tensor shapes are checked",

@@ -91,6 +91,18 @@ fn check_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
 impl Settings {
     /// Validates the parsed command line.
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
+        let mut inputs = vec![
+            ("--model", cli.model.model.as_path()),
+            ("--rollouts", cli.rollouts.as_path()),
+            ("--scores", cli.scores.as_path()),
+        ];
+        if let Some(a) = &cli.adapter {
+            inputs.push(("--adapter", a.as_path()));
+        }
+        if let Some(r) = &cli.ref_model {
+            inputs.push(("--ref-model", r.as_path()));
+        }
+        rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         let device = cli.model.device()?;
         let model_hint = if cli.full {
             "--model takes the current policy with --full (the SFT model folder, or the previous `ppo-update --full` output)"

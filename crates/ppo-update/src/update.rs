@@ -197,6 +197,8 @@ pub fn train(
     opt: &mut Optimizers,
     st: &mut LoopState,
 ) -> Result<()> {
+    // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
+    let _cooperative = rlhf_core::signals::Cooperative::begin();
     let (beta, iteration) = (st.beta, st.iteration);
     let minibatches = schedule_minibatches(examples.len(), s, iteration);
     let total = minibatches.len() as u64;
@@ -349,8 +351,24 @@ pub fn train(
         );
         st.done = k + 1;
         bar.inc(1);
-        if s.checkpoint_every > 0 && st.done.is_multiple_of(s.checkpoint_every) && st.done < total {
+        let signal = rlhf_core::signals::pending().filter(|_| st.done < total);
+        if (s.checkpoint_every > 0 && st.done.is_multiple_of(s.checkpoint_every) && st.done < total)
+            || signal.is_some()
+        {
             save_checkpoint(models, opt, st, s)?;
+        }
+        if let Some(signal) = signal {
+            bar.finish_and_clear();
+            return Err(rlhf_core::signals::interrupted_error(
+                signal,
+                format!(
+                    "checkpoint of step {}/{total} in {}; rerun with the same flags and \
+                     --resume to continue",
+                    st.done,
+                    s.checkpoint_dir().display()
+                ),
+            )
+            .into());
         }
         if s.stop_after_steps == Some(st.done) && st.done < total {
             bail!(

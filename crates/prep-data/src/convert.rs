@@ -344,6 +344,13 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Summary> {
         .shard
         .resolve()
         .map_err(|e| PrepError::Flag(e.to_string()))?;
+    let input = std::path::PathBuf::from(&args.input);
+    let mut inputs = vec![("--input", input.as_path())];
+    if let Some(t) = &args.tokenizer {
+        inputs.push(("--tokenizer", t.as_path()));
+    }
+    rlhf_core::paths::check_outputs(&[("--out-dir", &args.out_dir)], &inputs)
+        .map_err(|e| PrepError::Flag(e.to_string()))?;
     let files = input::resolve(&args.input)?;
     let renderer = Renderer::new(
         args.chat_template,

@@ -1,5 +1,5 @@
-//! prep-data's error type. Every variant is the user's input (a flag, a file, a row), so
-//! all of them map to the bad-input exit code (3); failures of the program itself travel as
+//! prep-data's error type: a flag that cannot work is a usage error (exit 2), a file or
+//! row that cannot be used is bad input (exit 3); failures of the program itself travel as
 //! plain anyhow errors (exit 1).
 
 use std::path::{Path, PathBuf};
@@ -35,14 +35,14 @@ impl PrepError {
     }
 }
 
-/// Classifier for `rlhf_core::cli::finish`: prep-data's own errors and core usage errors
-/// are bad input (exit 3).
+/// Classifier for `rlhf_core::cli::finish_with`: prep-data's input errors (exit 3).
 pub fn is_bad_input(err: &(dyn std::error::Error + 'static)) -> bool {
-    err.downcast_ref::<PrepError>().is_some()
-        || matches!(
-            err.downcast_ref::<rlhf_core::CoreError>(),
-            Some(rlhf_core::CoreError::Usage(_))
-        )
+    matches!(err.downcast_ref::<PrepError>(), Some(PrepError::Input { .. }))
+}
+
+/// Classifier for `rlhf_core::cli::finish_with`: prep-data's flag errors (exit 2).
+pub fn is_usage(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(err.downcast_ref::<PrepError>(), Some(PrepError::Flag(_)))
 }
 
 /// Refuses an input path (file, folder, or glob) that names nothing, as bad input.

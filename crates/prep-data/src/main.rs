@@ -27,7 +27,7 @@ use crate::reject::Summary;
     name = "prep-data",
     version,
     about,
-    long_about = "Reads JSONL, JSON, CSV or Parquet in known feedback formats and writes our prompts, preferences, ratings and sft artifacts, plus rejects for every row it could not use. Also pairs scored rollouts into oracle preferences and generates the embedded synthetic task. Does not need libtorch.\n\nExit codes: 0 success, 1 failure, 2 usage, 3 bad input data (a bad flag value, an unreadable file, or --strict and a rejected row)."
+    long_about = "Reads JSONL, JSON, CSV or Parquet in known feedback formats and writes our prompts, preferences, ratings and sft artifacts, plus rejects for every row it could not use. Also pairs scored rollouts into oracle preferences and generates the embedded synthetic task. Does not need libtorch.\n\nExit codes: 0 success, 1 failure, 2 usage (a bad flag value too), 3 bad input data (an unreadable or corrupt file, or --strict and a rejected row), 130/143 stopped by SIGINT/SIGTERM."
 )]
 struct Cli {
     #[command(flatten)]
@@ -82,5 +82,5 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.global.init();
-    cli::finish(run(&cli), &[error::is_bad_input])
+    cli::finish_with(run(&cli), &[error::is_bad_input], &[error::is_usage])
 }

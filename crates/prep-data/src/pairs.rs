@@ -75,6 +75,15 @@ fn score_of(table: &ScoresTable, column: &str) -> Option<Vec<Option<f32>>> {
     }
 }
 
+/// The rejects file beside `out`: `<stem>-rejects.parquet`.
+fn default_rejects(out: &std::path::Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}-rejects.parquet"))
+}
+
 /// Runs the labelling; returns the summary.
 pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
     if !(0.0..=1.0).contains(&args.label_noise) {
@@ -94,6 +103,12 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
     if args.tie_threshold.is_nan() || args.tie_threshold < 0.0 {
         return Err(PrepError::Flag("--tie-threshold must be >= 0".into()).into());
     }
+    let rejects_out = args.rejects.clone().unwrap_or_else(|| default_rejects(&args.out));
+    rlhf_core::paths::check_outputs(
+        &[("--out", &args.out), ("--rejects", &rejects_out)],
+        &[("--rollouts", &args.rollouts), ("--scores", &args.scores)],
+    )
+    .map_err(|e| PrepError::Flag(e.to_string()))?;
     crate::error::require_input(&args.rollouts)?;
     crate::error::require_input(&args.scores)?;
     let rollouts_ds = Dataset::open(&args.rollouts, Artifact::Rollouts)?;
@@ -127,14 +142,7 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
     .with_tokenizer(rollouts_ds.tokenizer_hash()?);
     lineage.add_input("rollouts", &args.rollouts)?;
     lineage.add_input("scores", &args.scores)?;
-    let rejects_path = args.rejects.clone().unwrap_or_else(|| {
-        let stem = args
-            .out
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        args.out.with_file_name(format!("{stem}-rejects.parquet"))
-    });
+    let rejects_path = rejects_out;
     let mut rejects = RejectSink::new(&rejects_path, Shard::ALL, &lineage);
     let mut summary = Summary::default();
     let source_file = args.rollouts.clone();

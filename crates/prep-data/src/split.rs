@@ -32,6 +32,8 @@ pub struct SplitArgs {
 
 /// Copies one split.
 pub fn run(args: &SplitArgs) -> anyhow::Result<Summary> {
+    rlhf_core::paths::check_outputs(&[("--out", &args.out)], &[("--input", &args.input)])
+        .map_err(|e| crate::error::PrepError::Flag(e.to_string()))?;
     crate::error::require_input(&args.input)?;
     let files = resolve_inputs(&args.input)?;
     let first = read_lineage(&files[0])?;

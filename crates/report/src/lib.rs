@@ -35,6 +35,7 @@ pub struct Settings {
 /// Reads the run folder, writes every output into `out_dir` (atomically, as one folder)
 /// and returns the summary.
 pub fn run(settings: &Settings) -> Result<Summary> {
+    check_out_dir(settings)?;
     let run = RunData::load(&settings.run_dir)?;
     let summary = figures::summarise(&run)?;
     let examples = figures::examples(&run, settings.examples)?;
@@ -57,6 +58,44 @@ pub fn run(settings: &Settings) -> Result<Summary> {
     write(out.path(), "summary.json", json.as_bytes())?;
     out.commit()?;
     Ok(summary)
+}
+
+/// The report replaces its folder as a whole, so that folder must hold nothing but an
+/// earlier report: not the run folder, not a folder above it, not another stage's output.
+pub fn check_out_dir(settings: &Settings) -> Result<()> {
+    let (out, run) = (&settings.out_dir, &settings.run_dir);
+    let (o, r) = (
+        rlhf_core::paths::resolved(out),
+        rlhf_core::paths::resolved(run),
+    );
+    let usage = |m: String| anyhow::Error::new(rlhf_core::CoreError::Usage(m));
+    if r.starts_with(&o) {
+        return Err(usage(format!(
+            "--out-dir {} {} --run-dir {}: the report replaces its folder, which would delete \
+             the run\n  hint: leave --out-dir out (default <run-dir>/report) or name a new folder",
+            out.display(),
+            if o == r { "is the same folder as" } else { "contains" },
+            run.display()
+        )));
+    }
+    if out.is_file() {
+        return Err(usage(format!("--out-dir {} is a file", out.display())));
+    }
+    if out.is_dir() && !out.join("summary.json").is_file() {
+        let mut entries = std::fs::read_dir(out)
+            .with_context(|| format!("listing {}", out.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.'));
+        if let Some(first) = entries.next() {
+            return Err(usage(format!(
+                "--out-dir {} holds files that are not a report (e.g. {first}); the report \
+                 replaces its folder as a whole\n  hint: name a new folder",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {

@@ -56,8 +56,10 @@ pub struct Checkpoint {
     pub optimizer: Vec<(String, Tensor)>,
 }
 
-/// True when `dir` holds a finished checkpoint.
+/// True when `dir` holds a finished checkpoint (after putting back one that a killed
+/// replacement had moved aside, see `rlhf_core::atomic::recover`).
 pub fn exists(dir: &Path) -> bool {
+    let _ = rlhf_core::atomic::recover(dir);
     dir.join(META_FILE).is_file()
 }
 

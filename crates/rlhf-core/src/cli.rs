@@ -1,7 +1,10 @@
 //! Command-line plumbing shared by every binary: the global flag group (flattened into each
 //! binary's parser), logging set-up, and the mapping from errors to documented exit codes.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 bad input data.
+//! Exit codes, the same in every stage: 0 success; 1 failure (I/O such as a full disk, a
+//! numerical failure, a bug: a retry may help); 2 usage error, clap's or found after
+//! parsing; 3 bad input data, corrupt or truncated files included (a retry cannot help);
+//! 130 / 143 stopped by SIGINT / SIGTERM.
 
 use std::error::Error as StdError;
 use std::io::IsTerminal;
@@ -16,7 +19,7 @@ use crate::error::CoreError;
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the program failed (a bug, an I/O failure, a numerical failure).
 pub const EXIT_FAILURE: u8 = 1;
-/// Exit code: the command line was wrong (clap's own code).
+/// Exit code: the command line was wrong (clap's own code, and usage errors found later).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the input data was bad (schema mismatch, malformed rows, tokenizer mismatch).
 pub const EXIT_BAD_INPUT: u8 = 3;
@@ -75,6 +78,7 @@ impl GlobalArgs {
             LogFormat::Json => builder.json().try_init(),
         };
         crate::progress::set_enabled(!self.no_progress && self.quiet == 0 && self.verbose == 0);
+        crate::signals::install();
         if let Some(n) = self.threads {
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(n.max(1))
@@ -95,14 +99,50 @@ impl GlobalArgs {
 /// Decides whether an error (one link of a cause chain) is caused by bad input data.
 pub type InputClassifier = fn(&(dyn StdError + 'static)) -> bool;
 
-/// The core crate's classifier: schema mismatches, malformed rows, tokenizer mismatches.
+/// The core crate's classifier: schema mismatches, malformed rows, tokenizer mismatches,
+/// unreadable or corrupt input files.
 pub fn core_is_bad_input(err: &(dyn StdError + 'static)) -> bool {
     err.downcast_ref::<CoreError>()
         .is_some_and(CoreError::is_bad_input)
 }
 
-/// The exit code for an error: 3 when any link of its chain is bad input, else 1.
+/// True for a usage error found after parsing ([`CoreError::Usage`]) or for an error type
+/// that says so through [`UsageError`].
+fn is_usage(err: &(dyn StdError + 'static)) -> bool {
+    matches!(err.downcast_ref::<CoreError>(), Some(CoreError::Usage(_)))
+        || err.downcast_ref::<UsageError>().is_some()
+}
+
+/// A usage error of a stage's own (a flag value or combination that cannot work), for
+/// stages whose errors are not `CoreError`s: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error, by the first rule that matches any link of its chain:
+/// stopped by a signal (130/143), usage (2), bad input (3); else failure (1).
 pub fn exit_code_for(err: &anyhow::Error, classifiers: &[InputClassifier]) -> u8 {
+    exit_code_with(err, classifiers, &[])
+}
+
+/// [`exit_code_for`] with classifiers of a stage's own usage errors.
+pub fn exit_code_with(
+    err: &anyhow::Error,
+    classifiers: &[InputClassifier],
+    usage: &[InputClassifier],
+) -> u8 {
+    if let Some(signal) = err.chain().find_map(|e| match e.downcast_ref::<CoreError>() {
+        Some(CoreError::Interrupted { signal, .. }) => Some(*signal),
+        _ => None,
+    }) {
+        return crate::signals::exit_code(signal);
+    }
+    if err
+        .chain()
+        .any(|e| is_usage(e) || usage.iter().any(|classify| classify(e)))
+    {
+        return EXIT_USAGE;
+    }
     let bad = err
         .chain()
         .any(|e| core_is_bad_input(e) || classifiers.iter().any(|classify| classify(e)));
@@ -116,10 +156,19 @@ pub fn exit_code_for(err: &anyhow::Error, classifiers: &[InputClassifier]) -> u8
 /// Prints an error with its cause chain on stderr, and returns the matching exit code.
 /// `classifiers` extend the bad-input detection to other crates' error types.
 pub fn finish(result: anyhow::Result<()>, classifiers: &[InputClassifier]) -> ExitCode {
+    finish_with(result, classifiers, &[])
+}
+
+/// [`finish`] with classifiers of a stage's own usage errors (exit 2).
+pub fn finish_with(
+    result: anyhow::Result<()>,
+    classifiers: &[InputClassifier],
+    usage: &[InputClassifier],
+) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(err) => {
-            let code = exit_code_for(&err, classifiers);
+            let code = exit_code_with(&err, classifiers, usage);
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
@@ -161,6 +210,32 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::StorageFull),
         ));
         assert_eq!(exit_code_for(&write, &[]), EXIT_FAILURE);
+        let full_while_reading = anyhow::Error::new(CoreError::io(
+            "reading",
+            "in.parquet",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ));
+        assert_eq!(exit_code_for(&full_while_reading, &[]), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn usage_and_signals_win_over_the_rest() {
+        let usage = anyhow::Error::new(CoreError::Usage("--num-shards 0".into()))
+            .context(CoreError::NoInput {
+                pattern: "x".into(),
+            });
+        assert_eq!(exit_code_for(&usage, &[]), EXIT_USAGE);
+        let own = anyhow::Error::new(UsageError("--epochs 0".into())).context("settings");
+        assert_eq!(exit_code_for(&own, &[]), EXIT_USAGE);
+        let stopped = anyhow::Error::new(crate::signals::interrupted_error(15, "step 3"))
+            .context("training");
+        assert_eq!(exit_code_for(&stopped, &[]), 143);
+        let corrupt = anyhow::Error::new(CoreError::parquet(
+            "reading footer of",
+            "r.parquet",
+            std::io::Error::other("EOF"),
+        ));
+        assert_eq!(exit_code_for(&corrupt, &[]), EXIT_BAD_INPUT);
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum CoreError {
     /// A usage error detected after parsing (bad flag combination or value).
     #[error("{0}")]
     Usage(String),
+    /// The stage stopped at a safe point because it received SIGTERM or SIGINT.
+    #[error("stopped by {} ({what})", crate::signals::name(*signal))]
+    Interrupted { signal: i32, what: String },
 }
 
 impl CoreError {
@@ -86,10 +89,18 @@ impl CoreError {
     }
 
     /// True when the error is caused by the user's input data rather than the program:
-    /// bad or mismatched data, and input files that cannot be read (a failed write is not).
+    /// bad or mismatched data, input files that cannot be read, and Parquet files that
+    /// cannot be decoded (corrupt or truncated); a failed write is not.
     pub fn is_bad_input(&self) -> bool {
-        if let CoreError::Io { action, .. } = self {
-            return matches!(*action, "reading" | "opening" | "listing" | "hashing");
+        match self {
+            CoreError::Io { action, source, .. } => {
+                return matches!(*action, "reading" | "opening" | "listing" | "hashing")
+                    && !is_machine_failure(source)
+            }
+            CoreError::Parquet { action, .. } => {
+                return matches!(*action, "reading" | "reading footer of")
+            }
+            _ => {}
         }
         matches!(
             self,
@@ -100,4 +111,14 @@ impl CoreError {
                 | CoreError::Tokenizer { .. }
         )
     }
+}
+
+/// I/O errors that are the machine's, not the data's, even while reading: a full disk, no
+/// memory, an interrupted or timed-out network filesystem. Retrying may help (exit 1).
+pub fn is_machine_failure(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::OutOfMemory | K::Interrupted | K::TimedOut | K::QuotaExceeded
+    )
 }

@@ -2,6 +2,7 @@
 //! reading and writing with lineage, atomic outputs, the tokenizer wrapper and chat
 //! templates, and the command-line plumbing (global flags, logging, progress, exit codes).
 
+pub mod adapter_meta;
 pub mod atomic;
 pub mod chat;
 pub mod cli;
@@ -10,11 +11,14 @@ pub mod hash;
 pub mod lineage;
 pub mod metrics;
 pub mod parquet_io;
+pub mod parts;
+pub mod paths;
 pub mod progress;
 pub mod records;
 pub mod resources;
 pub mod schema;
 pub mod shard;
+pub mod signals;
 pub mod synthetic;
 pub mod tokenizer;
 

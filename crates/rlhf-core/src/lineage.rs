@@ -91,6 +91,50 @@ impl Lineage {
         self
     }
 
+    /// What identifies the run that wrote a file, the same for every shard of one run: the
+    /// producer, its version, the arguments without the per-task ones ([`run_args`]), the
+    /// inputs' roles and content hashes (not their paths), schema and tokenizer.
+    pub fn run_key(&self) -> String {
+        let inputs: Vec<(&str, &str)> = self
+            .inputs
+            .iter()
+            .map(|i| (i.role.as_str(), i.blake3.as_str()))
+            .collect();
+        serde_json::json!({
+            "producer": self.producer,
+            "version": self.version,
+            "args": run_args(&self.args),
+            "inputs": inputs,
+            "schema": self.schema,
+            "schema_version": self.schema_version,
+            "tokenizer_hash": self.tokenizer_hash,
+        })
+        .to_string()
+    }
+
+    /// Says how two lineages' runs differ (for messages), e.g. "arguments: [..] vs [..]".
+    pub fn run_difference(&self, other: &Lineage) -> String {
+        if self.producer != other.producer || self.version != other.version {
+            return format!(
+                "producer: {} {} vs {} {}",
+                self.producer, self.version, other.producer, other.version
+            );
+        }
+        let (a, b) = (run_args(&self.args), run_args(&other.args));
+        if a != b {
+            return format!("arguments: `{}` vs `{}`", a.join(" "), b.join(" "));
+        }
+        for (x, y) in self.inputs.iter().zip(&other.inputs) {
+            if x.blake3 != y.blake3 {
+                return format!("input `{}`: {} vs {}", x.role, x.path, y.path);
+            }
+        }
+        if self.inputs.len() != other.inputs.len() {
+            return "inputs".into();
+        }
+        "schema or tokenizer".into()
+    }
+
     /// Serialises to JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -126,6 +170,50 @@ impl Lineage {
     }
 }
 
+/// Flags that differ between the tasks of one run without changing what is computed: the
+/// shard, threads, logging and summaries. `true`: the flag takes a value.
+const PER_TASK_FLAGS: [(&str, bool); 11] = [
+    ("--shard-index", true),
+    ("--num-shards", true),
+    ("--threads", true),
+    ("--log-format", true),
+    ("--summary-json", true),
+    ("--json", false),
+    ("--no-progress", false),
+    ("--verbose", false),
+    ("--quiet", false),
+    ("--record-timings", false),
+    ("--keep-checkpoint", false),
+];
+
+/// `args` without the per-task flags (see [`PER_TASK_FLAGS`]) and `-v`/`-q` counts.
+pub fn run_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let short_count = a.len() > 1
+            && a.starts_with('-')
+            && !a.starts_with("--")
+            && a[1..].chars().all(|c| c == 'v' || c == 'q');
+        if short_count {
+            continue;
+        }
+        let (name, inline_value) = match a.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (a.as_str(), false),
+        };
+        if let Some((_, takes_value)) = PER_TASK_FLAGS.iter().find(|(f, _)| *f == name) {
+            skip_value = *takes_value && !inline_value;
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +231,20 @@ mod tests {
         assert!(err.contains("rollouts.parquet has abc"), "{err}");
         assert!(err.contains("rm/ has def"), "{err}");
         assert!(Lineage::check_tokenizer("a", None, "b", "def").is_ok());
+    }
+
+    #[test]
+    fn shards_of_one_run_share_a_run_key() {
+        let with = |args: &[&str]| {
+            let mut l = Lineage::new("sample-rollouts", "0.1.0", Artifact::Rollouts);
+            l.args = args.iter().map(|s| s.to_string()).collect();
+            l
+        };
+        let a = with(&["--out", "o", "--shard-index", "0", "--num-shards=2", "-vv", "--threads", "2"]);
+        let b = with(&["--out", "o", "--shard-index=1", "--num-shards", "2", "--no-progress"]);
+        assert_eq!(a.run_key(), b.run_key());
+        let c = with(&["--out", "o", "--iteration", "2", "--shard-index", "1"]);
+        assert_ne!(a.run_key(), c.run_key());
+        assert!(a.run_difference(&c).contains("--iteration 2"), "{}", a.run_difference(&c));
     }
 }

@@ -13,7 +13,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use crate::atomic::{ensure_parent, temp_sibling};
+use crate::atomic::{ensure_parent, sweep, temp_sibling};
+use crate::parts;
+use crate::signals;
 use crate::error::{CoreError, Result};
 use crate::lineage::{Lineage, LINEAGE_KEY};
 use crate::schema::{check_schema, schema_line, Artifact};
@@ -55,8 +57,14 @@ impl ArtifactWriter {
             });
         }
         ensure_parent(target)?;
+        parts::check_writable_part(target, lineage)?;
+        sweep(target)?;
         let tmp = temp_sibling(target);
-        let file = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
+        signals::register_temporary(&tmp);
+        let file = File::create(&tmp).map_err(|e| {
+            signals::unregister_temporary(&tmp);
+            CoreError::io("creating", &tmp, e)
+        })?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
             .set_max_row_group_row_count(Some(row_group_size(artifact)))
@@ -88,6 +96,15 @@ impl ArtifactWriter {
 
     /// Closes the file and renames it onto the target. Returns the number of rows.
     pub fn finish(mut self) -> Result<usize> {
+        let result = self.close_and_rename();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        signals::unregister_temporary(&self.tmp);
+        result
+    }
+
+    fn close_and_rename(&mut self) -> Result<usize> {
         if let Some(w) = self.writer.take() {
             let file = w
                 .into_inner()
@@ -106,6 +123,7 @@ impl Drop for ArtifactWriter {
         if self.writer.is_some() {
             self.writer = None;
             let _ = std::fs::remove_file(&self.tmp);
+            signals::unregister_temporary(&self.tmp);
         }
     }
 }
@@ -123,7 +141,8 @@ pub fn write_batch(
 }
 
 /// Expands an input spec (a file, a folder of `.parquet` part files, or a glob) into the
-/// sorted list of files it names.
+/// sorted list of files it names. Part files (`part-I-of-N.parquet`) must be complete: all
+/// N parts of one N, or the spec is refused naming what is missing or foreign.
 pub fn resolve_inputs(spec: &Path) -> Result<Vec<PathBuf>> {
     let text = spec.to_string_lossy();
     let mut files: Vec<PathBuf> = if spec.is_file() {
@@ -158,6 +177,7 @@ pub fn resolve_inputs(spec: &Path) -> Result<Vec<PathBuf>> {
             pattern: text.to_string(),
         });
     }
+    parts::check_complete(spec, &files)?;
     Ok(files)
 }
 
@@ -203,6 +223,7 @@ impl Dataset {
             }
             lineages.push(read_lineage(f)?);
         }
+        parts::check_one_run(spec, &files, &lineages)?;
         Ok(Dataset {
             artifact,
             files,

@@ -62,6 +62,12 @@ pub fn run(cli: &Cli) -> Result<()> {
         model.config().max_position_embeddings as usize,
     )?;
     if let Some(dir) = &settings.adapter {
+        rlhf_core::adapter_meta::check_trained_on(
+            "--adapter",
+            dir,
+            &settings.model_dir,
+            &model.base_id(),
+        )?;
         model
             .load_adapter(POLICY, dir)
             .with_context(|| format!("loading policy adapter {}", dir.display()))?;

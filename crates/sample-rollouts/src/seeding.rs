@@ -33,11 +33,12 @@ pub fn rollout_id(prompt_id: &str, iteration: i32, sample_index: usize, policy_i
     ])
 }
 
-/// The policy id of an adapter folder: the first 16 hex characters of its content hash.
+/// The policy id of an adapter folder: its content id (weights and configuration, never
+/// paths: see `rlhf_core::adapter_meta::content_id`).
 pub fn policy_id(adapter: Option<&std::path::Path>) -> anyhow::Result<String> {
     match adapter {
         None => Ok(BASE_POLICY_ID.to_string()),
-        Some(dir) => Ok(rlhf_core::hash::dir_hash(dir)?[..16].to_string()),
+        Some(dir) => Ok(rlhf_core::adapter_meta::content_id(dir)?),
     }
 }
 

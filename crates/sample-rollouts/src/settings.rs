@@ -173,6 +173,14 @@ impl Settings {
     /// Validates the flags; nothing heavy happens here.
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
         let shard = cli.shard.resolve()?;
+        let mut inputs = vec![
+            ("--model", cli.model.model.as_path()),
+            ("--prompts", cli.prompts.as_path()),
+        ];
+        if let Some(a) = &cli.adapter {
+            inputs.push(("--adapter", a.as_path()));
+        }
+        rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         if cli.samples_per_prompt == 0 {
             bail!(usage("--samples-per-prompt must be at least 1".into()));
         }
@@ -206,6 +214,11 @@ impl Settings {
         check_model_dir(&cli.model.model)?;
         if let Some(a) = &cli.adapter {
             check_adapter_dir(a)?;
+            rlhf_core::adapter_meta::check_kind(
+                "--adapter",
+                a,
+                rlhf_core::adapter_meta::AdapterKind::Policy,
+            )?;
         }
         rlhf_core::parquet_io::resolve_inputs(&cli.prompts)
             .with_context(|| format!("--prompts {}", cli.prompts.display()))?;

@@ -279,6 +279,14 @@ impl Settings {
                 .into());
             }
         }
+        let mut inputs = vec![("--rollouts", cli.rollouts.as_path())];
+        if let Some(m) = &cli.model {
+            inputs.push(("--model", m.as_path()));
+        }
+        for rm in &reward_models {
+            inputs.push(("--reward-model", rm.dir.as_path()));
+        }
+        rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         rlhf_core::parquet_io::resolve_inputs(&cli.rollouts)
             .with_context(|| format!("--rollouts {}", cli.rollouts.display()))?;
         let out_file = shard.output_for(&cli.out)?;

@@ -52,6 +52,17 @@ pub fn checkpoint_root(out: &Path) -> PathBuf {
 
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
+    let mut inputs = vec![("--model", cli.model.model.as_path())];
+    for (flag, p) in [
+        ("--preferences", &cli.preferences),
+        ("--ratings", &cli.ratings),
+        ("--normalize-with", &cli.normalize_with),
+    ] {
+        if let Some(p) = p {
+            inputs.push((flag, p.as_path()));
+        }
+    }
+    rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
     if !cli.model.model.join("config.json").is_file() {
         return Err(CoreError::BadInput {
             path: cli.model.model.clone(),

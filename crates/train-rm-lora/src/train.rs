@@ -158,11 +158,13 @@ fn push_figures(log: &mut MetricsLog, step: i64, prefix: &str, loss: f64, c: &Co
     }
 }
 
+/// Metrics rows for a checkpoint: values as their f64 bit patterns, so a resumed run's
+/// metrics.parquet is byte-identical to an uninterrupted one's (JSON floats are not).
 fn rows_to_json(log: &MetricsLog) -> serde_json::Value {
     json!(log
         .rows
         .iter()
-        .map(|r| json!([r.step, r.metric, r.value]))
+        .map(|r| json!([r.step, r.metric, r.value.to_bits()]))
         .collect::<Vec<_>>())
 }
 
@@ -171,19 +173,33 @@ fn rows_from_json(log: &mut MetricsLog, v: &serde_json::Value) -> Result<()> {
         .as_array()
         .context("checkpoint extra `metrics` is not a list")?;
     for r in rows {
-        let (step, metric, value) = (r[0].as_i64(), r[1].as_str(), r[2].as_f64());
-        match (step, metric, value) {
-            (Some(s), Some(m), Some(v)) => log.push(s, m, v),
-            // JSON has no NaN: a non-finite value was stored as null.
-            (Some(s), Some(m), None) => log.push(s, m, f64::NAN),
+        let (step, metric, bits) = (r[0].as_i64(), r[1].as_str(), r[2].as_u64());
+        match (step, metric, bits) {
+            (Some(s), Some(m), Some(b)) => log.push(s, m, f64::from_bits(b)),
             _ => bail!("checkpoint extra `metrics` has a malformed row: {r}"),
         }
     }
     Ok(())
 }
 
+fn save_checkpoint(
+    rm: &RewardModel,
+    job: &Job,
+    opt: &AdamW,
+    log: &MetricsLog,
+    done: u64,
+    seed: u64,
+) -> Result<()> {
+    let mut meta = CheckpointMeta::new(done, done * job.cfg.grad_accum as u64, seed);
+    meta.extra = json!({"fingerprint": job.fingerprint, "metrics": rows_to_json(log)});
+    checkpoint::save(&job.checkpoint_dir, &meta, &rm.trainable()?, &opt.state())?;
+    Ok(())
+}
+
 /// Trains one reward model; returns its steps, metrics and final eval figures.
 pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outcome> {
+    // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
+    let _cooperative = rlhf_core::signals::Cooperative::begin();
     let cfg = job.cfg;
     let seed = cfg.seed.wrapping_add((job.member as u64) << 32);
     let mut stream: Vec<Batch> = Vec::new();
@@ -301,11 +317,23 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
             push_figures(&mut log, done as i64, "eval", loss, &c);
             info!(step = done, eval_loss = loss, "eval");
         }
-        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every as u64 == 0 && done < total_steps
+        let stop = rlhf_core::signals::pending().filter(|_| done < total_steps);
+        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every as u64 == 0 && done < total_steps)
+            || stop.is_some()
         {
-            let mut meta = CheckpointMeta::new(done, done * cfg.grad_accum as u64, seed);
-            meta.extra = json!({"fingerprint": job.fingerprint, "metrics": rows_to_json(&log)});
-            checkpoint::save(&job.checkpoint_dir, &meta, &rm.trainable()?, &opt.state())?;
+            save_checkpoint(rm, job, &opt, &log, done, seed)?;
+        }
+        if let Some(signal) = stop {
+            bar.finish_and_clear();
+            return Err(rlhf_core::signals::interrupted_error(
+                signal,
+                format!(
+                    "checkpoint of step {done}/{total_steps} in {}; rerun with the same flags \
+                     and --resume to continue",
+                    job.checkpoint_dir.display()
+                ),
+            )
+            .into());
         }
     }
     bar.finish_and_clear();

@@ -68,6 +68,10 @@ pub fn ckpt_dir_for(out: &Path) -> PathBuf {
 impl Settings {
     /// Validates the command line.
     pub fn from_cli(cli: &Cli) -> Result<Settings, CoreError> {
+        rlhf_core::paths::check_outputs(
+            &[("--out", &cli.out)],
+            &[("--model", &cli.model.model), ("--data", &cli.data)],
+        )?;
         let positive = |name: &str, v: usize| {
             if v == 0 {
                 Err(usage(format!("--{name} must be at least 1")))

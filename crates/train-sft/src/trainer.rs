@@ -107,6 +107,8 @@ impl Run<'_> {
     /// Trains; returns the metrics log and the outcome. The optimiser owns the trainable
     /// tensors (shared with the model).
     pub fn train(&self, opt: &mut Optimizer) -> Result<(MetricsLog, Outcome)> {
+        // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
+        let _cooperative = rlhf_core::signals::Cooperative::begin();
         let s = self.settings;
         let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
         let batcher = Batcher::new(lengths, s.batch_size, s.seed);
@@ -238,7 +240,8 @@ impl Run<'_> {
             }
             let stop = s.stop_after_steps == Some(outcome.steps_here) && done < total;
             let periodic = s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
-            if (periodic || stop) && done < total {
+            let signal = rlhf_core::signals::pending().filter(|_| done < total);
+            if (periodic || stop || signal.is_some()) && done < total {
                 let t = Instant::now();
                 let snap = resume::Snapshot {
                     step: done,
@@ -250,6 +253,18 @@ impl Run<'_> {
                 };
                 resume::save(&s.ckpt_dir, &snap, opt)?;
                 eval_seconds += t.elapsed().as_secs_f64();
+            }
+            if let Some(signal) = signal {
+                bar.finish_and_clear();
+                return Err(rlhf_core::signals::interrupted_error(
+                    signal,
+                    format!(
+                        "checkpoint of step {done}/{total} in {}; rerun with the same flags \
+                         and --resume to continue",
+                        s.ckpt_dir.display()
+                    ),
+                )
+                .into());
             }
             if stop {
                 bar.finish_and_clear();
