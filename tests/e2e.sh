@@ -3,7 +3,8 @@
 #  1. the demo pipeline (pipelines/demo.mk) on a micro configuration: every stage runs,
 #     the report's summary.json holds the headline figures;
 #  2. make caching: a rerun does nothing; touching the reward-model config reruns the
-#     reward model and what depends on it, not the data, model or SFT;
+#     reward model and what depends on it, not the data, model or SFT; then the stage
+#     contract case by case (tests/contract.sh) on the micro run;
 #  3. the real-data pipeline (pipelines/perl.mk) on a tiny model written by transformers
 #     and HH-RLHF-format fixture data;
 #  4. full fine-tuning of the policy (ppo-update --full) on the micro demo's SFT model: its
@@ -49,6 +50,9 @@ echo "e2e: after touching rm.args make would run: $planned" >&2
 for stage in prep-data init-model train-sft sample-pairs; do
   [[ " $planned " != *" $stage "* ]] || fail "rm config change reruns $stage"
 done
+
+# --- 2b. the stage contract (exit codes, outputs vs inputs, part folders, signals) -------
+bash tests/contract.sh "$run" "$BIN" "$PY" || fail "stage contract"
 
 # --- 3. real-data pipeline on a transformers-made model -------------------------------
 model=$tmp/hf-model

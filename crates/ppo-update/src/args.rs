@@ -58,7 +58,7 @@ output), --ref-model the frozen reference loaded as a second copy (it carries th
 critic), and --out a full model folder (config.json, model.safetensors, tokenizer files) with \
 the same state files beside the weights. Pass it as --model to the next iteration, and to \
 sample-rollouts (no --adapter; --no-ref-logprobs, since ppo-update --full recomputes them).\n\n\
-Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data."
+Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data, 130/143 stopped by SIGINT/SIGTERM (trainers after a checkpoint)."
 )]
 pub struct Cli {
     #[command(flatten)]

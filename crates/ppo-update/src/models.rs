@@ -165,9 +165,16 @@ pub fn load(s: &Settings, data: &Data) -> Result<Loaded> {
         Some(dir) => TrainingState::read(dir)?,
         None => None,
     };
+    if let Some(dir) = &s.adapter {
+        rlhf_core::adapter_meta::check_kind(
+            "--adapter",
+            dir,
+            rlhf_core::adapter_meta::AdapterKind::Policy,
+        )?;
+    }
     if let (Some(dir), false, false) = (&s.adapter, data.policy_ids.is_empty(), s.full) {
-        let id = rlhf_core::hash::dir_hash(dir)?;
-        if !data.policy_ids.iter().any(|p| id.starts_with(p.as_str())) {
+        let id = rlhf_core::adapter_meta::content_id(dir)?;
+        if !data.policy_ids.iter().any(|p| *p == id) {
             tracing::warn!(
                 adapter = %dir.display(),
                 sampled_by = ?data.policy_ids,

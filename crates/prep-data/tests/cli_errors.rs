@@ -59,7 +59,7 @@ fn unknown_extension_and_empty_folder_are_exit_3() {
 }
 
 #[test]
-fn bad_flag_values_are_exit_3_and_unknown_flags_exit_2() {
+fn bad_flag_values_and_unknown_flags_are_exit_2() {
     let t = tempfile::tempdir().unwrap();
     let f = t.path().join("a.jsonl");
     jsonl(
@@ -76,7 +76,7 @@ fn bad_flag_values_are_exit_3_and_unknown_flags_exit_2() {
         "--eval-fraction",
         "1.5",
     ]);
-    assert_eq!(o.code, 3);
+    assert_eq!(o.code, 2, "a bad flag value is a usage error");
     assert!(
         o.stderr.contains("--eval-fraction 1.5 must be in [0, 1]"),
         "{}",
@@ -91,7 +91,7 @@ fn bad_flag_values_are_exit_3_and_unknown_flags_exit_2() {
         "--max-prompt-tokens",
         "5",
     ]);
-    assert_eq!(o.code, 3);
+    assert_eq!(o.code, 2, "a flag combination that cannot work is a usage error");
     assert!(o.stderr.contains("need --tokenizer"), "{}", o.stderr);
     let o = prep(&[
         "convert",
@@ -115,7 +115,7 @@ fn bad_flag_values_are_exit_3_and_unknown_flags_exit_2() {
         "--shard-index",
         "2",
     ]);
-    assert_eq!(o.code, 3);
+    assert_eq!(o.code, 2, "a shard index out of range is a usage error");
     assert!(o.stderr.contains("out of range"), "{}", o.stderr);
     let o = prep(&[
         "convert",
@@ -133,7 +133,7 @@ fn bad_flag_values_are_exit_3_and_unknown_flags_exit_2() {
         "--out-dir",
         &out_dir(&t),
     ]);
-    assert_eq!(o.code, 3);
+    assert_eq!(o.code, 2, "a bad flag value is a usage error");
     assert!(o.stderr.contains("1 to 640"), "{}", o.stderr);
 }
 
@@ -270,7 +270,7 @@ fn pairs_with_missing_score_column_is_exit_3_listing_columns() {
         "--label-noise",
         "2",
     ]);
-    assert_eq!(o.code, 3);
+    assert_eq!(o.code, 2, "a bad flag value is a usage error");
     assert!(
         o.stderr.contains("--label-noise 2 must be in [0, 1]"),
         "{}",

@@ -25,7 +25,7 @@ policy id, iteration and seed.\n\n\
 Each sample's random stream is seeded from (--seed, --iteration, prompt id, sample index), and \
 on CPU the K samples of one prompt always form one forward batch, so the rows do not depend on \
 --batch-size, on --num-shards or on the other prompts in the file.\n\n\
-Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data."
+Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data, 130/143 stopped by SIGINT/SIGTERM (trainers after a checkpoint)."
 )]
 pub struct Cli {
     #[command(flatten)]

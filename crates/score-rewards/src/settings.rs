@@ -33,7 +33,7 @@ records the column without adding it to `reward`) and ,name=COLUMN.\n\n\
 Reward statistics (mean, std, quantiles, correlation with response length) go to stderr and \
 to the lineage in the file's footer.\n\n\
 Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data (e.g. rollouts made with another \
-tokenizer than the reward model's)."
+tokenizer than the reward model's), 130/143 stopped by SIGINT/SIGTERM."
 )]
 pub struct Cli {
     #[command(flatten)]

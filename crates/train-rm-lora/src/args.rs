@@ -39,7 +39,7 @@ fully trainable scalar score head (or --full: every weight), from preference pai
 labels; ties = 0.5; all pairs of a ranking group in one batch; optional margin) and/or ratings (thumbs: \
 binary cross-entropy). Writes a PEFT SEQ_CLS adapter folder with rlhf_state.json (reward normalisation) and \
 metrics.parquet.\n\nExit codes: 0 success, 1 failure (incl. NaN/inf loss), 2 usage, 3 bad input data \
-(schema, rows, tokenizer mismatch)."
+(schema, rows, tokenizer mismatch), 130/143 stopped by SIGINT/SIGTERM (after a checkpoint)."
 )]
 #[command(group(ArgGroup::new("data").required(true).multiple(true).args(["preferences", "ratings"])))]
 pub struct Cli {
