@@ -35,6 +35,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 fail() { echo "slurm test FAILED: $*" >&2; exit 1; }
 failed=()
 # a failed check that does not stop the later ones

@@ -4,7 +4,7 @@
 #
 #   pipelines/slurm/local-cluster.sh start DIR   # munged + slurmctld + slurmd, all under DIR
 #   export SLURM_CONF=DIR/slurm.conf             # then sbatch/squeue/scontrol talk to it
-#   pipelines/slurm/local-cluster.sh stop DIR    # stops the three daemons by their pid files
+#   pipelines/slurm/local-cluster.sh stop DIR    # cancels its jobs, stops the daemons by their pid files
 #
 # Everything lives under DIR: munge key, socket, pid, log and seed files; slurm.conf with
 # private ports; state, spool, pid and log files. Nothing in /etc, no systemd. The one node
@@ -36,7 +36,17 @@ stop_pidfile() {
 }
 
 stop() {
-  local dir=$1
+  local dir=$1 pid
+  # cancel what still runs in this private cluster first: slurmstepd and the job's
+  # processes outlive slurmd otherwise
+  pid=$(cat "$dir/slurmctld.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -f "$dir/slurm.conf" ]; then
+    export SLURM_CONF=$dir/slurm.conf
+    if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+      scancel --quiet --user="$(id -un)" 2>/dev/null || true
+      for _ in $(seq 60); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+    fi
+  fi
   stop_pidfile "$dir/slurmd.pid"
   stop_pidfile "$dir/slurmctld.pid"
   stop_pidfile "$dir/munged.pid"

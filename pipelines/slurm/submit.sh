@@ -67,7 +67,7 @@ export BIN RUN CONF ITERATIONS SHARDS THREADS SEED CHECKPOINT_EVERY
 mkdir -p "$RUN/slurm/logs"
 # shellcheck disable=SC2206
 extra=(${SBATCH_ARGS:-})
-common=(--parsable --cpus-per-task="$THREADS" --kill-on-invalid-dep=yes "${extra[@]}")
+common=(--parsable --export=ALL --cpus-per-task="$THREADS" --kill-on-invalid-dep=yes "${extra[@]}")
 [ -n "${MEM:-}" ] && common+=(--mem="$MEM")
 [ -n "${TIME:-}" ] && common+=(--time="$TIME")
 train=(--requeue --open-mode=append --signal=B:TERM@"$SIGNAL_GRACE")
