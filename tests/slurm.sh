@@ -99,7 +99,7 @@ wait_job() {
 conf=$tmp/conf
 cp -r tests/e2e/demo "$conf"
 srun_dir=$tmp/slurm-run
-common=(BIN="$BIN" CONF="$conf" ITERATIONS=$ITERATIONS SHARDS="$SHARDS" THREADS="$THREADS" SEED=0)
+common=(BIN="$BIN" CONF="$conf" ITERATIONS="$ITERATIONS" SHARDS="$SHARDS" THREADS="$THREADS" SEED=0)
 pipelines/slurm/submit.sh "${common[@]}" RUN="$srun_dir" CHECKPOINT_EVERY=2 >"$tmp/submit.log" \
   || { cat "$tmp/submit.log" >&2; fail "submit.sh"; }
 say "submitted $(wc -l <"$srun_dir/slurm/jobs.tsv") jobs (sample and score as arrays of $SHARDS)"

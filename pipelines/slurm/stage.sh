@@ -67,6 +67,7 @@ resume_flags() {
   fi
 }
 need_iteration() {
+  # shellcheck disable=SC2015  # any failed test is a usage error
   [[ "$iteration" =~ ^[0-9]+$ ]] && [ "$iteration" -ge 1 ] && [ "$iteration" -le "$ITERATIONS" ] \
     || usage_fail "stage $stage needs an iteration 1..$ITERATIONS, got '${iteration}'"
 }
@@ -163,6 +164,7 @@ esac
 terms=0
 child=
 job_state() { scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o "$1=[A-Z_0-9]*" | head -1 | cut -d= -f2; }
+# shellcheck disable=SC2317  # invoked by the trap
 on_term() {
   terms=$((terms + 1))
   # Slurm's own kill (scontrol requeue, preemption, scancel, time limit) signals every

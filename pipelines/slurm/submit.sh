@@ -58,13 +58,12 @@ for b in prep-data init-model train-sft train-rm-lora sample-rollouts score-rewa
 done
 BIN=$(cd "$BIN" && pwd)
 CONF=$(cd "$CONF" && pwd)
-mkdir -p "$RUN"
-RUN=$(cd "$RUN" && pwd)
+RUN=$(realpath -m "$RUN")
 if [ -z "${ONLY:-}" ] && { [ -e "$RUN/data" ] || [ -e "$RUN/slurm/jobs.tsv" ]; }; then
   die "$RUN already holds a run; give a new RUN folder"
 fi
 export BIN RUN CONF ITERATIONS SHARDS THREADS SEED CHECKPOINT_EVERY
-mkdir -p "$RUN/slurm/logs"
+[ -n "${DRY_RUN:-}" ] || mkdir -p "$RUN/slurm/logs"
 # shellcheck disable=SC2206
 extra=(${SBATCH_ARGS:-})
 common=(--parsable --export=ALL --cpus-per-task="$THREADS" --kill-on-invalid-dep=yes "${extra[@]}")
@@ -91,7 +90,7 @@ submit() {
     id=$("${cmd[@]}") || die "sbatch failed for $name"
     id=${id%%;*}
   fi
-  printf '%s\t%s\n' "$name" "$id" >>"$RUN/slurm/jobs.tsv"
+  [ -n "${DRY_RUN:-}" ] || printf '%s\t%s\n' "$name" "$id" >>"$RUN/slurm/jobs.tsv"
   printf '%-22s %s\n' "$name" "$id"
   JOB=$id
 }
@@ -107,7 +106,7 @@ if [ -n "${ONLY:-}" ]; then
     sft | rm | ppo) opts=("${train[@]}") ;;
     sample | score) opts=(--array=1-"$SHARDS") ;;
   esac
-  submit "only-$stage${it:+-$it}" "" "${opts[@]}" -- "$stage" $it
+  submit "only-$stage${it:+-$it}" "" "${opts[@]}" -- "$stage" ${it:+"$it"}
   exit 0
 fi
 
@@ -135,4 +134,8 @@ submit eval-sample-policy "$policy" -- eval-sample-policy; es_pol=$JOB
 submit eval-score-sft "$(deps "$es_sft" "$rm")" -- eval-score-sft; ec_sft=$JOB
 submit eval-score-policy "$(deps "$es_pol" "$rm")" -- eval-score-policy; ec_pol=$JOB
 submit report "$(deps "$merge" "$ec_sft" "$ec_pol")" -- report
-echo "submit: $(wc -l <"$RUN/slurm/jobs.tsv") jobs; logs in $RUN/slurm/logs; report job $JOB -> $RUN/report/summary.md" >&2
+if [ -n "${DRY_RUN:-}" ]; then
+  echo "submit: dry run, $dry_id jobs, nothing submitted" >&2
+else
+  echo "submit: $(wc -l <"$RUN/slurm/jobs.tsv") jobs; logs in $RUN/slurm/logs; report job $JOB -> $RUN/report/summary.md" >&2
+fi
