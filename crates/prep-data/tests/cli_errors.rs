@@ -61,6 +61,8 @@ fn unknown_extension_and_empty_folder_are_exit_3() {
 #[test]
 fn bad_flag_values_and_unknown_flags_are_exit_2() {
     let t = tempfile::tempdir().unwrap();
+    let empty = t.path().join("not-a-model");
+    std::fs::create_dir(&empty).unwrap();
     let f = t.path().join("a.jsonl");
     jsonl(
         &f,
@@ -100,7 +102,7 @@ fn bad_flag_values_and_unknown_flags_are_exit_2() {
         "--out-dir",
         &out_dir(&t),
         "--tokenizer",
-        t.path().to_str().unwrap(),
+        empty.to_str().unwrap(),
     ]);
     assert_eq!(o.code, 3);
     assert!(o.stderr.contains("no tokenizer.json"), "{}", o.stderr);

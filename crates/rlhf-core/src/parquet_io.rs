@@ -177,7 +177,11 @@ pub fn resolve_inputs(spec: &Path) -> Result<Vec<PathBuf>> {
             pattern: text.to_string(),
         });
     }
-    parts::check_complete(spec, &files)?;
+    if !spec.is_file() {
+        // A folder or a glob: its part files must form one complete set. A part file
+        // named on its own is read as the user asks.
+        parts::check_complete(spec, &files)?;
+    }
     Ok(files)
 }
 
@@ -223,7 +227,9 @@ impl Dataset {
             }
             lineages.push(read_lineage(f)?);
         }
-        parts::check_one_run(spec, &files, &lineages)?;
+        if !spec.is_file() {
+            parts::check_one_run(spec, &files, &lineages)?;
+        }
         Ok(Dataset {
             artifact,
             files,

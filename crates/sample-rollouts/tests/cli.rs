@@ -33,7 +33,8 @@ impl Fixture {
         self.root.join(name).display().to_string()
     }
 
-    /// Runs with the common flags plus `extra`; panics unless it succeeds.
+    /// Runs with the common flags plus `extra`; panics unless it succeeds. Returns the rows
+    /// written (none for a sharded run: read the folder once every part is there).
     fn sample(&self, out: &str, extra: &[&str]) -> Vec<RolloutRow> {
         let (model, prompts, policy, out) = (
             self.p("model"),
@@ -63,6 +64,9 @@ impl Fixture {
         args.extend(extra);
         let (code, _, stderr) = run(&args);
         assert_eq!(code, 0, "sample-rollouts failed: {stderr}");
+        if Path::new(&out).is_dir() {
+            return Vec::new();
+        }
         read_records::<RolloutRow>(Path::new(&out)).unwrap().0
     }
 }
@@ -85,14 +89,18 @@ fn shards_together_equal_the_unsharded_run() {
     let mut expected = order.clone();
     expected.sort();
     assert_eq!(order, expected);
-    let mut parts = Vec::new();
-    for shard in 0..3 {
-        // Each call returns what the folder holds so far.
-        parts = f.sample(
+    for shard in [2, 0, 1] {
+        f.sample(
             "parts",
             &["--num-shards", "3", "--shard-index", &shard.to_string()],
         );
+        let read = read_records::<RolloutRow>(&f.root.join("parts"));
+        if shard != 1 {
+            let err = read.unwrap_err().to_string();
+            assert!(err.contains("missing part(s)"), "an incomplete folder is refused: {err}");
+        }
     }
+    let parts = read_records::<RolloutRow>(&f.root.join("parts")).unwrap().0;
     assert_eq!(parts.len(), 21, "reading the folder reads every part");
     assert_eq!(sorted(parts), sorted(whole.clone()));
     let names: Vec<String> = std::fs::read_dir(f.root.join("parts"))
@@ -242,7 +250,7 @@ fn errors_exit_with_clear_messages() {
     assert!(err.contains("model folder not found"), "{err}");
 
     let (code, _, err) = run(&[&base[..], &["--temperature=-1"]].concat());
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "a bad value found after parsing is a usage error: {err}");
     assert!(err.contains("--temperature -1"), "{err}");
 
     let (code, _, err) = run(&[&base[..], &["--frobnicate"]].concat());
@@ -267,8 +275,8 @@ fn errors_exit_with_clear_messages() {
         "--out",
         &f.p("model"),
     ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("is a folder"), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--out") && err.contains("same path as --model"), "{err}");
 
     let (code, _, err) = run(&[&base[..], &["--adapter", &f.p("model")]].concat());
     assert_eq!(code, 3, "{err}");

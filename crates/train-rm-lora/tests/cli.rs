@@ -158,9 +158,11 @@ fn bad_rows_and_files_exit_3_with_location() {
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("no training rows"), "{}", stderr(&o));
     // Not a model folder.
+    let not_a_model = dir.path().join("not-a-model");
+    std::fs::create_dir(&not_a_model).unwrap();
     let o = run(&[
         "--model",
-        dir.path().to_str().unwrap(),
+        not_a_model.to_str().unwrap(),
         "--preferences",
         prefs.to_str().unwrap(),
         "--out",
