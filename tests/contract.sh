@@ -50,7 +50,11 @@ check() { # check NAME COMMAND...: a plain assertion
   fi
 }
 tree_hash() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
-no_temporaries() { [ -z "$(find "$@" -name '.*.tmp-*' 2>/dev/null)" ]; }
+no_temporaries() {
+  local left
+  left=$(find "$@" -name '.*.tmp-*' 2>/dev/null)
+  [ -z "$left" ] || { echo "    left: $left" >&2; return 1; }
+}
 
 sft=$run/sft rm=$run/rm pol=$run/iter-002/policy
 prompts=$run/data/prompts.parquet r1=$run/iter-001/rollouts.parquet s1=$run/iter-001/scores.parquet
@@ -136,8 +140,7 @@ print(f"contract: ok   a moved adapter gives the same rollouts and ids ({a.colum
 PYEOF
 
 # --- temporaries of dead runs are swept ----------------------------------------------------
-mkdir -p "$tmp/sweep/.policy.tmp-4194311" && echo x >"$tmp/sweep/.policy.tmp-4194311/adapter_model.safetensors"
-echo x >"$tmp/sweep/.scores.parquet.tmp-4194311"
+mkdir -p "$tmp/sweep" && echo x >"$tmp/sweep/.scores.parquet.tmp-4194311"
 "$BIN/score-rewards" "${g[@]}" --rollouts "$r1" --rule gold --out "$tmp/sweep/scores.parquet"
 check "a dead run's temporary file is swept" [ ! -e "$tmp/sweep/.scores.parquet.tmp-4194311" ]
 
@@ -150,6 +153,25 @@ code=0; wait $pid || code=$?
 check "sample-rollouts stopped by SIGTERM exits 143 (got $code)" [ "$code" = 143 ]
 check "... and leaves no temporary and no output" no_temporaries "$tmp/term"
 check "... and no output" [ ! -e "$tmp/term/rollouts.parquet" ]
+
+# kill -9 (no chance to clean up), then a rerun: the same bytes and no leftovers. Both runs
+# are given the same relative --out, so even the lineage in the footer is equal.
+mkdir -p "$tmp/clean" "$tmp/kill9"
+(cd "$tmp/clean" && "${sample[@]}" --iteration 1 --out rollouts.parquet)
+(cd "$tmp/kill9" && exec "${base_sample[@]}" --samples-per-prompt 8 --max-new-tokens 32 --out rollouts.parquet) &
+pid=$!
+for _ in $(seq 100); do [ -n "$(find "$tmp/kill9" -name '.rollouts.parquet.tmp-*' 2>/dev/null)" ] && break; sleep 0.1; done
+kill -KILL $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+check "kill -9 leaves a temporary behind" [ -n "$(find "$tmp/kill9" -name '.rollouts.parquet.tmp-*')" ]
+(cd "$tmp/kill9" && "${sample[@]}" --iteration 1 --out rollouts.parquet)
+check "the rerun sweeps it" no_temporaries "$tmp/kill9"
+check "... and writes the same bytes as a run never killed" cmp -s "$tmp/clean/rollouts.parquet" "$tmp/kill9/rollouts.parquet"
+# merge-adapter's temporary is a model-sized folder: one left by a dead run goes too.
+mkdir -p "$tmp/merge/.merged.tmp-4194311" && head -c 1000000 /dev/zero >"$tmp/merge/.merged.tmp-4194311/model.safetensors"
+"$BIN/merge-adapter" "${g[@]}" --model "$sft" --adapter "$pol" --out "$tmp/merge/merged" >/dev/null
+check "merge-adapter sweeps a dead run's model-sized temporary" no_temporaries "$tmp/merge"
+check "... and writes the merged model" [ -f "$tmp/merge/merged/config.json" ]
 
 ppo=("$BIN/ppo-update" --no-progress --threads 2 --model "$sft" --adapter "$run/iter-001/policy" --algo ppo --lora-rank 4 --lora-alpha 8
      --minibatch-size 4 --epochs 8 --rollouts "$run/iter-002/rollouts.parquet" --scores "$run/iter-002/scores.parquet" --iteration 2)
@@ -171,6 +193,41 @@ a, b = (pq.read_table(p) for p in sys.argv[1:])
 assert a.equals(b), "metrics differ"
 print(f"contract: ok   ... and so are its {a.num_rows} metric rows", file=sys.stderr)
 PYEOF
+
+# The other two trainers: SIGTERM after their first checkpoint, then --resume.
+# preempt NAME CHECKPOINT_GLOB OUT WHOLE -- COMMAND...: COMMAND --out OUT is stopped by
+# SIGTERM once a file matches CHECKPOINT_GLOB, must exit 143, and resumed with --resume
+# must give OUT's weights and metrics equal to WHOLE's (an uninterrupted run).
+preempt() {
+  local name=$1 ckpt=$2 out=$3 whole=$4
+  shift 5
+  "$@" -q --out "$whole" >/dev/null
+  "$@" -q --checkpoint-every 1 --out "$out" >/dev/null 2>"$tmp/$name.err" &
+  local pid=$! code=0
+  for _ in $(seq 400); do compgen -G "$ckpt" >/dev/null && break; sleep 0.05; done
+  kill -TERM $pid
+  wait $pid || code=$?
+  check "$name stopped by SIGTERM exits 143 (got $code)" [ "$code" = 143 ]
+  check "... after writing its checkpoint" compgen -G "$ckpt" >/dev/null
+  check "... and leaves no temporary" no_temporaries "$(dirname "$out")"
+  "$@" -q --resume --out "$out" >/dev/null
+  local w
+  for w in "$whole"/*.safetensors; do
+    check "the resumed $(basename "$w") is byte-identical" cmp -s "$w" "$out/$(basename "$w")"
+  done
+  "$PY" - "$whole/metrics.parquet" "$out/metrics.parquet" <<'PYEOF' || { echo "contract: FAIL resumed metrics differ" >&2; fails=$((fails + 1)); }
+import sys, pyarrow.parquet as pq
+a, b = (pq.read_table(p) for p in sys.argv[1:])
+assert a.equals(b), "metrics differ"
+print(f"contract: ok   ... and so are its {a.num_rows} metric rows", file=sys.stderr)
+PYEOF
+}
+preempt train-rm-lora "$tmp/rm-term.checkpoint/*/checkpoint.json" "$tmp/rm-term" "$tmp/rm-whole" -- \
+  "$BIN/train-rm-lora" --no-progress --threads 2 --model "$sft" --preferences "$run/data/preferences.parquet" \
+  --lora-rank 4 --lora-alpha 8 --batch-size 4 --epochs 8 --max-steps 48 --learning-rate 1e-3
+preempt train-sft "$tmp/sft-term.ckpt/checkpoint.json" "$tmp/sft-term" "$tmp/sft-whole" -- \
+  "$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data "$run/data/sft.parquet" \
+  --batch-size 4 --max-steps 24 --learning-rate 1e-3
 
 if [ "$fails" -gt 0 ]; then
   echo "contract: $fails case(s) FAILED" >&2

@@ -135,7 +135,10 @@ fn usage(message: String) -> CoreError {
 impl Settings {
     /// Validates the command line and builds the model configuration.
     pub fn from_cli(cli: &Cli) -> Result<Settings, CoreError> {
-        rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &[("--text-file", &cli.text_file)])?;
+        rlhf_core::paths::check_outputs(
+            &[("--out", &cli.out)],
+            &[("--text-file", &cli.text_file)],
+        )?;
         if cli.vocab_size < bpe::MIN_VOCAB {
             return Err(usage(format!(
                 "--vocab-size {} is too small: a byte-level BPE needs 256 byte symbols + 3 special tokens + merges (at least {})",

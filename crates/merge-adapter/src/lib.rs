@@ -22,9 +22,9 @@ use rlhf_nn::{Dtype, Model};
 use tch::{Device, Kind};
 use tracing::{info, warn};
 
-use rlhf_core::adapter_meta::{self as base_check, BaseCheck};
 use crate::output::OutputKind;
 use crate::shards::Entry;
+use rlhf_core::adapter_meta::{self as base_check, BaseCheck};
 
 /// Name the adapter is attached under while merging.
 const ADAPTER: &str = "merge";
@@ -89,7 +89,8 @@ pub fn run(s: &Settings) -> Result<Summary> {
         .with_context(|| format!("loading the base {}", s.model.display()))?;
     let base_id = model.base_id();
     match base_check::check_base(&s.adapter, &s.model, &base_id, s.force)
-        .context("the adapter was trained on another base (--force merges anyway)")? {
+        .context("the adapter was trained on another base (--force merges anyway)")?
+    {
         BaseCheck::Match => info!("adapter was trained on this base (base_id {base_id})"),
         BaseCheck::Unrecorded => warn!(
             "{} records no base_id ({}): only tensor shapes are checked",

@@ -207,20 +207,24 @@ pub fn join(
     Ok(out)
 }
 
+/// Means of the score columns, summed in rollout_id order so that the same scores in
+/// another row order (a part folder, a reordered file) give the same bits.
 fn score_means(scores: &ScoresTable) -> Vec<(String, f64)> {
+    let mut order: Vec<usize> = (0..scores.rollout_id.len()).collect();
+    order.sort_by(|&a, &b| scores.rollout_id[a].cmp(&scores.rollout_id[b]));
     let mean = |it: &mut dyn Iterator<Item = f32>| {
         let (s, n) = it.fold((0.0f64, 0usize), |(s, n), v| (s + v as f64, n + 1));
         (n > 0).then(|| s / n as f64)
     };
     let mut out = Vec::new();
-    if let Some(m) = mean(&mut scores.reward.iter().copied()) {
+    if let Some(m) = mean(&mut order.iter().map(|&i| scores.reward[i])) {
         out.push(("reward".to_string(), m));
     }
-    if let Some(m) = mean(&mut scores.penalty.iter().copied()) {
+    if let Some(m) = mean(&mut order.iter().map(|&i| scores.penalty[i])) {
         out.push(("penalty".to_string(), m));
     }
     for (name, v) in &scores.sources {
-        if let Some(m) = mean(&mut v.iter().flatten().copied()) {
+        if let Some(m) = mean(&mut order.iter().filter_map(|&i| v[i])) {
             out.push((name.clone(), m));
         }
     }
@@ -230,7 +234,16 @@ fn score_means(scores: &ScoresTable) -> Vec<(String, f64)> {
 /// Reads and joins the rollouts and scores datasets.
 pub fn load(rollouts: &Path, scores: &Path, reward_column: &str) -> Result<Data> {
     let rds = Dataset::open(rollouts, rlhf_core::schema::Artifact::Rollouts)?;
-    let rows: Vec<RolloutRow> = rds.read_all()?;
+    let mut rows: Vec<RolloutRow> = rds.read_all()?;
+    // One order whatever the files' row order (one file, a part folder, a reordered copy):
+    // the update depends on the rollouts' content only.
+    rows.sort_by(|a, b| {
+        (&a.prompt_id, a.sample_index, &a.rollout_id).cmp(&(
+            &b.prompt_id,
+            b.sample_index,
+            &b.rollout_id,
+        ))
+    });
     if rows.is_empty() {
         return Err(CoreError::BadInput {
             path: rollouts.into(),

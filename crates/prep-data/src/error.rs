@@ -37,7 +37,10 @@ impl PrepError {
 
 /// Classifier for `rlhf_core::cli::finish_with`: prep-data's input errors (exit 3).
 pub fn is_bad_input(err: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(err.downcast_ref::<PrepError>(), Some(PrepError::Input { .. }))
+    matches!(
+        err.downcast_ref::<PrepError>(),
+        Some(PrepError::Input { .. })
+    )
 }
 
 /// Classifier for `rlhf_core::cli::finish_with`: prep-data's flag errors (exit 2).

@@ -103,7 +103,10 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
     if args.tie_threshold.is_nan() || args.tie_threshold < 0.0 {
         return Err(PrepError::Flag("--tie-threshold must be >= 0".into()).into());
     }
-    let rejects_out = args.rejects.clone().unwrap_or_else(|| default_rejects(&args.out));
+    let rejects_out = args
+        .rejects
+        .clone()
+        .unwrap_or_else(|| default_rejects(&args.out));
     rlhf_core::paths::check_outputs(
         &[("--out", &args.out), ("--rejects", &rejects_out)],
         &[("--rollouts", &args.rollouts), ("--scores", &args.scores)],

@@ -93,7 +93,10 @@ fn bad_flag_values_and_unknown_flags_are_exit_2() {
         "--max-prompt-tokens",
         "5",
     ]);
-    assert_eq!(o.code, 2, "a flag combination that cannot work is a usage error");
+    assert_eq!(
+        o.code, 2,
+        "a flag combination that cannot work is a usage error"
+    );
     assert!(o.stderr.contains("need --tokenizer"), "{}", o.stderr);
     let o = prep(&[
         "convert",

@@ -74,7 +74,11 @@ pub fn check_out_dir(settings: &Settings) -> Result<()> {
             "--out-dir {} {} --run-dir {}: the report replaces its folder, which would delete \
              the run\n  hint: leave --out-dir out (default <run-dir>/report) or name a new folder",
             out.display(),
-            if o == r { "is the same folder as" } else { "contains" },
+            if o == r {
+                "is the same folder as"
+            } else {
+                "contains"
+            },
             run.display()
         )));
     }

@@ -296,8 +296,20 @@ fn read_iterations(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<Iteration>
     let mut out = Vec::with_capacity(found.len());
     for (number, name) in found {
         let it = dir.join(&name);
-        let (r, s) = (it.join("rollouts.parquet"), it.join("scores.parquet"));
-        let sampled = match (r.is_file(), s.is_file()) {
+        // A file, or a folder of part files from a sharded run (e.g. pipelines/slurm).
+        let pick = |file: &str, folder: &str| {
+            let f = it.join(file);
+            if f.exists() {
+                f
+            } else {
+                it.join(folder)
+            }
+        };
+        let (r, s) = (
+            pick("rollouts.parquet", "rollouts"),
+            pick("scores.parquet", "scores"),
+        );
+        let sampled = match (r.exists(), s.exists()) {
             (true, true) => Some(Sampled::read(&r, &s)?),
             (false, false) => {
                 notes.push(format!(

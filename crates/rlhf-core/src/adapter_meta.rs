@@ -186,7 +186,10 @@ pub fn content_id(adapter: &Path) -> Result<String> {
         .collect();
     weights.sort();
     for w in weights {
-        let name = w.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = w
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         h.update(name.as_bytes());
         h.update(crate::hash::file_hash(&w)?.as_bytes());
     }
@@ -219,7 +222,8 @@ mod tests {
             check_base(d.path(), Path::new("b"), "1111", false).unwrap(),
             BaseCheck::Match
         );
-        let err = anyhow::Error::new(check_base(d.path(), Path::new("sft"), "2222", false).unwrap_err());
+        let err =
+            anyhow::Error::new(check_base(d.path(), Path::new("sft"), "2222", false).unwrap_err());
         let text = format!("{err:#}");
         assert!(
             text.contains("base_id 1111") && text.contains("base_id 2222"),
@@ -240,18 +244,29 @@ mod tests {
             std::fs::create_dir_all(dir).unwrap();
             std::fs::write(
                 dir.join("adapter_config.json"),
-                format!(r#"{{"task_type": "CAUSAL_LM", "r": 8, "base_model_name_or_path": "{base}"}}"#),
+                format!(
+                    r#"{{"task_type": "CAUSAL_LM", "r": 8, "base_model_name_or_path": "{base}"}}"#
+                ),
             )
             .unwrap();
             std::fs::write(dir.join("adapter_model.safetensors"), b"weights").unwrap();
-            std::fs::write(dir.join("lineage.json"), format!("{{\"args\": [\"{}\"]}}", dir.display())).unwrap();
+            std::fs::write(
+                dir.join("lineage.json"),
+                format!("{{\"args\": [\"{}\"]}}", dir.display()),
+            )
+            .unwrap();
         }
         assert_eq!(content_id(&a).unwrap(), content_id(&b).unwrap());
         std::fs::write(b.join("adapter_model.safetensors"), b"other").unwrap();
         assert_ne!(content_id(&a).unwrap(), content_id(&b).unwrap());
         assert_eq!(kind(&a).unwrap(), AdapterKind::Policy);
         std::fs::write(a.join("adapter_config.json"), r#"{"task_type": "SEQ_CLS"}"#).unwrap();
-        let e = check_kind("--adapter", &a, AdapterKind::Policy).unwrap_err().to_string();
-        assert!(e.contains("--adapter needs a policy adapter") && e.contains("reward adapter"), "{e}");
+        let e = check_kind("--adapter", &a, AdapterKind::Policy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--adapter needs a policy adapter") && e.contains("reward adapter"),
+            "{e}"
+        );
     }
 }

@@ -184,6 +184,30 @@ fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gives the owner-only files in `dir` (and its sub-folders) the mode of every other output
+/// (0644): libtorch writes safetensors files as 0600, which other users of a shared
+/// cluster folder could not read.
+fn readable_by_all(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                readable_by_all(&entry.path());
+            } else if meta.is_file() && meta.permissions().mode() & 0o777 == 0o600 {
+                let _ =
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
 /// A folder being written: files go into `path()`; `commit` puts it in place of the
 /// target (replacing an older one); dropping it uncommitted deletes it.
 #[derive(Debug)]
@@ -218,6 +242,7 @@ impl AtomicDir {
 
     /// Puts the finished folder in place of the target.
     pub fn commit(mut self) -> Result<PathBuf> {
+        readable_by_all(&self.tmp);
         replace_dir(&self.tmp, &self.target)?;
         self.committed = true;
         signals::unregister_temporary(&self.tmp);
@@ -292,8 +317,17 @@ mod tests {
         let dead = 4_194_311u32;
         let mine = std::process::id();
         std::fs::create_dir(root.path().join(format!(".rollouts.parquet.tmp-{dead}"))).unwrap();
-        std::fs::write(root.path().join(format!(".rollouts.parquet.tmp-{dead}.probe")), "").unwrap();
-        std::fs::write(root.path().join(format!(".rollouts.parquet.tmp-{mine}")), "").unwrap();
+        std::fs::write(
+            root.path()
+                .join(format!(".rollouts.parquet.tmp-{dead}.probe")),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join(format!(".rollouts.parquet.tmp-{mine}")),
+            "",
+        )
+        .unwrap();
         std::fs::write(root.path().join(format!(".other.parquet.tmp-{dead}")), "").unwrap();
         std::fs::write(root.path().join(".rollouts.parquet.tmp-x1"), "").unwrap();
         sweep(&target).unwrap();

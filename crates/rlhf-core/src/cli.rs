@@ -131,10 +131,13 @@ pub fn exit_code_with(
     classifiers: &[InputClassifier],
     usage: &[InputClassifier],
 ) -> u8 {
-    if let Some(signal) = err.chain().find_map(|e| match e.downcast_ref::<CoreError>() {
-        Some(CoreError::Interrupted { signal, .. }) => Some(*signal),
-        _ => None,
-    }) {
+    if let Some(signal) = err
+        .chain()
+        .find_map(|e| match e.downcast_ref::<CoreError>() {
+            Some(CoreError::Interrupted { signal, .. }) => Some(*signal),
+            _ => None,
+        })
+    {
         return crate::signals::exit_code(signal);
     }
     if err
@@ -220,15 +223,16 @@ mod tests {
 
     #[test]
     fn usage_and_signals_win_over_the_rest() {
-        let usage = anyhow::Error::new(CoreError::Usage("--num-shards 0".into()))
-            .context(CoreError::NoInput {
+        let usage = anyhow::Error::new(CoreError::Usage("--num-shards 0".into())).context(
+            CoreError::NoInput {
                 pattern: "x".into(),
-            });
+            },
+        );
         assert_eq!(exit_code_for(&usage, &[]), EXIT_USAGE);
         let own = anyhow::Error::new(UsageError("--epochs 0".into())).context("settings");
         assert_eq!(exit_code_for(&own, &[]), EXIT_USAGE);
-        let stopped = anyhow::Error::new(crate::signals::interrupted_error(15, "step 3"))
-            .context("training");
+        let stopped =
+            anyhow::Error::new(crate::signals::interrupted_error(15, "step 3")).context("training");
         assert_eq!(exit_code_for(&stopped, &[]), 143);
         let corrupt = anyhow::Error::new(CoreError::parquet(
             "reading footer of",

@@ -240,11 +240,31 @@ mod tests {
             l.args = args.iter().map(|s| s.to_string()).collect();
             l
         };
-        let a = with(&["--out", "o", "--shard-index", "0", "--num-shards=2", "-vv", "--threads", "2"]);
-        let b = with(&["--out", "o", "--shard-index=1", "--num-shards", "2", "--no-progress"]);
+        let a = with(&[
+            "--out",
+            "o",
+            "--shard-index",
+            "0",
+            "--num-shards=2",
+            "-vv",
+            "--threads",
+            "2",
+        ]);
+        let b = with(&[
+            "--out",
+            "o",
+            "--shard-index=1",
+            "--num-shards",
+            "2",
+            "--no-progress",
+        ]);
         assert_eq!(a.run_key(), b.run_key());
         let c = with(&["--out", "o", "--iteration", "2", "--shard-index", "1"]);
         assert_ne!(a.run_key(), c.run_key());
-        assert!(a.run_difference(&c).contains("--iteration 2"), "{}", a.run_difference(&c));
+        assert!(
+            a.run_difference(&c).contains("--iteration 2"),
+            "{}",
+            a.run_difference(&c)
+        );
     }
 }

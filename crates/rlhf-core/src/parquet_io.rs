@@ -14,11 +14,11 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::atomic::{ensure_parent, sweep, temp_sibling};
-use crate::parts;
-use crate::signals;
 use crate::error::{CoreError, Result};
 use crate::lineage::{Lineage, LINEAGE_KEY};
+use crate::parts;
 use crate::schema::{check_schema, schema_line, Artifact};
+use crate::signals;
 
 /// Rows per row group: small for artifacts with wide list columns, larger otherwise.
 pub fn row_group_size(artifact: Artifact) -> usize {

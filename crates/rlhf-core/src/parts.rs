@@ -224,8 +224,14 @@ mod tests {
     #[test]
     fn part_names_round_trip() {
         assert_eq!(part_name(2, 13), "part-00002-of-00013.parquet");
-        assert_eq!(parse_part_name(Path::new("x/part-00002-of-00013.parquet")), Some((2, 13)));
-        assert_eq!(parse_part_name(Path::new("part-00013-of-00013.parquet")), None);
+        assert_eq!(
+            parse_part_name(Path::new("x/part-00002-of-00013.parquet")),
+            Some((2, 13))
+        );
+        assert_eq!(
+            parse_part_name(Path::new("part-00013-of-00013.parquet")),
+            None
+        );
         assert_eq!(parse_part_name(Path::new("rollouts.parquet")), None);
     }
 
@@ -237,7 +243,10 @@ mod tests {
         let plain = touch(d.path(), &["a.parquet", "b.parquet"]);
         check_complete(d.path(), &plain).unwrap();
         let e = check_complete(d.path(), &ok[..1]).unwrap_err().to_string();
-        assert!(e.contains("missing part(s) 1") && e.contains("part-00001-of-00002"), "{e}");
+        assert!(
+            e.contains("missing part(s) 1") && e.contains("part-00001-of-00002"),
+            "{e}"
+        );
         let mut mixed = ok.clone();
         mixed.extend(touch(d.path(), &[&part_name(0, 3)]));
         let e = check_complete(d.path(), &mixed).unwrap_err().to_string();

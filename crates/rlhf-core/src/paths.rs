@@ -61,11 +61,16 @@ pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Res
             if let Some((base, pattern)) = split_glob(input) {
                 let base = resolved(&base);
                 let full = format!("{}/{pattern}", base.display());
-                let matches = glob::Pattern::new(&full).is_ok_and(|p| {
-                    o.ancestors().any(|a| p.matches_path(a))
-                });
+                let matches = glob::Pattern::new(&full)
+                    .is_ok_and(|p| o.ancestors().any(|a| p.matches_path(a)));
                 if matches || base.starts_with(&o) {
-                    return Err(overlap(out_flag, out, "matches or contains", in_flag, input));
+                    return Err(overlap(
+                        out_flag,
+                        out,
+                        "matches or contains",
+                        in_flag,
+                        input,
+                    ));
                 }
                 continue;
             }
@@ -105,9 +110,18 @@ mod tests {
         std::fs::create_dir(&model).unwrap();
         let check = |out: PathBuf| check_outputs(&[("--out", &out)], &[("--model", &model)]);
         let e = check(model.clone()).unwrap_err().to_string();
-        assert!(e.contains("--out") && e.contains("same path") && e.contains("--model"), "{e}");
-        assert!(check(model.join("adapter")).unwrap_err().to_string().contains("lies inside"));
-        assert!(check(d.path().to_path_buf()).unwrap_err().to_string().contains("contains"));
+        assert!(
+            e.contains("--out") && e.contains("same path") && e.contains("--model"),
+            "{e}"
+        );
+        assert!(check(model.join("adapter"))
+            .unwrap_err()
+            .to_string()
+            .contains("lies inside"));
+        assert!(check(d.path().to_path_buf())
+            .unwrap_err()
+            .to_string()
+            .contains("contains"));
         assert!(check(model.join("../model/./")).is_err());
         check(d.path().join("model-2")).unwrap();
         check(d.path().join("out/new")).unwrap();

@@ -85,8 +85,16 @@ impl ShardArgs {
                 "shard index {index} is out of range for {count} shard(s) (index from {}, \
                  count from {})\n  hint: shards are numbered 0..N-1; in a Slurm array any \
                  numbering works when --num-shards is left to SLURM_ARRAY_TASK_COUNT",
-                if self.shard_index.is_some() { "--shard-index" } else { source },
-                if self.num_shards.is_some() { "--num-shards" } else { source },
+                if self.shard_index.is_some() {
+                    "--shard-index"
+                } else {
+                    source
+                },
+                if self.num_shards.is_some() {
+                    "--num-shards"
+                } else {
+                    source
+                },
             )));
         }
         if count > 1 && self.shard_index.is_none() {
@@ -153,7 +161,11 @@ mod tests {
     }
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -173,7 +185,9 @@ mod tests {
         }
         assert_eq!(
             seen,
-            (0..3).map(|index| Shard { index, count: 3 }).collect::<Vec<_>>()
+            (0..3)
+                .map(|index| Shard { index, count: 3 })
+                .collect::<Vec<_>>()
         );
         let stepped = env(&[
             ("SLURM_ARRAY_TASK_ID", "14"),
@@ -181,17 +195,29 @@ mod tests {
             ("SLURM_ARRAY_TASK_STEP", "2"),
             ("SLURM_ARRAY_TASK_COUNT", "3"),
         ]);
-        assert_eq!(none.resolve_with(stepped).unwrap(), Shard { index: 2, count: 3 });
+        assert_eq!(
+            none.resolve_with(stepped).unwrap(),
+            Shard { index: 2, count: 3 }
+        );
         let k8s = env(&[("JOB_COMPLETION_INDEX", "1"), ("RLHF_NUM_SHARDS", "4")]);
-        assert_eq!(none.resolve_with(k8s).unwrap(), Shard { index: 1, count: 4 });
+        assert_eq!(
+            none.resolve_with(k8s).unwrap(),
+            Shard { index: 1, count: 4 }
+        );
         let unsharded = ShardArgs {
             shard_index: None,
             num_shards: Some(1),
         };
-        let array = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "3")]);
+        let array = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
         assert_eq!(unsharded.resolve_with(array).unwrap(), Shard::ALL);
         let garbage = env(&[("SLURM_ARRAY_TASK_ID", "x")]);
-        assert!(matches!(none.resolve_with(garbage), Err(CoreError::Usage(_))));
+        assert!(matches!(
+            none.resolve_with(garbage),
+            Err(CoreError::Usage(_))
+        ));
         assert_eq!(none.resolve_with(|_| None).unwrap(), Shard::ALL);
     }
 

@@ -91,7 +91,9 @@ fn stop_now(signal: i32) -> ! {
         remove_path(&t);
     }
     eprintln!("{}: stopped; partial outputs removed", name(signal));
-    std::process::exit(i32::from(exit_code(signal)));
+    // _exit, not exit: the main thread may be inside libtorch, whose static destructors
+    // (run by exit) would then crash.
+    signal_hook::low_level::exit(i32::from(exit_code(signal)));
 }
 
 /// Removes a file or a folder, ignoring errors (it may be gone already).

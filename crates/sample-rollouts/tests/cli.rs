@@ -97,7 +97,10 @@ fn shards_together_equal_the_unsharded_run() {
         let read = read_records::<RolloutRow>(&f.root.join("parts"));
         if shard != 1 {
             let err = read.unwrap_err().to_string();
-            assert!(err.contains("missing part(s)"), "an incomplete folder is refused: {err}");
+            assert!(
+                err.contains("missing part(s)"),
+                "an incomplete folder is refused: {err}"
+            );
         }
     }
     let parts = read_records::<RolloutRow>(&f.root.join("parts")).unwrap().0;
@@ -250,7 +253,10 @@ fn errors_exit_with_clear_messages() {
     assert!(err.contains("model folder not found"), "{err}");
 
     let (code, _, err) = run(&[&base[..], &["--temperature=-1"]].concat());
-    assert_eq!(code, 2, "a bad value found after parsing is a usage error: {err}");
+    assert_eq!(
+        code, 2,
+        "a bad value found after parsing is a usage error: {err}"
+    );
     assert!(err.contains("--temperature -1"), "{err}");
 
     let (code, _, err) = run(&[&base[..], &["--frobnicate"]].concat());
@@ -276,7 +282,10 @@ fn errors_exit_with_clear_messages() {
         &f.p("model"),
     ]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--out") && err.contains("same path as --model"), "{err}");
+    assert!(
+        err.contains("--out") && err.contains("same path as --model"),
+        "{err}"
+    );
 
     let (code, _, err) = run(&[&base[..], &["--adapter", &f.p("model")]].concat());
     assert_eq!(code, 3, "{err}");

@@ -318,7 +318,9 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
             info!(step = done, eval_loss = loss, "eval");
         }
         let stop = rlhf_core::signals::pending().filter(|_| done < total_steps);
-        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every as u64 == 0 && done < total_steps)
+        if (cfg.checkpoint_every > 0
+            && done % cfg.checkpoint_every as u64 == 0
+            && done < total_steps)
             || stop.is_some()
         {
             save_checkpoint(rm, job, &opt, &log, done, seed)?;
