@@ -194,15 +194,16 @@ assert a.equals(b), "metrics differ"
 print(f"contract: ok   ... and so are its {a.num_rows} metric rows", file=sys.stderr)
 PYEOF
 
-# The other two trainers: SIGTERM after their first checkpoint, then --resume.
+# The other two trainers: SIGTERM after their first checkpoint, then the same command again
+# (resuming is the default).
 # preempt NAME CHECKPOINT_GLOB OUT WHOLE -- COMMAND...: COMMAND --out OUT is stopped by
-# SIGTERM once a file matches CHECKPOINT_GLOB, must exit 143, and resumed with --resume
-# must give OUT's weights and metrics equal to WHOLE's (an uninterrupted run).
+# SIGTERM once a file matches CHECKPOINT_GLOB, must exit 143, and rerun must give OUT's
+# weights and metrics equal to WHOLE's (an uninterrupted run).
 preempt() {
   local name=$1 ckpt=$2 out=$3 whole=$4
   shift 5
   "$@" -q --out "$whole" >/dev/null
-  "$@" -q --checkpoint-every 1 --out "$out" >/dev/null 2>"$tmp/$name.err" &
+  "$@" --checkpoint-every 1 --out "$out" >/dev/null 2>"$tmp/$name.err" &
   local pid=$! code=0
   for _ in $(seq 400); do compgen -G "$ckpt" >/dev/null && break; sleep 0.05; done
   kill -TERM $pid
@@ -210,7 +211,8 @@ preempt() {
   check "$name stopped by SIGTERM exits 143 (got $code)" [ "$code" = 143 ]
   check "... after writing its checkpoint" compgen -G "$ckpt" >/dev/null
   check "... and leaves no temporary" no_temporaries "$(dirname "$out")"
-  "$@" -q --resume --out "$out" >/dev/null
+  "$@" --out "$out" >/dev/null 2>"$tmp/$name.resume.err"
+  check "... and the same command again resumes" grep -q "resum" "$tmp/$name.resume.err"
   local w
   for w in "$whole"/*.safetensors; do
     check "the resumed $(basename "$w") is byte-identical" cmp -s "$w" "$out/$(basename "$w")"
@@ -228,6 +230,15 @@ preempt train-rm-lora "$tmp/rm-term.checkpoint/*/checkpoint.json" "$tmp/rm-term"
 preempt train-sft "$tmp/sft-term.ckpt/checkpoint.json" "$tmp/sft-term" "$tmp/sft-whole" -- \
   "$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data "$run/data/sft.parquet" \
   --batch-size 4 --max-steps 24 --learning-rate 1e-3
+
+# A checkpoint of other flags: replaced by default (with a warning), refused under --resume.
+sft_cmd=("$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data "$run/data/sft.parquet" --batch-size 4 --max-steps 6)
+"${sft_cmd[@]}" -q --learning-rate 1e-3 --checkpoint-every 2 --stop-after-steps 2 --out "$tmp/sft-other" >/dev/null 2>&1 || true
+check "train-sft --stop-after-steps leaves a checkpoint" [ -f "$tmp/sft-other.ckpt/checkpoint.json" ]
+expect 3 "train-sft --resume with a checkpoint of other flags" -- "${sft_cmd[@]}" --learning-rate 2e-3 --resume --out "$tmp/sft-other"
+says "resume settings mismatch"
+expect 0 "train-sft (default) with a checkpoint of other flags starts over" -- "${sft_cmd[@]}" --learning-rate 2e-3 --out "$tmp/sft-other"
+says "starting over"
 
 if [ "$fails" -gt 0 ]; then
   echo "contract: $fails case(s) FAILED" >&2

@@ -234,12 +234,10 @@ pub struct Cli {
     #[arg(long, default_value_t = 0.0, value_name = "CAP")]
     pub tis_cap: f64,
 
-    /// Save a resumable checkpoint every N optimiser steps (0 = never).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub checkpoint_every: u64,
-    /// Resume from the checkpoint an interrupted run left beside --out (same inputs and flags).
-    #[arg(long)]
-    pub resume: bool,
+    /// Checkpoints go to .OUT.checkpoint/ beside --out; a rerun of the same command
+    /// resumes from them.
+    #[command(flatten)]
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
     /// Record wall-clock and memory figures (run/tokens_per_s, run/seconds_per_step,
     /// run/peak_rss_bytes) in metrics.parquet. Off by default: timings
     /// differ between runs, and the adapter folder (with its metrics) should be

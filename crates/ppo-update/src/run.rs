@@ -191,7 +191,10 @@ pub fn run(s: &Settings) -> Result<Summary> {
         iteration,
         fingerprint,
     };
-    if s.resume && !restore_checkpoint(&models, &mut opt, &mut st, s)? {
+    if s.resume.tries()
+        && !restore_checkpoint(&models, &mut opt, &mut st, s)?
+        && s.resume == rlhf_algo::checkpoint::ResumeMode::Require
+    {
         tracing::info!(
             "--resume: no checkpoint at {}; starting from the beginning",
             s.checkpoint_dir().display()

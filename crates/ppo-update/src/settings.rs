@@ -71,7 +71,8 @@ pub struct Settings {
     pub recompute_ref: bool,
     pub tis_cap: f64,
     pub checkpoint_every: u64,
-    pub resume: bool,
+    pub checkpoint_minutes: f64,
+    pub resume: rlhf_algo::checkpoint::ResumeMode,
     pub stop_after_steps: Option<u64>,
     pub record_timings: bool,
     pub seed: u64,
@@ -103,6 +104,7 @@ impl Settings {
             inputs.push(("--ref-model", r.as_path()));
         }
         rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
+        cli.checkpoint.validate()?;
         let device = cli.model.device()?;
         let model_hint = if cli.full {
             "--model takes the current policy with --full (the SFT model folder, or the previous `ppo-update --full` output)"
@@ -282,8 +284,9 @@ impl Settings {
             kl_estimator: cli.kl_estimator,
             recompute_ref: cli.recompute_ref,
             tis_cap: cli.tis_cap,
-            checkpoint_every: cli.checkpoint_every,
-            resume: cli.resume,
+            checkpoint_every: cli.checkpoint.checkpoint_every,
+            checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
+            resume: cli.checkpoint.mode(),
             stop_after_steps: cli.stop_after_steps,
             record_timings: cli.record_timings,
             seed: cli.global.seed,
@@ -315,7 +318,7 @@ impl Settings {
     }
 
     /// What must be identical for a checkpoint to be resumed: every setting that affects
-    /// the result (not --resume, --stop-after-steps or --checkpoint-every).
+    /// the result (not the resume mode, --stop-after-steps or the checkpoint schedule).
     pub fn fingerprint(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
@@ -323,6 +326,7 @@ impl Settings {
                 "resume",
                 "stop_after_steps",
                 "checkpoint_every",
+                "checkpoint_minutes",
                 "record_timings",
             ] {
                 o.remove(k);

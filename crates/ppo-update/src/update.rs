@@ -151,14 +151,17 @@ pub fn restore_checkpoint(
         .and_then(|v| v.as_str())
         .unwrap_or("");
     if found != fingerprint.as_str() {
-        bail!(rlhf_core::CoreError::Mismatch {
-            what: "checkpoint",
-            left_name: dir.display().to_string(),
-            left: format!("run fingerprint {found}"),
-            right_name: "this command".into(),
-            right: format!("run fingerprint {fingerprint}"),
-            hint: "resume with the same inputs, flags and seed, or delete the checkpoint folder to start over".into(),
-        });
+        s.resume
+            .on_mismatch(anyhow::Error::new(rlhf_core::CoreError::Mismatch {
+                what: "checkpoint",
+                left_name: dir.display().to_string(),
+                left: format!("run fingerprint {found}"),
+                right_name: "this command".into(),
+                right: format!("run fingerprint {fingerprint}"),
+                hint: "resume with the same inputs, flags and seed, or --no-resume to start over"
+                    .into(),
+            }))?;
+        return Ok(false);
     }
     checkpoint::restore_into(&trainable(models, opt.critic.is_some())?, &ck.tensors)?;
     opt.policy.load_state(&strip(POLICY, &ck.optimizer))?;
@@ -197,8 +200,8 @@ pub fn train(
     opt: &mut Optimizers,
     st: &mut LoopState,
 ) -> Result<()> {
-    // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
-    let _cooperative = rlhf_core::signals::Cooperative::begin();
+    // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
+    let mut clock = checkpoint::CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes);
     let (beta, iteration) = (st.beta, st.iteration);
     let minibatches = schedule_minibatches(examples.len(), s, iteration);
     let total = minibatches.len() as u64;
@@ -351,24 +354,19 @@ pub fn train(
         );
         st.done = k + 1;
         bar.inc(1);
-        let signal = rlhf_core::signals::pending().filter(|_| st.done < total);
-        if (s.checkpoint_every > 0 && st.done.is_multiple_of(s.checkpoint_every) && st.done < total)
-            || signal.is_some()
-        {
-            save_checkpoint(models, opt, st, s)?;
-        }
-        if let Some(signal) = signal {
-            bar.finish_and_clear();
-            return Err(rlhf_core::signals::interrupted_error(
-                signal,
-                format!(
-                    "checkpoint of step {}/{total} in {}; rerun with the same flags and \
-                     --resume to continue",
-                    st.done,
-                    s.checkpoint_dir().display()
-                ),
-            )
-            .into());
+        match clock.after_step(st.done, total) {
+            checkpoint::Due::No => {}
+            checkpoint::Due::Save => {
+                save_checkpoint(models, opt, st, s)?;
+                clock.saved();
+            }
+            checkpoint::Due::SaveAndStop(signal) => {
+                save_checkpoint(models, opt, st, s)?;
+                bar.finish_and_clear();
+                return Err(
+                    checkpoint::stopped(signal, st.done, total, &s.checkpoint_dir()).into(),
+                );
+            }
         }
         if s.stop_after_steps == Some(st.done) && st.done < total {
             bail!(

@@ -5,6 +5,7 @@
 //! either the previous checkpoint or the new one, never a half-written folder.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
@@ -46,6 +47,155 @@ impl CheckpointMeta {
             extra: serde_json::Value::Null,
         }
     }
+}
+
+/// The checkpoint flags every trainer shares (flattened into train-sft, train-rm-lora and
+/// ppo-update): when to write one, and what to do with one found beside `--out`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Checkpoints and resume")]
+pub struct CheckpointArgs {
+    /// Write a resumable checkpoint beside --out every N optimiser steps (0: by time only).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub checkpoint_every: u64,
+    /// Also write one once this many minutes of training have passed since the last
+    /// (0: never by time). A checkpoint is also written on SIGTERM/SIGINT before stopping.
+    #[arg(long, default_value_t = 5.0, value_name = "MIN")]
+    pub checkpoint_minutes: f64,
+    /// Require resuming: a checkpoint of other inputs or flags is an error. By default a
+    /// matching checkpoint is resumed and one of other inputs or flags is replaced.
+    #[arg(long, conflicts_with = "no_resume")]
+    pub resume: bool,
+    /// Start over, ignoring (and then replacing) any checkpoint beside --out.
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+impl CheckpointArgs {
+    /// The resume mode the flags ask for.
+    pub fn mode(&self) -> ResumeMode {
+        match (self.resume, self.no_resume) {
+            (true, _) => ResumeMode::Require,
+            (false, true) => ResumeMode::Never,
+            (false, false) => ResumeMode::Auto,
+        }
+    }
+
+    /// The clock that decides when a checkpoint is due.
+    pub fn clock(&self) -> CheckpointClock {
+        CheckpointClock::new(self.checkpoint_every, self.checkpoint_minutes)
+    }
+
+    /// Checks the values (a usage error names the flag).
+    pub fn validate(&self) -> std::result::Result<(), rlhf_core::CoreError> {
+        if !self.checkpoint_minutes.is_finite() || self.checkpoint_minutes < 0.0 {
+            return Err(rlhf_core::CoreError::Usage(format!(
+                "--checkpoint-minutes {} must be a number >= 0 (0 = by steps only)",
+                self.checkpoint_minutes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a trainer does with the checkpoint of an interrupted run beside its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ResumeMode {
+    /// Default: resume a checkpoint of the same inputs and flags; replace any other.
+    Auto,
+    /// `--resume`: resume, and refuse a checkpoint of other inputs or flags.
+    Require,
+    /// `--no-resume`: start over.
+    Never,
+}
+
+impl ResumeMode {
+    /// True when a checkpoint found beside the output is to be read.
+    pub fn tries(self) -> bool {
+        self != ResumeMode::Never
+    }
+
+    /// A checkpoint made with other inputs or flags (`mismatch` says how): an error under
+    /// `--resume`, a fresh start with a warning by default.
+    pub fn on_mismatch(self, mismatch: anyhow::Error) -> anyhow::Result<()> {
+        match self {
+            ResumeMode::Require => Err(mismatch),
+            _ => {
+                tracing::warn!(
+                    "{mismatch:#}\n  starting over: the checkpoint was made with other inputs or \
+                     flags (it will be replaced; --resume would refuse it)"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Decides, after each optimiser step, whether a checkpoint is due: every N steps, after
+/// some minutes of work since the last one, or because SIGTERM/SIGINT asked to stop (then
+/// the trainer saves and returns [`stopped`]). One place for every trainer.
+#[derive(Debug)]
+pub struct CheckpointClock {
+    every_steps: u64,
+    every: Option<Duration>,
+    last: Instant,
+    _cooperative: rlhf_core::signals::Cooperative,
+}
+
+/// What [`CheckpointClock::after_step`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Go on.
+    No,
+    /// Write a checkpoint, then go on.
+    Save,
+    /// Write a checkpoint, then stop for this signal.
+    SaveAndStop(i32),
+}
+
+impl CheckpointClock {
+    /// A clock for `every_steps` (0: off) and `every_minutes` (0: off). While it lives,
+    /// SIGTERM/SIGINT wait for the trainer's next step instead of stopping the process.
+    pub fn new(every_steps: u64, every_minutes: f64) -> CheckpointClock {
+        CheckpointClock {
+            every_steps,
+            every: (every_minutes > 0.0).then(|| Duration::from_secs_f64(every_minutes * 60.0)),
+            last: Instant::now(),
+            _cooperative: rlhf_core::signals::Cooperative::begin(),
+        }
+    }
+
+    /// After step `done` of `total`: nothing is due after the last step (the output follows).
+    pub fn after_step(&mut self, done: u64, total: u64) -> Due {
+        if done >= total {
+            return Due::No;
+        }
+        if let Some(signal) = rlhf_core::signals::pending() {
+            return Due::SaveAndStop(signal);
+        }
+        let by_steps = self.every_steps > 0 && done.is_multiple_of(self.every_steps);
+        let by_time = self.every.is_some_and(|d| self.last.elapsed() >= d);
+        if by_steps || by_time {
+            Due::Save
+        } else {
+            Due::No
+        }
+    }
+
+    /// Records that a checkpoint was just written.
+    pub fn saved(&mut self) {
+        self.last = Instant::now();
+    }
+}
+
+/// The error a trainer returns after saving for `signal` (exit 130/143).
+pub fn stopped(signal: i32, done: u64, total: u64, dir: &Path) -> rlhf_core::CoreError {
+    rlhf_core::signals::interrupted_error(
+        signal,
+        format!(
+            "checkpoint of step {done}/{total} in {}; rerun the same command to continue",
+            dir.display()
+        ),
+    )
 }
 
 /// A loaded checkpoint (tensors on the CPU).
@@ -181,6 +331,47 @@ pub fn restore_into(params: &[(String, Tensor)], saved: &[(String, Tensor)]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_is_due_by_steps_and_never_after_the_last_step() {
+        let mut c = CheckpointClock::new(3, 0.0);
+        let due: Vec<u64> = (1..=9)
+            .filter(|&d| c.after_step(d, 9) == Due::Save)
+            .collect();
+        assert_eq!(
+            due,
+            [3, 6],
+            "every 3 steps, but not the last (the output follows)"
+        );
+        let mut off = CheckpointClock::new(0, 0.0);
+        assert!((1..=9).all(|d| off.after_step(d, 9) == Due::No));
+        let mut timed = CheckpointClock::new(0, 1e-9);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert_eq!(timed.after_step(1, 9), Due::Save, "by time");
+    }
+
+    #[test]
+    fn resume_mode_from_flags_and_mismatch_policy() {
+        let args = |resume, no_resume| CheckpointArgs {
+            checkpoint_every: 0,
+            checkpoint_minutes: 5.0,
+            resume,
+            no_resume,
+        };
+        assert_eq!(args(false, false).mode(), ResumeMode::Auto);
+        assert_eq!(args(true, false).mode(), ResumeMode::Require);
+        assert_eq!(args(false, true).mode(), ResumeMode::Never);
+        assert!(!ResumeMode::Never.tries());
+        assert!(ResumeMode::Auto
+            .on_mismatch(anyhow::anyhow!("other flags"))
+            .is_ok());
+        assert!(ResumeMode::Require
+            .on_mismatch(anyhow::anyhow!("other flags"))
+            .is_err());
+        let mut bad = args(false, false);
+        bad.checkpoint_minutes = -1.0;
+        assert!(bad.validate().is_err());
+    }
     use crate::optim::{AdamW, AdamWConfig};
     use tch::Kind;
 

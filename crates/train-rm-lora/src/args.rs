@@ -175,13 +175,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
 
-    /// Write a resumable checkpoint every N optimiser steps (0 = never) into OUT.checkpoint/.
-    #[arg(long, default_value_t = 0)]
-    pub checkpoint_every: usize,
-
-    /// Continue from OUT.checkpoint/ when it exists (same flags and data required).
-    #[arg(long)]
-    pub resume: bool,
+    /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
+    #[command(flatten)]
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
 
     /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
     #[arg(long)]

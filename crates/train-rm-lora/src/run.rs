@@ -52,6 +52,7 @@ pub fn checkpoint_root(out: &Path) -> PathBuf {
 
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
+    cli.checkpoint.validate()?;
     let mut inputs = vec![("--model", cli.model.model.as_path())];
     for (flag, p) in [
         ("--preferences", &cli.preferences),
@@ -107,7 +108,8 @@ fn train_config(cli: &Cli) -> TrainConfig {
         warmup_steps: cli.warmup_steps,
         max_grad_norm: cli.max_grad_norm,
         eval_every: cli.eval_every,
-        checkpoint_every: cli.checkpoint_every,
+        checkpoint_every: cli.checkpoint.checkpoint_every,
+        checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
         record_timings: cli.record_timings,
         seed: cli.global.seed,
         loss: LossConfig {
@@ -259,7 +261,10 @@ pub fn run(cli: &Cli) -> Result<()> {
             out.path().to_path_buf()
         };
         let done_dir = ck_root.join(format!("{name}.done"));
-        if cli.ensemble > 1 && cli.resume && done_dir.join(state::STATE_FILE).is_file() {
+        if cli.ensemble > 1
+            && cli.checkpoint.mode().tries()
+            && done_dir.join(state::STATE_FILE).is_file()
+        {
             info!(
                 member,
                 "member finished before the interruption; reusing it"
@@ -288,7 +293,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             groups: member_groups,
             eval: &data.eval,
             checkpoint_dir: ck_root.join(&name),
-            resume: cli.resume,
+            resume: cli.checkpoint.mode(),
             member,
             fingerprint: fingerprint(cli, &lineage, member),
         };
@@ -332,7 +337,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             &target.join("lineage.json"),
             member_lineage.to_json().as_bytes(),
         )?;
-        if cli.ensemble > 1 && cli.checkpoint_every > 0 {
+        if cli.ensemble > 1 {
             let staging = AtomicDir::new(&done_dir)?;
             copy_files(&target, staging.path())?;
             staging.commit()?;

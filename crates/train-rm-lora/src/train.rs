@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rlhf_algo::checkpoint::{self, CheckpointMeta};
+use rlhf_algo::checkpoint::{self, CheckpointClock, CheckpointMeta, Due, ResumeMode};
 use rlhf_algo::optim::{AdamW, AdamWConfig};
 use rlhf_algo::schedule::{Schedule, ScheduleKind};
 use rlhf_core::metrics::MetricsLog;
@@ -33,7 +33,8 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     pub max_grad_norm: f64,
     pub eval_every: usize,
-    pub checkpoint_every: usize,
+    pub checkpoint_every: u64,
+    pub checkpoint_minutes: f64,
     pub seed: u64,
     pub loss: LossConfig,
     pub ratings_weight: f64,
@@ -51,7 +52,7 @@ pub struct Job<'a> {
     pub eval: &'a Examples,
     /// Checkpoint folder (used when checkpointing or resuming).
     pub checkpoint_dir: PathBuf,
-    pub resume: bool,
+    pub resume: ResumeMode,
     /// Seed offset of the member (dropout and data order differ per member).
     pub member: usize,
     /// Everything that must match for a resume to be valid.
@@ -198,8 +199,8 @@ fn save_checkpoint(
 
 /// Trains one reward model; returns its steps, metrics and final eval figures.
 pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outcome> {
-    // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
-    let _cooperative = rlhf_core::signals::Cooperative::begin();
+    // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
+    let mut clock = CheckpointClock::new(job.cfg.checkpoint_every, job.cfg.checkpoint_minutes);
     let cfg = job.cfg;
     let seed = cfg.seed.wrapping_add((job.member as u64) << 32);
     let mut stream: Vec<Batch> = Vec::new();
@@ -236,22 +237,23 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
     let mut opt = AdamW::new(shared, cfg.adamw);
     let mut log = MetricsLog::new("train-rm-lora", iteration);
     let mut start = 0u64;
-    if job.resume && checkpoint::exists(&job.checkpoint_dir) {
+    if job.resume.tries() && checkpoint::exists(&job.checkpoint_dir) {
         let ck = checkpoint::load(&job.checkpoint_dir)?;
         let saved = &ck.meta.extra["fingerprint"];
         if *saved != job.fingerprint {
-            bail!(
-                "{}: the checkpoint was made with other settings or data\n  checkpoint: {saved}\n  this run:   {}\n  hint: rerun with the original flags, or delete the checkpoint folder to start over",
+            job.resume.on_mismatch(anyhow::anyhow!(
+                "{}: the checkpoint was made with other settings or data\n  checkpoint: {saved}\n  this run:   {}\n  hint: rerun with the original flags, or --no-resume to start over",
                 job.checkpoint_dir.display(),
                 job.fingerprint
-            );
+            ))?;
+        } else {
+            checkpoint::restore_into(&params, &ck.tensors)?;
+            opt.load_state(&ck.optimizer)?;
+            rows_from_json(&mut log, &ck.meta.extra["metrics"])?;
+            start = ck.meta.step;
+            info!(step = start, dir = %job.checkpoint_dir.display(), "resumed from checkpoint");
         }
-        checkpoint::restore_into(&params, &ck.tensors)?;
-        opt.load_state(&ck.optimizer)?;
-        rows_from_json(&mut log, &ck.meta.extra["metrics"])?;
-        start = ck.meta.step;
-        info!(step = start, dir = %job.checkpoint_dir.display(), "resumed from checkpoint");
-    } else if job.resume {
+    } else if job.resume == ResumeMode::Require {
         info!(dir = %job.checkpoint_dir.display(), "no checkpoint to resume from; starting fresh");
     }
     info!(
@@ -317,25 +319,19 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
             push_figures(&mut log, done as i64, "eval", loss, &c);
             info!(step = done, eval_loss = loss, "eval");
         }
-        let stop = rlhf_core::signals::pending().filter(|_| done < total_steps);
-        if (cfg.checkpoint_every > 0
-            && done % cfg.checkpoint_every as u64 == 0
-            && done < total_steps)
-            || stop.is_some()
-        {
-            save_checkpoint(rm, job, &opt, &log, done, seed)?;
-        }
-        if let Some(signal) = stop {
-            bar.finish_and_clear();
-            return Err(rlhf_core::signals::interrupted_error(
-                signal,
-                format!(
-                    "checkpoint of step {done}/{total_steps} in {}; rerun with the same flags \
-                     and --resume to continue",
-                    job.checkpoint_dir.display()
-                ),
-            )
-            .into());
+        match clock.after_step(done, total_steps) {
+            Due::No => {}
+            Due::Save => {
+                save_checkpoint(rm, job, &opt, &log, done, seed)?;
+                clock.saved();
+            }
+            Due::SaveAndStop(signal) => {
+                save_checkpoint(rm, job, &opt, &log, done, seed)?;
+                bar.finish_and_clear();
+                return Err(
+                    checkpoint::stopped(signal, done, total_steps, &job.checkpoint_dir).into(),
+                );
+            }
         }
     }
     bar.finish_and_clear();

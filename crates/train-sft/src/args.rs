@@ -20,8 +20,9 @@ similar length; AdamW with warm-up and cosine/linear decay, gradient clipping an
 accumulation. Without --lora-rank every weight is trained and OUT is a model folder \
 (config.json, model.safetensors, tokenizer files); with --lora-rank OUT is a PEFT adapter \
 folder (merge-adapter folds it in). OUT/metrics.parquet holds the metrics in long form. \
-Checkpoints go to OUT.ckpt/ every --checkpoint-every steps; --resume continues from there \
-to the same final weights as an uninterrupted run."
+Checkpoints go to OUT.ckpt/ (every --checkpoint-every steps, every --checkpoint-minutes, and \
+on SIGTERM/SIGINT before exiting 143/130); running the same command again continues from \
+there to the same final weights as an uninterrupted run."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -114,16 +115,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub eval_batch_size: Option<usize>,
 
-    /// Save a checkpoint to OUT.ckpt/ every N optimiser steps (0: never).
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub checkpoint_every: u64,
-
-    /// Continue from the checkpoint in OUT.ckpt/ when there is one (a fresh start otherwise).
-    #[arg(long)]
-    pub resume: bool,
+    /// Checkpoints go to OUT.ckpt/; a rerun of the same command resumes from them.
+    #[command(flatten)]
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
 
     /// Stop after this many optimiser steps of this invocation, saving a checkpoint and
-    /// writing no output (for time-limited job slots); run again with --resume to continue.
+    /// writing no output (for time-limited job slots); run the same command again to continue.
     #[arg(long, value_name = "N")]
     pub stop_after_steps: Option<u64>,
 

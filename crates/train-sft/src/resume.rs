@@ -76,8 +76,14 @@ fn first_difference(saved: &Value, now: &Value) -> Option<(String, String, Strin
 }
 
 /// Loads the checkpoint in `dir` into the optimiser's parameters and state, after checking
-/// it was written by a run with the same fingerprint.
-pub fn load(dir: &Path, fingerprint: &Value, opt: &mut Optimizer, stage: &str) -> Result<Restored> {
+/// it was written by a run with the same fingerprint. `Ok(Err(mismatch))` when it was not
+/// (nothing is loaded then; the caller decides, see `ResumeMode::on_mismatch`).
+pub fn load(
+    dir: &Path,
+    fingerprint: &Value,
+    opt: &mut Optimizer,
+    stage: &str,
+) -> Result<std::result::Result<Restored, CoreError>> {
     let ck =
         checkpoint::load(dir).with_context(|| format!("reading checkpoint {}", dir.display()))?;
     let saved = ck
@@ -87,18 +93,14 @@ pub fn load(dir: &Path, fingerprint: &Value, opt: &mut Optimizer, stage: &str) -
         .cloned()
         .unwrap_or(Value::Null);
     if let Some((key, old, new)) = first_difference(&saved, fingerprint) {
-        return Err(CoreError::Mismatch {
+        return Ok(Err(CoreError::Mismatch {
             what: "resume settings",
             left_name: format!("checkpoint {} ({key})", dir.display()),
             left: old,
             right_name: "this run".into(),
             right: new,
-            hint: format!(
-                "resume with the flags and inputs of the interrupted run, or delete {} to start over",
-                dir.display()
-            ),
-        }
-        .into());
+            hint: "resume with the flags and inputs of the interrupted run, or --no-resume to start over".into(),
+        }));
     }
     checkpoint::restore_into(opt.params(), &ck.tensors)
         .with_context(|| format!("restoring weights from {}", dir.display()))?;
@@ -126,7 +128,7 @@ pub fn load(dir: &Path, fingerprint: &Value, opt: &mut Optimizer, stage: &str) -
             });
         }
     }
-    Ok(Restored {
+    Ok(Ok(Restored {
         step: ck.meta.step,
         metrics,
         tokens: ck
@@ -135,7 +137,7 @@ pub fn load(dir: &Path, fingerprint: &Value, opt: &mut Optimizer, stage: &str) -
             .get("tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0),
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ pub struct Settings {
     pub adam_beta2: f64,
     pub eval_every: u64,
     pub checkpoint_every: u64,
-    pub resume: bool,
+    pub checkpoint_minutes: f64,
+    pub resume: rlhf_algo::checkpoint::ResumeMode,
     pub stop_after_steps: Option<u64>,
     pub keep_checkpoint: bool,
     pub seed: u64,
@@ -88,6 +89,7 @@ impl Settings {
         if cli.max_steps == Some(0) {
             return Err(usage("--max-steps must be at least 1".into()));
         }
+        cli.checkpoint.validate()?;
         if cli.stop_after_steps == Some(0) {
             return Err(usage("--stop-after-steps must be at least 1".into()));
         }
@@ -219,8 +221,9 @@ impl Settings {
             weight_decay: cli.weight_decay,
             adam_beta2: cli.adam_beta2,
             eval_every: cli.eval_every,
-            checkpoint_every: cli.checkpoint_every,
-            resume: cli.resume,
+            checkpoint_every: cli.checkpoint.checkpoint_every,
+            checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
+            resume: cli.checkpoint.mode(),
             stop_after_steps: cli.stop_after_steps,
             keep_checkpoint: cli.keep_checkpoint,
             seed: cli.global.seed,

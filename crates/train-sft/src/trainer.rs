@@ -19,6 +19,7 @@ use crate::loss::{completion_nll_sum, evaluate, SftBatch};
 use crate::optimizer::Optimizer;
 use crate::resume;
 use crate::settings::Settings;
+use rlhf_algo::checkpoint::{CheckpointClock, Due, ResumeMode};
 
 /// Stage name in the metrics file.
 pub const STAGE: &str = "train-sft";
@@ -107,9 +108,9 @@ impl Run<'_> {
     /// Trains; returns the metrics log and the outcome. The optimiser owns the trainable
     /// tensors (shared with the model).
     pub fn train(&self, opt: &mut Optimizer) -> Result<(MetricsLog, Outcome)> {
-        // SIGTERM/SIGINT: finish the step, write a checkpoint, exit 143/130 (see below).
-        let _cooperative = rlhf_core::signals::Cooperative::begin();
         let s = self.settings;
+        // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
+        let mut clock = CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes);
         let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
         let batcher = Batcher::new(lengths, s.batch_size, s.seed);
         let per_epoch = batcher.batches_per_epoch();
@@ -134,16 +135,20 @@ impl Run<'_> {
         let mut start = 0u64;
         let mut tokens_total = 0u64;
         if rlhf_algo::checkpoint::exists(&s.ckpt_dir) {
-            if s.resume {
-                let r = resume::load(&s.ckpt_dir, &self.fingerprint, opt, STAGE)?;
-                info!(step = r.step, total, checkpoint = %s.ckpt_dir.display(), "resuming");
-                start = r.step;
-                metrics = r.metrics;
-                tokens_total = r.tokens;
+            if s.resume.tries() {
+                match resume::load(&s.ckpt_dir, &self.fingerprint, opt, STAGE)? {
+                    Ok(r) => {
+                        info!(step = r.step, total, checkpoint = %s.ckpt_dir.display(), "resuming");
+                        start = r.step;
+                        metrics = r.metrics;
+                        tokens_total = r.tokens;
+                    }
+                    Err(mismatch) => s.resume.on_mismatch(mismatch.into())?,
+                }
             } else {
-                warn!(checkpoint = %s.ckpt_dir.display(), "a checkpoint exists but --resume was not given; starting over (it will be replaced)");
+                warn!(checkpoint = %s.ckpt_dir.display(), "a checkpoint exists; --no-resume: starting over (it will be replaced)");
             }
-        } else if s.resume {
+        } else if s.resume == ResumeMode::Require {
             info!(checkpoint = %s.ckpt_dir.display(), "no checkpoint to resume from; starting from step 0");
         }
         info!(
@@ -239,9 +244,8 @@ impl Run<'_> {
                 eval_seconds += t.elapsed().as_secs_f64();
             }
             let stop = s.stop_after_steps == Some(outcome.steps_here) && done < total;
-            let periodic = s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
-            let signal = rlhf_core::signals::pending().filter(|_| done < total);
-            if (periodic || stop || signal.is_some()) && done < total {
+            let due = clock.after_step(done, total);
+            if due != Due::No || stop {
                 let t = Instant::now();
                 let snap = resume::Snapshot {
                     step: done,
@@ -252,23 +256,18 @@ impl Run<'_> {
                     tokens: tokens_total,
                 };
                 resume::save(&s.ckpt_dir, &snap, opt)?;
+                clock.saved();
                 eval_seconds += t.elapsed().as_secs_f64();
             }
-            if let Some(signal) = signal {
+            if let Due::SaveAndStop(signal) = due {
                 bar.finish_and_clear();
-                return Err(rlhf_core::signals::interrupted_error(
-                    signal,
-                    format!(
-                        "checkpoint of step {done}/{total} in {}; rerun with the same flags \
-                         and --resume to continue",
-                        s.ckpt_dir.display()
-                    ),
-                )
-                .into());
+                return Err(
+                    rlhf_algo::checkpoint::stopped(signal, done, total, &s.ckpt_dir).into(),
+                );
             }
             if stop {
                 bar.finish_and_clear();
-                warn!(step = done, total, checkpoint = %s.ckpt_dir.display(), "stopping as asked by --stop-after-steps; rerun with --resume to continue");
+                warn!(step = done, total, checkpoint = %s.ckpt_dir.display(), "stopping as asked by --stop-after-steps; run the same command again to continue");
                 outcome.steps = done;
                 outcome.stopped_early = true;
                 outcome.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
