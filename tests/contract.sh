@@ -8,7 +8,8 @@
 #  - part folders: complete or refused; Slurm arrays numbered from 1 give every shard;
 #  - signals: SIGTERM leaves no temporary, a trainer's checkpoint resumes to the same bytes;
 #  - temporaries of dead runs are swept by the next run of the same target;
-#  - ids come from content: the same adapter in another folder gives the same rollout ids.
+#  - ids come from content: the same adapter in another folder gives the same rollout ids;
+#  - --summary-json: one shape in every stage, nothing else on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$(cd "$1" && pwd)
@@ -90,6 +91,43 @@ expect 2 "report --out-dir above --run-dir" -- "$BIN/report" "${g[@]}" --run-dir
 expect 2 "report --out-dir = another stage's folder" -- "$BIN/report" "${g[@]}" --run-dir "$run" --out-dir "$rm"
 says "not a report"
 check "every input of the run is byte-identical afterwards" [ "$(tree_hash "$run")" = "$before" ]
+
+# --- --summary-json: one shape in every stage; stdout carries nothing else ---------------
+S=$tmp/sum
+mkdir -p "$S"
+summary_of() { # summary_of STAGE COMMAND...: runs COMMAND --summary-json -, checks the shape
+  local stage=$1
+  shift
+  if ! "$@" --summary-json - >"$S/$stage.json" 2>"$S/$stage.err"; then
+    echo "contract: FAIL $stage --summary-json -: exit $?" >&2; tail -5 "$S/$stage.err" >&2
+    fails=$((fails + 1)); return
+  fi
+  "$PY" - "$stage" "$S/$stage.json" <<'PYEOF' || { echo "contract: FAIL $stage summary shape" >&2; fails=$((fails + 1)); }
+import json, sys
+stage, path = sys.argv[1], sys.argv[2]
+lines = open(path).read().splitlines()
+assert len(lines) == 1, f"stdout holds {len(lines)} lines, expected the summary alone"
+s = json.loads(lines[0])
+assert list(s) == ["stage", "version", "outputs", "seconds", "metrics", "details"], list(s)
+assert s["stage"] == stage and s["outputs"] and s["seconds"] >= 0, s
+for o in s["outputs"]:
+    assert set(o) == {"path", "rows"}, o
+print(f"contract: ok   {stage} --summary-json - ({len(s['outputs'])} output(s), metrics {sorted(s['metrics'])})", file=sys.stderr)
+PYEOF
+}
+summary_of prep-data "$BIN/prep-data" "${g[@]}" synthetic --num-prompts 8 --out-dir "$S/data"
+summary_of init-model "$BIN/init-model" "${g[@]}" --text-file "$S/data/sft.parquet" --text-column prompt --text-column completion --arch llama --preset tiny --vocab-size 300 --out "$S/model"
+summary_of train-sft "$BIN/train-sft" "${g[@]}" --model "$S/model" --data "$S/data/sft.parquet" --max-steps 2 --batch-size 4 --out "$S/sft"
+summary_of sample-rollouts "${sample[@]}" --out "$S/r.parquet"
+summary_of score-rewards "$BIN/score-rewards" "${g[@]}" --rollouts "$S/r.parquet" --rule gold --out "$S/s.parquet"
+summary_of train-rm-lora "$BIN/train-rm-lora" "${g[@]}" --model "$sft" --preferences "$run/data/preferences.parquet" --max-steps 2 --lora-rank 4 --out "$S/rm"
+summary_of ppo-update "$BIN/ppo-update" "${g[@]}" --model "$sft" --rollouts "$r1" --scores "$s1" --minibatch-size 8 --out "$S/pol"
+summary_of merge-adapter "$BIN/merge-adapter" "${g[@]}" --model "$sft" --adapter "$pol" --out "$S/merged"
+summary_of report "$BIN/report" "${g[@]}" --run-dir "$run" --out-dir "$S/report"
+"$BIN/ppo-update" "${g[@]}" --model "$sft" --rollouts "$r1" --scores "$s1" --minibatch-size 8 --out "$S/pol2" >"$S/plain.out"
+check "without --summary-json a stage prints nothing on stdout" [ ! -s "$S/plain.out" ]
+"$BIN/score-rewards" "${g[@]}" --rollouts "$S/r.parquet" --rule gold --out "$S/s2.parquet" --summary-json "$S/s2.json"
+check "--summary-json FILE writes the file" "$PY" -c "import json,sys; assert json.load(open(sys.argv[1]))['outputs'][0]['rows'] > 0" "$S/s2.json"
 
 # --- bad input -> 3 ----------------------------------------------------------------------
 head -c 300 "$r1" >"$tmp/truncated.parquet"

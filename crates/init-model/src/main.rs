@@ -13,6 +13,12 @@ fn main() -> ExitCode {
     rlhf_nn::init_threads(args.global.threads);
     let result = Settings::from_cli(&args)
         .map_err(anyhow::Error::from)
-        .and_then(|s| init_model::run(&s));
+        .and_then(|s| {
+            init_model::run(&s)?;
+            let out = rlhf_core::summary::StageSummary::new("init-model", env!("CARGO_PKG_VERSION"))
+                .output(&s.out, None);
+            args.global.write_summary(out)?;
+            Ok(())
+        });
     cli::finish(result, &[rlhf_nn::is_bad_input])
 }

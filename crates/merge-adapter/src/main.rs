@@ -13,7 +13,7 @@ use rlhf_nn::Dtype;
     name = "merge-adapter",
     version,
     about,
-    long_about = "Policy adapters become a *ForCausalLM folder; reward adapters (SEQ_CLS with a score head) a *ForSequenceClassification folder with num_labels = 1 and score.weight. Tokenizer files come along. The adapter's recorded base hash must match the base (--force overrides). Written tensor by tensor (peak memory near one copy of the model), sharded like save_pretrained, into a folder that appears atomically. --verify compares merged and unmerged outputs.\n\nPrints a JSON summary on stdout."
+    long_about = "Policy adapters become a *ForCausalLM folder; reward adapters (SEQ_CLS with a score head) a *ForSequenceClassification folder with num_labels = 1 and score.weight. Tokenizer files come along. The adapter's recorded base hash must match the base (--force overrides). Written tensor by tensor (peak memory near one copy of the model), sharded like save_pretrained, into a folder that appears atomically. --verify compares merged and unmerged outputs.\n\nWith --summary-json: the files written, the base id and the verification figures."
 )]
 struct Cli {
     /// Base model folder the adapter was trained on (for RLHF adapters: the SFT model).
@@ -70,7 +70,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         seed: cli.global.seed,
     };
     let summary = merge_adapter::run(&settings)?;
-    println!("{}", serde_json::to_string(&summary)?);
+    let mut out = rlhf_core::summary::StageSummary::new("merge-adapter", env!("CARGO_PKG_VERSION"))
+        .output(&settings.out, None);
+    if let Some(v) = &summary.verification {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(v) {
+            for (k, x) in m {
+                if let Some(f) = x.as_f64() {
+                    out = out.metric(&format!("verify_{k}"), f);
+                }
+            }
+        }
+    }
+    cli.global.write_summary(out.details(&summary))?;
     Ok(())
 }
 

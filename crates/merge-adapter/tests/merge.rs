@@ -102,6 +102,8 @@ fn policy_merge_equals_unmerged_and_shards() {
         s(&a),
         "--out",
         s(&out),
+        "--summary-json",
+        "-",
         "--verify",
         "--max-shard-size",
         "40KB",
@@ -110,8 +112,10 @@ fn policy_merge_equals_unmerged_and_shards() {
     ]);
     ok(&o);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["architecture"], "LlamaForCausalLM");
-    assert!(summary["verification"]["max_abs_diff"].as_f64().unwrap() < 1e-4);
+    assert_eq!(summary["stage"], "merge-adapter");
+    let details = &summary["details"];
+    assert_eq!(details["architecture"], "LlamaForCausalLM");
+    assert!(details["verification"]["max_abs_diff"].as_f64().unwrap() < 1e-4);
     let index: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
     )

@@ -14,7 +14,14 @@ fn main() -> ExitCode {
     rlhf_nn::init_threads(args.global.threads);
     let result = Settings::from_cli(&args).and_then(|s| {
         let summary = ppo_update::run(&s)?;
-        println!("{}", serde_json::to_string(&summary)?);
+        let out = rlhf_core::summary::StageSummary::new("ppo-update", env!("CARGO_PKG_VERSION"))
+            .output(&s.out, None)
+            .metric("optimizer_steps", summary.optimizer_steps as f64)
+            .metric("score_mean", summary.score_mean)
+            .metric("kl_ref", summary.kl_ref)
+            .metric("next_kl_coef", summary.next_kl_coef)
+            .details(&summary);
+        args.global.write_summary(out)?;
         Ok(())
     });
     cli::finish(result, &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input])

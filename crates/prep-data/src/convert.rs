@@ -54,9 +54,6 @@ pub struct ConvertArgs {
     /// Fail (exit 3) on the first rejected row instead of writing it to rejects.
     #[arg(long)]
     pub strict: bool,
-    /// Also write the run summary as JSON to this file (`-` for stdout).
-    #[arg(long)]
-    pub summary_json: Option<PathBuf>,
     /// Value of the `source` column (default: the format name).
     #[arg(long)]
     pub source: Option<String>,

@@ -48,35 +48,39 @@ enum Command {
     Split(split::SplitArgs),
 }
 
-fn report(summary: &Summary, quiet: bool, json: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if !quiet {
+/// Prints the summary on stderr and writes `--summary-json`; `out_dir` is the folder the
+/// written file names are relative to (convert, synthetic).
+fn report(summary: &Summary, cli: &Cli, out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if cli.global.quiet == 0 {
         for line in summary.lines() {
             eprintln!("{line}");
         }
     }
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(summary)? + "\n";
-        if path.as_os_str() == "-" {
-            print!("{text}");
-        } else {
-            rlhf_core::atomic::write_file(path, text.as_bytes())?;
-        }
+    let written: u64 = summary.written.values().sum();
+    let mut out = rlhf_core::summary::StageSummary::new("prep-data", env!("CARGO_PKG_VERSION"))
+        .metric("rows_read", summary.rows_read as f64)
+        .metric("rows_written", written as f64)
+        .metric("rows_rejected", summary.total_rejected() as f64)
+        .details(summary);
+    for (name, rows) in &summary.written {
+        let path = match out_dir {
+            Some(dir) => dir.join(name),
+            None => std::path::PathBuf::from(name),
+        };
+        out = out.output(&path, Some(*rows));
     }
+    cli.global.write_summary(out)?;
     Ok(())
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let quiet = cli.global.quiet > 0;
-    match &cli.command {
-        Command::Convert(a) => report(&convert::run(a)?, quiet, a.summary_json.as_deref()),
-        Command::Pairs(a) => report(
-            &pairs::run(a, cli.global.seed)?,
-            quiet,
-            a.summary_json.as_deref(),
-        ),
-        Command::Synthetic(a) => report(&synthetic_cmd::run(a, cli.global.seed)?, quiet, None),
-        Command::Split(a) => report(&split::run(a)?, quiet, None),
-    }
+    let (summary, out_dir) = match &cli.command {
+        Command::Convert(a) => (convert::run(a)?, Some(a.out_dir.as_path())),
+        Command::Pairs(a) => (pairs::run(a, cli.global.seed)?, None),
+        Command::Synthetic(a) => (synthetic_cmd::run(a, cli.global.seed)?, Some(a.out_dir.as_path())),
+        Command::Split(a) => (split::run(a)?, None),
+    };
+    report(&summary, cli, out_dir)
 }
 
 fn main() -> ExitCode {

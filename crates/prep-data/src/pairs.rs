@@ -62,9 +62,6 @@ pub struct PairsArgs {
     /// Fail (exit 3) on the first rejected rollout or pair.
     #[arg(long)]
     pub strict: bool,
-    /// Also write the run summary as JSON to this file (`-` for stdout).
-    #[arg(long)]
-    pub summary_json: Option<PathBuf>,
 }
 
 fn score_of(table: &ScoresTable, column: &str) -> Option<Vec<Option<f32>>> {

@@ -355,9 +355,17 @@ fn one_bad_row_per_reject_reason() {
     assert_eq!(got, want);
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-    assert_eq!(s["rows_read"], 8);
-    assert_eq!(s["rejected"]["duplicate"], 1);
-    assert_eq!(s["written"]["preferences.parquet"], 1);
+    assert_eq!(s["stage"], "prep-data");
+    assert_eq!(s["metrics"]["rows_read"], 8.0);
+    assert_eq!(s["details"]["rows_read"], 8);
+    assert_eq!(s["details"]["rejected"]["duplicate"], 1);
+    let prefs = s["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"].as_str().unwrap().ends_with("out/preferences.parquet"))
+        .unwrap_or_else(|| panic!("no preferences output in {s}"));
+    assert_eq!(prefs["rows"], 1);
     assert!(o.stderr.contains("malformed_row"), "{}", o.stderr);
 }
 

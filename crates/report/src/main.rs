@@ -24,9 +24,6 @@ struct Cli {
     /// Number of held-out prompts shown with SFT and final responses side by side.
     #[arg(long, default_value_t = 5)]
     examples: usize,
-    /// Print summary.json on stdout as well.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
     global: GlobalArgs,
 }
@@ -49,9 +46,18 @@ fn main() -> ExitCode {
             summary.win_rate.judge,
             summary.win_rate.rate
         );
-        if cli.json {
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+        let details = serde_json::to_value(&summary)?;
+        let mut out = rlhf_core::summary::StageSummary::new("report", env!("CARGO_PKG_VERSION"))
+            .output(&settings.out_dir, None);
+        // The headline figures are summary.json's top-level numbers.
+        if let Some(m) = details.as_object() {
+            for (k, v) in m {
+                if let Some(f) = v.as_f64() {
+                    out = out.metric(k, f);
+                }
+            }
         }
+        cli.global.write_summary(out.details(details))?;
         Ok(())
     });
     cli::finish(result, &[])

@@ -54,6 +54,10 @@ pub struct GlobalArgs {
     /// Compute threads (libtorch intra-op and rayon). Default: all cores.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Write the run's JSON summary to this file (`-`: one line on stdout): the same shape
+    /// in every stage (stage, version, outputs with row counts, seconds, metrics, details).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub summary_json: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
@@ -79,10 +83,19 @@ impl GlobalArgs {
         };
         crate::progress::set_enabled(!self.no_progress && self.quiet == 0 && self.verbose == 0);
         crate::signals::install();
+        crate::summary::mark_start();
         if let Some(n) = self.threads {
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(n.max(1))
                 .build_global();
+        }
+    }
+
+    /// Writes `summary` where `--summary-json` asks (nothing without the flag).
+    pub fn write_summary(&self, summary: crate::summary::StageSummary) -> crate::Result<()> {
+        match &self.summary_json {
+            Some(target) => summary.write(target),
+            None => Ok(()),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod resources;
 pub mod schema;
 pub mod shard;
 pub mod signals;
+pub mod summary;
 pub mod synthetic;
 pub mod tokenizer;
 

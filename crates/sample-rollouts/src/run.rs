@@ -172,31 +172,27 @@ pub fn run(cli: &Cli) -> Result<()> {
         summary.mean_response_tokens(),
         serde_json::to_string(&summary.finish_reasons).unwrap_or_default()
     );
-    if settings.json {
-        let mut v = summary.to_json();
-        if let Some(m) = v.as_object_mut() {
-            m.insert(
-                "out".into(),
-                serde_json::json!(settings.out_file.display().to_string()),
-            );
-            m.insert("seconds".into(), serde_json::json!(secs));
-            m.insert(
-                "response_tokens_per_second".into(),
-                serde_json::json!(summary.response_tokens as f64 / secs.max(1e-9)),
-            );
-            m.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
-        }
-        print_json(&v)?;
+    let mut details = summary.to_json();
+    if let Some(m) = details.as_object_mut() {
+        m.insert("sampling_seconds".into(), serde_json::json!(secs));
+        m.insert(
+            "response_tokens_per_second".into(),
+            serde_json::json!(summary.response_tokens as f64 / secs.max(1e-9)),
+        );
+        m.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
+    }
+    if let Some(target) = &settings.summary_json {
+        rlhf_core::summary::StageSummary::new("sample-rollouts", env!("CARGO_PKG_VERSION"))
+            .output(&settings.out_file, Some(summary.rows as u64))
+            .metric("rows", summary.rows as f64)
+            .metric("mean_response_tokens", summary.mean_response_tokens())
+            .metric(
+                "response_tokens_per_second",
+                summary.response_tokens as f64 / secs.max(1e-9),
+            )
+            .details(details)
+            .write(target)?;
     }
     Ok(())
 }
 
-/// Prints one JSON line on stdout; a closed pipe (e.g. `| head`) is not an error.
-fn print_json(v: &serde_json::Value) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{v}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing the JSON summary to stdout"),
-    }
-}

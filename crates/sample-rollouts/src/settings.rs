@@ -80,10 +80,6 @@ pub struct Cli {
     /// Use only prompts of this split (e.g. train or eval). Default: every prompt.
     #[arg(long, value_name = "NAME")]
     pub split: Option<String>,
-    /// Print a JSON summary on stdout: rows, response tokens, finish reasons, sampling
-    /// seconds (model loading excluded), response tokens per second, peak memory.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
     pub shard: ShardArgs,
 }
@@ -109,7 +105,9 @@ pub struct Settings {
     pub ref_logprobs: bool,
     pub max_prompts: Option<usize>,
     pub split: Option<String>,
-    pub json: bool,
+    /// Where `--summary-json` goes (details: rows, response tokens, finish reasons,
+    /// sampling seconds without model loading, response tokens per second, peak memory).
+    pub summary_json: Option<PathBuf>,
     pub shard: Shard,
     pub seed: u64,
 }
@@ -242,7 +240,7 @@ impl Settings {
             ref_logprobs: !cli.no_ref_logprobs,
             max_prompts: cli.max_prompts,
             split: cli.split.clone(),
-            json: cli.json,
+            summary_json: cli.global.summary_json.clone(),
             shard,
             seed: cli.global.seed,
         })

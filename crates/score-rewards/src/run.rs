@@ -195,16 +195,23 @@ pub fn run(cli: &Cli) -> Result<()> {
         "scored {rows} rollouts in {secs:.1}s ({:.1} sequences/s)",
         rows as f64 / secs.max(1e-9)
     );
-    if settings.json {
-        // Timing goes to stdout only: the file stays byte-identical across runs.
-        let mut out = summary;
-        out.insert("seconds".into(), serde_json::json!(secs));
-        out.insert(
+    if let Some(target) = &settings.summary_json {
+        // Timing goes to the summary only: the scores file stays byte-identical across runs.
+        let mut details = summary;
+        details.insert("scoring_seconds".into(), serde_json::json!(secs));
+        details.insert(
             "sequences_per_second".into(),
             serde_json::json!(rows as f64 / secs.max(1e-9)),
         );
-        out.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
-        print_json(&serde_json::to_value(&out)?)?;
+        details.insert("peak_rss_bytes".into(), serde_json::json!(peak_rss_bytes()));
+        let mut out =
+            rlhf_core::summary::StageSummary::new("score-rewards", env!("CARGO_PKG_VERSION"))
+                .output(&settings.out_file, Some(rows as u64))
+                .metric("rows", rows as f64);
+        for (name, st) in &stats {
+            out = out.metric(&format!("{name}_mean"), st.mean);
+        }
+        out.details(details).write(target)?;
     }
     Ok(())
 }
@@ -274,12 +281,3 @@ fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, ou
     }
 }
 
-/// Prints one JSON line on stdout; a closed pipe (e.g. `| head`) is not an error.
-fn print_json(v: &serde_json::Value) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{v}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing the JSON summary to stdout"),
-    }
-}

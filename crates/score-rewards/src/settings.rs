@@ -86,10 +86,6 @@ pub struct Cli {
     /// depend on it or on sharding.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
-    /// Print the reward statistics as JSON on stdout (one line), with the scoring seconds
-    /// (model loading excluded), sequences per second and peak memory.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
     pub shard: ShardArgs,
 }
@@ -118,7 +114,9 @@ pub struct Settings {
     pub rm_std_penalty: f32,
     pub retokenize: bool,
     pub batch_size: usize,
-    pub json: bool,
+    /// Where `--summary-json` goes (details: reward statistics, scoring seconds without
+    /// model loading, sequences per second, peak memory).
+    pub summary_json: Option<PathBuf>,
     pub shard: Shard,
 }
 
@@ -304,7 +302,7 @@ impl Settings {
             rm_std_penalty: cli.rm_std_penalty,
             retokenize: cli.retokenize,
             batch_size: cli.batch_size,
-            json: cli.json,
+            summary_json: cli.global.summary_json.clone(),
             shard,
         })
     }

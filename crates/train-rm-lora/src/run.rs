@@ -369,9 +369,15 @@ pub fn run(cli: &Cli) -> Result<()> {
             .with_context(|| format!("removing {}", ck_root.display()))?;
     }
     info!(out = %path.display(), "reward model written");
-    println!(
-        "{}",
-        json!({"out": path.display().to_string(), "members": summary})
-    );
+    let mut out = rlhf_core::summary::StageSummary::new(STAGE, env!("CARGO_PKG_VERSION"))
+        .output(&path, None);
+    if let Some(acc) = summary
+        .first()
+        .and_then(|m| m["eval"]["accuracy"].as_f64())
+    {
+        out = out.metric("eval_accuracy", acc);
+    }
+    cli.global
+        .write_summary(out.details(json!({"members": summary})))?;
     Ok(())
 }

@@ -35,7 +35,7 @@ struct Timing {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Outcome {
     pub steps: u64,
     /// Steps run by this process (fewer than `steps` after a resume).

@@ -7,7 +7,7 @@
 //!
 //! - `rollouts_sample`: sample-rollouts response tokens per second (K = 4 samples per prompt,
 //!   temperature 1, up to N new tokens, reference log-probabilities on), sampling loop only
-//!   (the binary's `--json` figure; model loading excluded). Reference: transformers
+//!   (the binary's `--summary-json` figure; model loading excluded). Reference: transformers
 //!   `generate` on the same prompt groups (same K, N, temperature) plus the same reference
 //!   forward pass (`scripts/bench/rollouts.py sample`).
 //! - `rollouts_score`: score-rewards sequences per second with a LoRA reward adapter (a PEFT
@@ -113,7 +113,8 @@ fn sample(
             threads,
             "--seed",
             "0",
-            "--json",
+            "--summary-json",
+            "-",
             "--no-progress",
             "-q",
         ]),
@@ -223,7 +224,8 @@ impl Case for Rollouts {
                 "cpu",
                 "--threads",
                 &threads,
-                "--json",
+                "--summary-json",
+                "-",
                 "--no-progress",
                 "-q",
             ]),

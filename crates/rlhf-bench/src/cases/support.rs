@@ -58,8 +58,8 @@ pub(super) fn binary(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Runs a workspace binary and returns the JSON object it prints on stdout's last line (or
-/// Null when `json` is false).
+/// Runs a workspace binary and returns the `details` of the summary it prints on stdout's
+/// last line with `--summary-json -` (or Null when `json` is false).
 pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value> {
     let bin = binary(name)?;
     let out = Command::new(&bin)
@@ -82,7 +82,9 @@ pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_j
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
-    serde_json::from_str(last).with_context(|| format!("{name} printed no JSON summary: {last:?}"))
+    let summary: serde_json::Value = serde_json::from_str(last)
+        .with_context(|| format!("{name} printed no JSON summary: {last:?}"))?;
+    Ok(summary["details"].clone())
 }
 
 pub(super) fn strings(args: &[&str]) -> Vec<String> {
