@@ -16,7 +16,7 @@ run=$(cd "$1" && pwd)
 BIN=${2:-$PWD/target/release}
 PY=${3:-${RLHF_PYTHON:-$(scripts/setup-python.sh)/bin/python}}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/full" 2>/dev/null; rm -rf "$tmp"' EXIT
 fails=0
 g=(-q --no-progress --threads 2)
 
@@ -138,6 +138,22 @@ expect 3 "sample-rollouts with a reward adapter as the policy" -- "${sample[@]}"
 says "needs a policy adapter"
 expect 3 "sample-rollouts with a policy adapter of another base" -- "$BIN/sample-rollouts" "${g[@]}" --model "$run/final/merged" --adapter "$pol" --prompts "$prompts" --max-prompts 2 --out "$tmp/x.parquet"
 says "base model mismatch"
+
+# --- a full disk is a failure (1: retrying elsewhere may help), never "bad input" (3) ----
+mkdir -p "$tmp/full"
+if mount -t tmpfs -o size=200k tmpfs "$tmp/full" 2>/dev/null; then
+  expect 1 "train-sft onto a full disk" -- "$BIN/train-sft" "${g[@]}" --model "$run/model" --data "$run/data/sft.parquet" --max-steps 2 --batch-size 4 --out "$tmp/full/sft"
+  says "No space left on device"
+  expect 1 "init-model onto a full disk" -- "$BIN/init-model" "${g[@]}" --text-file "$run/data/sft.parquet" --text-column prompt --text-column completion --arch llama --preset tiny --vocab-size 300 --out "$tmp/full/model"
+  expect 1 "train-rm-lora onto a full disk" -- "$BIN/train-rm-lora" "${g[@]}" --model "$sft" --preferences "$run/data/preferences.parquet" --max-steps 2 --lora-rank 64 --out "$tmp/full/rm"
+  head -c 190000 /dev/zero >"$tmp/full/filler"
+  expect 1 "sample-rollouts onto a full disk" -- "${base_sample[@]}" --out "$tmp/full/r.parquet"
+  rm -f "$tmp/full/filler"
+  check "... and nothing is left on it" [ -z "$(ls -A "$tmp/full")" ]
+  umount "$tmp/full"
+else
+  echo "contract: SKIPPED full-disk cases: cannot mount a 200 KiB tmpfs here (needs root)" >&2
+fi
 
 # --- part folders: complete or refused; Slurm arrays from 1 --------------------------------
 "${sample[@]}" --iteration 1 --out "$tmp/whole.parquet"

@@ -15,8 +15,9 @@ fn main() -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|s| {
             init_model::run(&s)?;
-            let out = rlhf_core::summary::StageSummary::new("init-model", env!("CARGO_PKG_VERSION"))
-                .output(&s.out, None);
+            let out =
+                rlhf_core::summary::StageSummary::new("init-model", env!("CARGO_PKG_VERSION"))
+                    .output(&s.out, None);
             args.global.write_summary(out)?;
             Ok(())
         });

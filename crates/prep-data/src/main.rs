@@ -77,7 +77,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let (summary, out_dir) = match &cli.command {
         Command::Convert(a) => (convert::run(a)?, Some(a.out_dir.as_path())),
         Command::Pairs(a) => (pairs::run(a, cli.global.seed)?, None),
-        Command::Synthetic(a) => (synthetic_cmd::run(a, cli.global.seed)?, Some(a.out_dir.as_path())),
+        Command::Synthetic(a) => (
+            synthetic_cmd::run(a, cli.global.seed)?,
+            Some(a.out_dir.as_path()),
+        ),
         Command::Split(a) => (split::run(a)?, None),
     };
     report(&summary, cli, out_dir)

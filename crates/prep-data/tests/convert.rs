@@ -363,7 +363,12 @@ fn one_bad_row_per_reject_reason() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["path"].as_str().unwrap().ends_with("out/preferences.parquet"))
+        .find(|o| {
+            o["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("out/preferences.parquet")
+        })
         .unwrap_or_else(|| panic!("no preferences output in {s}"));
     assert_eq!(prefs["rows"], 1);
     assert!(o.stderr.contains("malformed_row"), "{}", o.stderr);

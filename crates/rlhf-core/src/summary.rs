@@ -117,7 +117,10 @@ mod tests {
             .unwrap();
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["stage", "version", "outputs", "seconds", "metrics", "details"]);
+        assert_eq!(
+            keys,
+            ["stage", "version", "outputs", "seconds", "metrics", "details"]
+        );
         assert_eq!(v["outputs"][0]["rows"], 4);
         assert_eq!(v["metrics"]["reward_mean"], 0.5);
         assert!(v["metrics"]["nan"].is_null());

@@ -357,11 +357,16 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     }
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let views: Vec<(&str, &Raw)> = raws.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    safetensors::tensor::serialize_to_file(views, Some(meta), path).map_err(|e| {
-        NnError::Safetensors {
+    safetensors::tensor::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
+        // A failed write (a full disk) is the machine's failure, not bad input.
+        safetensors::SafeTensorError::IoError(source) => NnError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => NnError::Safetensors {
             path: path.to_path_buf(),
             message: format!("cannot write: {e}"),
-        }
+        },
     })
 }
 

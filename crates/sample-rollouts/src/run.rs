@@ -195,4 +195,3 @@ pub fn run(cli: &Cli) -> Result<()> {
     }
     Ok(())
 }
-

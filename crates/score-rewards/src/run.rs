@@ -280,4 +280,3 @@ fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, ou
         );
     }
 }
-

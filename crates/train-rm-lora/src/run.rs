@@ -369,12 +369,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             .with_context(|| format!("removing {}", ck_root.display()))?;
     }
     info!(out = %path.display(), "reward model written");
-    let mut out = rlhf_core::summary::StageSummary::new(STAGE, env!("CARGO_PKG_VERSION"))
-        .output(&path, None);
-    if let Some(acc) = summary
-        .first()
-        .and_then(|m| m["eval"]["accuracy"].as_f64())
-    {
+    let mut out =
+        rlhf_core::summary::StageSummary::new(STAGE, env!("CARGO_PKG_VERSION")).output(&path, None);
+    if let Some(acc) = summary.first().and_then(|m| m["eval"]["accuracy"].as_f64()) {
         out = out.metric("eval_accuracy", acc);
     }
     cli.global
