@@ -138,6 +138,8 @@ expect 3 "sample-rollouts with a reward adapter as the policy" -- "${sample[@]}"
 says "needs a policy adapter"
 expect 3 "sample-rollouts with a policy adapter of another base" -- "$BIN/sample-rollouts" "${g[@]}" --model "$run/final/merged" --adapter "$pol" --prompts "$prompts" --max-prompts 2 --out "$tmp/x.parquet"
 says "base model mismatch"
+expect 3 "score-rewards with a policy adapter as the reward model" -- "$BIN/score-rewards" "${g[@]}" --model "$sft" --reward-model "$pol" --rollouts "$r1" --out "$tmp/x.parquet"
+says "needs a reward adapter"
 
 # --- a full disk is a failure (1: retrying elsewhere may help), never "bad input" (3) ----
 mkdir -p "$tmp/full"

@@ -103,6 +103,14 @@ impl Settings {
         if let Some(r) = &cli.ref_model {
             inputs.push(("--ref-model", r.as_path()));
         }
+        for (flag, dir) in [
+            ("--critic", &cli.critic),
+            ("--critic-init", &cli.critic_init),
+        ] {
+            if let Some(d) = dir {
+                inputs.push((flag, d.as_path()));
+            }
+        }
         rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         cli.checkpoint.validate()?;
         let device = cli.model.device()?;

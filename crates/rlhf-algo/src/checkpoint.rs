@@ -138,7 +138,9 @@ pub struct CheckpointClock {
     every_steps: u64,
     every: Option<Duration>,
     last: Instant,
-    _cooperative: rlhf_core::signals::Cooperative,
+    /// Released after the last step: a signal during the final evaluation and the writing
+    /// of the output then stops the process at once (its temporaries removed).
+    cooperative: Option<rlhf_core::signals::Cooperative>,
 }
 
 /// What [`CheckpointClock::after_step`] decided.
@@ -160,13 +162,16 @@ impl CheckpointClock {
             every_steps,
             every: (every_minutes > 0.0).then(|| Duration::from_secs_f64(every_minutes * 60.0)),
             last: Instant::now(),
-            _cooperative: rlhf_core::signals::Cooperative::begin(),
+            cooperative: Some(rlhf_core::signals::Cooperative::begin()),
         }
     }
 
     /// After step `done` of `total`: nothing is due after the last step (the output follows).
     pub fn after_step(&mut self, done: u64, total: u64) -> Due {
         if done >= total {
+            if let Some(c) = self.cooperative.take() {
+                c.end();
+            }
             return Due::No;
         }
         if let Some(signal) = rlhf_core::signals::pending() {

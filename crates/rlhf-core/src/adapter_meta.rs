@@ -105,18 +105,22 @@ fn read_config(adapter: &Path) -> Result<Value> {
     })
 }
 
-/// The kind of the adapter in `adapter` (from adapter_config.json's task_type).
-pub fn kind(adapter: &Path) -> Result<AdapterKind> {
+/// The kind of the adapter in `adapter` (from adapter_config.json's task_type); None when
+/// it names none we know (the loader's shape and head checks still apply).
+pub fn kind(adapter: &Path) -> Result<Option<AdapterKind>> {
     let cfg = read_config(adapter)?;
     Ok(match cfg.get("task_type").and_then(Value::as_str) {
-        Some("SEQ_CLS") => AdapterKind::Reward,
-        _ => AdapterKind::Policy,
+        Some("SEQ_CLS") => Some(AdapterKind::Reward),
+        Some("CAUSAL_LM") => Some(AdapterKind::Policy),
+        _ => None,
     })
 }
 
 /// Refuses an adapter of another kind than `expected`, naming the flag it was given to.
 pub fn check_kind(flag: &str, adapter: &Path, expected: AdapterKind) -> Result<()> {
-    let found = kind(adapter)?;
+    let Some(found) = kind(adapter)? else {
+        return Ok(());
+    };
     if found == expected {
         return Ok(());
     }
@@ -259,7 +263,7 @@ mod tests {
         assert_eq!(content_id(&a).unwrap(), content_id(&b).unwrap());
         std::fs::write(b.join("adapter_model.safetensors"), b"other").unwrap();
         assert_ne!(content_id(&a).unwrap(), content_id(&b).unwrap());
-        assert_eq!(kind(&a).unwrap(), AdapterKind::Policy);
+        assert_eq!(kind(&a).unwrap(), Some(AdapterKind::Policy));
         std::fs::write(a.join("adapter_config.json"), r#"{"task_type": "SEQ_CLS"}"#).unwrap();
         let e = check_kind("--adapter", &a, AdapterKind::Policy)
             .unwrap_err()

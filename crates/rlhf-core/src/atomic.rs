@@ -1,9 +1,11 @@
 //! Atomic outputs: files and folders are written beside their target under a temporary
 //! name and renamed into place, so a killed stage leaves nothing that looks finished.
 //!
-//! - A temporary is `.NAME.tmp-PID` beside the target `NAME`. It is registered with
-//!   [`crate::signals`], which removes it when SIGTERM/SIGINT stops the process; the next
-//!   run for the same target removes those of dead processes ([`sweep`]).
+//! - A temporary is `.NAME.tmp-PID@HOST` beside the target `NAME` (the host too, because
+//!   tasks on other machines or in other PID namespaces may share a folder and a PID). It
+//!   is registered with [`crate::signals`], which removes it when SIGTERM/SIGINT stops the
+//!   process; the next run for the same target on the same host removes those of dead
+//!   processes ([`sweep`]).
 //! - Replacing an existing folder is one `renameat2(RENAME_EXCHANGE)` on Linux: at every
 //!   instant the target is the old complete folder or the new one. Where the file system
 //!   cannot exchange, the old folder is first moved to `.NAME.old-PID`, and [`recover`]
@@ -29,11 +31,41 @@ fn sibling(target: &Path, name: String) -> PathBuf {
     }
 }
 
-/// The temporary sibling of `target`: `.name.tmp-<pid>` in the same folder.
+/// This machine's short host name, reduced to `[A-Za-z0-9_-]` (for temporary names).
+fn host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let short: String = raw
+            .trim()
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(64)
+            .collect();
+        if short.is_empty() {
+            "host".into()
+        } else {
+            short
+        }
+    })
+}
+
+/// The temporary sibling of `target`: `.name.tmp-<pid>@<host>` in the same folder.
 pub fn temp_sibling(target: &Path) -> PathBuf {
     sibling(
         target,
-        format!(".{}.tmp-{}", file_name(target), std::process::id()),
+        format!(
+            ".{}.tmp-{}@{}",
+            file_name(target),
+            std::process::id(),
+            host()
+        ),
     )
 }
 
@@ -55,11 +87,19 @@ fn maybe_alive(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-/// The pid in a leftover's name `.NAME.<kind>-<pid>[.anything]`, for `kind` tmp or old.
+/// The pid in a leftover of this host, named `.NAME.<kind>-<pid>[@<host>][.anything]` for
+/// `kind` tmp or old (a name without a host is from an older version, taken as local).
 fn leftover_pid(entry: &str, name: &str, kind: &str) -> Option<u32> {
     let rest = entry.strip_prefix(&format!(".{name}.{kind}-"))?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let tail = &rest[digits.len()..];
+    let mut tail = &rest[digits.len()..];
+    if let Some(h) = tail.strip_prefix('@') {
+        let end = h.find('.').unwrap_or(h.len());
+        if &h[..end] != host() {
+            return None;
+        }
+        tail = &h[end..];
+    }
     if digits.is_empty() || !(tail.is_empty() || tail.starts_with('.')) {
         return None;
     }
@@ -139,7 +179,14 @@ pub fn write_file(target: &Path, bytes: &[u8]) -> Result<()> {
     let result = std::fs::write(&tmp, bytes)
         .map_err(|e| CoreError::io("writing", &tmp, e))
         .and_then(|()| {
-            std::fs::rename(&tmp, target).map_err(|e| CoreError::io("renaming into", target, e))
+            signals::renaming(|| {
+                let r = std::fs::rename(&tmp, target)
+                    .map_err(|e| CoreError::io("renaming into", target, e));
+                if r.is_ok() {
+                    signals::unregister_temporary(&tmp);
+                }
+                r
+            })
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -163,24 +210,39 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 }
 
 /// Puts the finished folder `tmp` in place of `target`, replacing an older one so that a
-/// kill at any instant leaves the old complete copy or the new one under `target`.
+/// kill at any instant leaves the old complete copy or the new one under `target`. The
+/// renames run under [`signals::renaming`], so a signal never deletes a folder that is
+/// changing names; on success `tmp` is no longer a registered temporary.
 fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
-    if !target.exists() {
-        return std::fs::rename(tmp, target).map_err(|e| CoreError::io("renaming into", target, e));
+    let old = signals::renaming(|| -> Result<Option<PathBuf>> {
+        if !target.exists() {
+            std::fs::rename(tmp, target).map_err(|e| CoreError::io("renaming into", target, e))?;
+            signals::unregister_temporary(tmp);
+            return Ok(None);
+        }
+        if exchange(tmp, target).is_ok() {
+            // `tmp` now holds the old copy: no longer ours to protect or to clean on a signal.
+            signals::unregister_temporary(tmp);
+            return Ok(Some(tmp.to_path_buf()));
+        }
+        let old = sibling(
+            target,
+            format!(
+                ".{}.old-{}@{}",
+                file_name(target),
+                std::process::id(),
+                host()
+            ),
+        );
+        std::fs::rename(target, &old).map_err(|e| CoreError::io("moving aside", target, e))?;
+        std::fs::rename(tmp, target).map_err(|e| CoreError::io("renaming into", target, e))?;
+        signals::unregister_temporary(tmp);
+        Ok(Some(old))
+    })?;
+    // A kill before the old copy is gone leaves a leftover that the next run sweeps.
+    if let Some(old) = old {
+        signals::remove_path(&old);
     }
-    if exchange(tmp, target).is_ok() {
-        // `tmp` now holds the old copy; a kill before it is gone leaves a temporary that
-        // the next run sweeps.
-        signals::remove_path(tmp);
-        return Ok(());
-    }
-    let old = sibling(
-        target,
-        format!(".{}.old-{}", file_name(target), std::process::id()),
-    );
-    std::fs::rename(target, &old).map_err(|e| CoreError::io("moving aside", target, e))?;
-    std::fs::rename(tmp, target).map_err(|e| CoreError::io("renaming into", target, e))?;
-    signals::remove_path(&old);
     Ok(())
 }
 
@@ -245,7 +307,6 @@ impl AtomicDir {
         readable_by_all(&self.tmp);
         replace_dir(&self.tmp, &self.target)?;
         self.committed = true;
-        signals::unregister_temporary(&self.tmp);
         Ok(self.target.clone())
     }
 }
@@ -330,12 +391,17 @@ mod tests {
         .unwrap();
         std::fs::write(root.path().join(format!(".other.parquet.tmp-{dead}")), "").unwrap();
         std::fs::write(root.path().join(".rollouts.parquet.tmp-x1"), "").unwrap();
+        let here = format!(".rollouts.parquet.tmp-{dead}@{}", host());
+        let elsewhere = format!(".rollouts.parquet.tmp-{dead}@another-host");
+        std::fs::write(root.path().join(&here), "").unwrap();
+        std::fs::write(root.path().join(&elsewhere), "").unwrap();
         sweep(&target).unwrap();
         let left = names(root.path());
         let mut want = vec![
             format!(".other.parquet.tmp-{dead}"),
             ".rollouts.parquet.tmp-x1".to_string(),
             format!(".rollouts.parquet.tmp-{mine}"),
+            elsewhere,
         ];
         want.sort();
         assert_eq!(left, want);

@@ -186,12 +186,53 @@ const PER_TASK_FLAGS: [(&str, bool); 11] = [
     ("--keep-checkpoint", false),
 ];
 
-/// `args` without the per-task flags (see [`PER_TASK_FLAGS`]) and `-v`/`-q` counts.
+/// Flags whose value is a path: the same data may be named in several ways (`./x`, an
+/// absolute path, another mount), and inputs are compared by content hash anyway.
+const PATH_FLAGS: [&str; 20] = [
+    "--out",
+    "--out-dir",
+    "--rejects",
+    "--model",
+    "--adapter",
+    "--prompts",
+    "--rollouts",
+    "--scores",
+    "--reward-model",
+    "--ref-model",
+    "--critic",
+    "--critic-init",
+    "--preferences",
+    "--ratings",
+    "--normalize-with",
+    "--data",
+    "--input",
+    "--tokenizer",
+    "--text-file",
+    "--run-dir",
+];
+
+/// `args` without the per-task flags (see [`PER_TASK_FLAGS`]) and `-v`/`-q` counts, with
+/// path values (see [`PATH_FLAGS`]) replaced by `<path>`.
 pub fn run_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut skip_value = false;
+    let mut path_value = false;
     for a in args {
         if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if std::mem::take(&mut path_value) {
+            out.push("<path>".to_string());
+            continue;
+        }
+        if let Some((name, _)) = a.split_once('=') {
+            if PATH_FLAGS.contains(&name) {
+                out.push(format!("{name}=<path>"));
+                continue;
+            }
+        } else if PATH_FLAGS.contains(&a.as_str()) {
+            path_value = true;
+            out.push(a.clone());
             continue;
         }
         let short_count = a.len() > 1

@@ -112,9 +112,12 @@ impl ArtifactWriter {
             file.sync_all()
                 .map_err(|e| CoreError::io("syncing", &self.tmp, e))?;
         }
-        std::fs::rename(&self.tmp, &self.target)
-            .map_err(|e| CoreError::io("renaming into", &self.target, e))?;
-        Ok(self.rows)
+        signals::renaming(|| {
+            std::fs::rename(&self.tmp, &self.target)
+                .map_err(|e| CoreError::io("renaming into", &self.target, e))?;
+            signals::unregister_temporary(&self.tmp);
+            Ok(self.rows)
+        })
     }
 }
 

@@ -42,8 +42,8 @@ fn incomplete(spec: &Path, message: String) -> CoreError {
         path: spec.to_path_buf(),
         row: None,
         message: format!(
-            "{message}\n  hint: rerun the missing shards (same flags, --shard-index I), or \
-             remove the folder and rerun every shard"
+            "{message}\n  hint: rerun the missing shards (same flags with --shard-index I \
+             --num-shards N), or remove the folder and rerun every shard"
         ),
     }
 }
@@ -84,24 +84,29 @@ pub fn check_complete(spec: &Path, files: &[PathBuf]) -> Result<()> {
         ));
     }
     let (&n, indices) = by_count.iter().next().expect("one count");
-    let mut seen = vec![0usize; n];
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
     for &i in indices {
-        seen[i] += 1;
+        *seen.entry(i).or_default() += 1;
     }
-    let twice: Vec<usize> = (0..n).filter(|&i| seen[i] > 1).collect();
+    let twice: Vec<usize> = seen
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(&i, _)| i)
+        .collect();
     if !twice.is_empty() {
         return Err(incomplete(
             spec,
             format!("names part(s) {} more than once", list(&twice)),
         ));
     }
-    let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).collect();
-    if !missing.is_empty() {
+    if seen.len() < n {
+        // Lists at most a few missing indices, however large N claims to be.
+        let missing: Vec<usize> = (0..n).filter(|i| !seen.contains_key(i)).take(9).collect();
         return Err(incomplete(
             spec,
             format!(
                 "is incomplete: {} of {n} parts present, missing part(s) {} (e.g. {})",
-                n - missing.len(),
+                seen.len(),
                 list(&missing),
                 part_name(missing[0], n)
             ),
@@ -257,5 +262,8 @@ mod tests {
         assert!(e.contains("a.parquet"), "{e}");
         let twice = vec![ok[0].clone(), ok[0].clone(), ok[1].clone()];
         assert!(check_complete(d.path(), &twice).is_err());
+        let huge = touch(d.path(), &["part-00000-of-99999999999999.parquet"]);
+        let e = check_complete(d.path(), &huge).unwrap_err().to_string();
+        assert!(e.contains("1 of 99999999999999 parts"), "{e}");
     }
 }

@@ -70,7 +70,15 @@ impl ShardArgs {
                 "Slurm job array",
             )
         } else if let Some(i) = get("JOB_COMPLETION_INDEX")? {
-            (Some(i), get("RLHF_NUM_SHARDS")?, "Kubernetes Indexed Job")
+            let count = get("RLHF_NUM_SHARDS")?;
+            if count.is_none() && self.num_shards.is_none() {
+                // Every pod would otherwise write the whole output, unsharded, to one file.
+                return Err(CoreError::Usage(format!(
+                    "JOB_COMPLETION_INDEX={i} (a Kubernetes Indexed Job) but no shard count: \
+                     set RLHF_NUM_SHARDS to the Job's completions, or give --num-shards"
+                )));
+            }
+            (Some(i), count, "Kubernetes Indexed Job")
         } else {
             (None, get("RLHF_NUM_SHARDS")?, "environment")
         };

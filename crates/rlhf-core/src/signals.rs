@@ -25,6 +25,18 @@ static RECEIVED: AtomicI32 = AtomicI32::new(0);
 static COOPERATIVE: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// Held while a temporary becomes an output (its rename or exchange and its unregistering),
+/// and taken for good by [`stop_now`]: the watcher never deletes a path that is being, or
+/// has just been, renamed into place.
+static RENAMING: Mutex<()> = Mutex::new(());
+
+/// Runs `f` (a rename of a temporary into place, then its unregistering) so that a signal
+/// cannot remove the temporary half-way: a stop waits for it to finish.
+pub fn renaming<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = RENAMING.lock().unwrap_or_else(|p| p.into_inner());
+    f()
+}
+
 fn temporaries() -> &'static Mutex<BTreeSet<PathBuf>> {
     static TEMPS: OnceLock<Mutex<BTreeSet<PathBuf>>> = OnceLock::new();
     TEMPS.get_or_init(|| Mutex::new(BTreeSet::new()))
@@ -83,6 +95,8 @@ pub fn install() {
 
 /// Removes every registered temporary and exits with the signal's code.
 fn stop_now(signal: i32) -> ! {
+    // Wait for a rename in progress, and hold the lock until the process ends.
+    let _renames = RENAMING.lock().unwrap_or_else(|p| p.into_inner());
     let temps: Vec<PathBuf> = match temporaries().lock() {
         Ok(t) => t.iter().cloned().collect(),
         Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
@@ -151,9 +165,21 @@ impl Cooperative {
     }
 }
 
+impl Cooperative {
+    /// Ends cooperative handling (the loop that polled [`pending`] is done): a signal that
+    /// arrived meanwhile stops the process now, as would one arriving later.
+    pub fn end(self) {
+        drop(self);
+    }
+}
+
 impl Drop for Cooperative {
     fn drop(&mut self) {
-        COOPERATIVE.fetch_sub(1, Ordering::SeqCst);
+        if COOPERATIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(signal) = pending() {
+                stop_now(signal);
+            }
+        }
     }
 }
 

@@ -276,6 +276,11 @@ impl Settings {
                 }
                 .into());
             }
+            rlhf_core::adapter_meta::check_kind(
+                "--reward-model",
+                &rm.dir,
+                rlhf_core::adapter_meta::AdapterKind::Reward,
+            )?;
         }
         let mut inputs = vec![("--rollouts", cli.rollouts.as_path())];
         if let Some(m) = &cli.model {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rlhf_algo::checkpoint::ResumeMode;
 use rlhf_algo::optim::AdamWConfig;
 use rlhf_algo::schedule::ScheduleKind;
 use rlhf_core::atomic::AtomicDir;
@@ -122,6 +123,30 @@ fn train_config(cli: &Cli) -> TrainConfig {
     }
 }
 
+/// The fingerprint of a finished ensemble member kept for a resumed run.
+const DONE_FINGERPRINT: &str = "fingerprint.json";
+
+/// True when the finished member in `done_dir` was trained with this run's inputs and
+/// flags; otherwise a mismatch, handled as `mode` says (retrain, or refuse under --resume).
+fn done_matches(done_dir: &Path, want: &serde_json::Value, mode: ResumeMode) -> Result<bool> {
+    let path = done_dir.join(DONE_FINGERPRINT);
+    let found: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if found.as_ref() == Some(want) {
+        return Ok(true);
+    }
+    mode.on_mismatch(anyhow::Error::new(CoreError::Mismatch {
+        what: "finished ensemble member",
+        left_name: done_dir.display().to_string(),
+        left: found.map_or("no fingerprint".into(), |f| f.to_string()),
+        right_name: "this run".into(),
+        right: want.to_string(),
+        hint: "rerun with the original flags and inputs, or --no-resume to start over".into(),
+    }))?;
+    Ok(false)
+}
+
 /// Everything that must be equal for a checkpoint to be resumed.
 fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value {
     json!({
@@ -132,6 +157,8 @@ fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value
         "lora": [cli.lora_rank, cli.lora_alpha, cli.lora_dropout, cli.target_modules],
         "optim": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum, cli.learning_rate,
                   cli.weight_decay, cli.warmup_steps, format!("{:?}", cli.schedule), cli.max_grad_norm],
+        "eval_every": cli.eval_every,
+        "device": cli.model.device,
         "data": [cli.max_seq_len, format!("{:?}", cli.group_weighting), cli.ensemble],
         "loss": [cli.label_smoothing, cli.noise_robust, cli.margin, cli.center_coef, cli.ratings_weight],
         "dtype": format!("{:?}", cli.model.dtype),
@@ -261,9 +288,12 @@ pub fn run(cli: &Cli) -> Result<()> {
             out.path().to_path_buf()
         };
         let done_dir = ck_root.join(format!("{name}.done"));
+        let member_fingerprint = fingerprint(cli, &lineage, member);
+        let mode = cli.checkpoint.mode();
         if cli.ensemble > 1
-            && cli.checkpoint.mode().tries()
+            && mode.tries()
             && done_dir.join(state::STATE_FILE).is_file()
+            && done_matches(&done_dir, &member_fingerprint, mode)?
         {
             info!(
                 member,
@@ -295,7 +325,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             checkpoint_dir: ck_root.join(&name),
             resume: cli.checkpoint.mode(),
             member,
-            fingerprint: fingerprint(cli, &lineage, member),
+            fingerprint: member_fingerprint.clone(),
         };
         let outcome = train_member(&rm, &job, member as i32)?;
         let raw = rm.score_all(&reference, cli.batch_size * 2)?;
@@ -340,6 +370,11 @@ pub fn run(cli: &Cli) -> Result<()> {
         if cli.ensemble > 1 {
             let staging = AtomicDir::new(&done_dir)?;
             copy_files(&target, staging.path())?;
+            std::fs::write(
+                staging.path().join(DONE_FINGERPRINT),
+                member_fingerprint.to_string(),
+            )
+            .with_context(|| format!("writing {}", done_dir.display()))?;
             staging.commit()?;
         }
         all_metrics.rows.extend(outcome.metrics.rows);

@@ -241,11 +241,16 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         let ck = checkpoint::load(&job.checkpoint_dir)?;
         let saved = &ck.meta.extra["fingerprint"];
         if *saved != job.fingerprint {
-            job.resume.on_mismatch(anyhow::anyhow!(
-                "{}: the checkpoint was made with other settings or data\n  checkpoint: {saved}\n  this run:   {}\n  hint: rerun with the original flags, or --no-resume to start over",
-                job.checkpoint_dir.display(),
-                job.fingerprint
-            ))?;
+            job.resume
+                .on_mismatch(anyhow::Error::new(rlhf_core::CoreError::Mismatch {
+                    what: "checkpoint",
+                    left_name: job.checkpoint_dir.display().to_string(),
+                    left: saved.to_string(),
+                    right_name: "this run".into(),
+                    right: job.fingerprint.to_string(),
+                    hint: "rerun with the original flags and data, or --no-resume to start over"
+                        .into(),
+                }))?;
         } else {
             checkpoint::restore_into(&params, &ck.tensors)?;
             opt.load_state(&ck.optimizer)?;

@@ -259,6 +259,10 @@ impl Settings {
             "weight_decay": self.weight_decay,
             "adam_beta2": self.adam_beta2,
             "seed": self.seed,
+            "dtype": format!("{:?}", self.kind),
+            "device": format!("{:?}", self.device),
+            "eval_every": self.eval_every,
+            "eval_batch_size": self.eval_batch_size,
         })
     }
 }
