@@ -16,7 +16,7 @@ run=$(cd "$1" && pwd)
 BIN=${2:-$PWD/target/release}
 PY=${3:-${RLHF_PYTHON:-$(scripts/setup-python.sh)/bin/python}}
 tmp=$(mktemp -d)
-trap 'umount "$tmp/full" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/full" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 fails=0
 g=(-q --no-progress --threads 2)
 
