@@ -174,7 +174,7 @@ pub fn load(s: &Settings, data: &Data) -> Result<Loaded> {
     }
     if let (Some(dir), false, false) = (&s.adapter, data.policy_ids.is_empty(), s.full) {
         let id = rlhf_core::adapter_meta::content_id(dir)?;
-        if !data.policy_ids.iter().any(|p| *p == id) {
+        if !data.policy_ids.contains(&id) {
             tracing::warn!(
                 adapter = %dir.display(),
                 sampled_by = ?data.policy_ids,
