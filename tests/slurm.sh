@@ -213,9 +213,10 @@ interrupted() {
   rm -rf "$pre/run/rm" "$pre/run/rm.checkpoint"
   id=$(pipelines/slurm/submit.sh "${pre_args[@]}" | awk '{print $2}')
   wait_job "$id" RUNNING 120
-  # interrupt once a checkpoint exists and before the job ends
+  # interrupt once a checkpoint is written (its checkpoint.json; the folder alone appears
+  # at the start) and before the job ends
   start=$SECONDS
-  until [ -n "$(find "$pre/run" -maxdepth 1 -name 'rm.checkpoint*' 2>/dev/null)" ]; do
+  until [ -n "$(find "$pre/run" -path '*/rm.checkpoint*/checkpoint.json' 2>/dev/null)" ]; do
     [ "$(job_field "$id" JobState)" = RUNNING ] || fail "(c) job $id left RUNNING before writing a checkpoint; raise PREEMPT_STEPS"
     [ $((SECONDS - start)) -gt 120 ] && fail "(c) no checkpoint from job $id after 120 s"
     sleep 0.2
@@ -226,13 +227,15 @@ interrupted() {
   esac
   say "(c) $how: job $id interrupted mid-run"
   # Slurm holds a requeued job back for two minutes (BeginTime); once it is pending again,
-  # let it start at once
+  # let it start a few seconds later, not at once: slurmd refuses ("Job credential revoked")
+  # a job started again within the second its previous run's credential was revoked, and
+  # the job then ends FAILED
   start=$SECONDS
   until [ "$(job_field "$id" JobState)" = PENDING ]; do
     [ $((SECONDS - start)) -gt 90 ] && fail "(c) $how: job $id not pending again (state $(job_field "$id" JobState)): not requeued"
     sleep 0.2
   done
-  scontrol update JobId="$id" StartTime=now || fail "(c) scontrol update JobId=$id StartTime=now"
+  scontrol update JobId="$id" StartTime=now+3 || fail "(c) scontrol update JobId=$id StartTime=now+3"
   wait_job "$id" COMPLETED 240
   restarts=$(job_field "$id" Restarts)
   [ "${restarts:-0}" -ge 1 ] || fail "(c) $how: job $id shows Restarts=${restarts:-?}: it was not requeued"
