@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rlhf_nn::{Arch, ModelConfig};
 use serde_json::{json, Value};
 
@@ -17,19 +17,6 @@ pub enum OutputKind {
     /// A reward adapter with its score head: *ForSequenceClassification, num_labels = 1.
     SequenceClassification,
 }
-
-/// Files copied from the base folder when present (the tokenizer and, for language
-/// models, the generation defaults).
-pub const TOKENIZER_FILES: [&str; 8] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-];
 
 /// The transformers class prefix of a Llama-family config ("Llama", "Qwen2", "Mistral").
 fn class_prefix(cfg: &ModelConfig) -> String {
@@ -92,18 +79,10 @@ pub fn config_json(cfg: &ModelConfig, kind: OutputKind, dtype_name: &str) -> Val
 /// Copies the tokenizer files (and generation_config.json for language models) from the
 /// base folder; returns the names copied.
 pub fn copy_side_files(base: &Path, out: &Path, kind: OutputKind) -> Result<Vec<String>> {
-    let mut copied = Vec::new();
-    let extra: &[&str] = match kind {
-        OutputKind::CausalLm => &["generation_config.json"],
-        OutputKind::SequenceClassification => &[],
-    };
-    for name in TOKENIZER_FILES.iter().chain(extra) {
-        let src = base.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, out.join(name))
-                .with_context(|| format!("copying {}", src.display()))?;
-            copied.push(name.to_string());
-        }
+    use rlhf_core::tokenizer::{copy_model_files, GENERATION_FILES, TOKENIZER_FILES};
+    let mut copied = copy_model_files(base, out, TOKENIZER_FILES)?;
+    if kind == OutputKind::CausalLm {
+        copied.extend(copy_model_files(base, out, GENERATION_FILES)?);
     }
     Ok(copied)
 }

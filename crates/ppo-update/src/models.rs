@@ -297,28 +297,14 @@ pub fn load(s: &Settings, data: &Data) -> Result<Loaded> {
     })
 }
 
-/// Files copied from the input policy folder into a --full output (when present).
-pub const COPIED_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "chat_template.jinja",
-];
-
 /// Writes a fully tuned policy into `dir` as a transformers model folder: config.json,
 /// model.safetensors and the tokenizer files of `model_dir`.
 pub fn save_full_policy(policy: &Model, model_dir: &Path, dir: &Path) -> Result<()> {
     policy
         .save_pretrained(dir)
         .with_context(|| format!("writing the policy model into {}", dir.display()))?;
-    for name in COPIED_FILES {
-        let src = model_dir.join(name);
-        if src.is_file() {
-            let dst = dir.join(name);
-            std::fs::copy(&src, &dst)
-                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
-        }
-    }
+    use rlhf_core::tokenizer::{copy_model_files, GENERATION_FILES, TOKENIZER_FILES};
+    copy_model_files(model_dir, dir, TOKENIZER_FILES)?;
+    copy_model_files(model_dir, dir, GENERATION_FILES)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod kl;
 pub mod kl_control;
 pub mod masked;
 pub mod optim;
+pub mod optim_args;
 pub mod policy_loss;
 pub mod rm_loss;
 pub mod schedule;

@@ -74,6 +74,12 @@ pub struct AdamW {
     step: u64,
 }
 
+/// Whether weight decay applies to `param`: weight matrices (and LoRA factors, heads)
+/// decay; vectors (norm scales, biases) do not, as in most LLM training recipes.
+pub fn decays(param: &Tensor) -> bool {
+    param.dim() >= 2
+}
+
 /// Name of the step-count entry in [`AdamW::state`].
 pub const STEP_KEY: &str = "__step__";
 
@@ -183,7 +189,7 @@ impl AdamW {
             }
             let g = g.to_kind(Kind::Float);
             let mut p = s.param.to_kind(Kind::Float);
-            if weight_decay != 0.0 {
+            if weight_decay != 0.0 && decays(&s.param) {
                 p *= 1.0 - lr * weight_decay;
             }
             let _ = s.exp_avg.g_mul_scalar_(beta1);
@@ -269,8 +275,11 @@ impl AdamW {
 mod tests {
     use super::*;
 
+    /// A (1, n) matrix: weight decay applies to matrices.
     fn param(values: &[f32]) -> Tensor {
-        Tensor::from_slice(values).set_requires_grad(true)
+        Tensor::from_slice(values)
+            .view([1, -1])
+            .set_requires_grad(true)
     }
 
     fn set_grad(p: &Tensor, g: &[f32]) {
@@ -280,7 +289,7 @@ mod tests {
     }
 
     fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).detach()).unwrap()
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).detach().view(-1)).unwrap()
     }
 
     fn cfg() -> AdamWConfig {
@@ -318,6 +327,20 @@ mod tests {
         // = -1.92176050 (torch.optim.AdamW gives the same to 1e-7)
         assert!((v[1] + 1.921_760_50).abs() < 1e-6, "{v:?}");
         assert_eq!(opt.step_count(), 2);
+    }
+
+    #[test]
+    fn vectors_do_not_decay() {
+        let bias = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("b".into(), bias.shallow_clone())], cfg());
+        set_grad(&bias, &[0.5, -0.1]);
+        opt.step(0.1);
+        // no decay: 1 - 0.1 * 0.5 / (0.5 + 1e-8), -2 + 0.1 * 0.1 / (0.1 + 1e-8)
+        let v = values(&bias);
+        assert!(
+            (v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.9).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 
     #[test]

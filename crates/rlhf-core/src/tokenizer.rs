@@ -7,6 +7,39 @@ use std::path::{Path, PathBuf};
 use crate::chat::ChatTemplate;
 use crate::error::{CoreError, Result};
 
+/// The files of a model folder that describe its tokenizer, in every format transformers
+/// reads (fast `tokenizer.json`, GPT-2 style `vocab.json` + `merges.txt`, SentencePiece
+/// `tokenizer.model`, and the chat template that transformers 5 keeps apart). Every stage
+/// that writes a model folder copies those present from its input model.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+];
+
+/// The generation defaults of a language model folder (copied beside the tokenizer files
+/// into language-model outputs, not into reward models).
+pub const GENERATION_FILES: &[&str] = &["generation_config.json"];
+
+/// Copies the files among `names` that exist in `from` into `to`; returns the names copied.
+pub fn copy_model_files(from: &Path, to: &Path, names: &[&str]) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for name in names {
+        let src = from.join(name);
+        if src.is_file() {
+            let dst = to.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| CoreError::io("copying", &src, e))?;
+            copied.push((*name).to_string());
+        }
+    }
+    Ok(copied)
+}
+
 /// A loaded tokenizer with its special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -156,5 +189,32 @@ impl Tokenizer {
             Some(t) => ChatTemplate::new(t, &bos, &eos),
             None => Ok(ChatTemplate::plain()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tokenizer_format_is_copied_and_only_what_exists() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        for name in [
+            "vocab.json",
+            "merges.txt",
+            "tokenizer.model",
+            "model.safetensors",
+        ] {
+            std::fs::write(from.path().join(name), name).unwrap();
+        }
+        let copied = copy_model_files(from.path(), to.path(), TOKENIZER_FILES).unwrap();
+        assert_eq!(copied, ["vocab.json", "merges.txt", "tokenizer.model"]);
+        assert_eq!(
+            std::fs::read_to_string(to.path().join("merges.txt")).unwrap(),
+            "merges.txt"
+        );
+        assert!(!to.path().join("model.safetensors").exists());
+        assert!(!to.path().join("tokenizer.json").exists());
     }
 }

@@ -140,14 +140,23 @@ impl<'m> RewardModel<'m> {
     }
 
     /// Writes the trained model into `dir`: the PEFT adapter files (LoRA), or a full
-    /// transformers *ForSequenceClassification folder (--full).
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// transformers *ForSequenceClassification folder (--full) with the tokenizer files of
+    /// the base folder `base_dir`.
+    pub fn save(&self, dir: &Path, base_dir: &Path) -> Result<()> {
         match self.tuning {
             Tuning::Lora(_) => self
                 .model
                 .save_adapter(&self.adapter, dir)
                 .with_context(|| format!("writing the adapter into {}", dir.display())),
-            Tuning::Full(_) => save_full(self.model, &self.adapter, self.pad_id, dir),
+            Tuning::Full(_) => {
+                save_full(self.model, &self.adapter, self.pad_id, dir)?;
+                rlhf_core::tokenizer::copy_model_files(
+                    base_dir,
+                    dir,
+                    rlhf_core::tokenizer::TOKENIZER_FILES,
+                )?;
+                Ok(())
+            }
         }
     }
 }

@@ -351,7 +351,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             },
             eval: outcome.eval.iter().cloned().collect(),
         };
-        rm.save(&target)?;
+        rm.save(&target, model_dir)?;
         rm.detach()?;
         st.write(&target)?;
         let mut member_lineage = lineage.clone();

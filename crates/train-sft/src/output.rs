@@ -11,15 +11,6 @@ use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
 use rlhf_nn::Model;
 
-/// Files copied from the input model folder into a full-tuning output (when present).
-pub const COPIED_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "chat_template.jinja",
-];
-
 /// Metrics file inside the output folder.
 pub const METRICS_FILE: &str = "metrics.parquet";
 /// Lineage file inside the output folder.
@@ -40,15 +31,9 @@ pub fn write(
             model
                 .save_pretrained(dir.path())
                 .with_context(|| format!("writing the model into {}", dir.path().display()))?;
-            for name in COPIED_FILES {
-                let src = model_dir.join(name);
-                if src.is_file() {
-                    let dst = dir.path().join(name);
-                    std::fs::copy(&src, &dst).with_context(|| {
-                        format!("copying {} to {}", src.display(), dst.display())
-                    })?;
-                }
-            }
+            use rlhf_core::tokenizer::{copy_model_files, GENERATION_FILES, TOKENIZER_FILES};
+            copy_model_files(model_dir, dir.path(), TOKENIZER_FILES)?;
+            copy_model_files(model_dir, dir.path(), GENERATION_FILES)?;
         }
         Some(name) => model
             .save_adapter(name, dir.path())
