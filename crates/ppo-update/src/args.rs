@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use rlhf_algo::kl::KlEstimator;
-use rlhf_algo::schedule::ScheduleKind;
+use rlhf_algo::optim_args::OptimArgs;
 use rlhf_core::cli::GlobalArgs;
-use rlhf_nn::ModelArgs;
+use rlhf_nn::{LoraArgs, ModelArgs};
 
 /// The policy-gradient algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -43,6 +43,9 @@ impl Algo {
 /// One policy iteration: PPO, REINFORCE with baseline (PERL), RLOO or GRPO on rollouts and
 /// scores; writes the next policy adapter (or, with --full, the next full model).
 #[derive(Debug, Parser)]
+#[command(mut_arg("learning_rate", |a| a.default_value("1e-4").required(false)))]
+#[command(mut_arg("lr_schedule", |a| a.default_value("constant").required(false)))]
+#[command(mut_arg("final_lr_fraction", |a| a.default_value("0").required(false)))]
 #[command(
     name = "ppo-update",
     version,
@@ -111,24 +114,6 @@ pub struct Cli {
     #[arg(long, default_value = "reward", value_name = "COLUMN")]
     pub reward_column: String,
 
-    /// LoRA rank of a fresh policy (and critic) adapter [default: 8]. With --full the
-    /// --lora-* flags shape the fresh critic only (an error when --algo has no critic).
-    #[arg(long, value_name = "R")]
-    pub lora_rank: Option<i64>,
-    /// LoRA alpha of a fresh adapter (scale alpha / rank) [default: 16].
-    #[arg(long, value_name = "ALPHA")]
-    pub lora_alpha: Option<f64>,
-    /// LoRA dropout of a fresh adapter (training forwards only) [default: 0].
-    #[arg(long, value_name = "P")]
-    pub lora_dropout: Option<f64>,
-    /// LoRA target modules of a fresh adapter, comma-separated (`all-linear` for every block
-    /// linear). Default: q_proj,v_proj for Llama, c_attn for GPT-2.
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub lora_targets: Vec<String>,
-    /// Use rsLoRA scaling (alpha / sqrt(rank)) for a fresh adapter.
-    #[arg(long)]
-    pub rslora: bool,
-
     /// Critic adapter folder to continue from (default: critic/ inside --adapter, or inside
     /// --model with --full).
     #[arg(long, value_name = "DIR")]
@@ -138,40 +123,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub critic_init: Option<PathBuf>,
 
-    /// Peak learning rate of the policy (adapter, or every weight with --full).
-    #[arg(long, default_value_t = 1e-4, value_name = "LR")]
-    pub learning_rate: f64,
     /// Learning rate of the critic (default: --learning-rate).
     #[arg(long, value_name = "LR")]
     pub critic_learning_rate: Option<f64>,
-    /// Learning-rate schedule over optimiser steps, counted across iterations.
-    #[arg(long, default_value = "constant", value_name = "KIND")]
-    pub lr_schedule: ScheduleKind,
-    /// Linear warm-up steps (optimiser steps across iterations).
-    #[arg(long, default_value_t = 0, value_name = "STEPS")]
-    pub warmup_steps: u64,
     /// Step at which a linear or cosine decay ends (optimiser steps across iterations).
     #[arg(long, default_value_t = 0, value_name = "STEPS")]
     pub total_steps: u64,
-    /// Final learning rate as a fraction of the peak (linear and cosine).
-    #[arg(long, default_value_t = 0.0, value_name = "F")]
-    pub final_lr_fraction: f64,
-    /// AdamW beta1.
-    #[arg(long, default_value_t = 0.9, value_name = "B1")]
-    pub adam_beta1: f64,
-    /// AdamW beta2.
-    #[arg(long, default_value_t = 0.999, value_name = "B2")]
-    pub adam_beta2: f64,
-    /// AdamW epsilon.
-    #[arg(long, default_value_t = 1e-8, value_name = "EPS")]
-    pub adam_eps: f64,
-    /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.0, value_name = "WD")]
-    pub weight_decay: f64,
-    /// Clip the global gradient L2 norm of the policy, and of the critic, to this (0 = no
-    /// clipping).
-    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
-    pub max_grad_norm: f64,
     /// Start the optimiser afresh instead of loading the moments saved with --adapter (with
     /// --full: beside the weights in --model).
     #[arg(long)]
@@ -234,16 +191,27 @@ pub struct Cli {
     #[arg(long, default_value_t = 0.0, value_name = "CAP")]
     pub tis_cap: f64,
 
-    /// Checkpoints go to .OUT.checkpoint/ beside --out; a rerun of the same command
-    /// resumes from them.
-    #[command(flatten)]
-    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
     /// Record wall-clock and memory figures (run/tokens_per_s, run/seconds_per_step,
     /// run/peak_rss_bytes) in metrics.parquet. Off by default: timings
     /// differ between runs, and the adapter folder (with its metrics) should be
     /// byte-identical for the same inputs, flags and seed. They are always logged with -v.
     #[arg(long)]
     pub record_timings: bool,
+
+    /// LoRA of a fresh policy (and critic) adapter. With --full the --lora-* flags shape
+    /// the fresh critic only (an error when --algo has no critic).
+    #[command(flatten)]
+    pub lora: LoraArgs,
+
+    /// The optimiser of the policy (adapter, or every weight with --full); the critic's
+    /// takes the same values except --critic-learning-rate.
+    #[command(flatten)]
+    pub optim: OptimArgs,
+
+    /// Checkpoints go to .OUT.checkpoint/ beside --out; a rerun of the same command
+    /// resumes from them.
+    #[command(flatten)]
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
     /// Testing aid: stop with an error after this many optimiser steps (after checkpointing).
     #[arg(long, hide = true, value_name = "N")]
     pub stop_after_steps: Option<u64>,

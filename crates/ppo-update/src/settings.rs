@@ -179,7 +179,6 @@ impl Settings {
         check_range("--gae-lambda", cli.gae_lambda, 0.0, 1.0)?;
         check_range("--entropy-coef", cli.entropy_coef, 0.0, f64::MAX)?;
         check_range("--grpo-eps", cli.grpo_eps, 0.0, f64::MAX)?;
-        check_range("--max-grad-norm", cli.max_grad_norm, 0.0, f64::MAX)?;
         check_range("--tis-cap", cli.tis_cap, 0.0, f64::MAX)?;
         if cli.algo == Algo::Reinforce {
             check_range(
@@ -189,22 +188,18 @@ impl Settings {
                 1.0,
             )?;
         }
-        let adamw = AdamWConfig {
-            lr: cli.learning_rate,
-            beta1: cli.adam_beta1,
-            beta2: cli.adam_beta2,
-            eps: cli.adam_eps,
-            weight_decay: cli.weight_decay,
-        };
+        let o = &cli.optim;
+        o.validate()?;
+        let adamw = o.adamw();
         adamw.validate().map_err(|e| usage(e.to_string()))?;
-        let critic_lr = cli.critic_learning_rate.unwrap_or(cli.learning_rate);
+        let critic_lr = cli.critic_learning_rate.unwrap_or(o.learning_rate);
         check_range("--critic-learning-rate", critic_lr, 0.0, f64::MAX)?;
         let schedule = Schedule {
-            kind: cli.lr_schedule,
-            base_lr: cli.learning_rate,
-            warmup_steps: cli.warmup_steps,
+            kind: o.lr_schedule,
+            base_lr: o.learning_rate,
+            warmup_steps: o.warmup_steps,
             total_steps: cli.total_steps,
-            final_fraction: cli.final_lr_fraction,
+            final_fraction: o.final_lr_fraction,
         };
         schedule.validate().map_err(|e| {
             usage(format!(
@@ -216,32 +211,18 @@ impl Settings {
             None => KlController::fixed(cli.kl_coef),
         }
         .map_err(|e| usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
+        cli.lora.validate()?;
         let lora = LoraSettings {
-            rank: cli.lora_rank.unwrap_or(8),
-            alpha: cli.lora_alpha.unwrap_or(16.0),
-            dropout: cli.lora_dropout.unwrap_or(0.0),
-            targets: cli.lora_targets.clone(),
-            rslora: cli.rslora,
+            rank: cli.lora.rank(),
+            alpha: cli.lora.alpha(),
+            dropout: cli.lora.lora_dropout.unwrap_or(0.0),
+            targets: cli.lora.lora_targets.clone(),
+            rslora: cli.lora.rslora,
         };
-        let lora_given = cli.lora_rank.is_some()
-            || cli.lora_alpha.is_some()
-            || cli.lora_dropout.is_some()
-            || !cli.lora_targets.is_empty()
-            || cli.rslora;
-        if cli.full && lora_given && !cli.algo.has_critic() {
+        if cli.full && cli.lora.given() && !cli.algo.has_critic() {
             return Err(usage(format!(
                 "--full --algo {} trains no LoRA adapter (the policy is fully tuned, and there is no critic); drop the --lora-* flags",
                 cli.algo.name()
-            )));
-        }
-        if lora.rank <= 0
-            || lora.alpha.is_nan()
-            || lora.alpha <= 0.0
-            || !(0.0..1.0).contains(&lora.dropout)
-        {
-            return Err(usage(format!(
-                "--lora-rank must be >= 1, --lora-alpha > 0 and --lora-dropout in [0, 1); got {}, {}, {}",
-                lora.rank, lora.alpha, lora.dropout
             )));
         }
         if !cli.algo.has_critic() && (cli.critic.is_some() || cli.critic_init.is_some()) {
@@ -275,7 +256,7 @@ impl Settings {
             adamw,
             critic_lr,
             schedule,
-            max_grad_norm: cli.max_grad_norm,
+            max_grad_norm: o.max_grad_norm,
             reset_optimizer: cli.reset_optimizer,
             epochs: cli.epochs,
             minibatch_size: cli.minibatch_size,

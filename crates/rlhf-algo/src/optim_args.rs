@@ -61,9 +61,9 @@ fn usage(m: String) -> rlhf_core::CoreError {
 impl OptimArgs {
     /// Checks every value; the error names the flag (a usage error, exit 2).
     pub fn validate(&self) -> Result<(), rlhf_core::CoreError> {
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+        if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
             return Err(usage(format!(
-                "--learning-rate must be a number > 0, got {}",
+                "--learning-rate must be a number >= 0 (0: the weights stay as they are), got {}",
                 self.learning_rate
             )));
         }
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         for (args, flag) in [
-            (&["--learning-rate", "0"][..], "--learning-rate"),
+            (&["--learning-rate=-1e-4"][..], "--learning-rate"),
             (&["--final-lr-fraction", "2"][..], "--final-lr-fraction"),
             (&["--weight-decay=-1"][..], "--weight-decay"),
             (&["--max-grad-norm", "NaN"][..], "--max-grad-norm"),

@@ -6,17 +6,6 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Parser, ValueEnum};
 use rlhf_core::cli::GlobalArgs;
 
-/// Learning-rate decay after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ScheduleArg {
-    /// Constant after warmup.
-    Constant,
-    /// Linear decay to zero at the last step.
-    Linear,
-    /// Cosine decay to zero at the last step.
-    Cosine,
-}
-
 /// How the pairs of one ranking group are weighted in the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GroupWeighting {
@@ -34,13 +23,16 @@ pub enum GroupWeighting {
     name = "train-rm-lora",
     version,
     about,
-    long_about = "Train a reward model on a frozen base: LoRA adapter on the attention projections plus a \
+    long_about = "Train a reward model on a frozen base: LoRA adapter (by default on q_proj,v_proj; --lora-targets) plus a \
 fully trainable scalar score head (or --full: every weight), from preference pairs (Bradley-Terry with soft \
 labels; ties = 0.5; all pairs of a ranking group in one batch; optional margin) and/or ratings (thumbs: \
 binary cross-entropy). Writes a PEFT SEQ_CLS adapter folder with rlhf_state.json (reward normalisation) and \
 metrics.parquet.\n\nExit codes: 0 success, 1 failure (incl. NaN/inf loss), 2 usage, 3 bad input data \
 (schema, rows, tokenizer mismatch), 130/143 stopped by SIGINT/SIGTERM (after a checkpoint)."
 )]
+#[command(mut_arg("learning_rate", |a| a.default_value("1e-4").required(false)))]
+#[command(mut_arg("lr_schedule", |a| a.default_value("linear").required(false)))]
+#[command(mut_arg("final_lr_fraction", |a| a.default_value("0").required(false)))]
 #[command(group(ArgGroup::new("data").required(true).multiple(true).args(["preferences", "ratings"])))]
 pub struct Cli {
     #[command(flatten)]
@@ -64,23 +56,6 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 8, value_parser = positive)]
-    pub lora_rank: usize,
-
-    /// LoRA alpha (the adapter branch is scaled by alpha/r).
-    #[arg(long, default_value_t = 16.0, value_parser = positive_f64)]
-    pub lora_alpha: f64,
-
-    /// LoRA dropout on the adapter input during training.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub lora_dropout: f64,
-
-    /// Comma-separated module names that get LoRA. Default: the attention projections of
-    /// the architecture (q_proj,k_proj,v_proj,o_proj for Llama; c_attn for GPT-2).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub target_modules: Option<Vec<String>>,
-
     /// Train every base weight plus the score head instead of LoRA (the PERL comparison).
     /// Same code path; the output folder is a full *ForSequenceClassification model.
     /// Not combinable with --ensemble (N full copies of the base).
@@ -88,49 +63,29 @@ pub struct Cli {
     pub full: bool,
 
     /// Passes over the training data (the run stops at --max-steps if that comes first).
-    #[arg(long, default_value_t = 1, value_parser = positive)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive)]
     pub epochs: usize,
 
     /// Stop after this many optimiser steps (default: as many as --epochs give).
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_name = "N", value_parser = positive)]
     pub max_steps: Option<usize>,
 
     /// Examples per micro-batch: preference pairs plus ratings. A ranking group is never
     /// split, so a batch holding one can be larger.
-    #[arg(long, default_value_t = 8, value_parser = positive)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = positive)]
     pub batch_size: usize,
 
     /// Micro-batches per optimiser step (gradient accumulation).
-    #[arg(long, default_value_t = 1, value_parser = positive)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive)]
     pub grad_accum: usize,
-
-    /// Peak learning rate of AdamW.
-    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
-    pub learning_rate: f64,
-
-    /// AdamW weight decay (decoupled), applied to every trainable tensor.
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
-    pub weight_decay: f64,
-
-    /// Linear warmup steps from 0 to --learning-rate.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: usize,
-
-    /// Learning-rate decay after warmup.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Linear)]
-    pub schedule: ScheduleArg,
-
-    /// Clip the global gradient norm to this value (0 = no clipping).
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
-    pub max_grad_norm: f64,
 
     /// Longest prompt+response in tokens; longer sequences lose prompt tokens from the left
     /// first, then response tokens from the right (counts are logged and recorded).
-    #[arg(long, default_value_t = 512, value_parser = positive)]
+    #[arg(long, value_name = "TOKENS", default_value_t = 512, value_parser = positive)]
     pub max_seq_len: usize,
 
     /// Label smoothing epsilon: targets y become y(1-eps) + eps/2.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    #[arg(long, value_name = "EPS", default_value_t = 0.0, value_parser = fraction)]
     pub label_smoothing: f64,
 
     /// Noise-robust likelihood: P(chosen) = (1-EPS) sigmoid(r_c - r_r) + EPS/2, i.e. the
@@ -149,11 +104,11 @@ pub struct Cli {
     pub center_coef: f64,
 
     /// Weight of the ratings (BCE) loss relative to the pair loss.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    #[arg(long, value_name = "W", default_value_t = 1.0, value_parser = non_negative)]
     pub ratings_weight: f64,
 
     /// How pairs expanded from one ranking group (same group_id) are weighted.
-    #[arg(long, value_enum, default_value_t = GroupWeighting::PerGroup)]
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = GroupWeighting::PerGroup)]
     pub group_weighting: GroupWeighting,
 
     /// Train N reward models on bootstrap resamples of the training data (Christiano et al.
@@ -172,8 +127,20 @@ pub struct Cli {
     pub normalize_scale: bool,
 
     /// Evaluate on the eval split every N optimiser steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub eval_every: usize,
+
+    /// Record wall-clock and memory figures (run/seconds_per_step, run/peak_rss_bytes) in
+    /// metrics.parquet. Off by default: they differ between runs, and the adapter folder
+    /// should be byte-identical for the same inputs, flags and seed.
+    #[arg(long)]
+    pub record_timings: bool,
+
+    #[command(flatten)]
+    pub lora: rlhf_nn::LoraArgs,
+
+    #[command(flatten)]
+    pub optim: rlhf_algo::optim_args::OptimArgs,
 
     /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
     #[command(flatten)]
@@ -182,12 +149,6 @@ pub struct Cli {
     /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
     #[arg(long)]
     pub keep_checkpoint: bool,
-
-    /// Record wall-clock and memory figures (run/seconds_per_step, run/peak_rss_bytes) in
-    /// metrics.parquet. Off by default: they differ between runs, and the adapter folder
-    /// should be byte-identical for the same inputs, flags and seed.
-    #[arg(long)]
-    pub record_timings: bool,
 }
 
 fn number(s: &str) -> Result<f64, String> {
@@ -209,16 +170,6 @@ fn non_negative(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is negative; expected a number >= 0"))
-    }
-}
-
-/// A finite number > 0.
-fn positive_f64(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if v > 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{v} must be > 0"))
     }
 }
 
@@ -256,13 +207,14 @@ mod tests {
         assert!(parse(&["--preferences", "p.parquet"]).is_ok());
         assert!(parse(&["--ratings", "r.parquet", "--noise-robust", "1.5"]).is_err());
         assert!(parse(&["--ratings", "r.parquet", "--batch-size", "0"]).is_err());
-        assert!(parse(&["--ratings", "r.parquet", "--learning-rate", "nan"]).is_err());
+        let nan = parse(&["--ratings", "r.parquet", "--learning-rate", "nan"]).unwrap();
+        assert!(nan.optim.validate().is_err());
         let cli = parse(&["--preferences", "p", "--target-modules", "q_proj,v_proj"]).unwrap();
-        assert_eq!(
-            cli.target_modules,
-            Some(vec!["q_proj".into(), "v_proj".into()])
-        );
-        assert_eq!(cli.lora_rank, 8);
+        assert_eq!(cli.lora.lora_targets, ["q_proj", "v_proj"]);
+        assert_eq!(cli.lora.rank(), 8);
+        assert_eq!(cli.lora.alpha(), 16.0);
+        assert_eq!(cli.optim.learning_rate, 1e-4);
+        assert_eq!(cli.optim.final_lr_fraction, 0.0);
         assert_eq!(cli.group_weighting, GroupWeighting::PerGroup);
     }
 }

@@ -7,21 +7,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rlhf_algo::checkpoint::ResumeMode;
-use rlhf_algo::optim::AdamWConfig;
-use rlhf_algo::schedule::ScheduleKind;
 use rlhf_core::atomic::AtomicDir;
 use rlhf_core::error::CoreError;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
 use rlhf_core::schema::Artifact;
 use rlhf_core::tokenizer::Tokenizer;
-use rlhf_nn::config::Arch;
-use rlhf_nn::lora::LoraConfig;
 use rlhf_nn::Model;
 use serde_json::json;
 use tracing::info;
 
-use crate::args::{Cli, ScheduleArg};
+use crate::args::Cli;
 use crate::batching::{bootstrap, groups};
 use crate::data::{self, Encoder, TrainData};
 use crate::loss::LossConfig;
@@ -34,14 +30,6 @@ pub const STAGE: &str = "train-rm-lora";
 
 /// The default LoRA targets: the attention projections of the architecture (GPT-2:
 /// the fused q/k/v `c_attn`, PEFT's default; its `c_proj` name is shared with the MLP).
-pub fn default_targets(arch: Arch) -> Vec<String> {
-    let names: &[&str] = match arch {
-        Arch::Llama => &["q_proj", "k_proj", "v_proj", "o_proj"],
-        Arch::Gpt2 => &["c_attn"],
-    };
-    names.iter().map(|s| s.to_string()).collect()
-}
-
 /// The checkpoint folder of an output folder: `OUT.checkpoint` beside it.
 pub fn checkpoint_root(out: &Path) -> PathBuf {
     let name = out
@@ -54,6 +42,8 @@ pub fn checkpoint_root(out: &Path) -> PathBuf {
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
     cli.checkpoint.validate()?;
+    cli.lora.validate()?;
+    cli.optim.validate()?;
     let mut inputs = vec![("--model", cli.model.model.as_path())];
     for (flag, p) in [
         ("--preferences", &cli.preferences),
@@ -96,18 +86,11 @@ fn train_config(cli: &Cli) -> TrainConfig {
         max_steps: cli.max_steps,
         batch_size: cli.batch_size,
         grad_accum: cli.grad_accum,
-        adamw: AdamWConfig {
-            lr: cli.learning_rate,
-            weight_decay: cli.weight_decay,
-            ..AdamWConfig::default()
-        },
-        schedule: match cli.schedule {
-            ScheduleArg::Constant => ScheduleKind::Constant,
-            ScheduleArg::Linear => ScheduleKind::Linear,
-            ScheduleArg::Cosine => ScheduleKind::Cosine,
-        },
-        warmup_steps: cli.warmup_steps,
-        max_grad_norm: cli.max_grad_norm,
+        adamw: cli.optim.adamw(),
+        schedule: cli.optim.lr_schedule,
+        final_lr_fraction: cli.optim.final_lr_fraction,
+        warmup_steps: cli.optim.warmup_steps as usize,
+        max_grad_norm: cli.optim.max_grad_norm,
         eval_every: cli.eval_every,
         checkpoint_every: cli.checkpoint.checkpoint_every,
         checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
@@ -154,9 +137,9 @@ fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value
         "member": member,
         "seed": cli.global.seed,
         "full": cli.full,
-        "lora": [cli.lora_rank, cli.lora_alpha, cli.lora_dropout, cli.target_modules],
-        "optim": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum, cli.learning_rate,
-                  cli.weight_decay, cli.warmup_steps, format!("{:?}", cli.schedule), cli.max_grad_norm],
+        "lora": format!("{:?}", cli.lora),
+        "optim": format!("{:?}", cli.optim),
+        "steps": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum],
         "eval_every": cli.eval_every,
         "device": cli.model.device,
         "data": [cli.max_seq_len, format!("{:?}", cli.group_weighting), cli.ensemble],
@@ -258,16 +241,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     model.set_base_name(Some(model_dir.display().to_string()));
     let base_id = model.base_id();
     let arch = model.config().arch;
-    let lora = LoraConfig {
-        r: cli.lora_rank as i64,
-        alpha: cli.lora_alpha,
-        dropout: cli.lora_dropout,
-        target_modules: cli
-            .target_modules
-            .clone()
-            .unwrap_or_else(|| default_targets(arch)),
-        use_rslora: false,
-    };
+    let lora = cli.lora.config(arch)?;
     let tuning = if cli.full {
         Tuning::Full(lora)
     } else {

@@ -30,6 +30,8 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     pub adamw: AdamWConfig,
     pub schedule: ScheduleKind,
+    /// Final learning rate of a linear or cosine decay, as a fraction of the peak.
+    pub final_lr_fraction: f64,
     pub warmup_steps: usize,
     pub max_grad_norm: f64,
     pub eval_every: usize,
@@ -223,7 +225,7 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         base_lr: cfg.adamw.lr,
         warmup_steps: cfg.warmup_steps as u64,
         total_steps,
-        final_fraction: 0.0,
+        final_fraction: cfg.final_lr_fraction,
     };
     schedule
         .validate()

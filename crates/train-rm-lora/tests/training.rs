@@ -92,7 +92,8 @@ fn lora_learns_the_separable_task_and_normalises() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(targets, vec!["k_proj", "o_proj", "q_proj", "v_proj"]);
+    // The default targets of every trainer (PEFT's for Llama-family models).
+    assert_eq!(targets, vec!["q_proj", "v_proj"]);
     let st = RewardState::read(&out).unwrap();
     assert_eq!(st.reward_bias, -st.reference.raw_mean);
     assert_eq!(st.reward_scale, 1.0);

@@ -83,6 +83,7 @@ pub fn run(s: &Settings) -> Result<trainer::Outcome> {
             lc.r = l.rank;
             lc.alpha = l.alpha;
             lc.dropout = l.dropout;
+            lc.use_rslora = l.rslora;
             if !l.target_modules.is_empty() {
                 lc.target_modules = l.target_modules.clone();
             }
@@ -97,7 +98,7 @@ pub fn run(s: &Settings) -> Result<trainer::Outcome> {
         }
     };
     if params.is_empty() {
-        anyhow::bail!("nothing to train: no LoRA target module matched (see --target-modules)");
+        anyhow::bail!("nothing to train: no LoRA target module matched (see --lora-targets)");
     }
     let mut opt = optimizer::Optimizer::new(params, s.adamw(true), s.adamw(false));
     let run = trainer::Run {

@@ -17,6 +17,7 @@ pub struct LoraSettings {
     pub dropout: f64,
     /// Empty: the family's default.
     pub target_modules: Vec<String>,
+    pub rslora: bool,
 }
 
 /// Everything the trainer needs, validated.
@@ -42,7 +43,9 @@ pub struct Settings {
     pub max_grad_norm: f64,
     pub max_seq_len: usize,
     pub weight_decay: f64,
+    pub adam_beta1: f64,
     pub adam_beta2: f64,
+    pub adam_eps: f64,
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub checkpoint_minutes: f64,
@@ -96,69 +99,20 @@ impl Settings {
         if cli.max_steps.is_none() && cli.epochs == 0 {
             return Err(usage("--epochs must be at least 1".into()));
         }
-        if !(cli.learning_rate > 0.0 && cli.learning_rate.is_finite()) {
-            return Err(usage(format!(
-                "--learning-rate must be a number > 0, got {}",
-                cli.learning_rate
-            )));
-        }
-        if !(0.0..=1.0).contains(&cli.min_lr_fraction) {
-            return Err(usage(format!(
-                "--min-lr-fraction must be in [0, 1], got {}",
-                cli.min_lr_fraction
-            )));
-        }
-        if cli.max_grad_norm.is_nan() || cli.max_grad_norm < 0.0 {
-            return Err(usage(format!(
-                "--max-grad-norm must be >= 0 (0 disables clipping), got {}",
-                cli.max_grad_norm
-            )));
-        }
-        if cli.weight_decay.is_nan() || cli.weight_decay < 0.0 {
-            return Err(usage(format!(
-                "--weight-decay must be >= 0, got {}",
-                cli.weight_decay
-            )));
-        }
-        if !(0.0..1.0).contains(&cli.adam_beta2) {
-            return Err(usage(format!(
-                "--adam-beta2 must be in [0, 1), got {}",
-                cli.adam_beta2
-            )));
-        }
-        let lora = match cli.lora_rank {
-            None => {
-                let lora_only = cli.lora_alpha.is_some()
-                    || cli.lora_dropout != 0.0
-                    || !cli.target_modules.is_empty();
-                if lora_only {
-                    return Err(usage(
-                        "--lora-alpha, --lora-dropout and --target-modules need --lora-rank (without it the whole model is trained)".into(),
-                    ));
-                }
-                None
-            }
-            Some(r) if r < 1 => {
-                return Err(usage(format!("--lora-rank must be at least 1, got {r}")))
-            }
-            Some(rank) => {
-                if !(0.0..1.0).contains(&cli.lora_dropout) {
-                    return Err(usage(format!(
-                        "--lora-dropout must be in [0, 1), got {}",
-                        cli.lora_dropout
-                    )));
-                }
-                let alpha = cli.lora_alpha.unwrap_or(2.0 * rank as f64);
-                if !(alpha > 0.0 && alpha.is_finite()) {
-                    return Err(usage(format!("--lora-alpha must be > 0, got {alpha}")));
-                }
-                Some(LoraSettings {
-                    rank,
-                    alpha,
-                    dropout: cli.lora_dropout,
-                    target_modules: cli.target_modules.clone(),
-                })
-            }
+        let o = &cli.optim;
+        o.validate()?;
+        let lora = if cli.lora.given() {
+            let l = &cli.lora;
+            l.validate()?;
+            Some(LoraSettings {
+                rank: l.rank(),
+                alpha: l.alpha(),
+                dropout: l.lora_dropout.unwrap_or(0.0),
+                target_modules: l.lora_targets.clone(),
+                rslora: l.rslora,
+            })
+        } else {
+            None
         };
         let model_dir = cli.model.model.clone();
         if !model_dir.join("config.json").is_file() {
@@ -187,13 +141,13 @@ impl Settings {
                 cli.out.display()
             )));
         }
-        let schedule_needs_total = cli.schedule != ScheduleKind::Constant;
+        let schedule_needs_total = o.lr_schedule != ScheduleKind::Constant;
         if schedule_needs_total {
             if let Some(steps) = cli.max_steps {
-                if steps <= cli.warmup_steps {
+                if steps <= o.warmup_steps {
                     return Err(usage(format!(
-                        "--schedule {} needs --max-steps ({steps}) greater than --warmup-steps ({})",
-                        cli.schedule, cli.warmup_steps
+                        "--lr-schedule {} needs --max-steps ({steps}) greater than --warmup-steps ({})",
+                        o.lr_schedule, o.warmup_steps
                     )));
                 }
             }
@@ -212,14 +166,16 @@ impl Settings {
             batch_size: cli.batch_size,
             eval_batch_size: cli.eval_batch_size.unwrap_or(cli.batch_size).max(1),
             grad_accum: cli.grad_accum,
-            learning_rate: cli.learning_rate,
-            warmup_steps: cli.warmup_steps,
-            schedule: cli.schedule,
-            min_lr_fraction: cli.min_lr_fraction,
-            max_grad_norm: cli.max_grad_norm,
+            learning_rate: o.learning_rate,
+            warmup_steps: o.warmup_steps,
+            schedule: o.lr_schedule,
+            min_lr_fraction: o.final_lr_fraction,
+            max_grad_norm: o.max_grad_norm,
             max_seq_len: cli.max_seq_len,
-            weight_decay: cli.weight_decay,
-            adam_beta2: cli.adam_beta2,
+            weight_decay: o.weight_decay,
+            adam_beta1: o.adam_beta1,
+            adam_beta2: o.adam_beta2,
+            adam_eps: o.adam_eps,
             eval_every: cli.eval_every,
             checkpoint_every: cli.checkpoint.checkpoint_every,
             checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
@@ -234,9 +190,9 @@ impl Settings {
     pub fn adamw(&self, decay: bool) -> AdamWConfig {
         AdamWConfig {
             lr: self.learning_rate,
-            beta1: 0.9,
+            beta1: self.adam_beta1,
             beta2: self.adam_beta2,
-            eps: 1e-8,
+            eps: self.adam_eps,
             weight_decay: if decay { self.weight_decay } else { 0.0 },
         }
     }
@@ -257,7 +213,9 @@ impl Settings {
             "max_grad_norm": self.max_grad_norm,
             "max_seq_len": self.max_seq_len,
             "weight_decay": self.weight_decay,
+            "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,
+            "adam_eps": self.adam_eps,
             "seed": self.seed,
             "dtype": format!("{:?}", self.kind),
             "device": format!("{:?}", self.device),
