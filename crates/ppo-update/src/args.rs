@@ -186,6 +186,12 @@ pub struct Cli {
     /// (--full always recomputes them, with --ref-model).
     #[arg(long)]
     pub recompute_ref: bool,
+    /// Recompute the policy's log-probabilities of every rollout ("old" log-probs) instead
+    /// of taking the sampler's. By default the sampler's are taken when the rollouts were
+    /// sampled by this policy and a recomputed sample of rows matches them (max |diff| <=
+    /// 1e-5, temperature 1, no top-k/top-p); otherwise every row is recomputed.
+    #[arg(long)]
+    pub recompute_old_logprobs: bool,
     /// Truncated importance-sampling correction for the sampler/trainer mismatch: weight each
     /// token's loss by min(pi_old / pi_sampler, CAP). 0 = off (mismatch only reported).
     #[arg(long, default_value_t = 0.0, value_name = "CAP")]

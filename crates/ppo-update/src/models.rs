@@ -97,6 +97,9 @@ pub struct Loaded {
     pub base_id: String,
     /// Content hash of the reference copy (--full).
     pub ref_id: Option<String>,
+    /// False when the rollouts name another sampling policy than --adapter, or with --full:
+    /// their log-probs are then never taken as the old ones.
+    pub sampled_by_this_policy: bool,
 }
 
 /// The LoRA configuration of a fresh adapter from the --lora-* flags.
@@ -172,8 +175,12 @@ pub fn load(s: &Settings, data: &Data) -> Result<Loaded> {
             rlhf_core::adapter_meta::AdapterKind::Policy,
         )?;
     }
+    let mut sampled_by_this_policy = !s.full;
     if let (Some(dir), false, false) = (&s.adapter, data.policy_ids.is_empty(), s.full) {
         let id = rlhf_core::adapter_meta::content_id(dir)?;
+        if data.policy_ids.iter().any(|p| *p != id) {
+            sampled_by_this_policy = false;
+        }
         if !data.policy_ids.contains(&id) {
             tracing::warn!(
                 adapter = %dir.display(),
@@ -294,6 +301,7 @@ pub fn load(s: &Settings, data: &Data) -> Result<Loaded> {
         critic_dir,
         base_id,
         ref_id,
+        sampled_by_this_policy,
     })
 }
 

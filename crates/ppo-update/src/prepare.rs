@@ -42,22 +42,37 @@ pub struct Prepared {
     pub kl_seq_mean: f64,
 }
 
-/// Per-rollout policy log-probs, and reference log-probs and critic values when asked.
-type Scored = (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>);
+/// Per-rollout policy log-probs (when asked), and reference log-probs and critic values
+/// (when asked).
+type Scored = (
+    Option<Vec<Vec<f32>>>,
+    Option<Vec<Vec<f32>>>,
+    Option<Vec<Vec<f32>>>,
+);
 
-/// Scores every rollout with the policy (and the reference and critic when needed), in
-/// forward batches of `micro` rollouts, in order.
+/// Largest |recomputed - sampler| log-prob difference for which the sampler's log-probs
+/// are taken as the old ones. The kernels give bit-identical values on the same weights
+/// when sampling ran at temperature 1 without top-k/top-p; anything else (another policy,
+/// another temperature, truncation) differs by orders of magnitude more.
+pub const SAMPLER_LOGPROB_TOLERANCE: f32 = 1e-5;
+
+/// Scores every rollout with the policy (when `need_old`), the reference (when `need_ref`)
+/// and the critic (when `critic`), in forward batches of `micro` rollouts, in order.
 fn score_all(
     models: &Models,
     examples: &[Example],
     micro: usize,
+    need_old: bool,
     need_ref: bool,
     critic: bool,
 ) -> Result<Scored> {
     let device = models.device();
-    let mut old = Vec::with_capacity(examples.len());
+    let mut old = need_old.then(Vec::new);
     let mut refs = need_ref.then(Vec::new);
     let mut values = critic.then(Vec::new);
+    if !(need_old || need_ref || critic) {
+        return Ok((old, refs, values));
+    }
     let bar = rlhf_core::progress::bar(examples.len() as u64, "scoring rollouts");
     for chunk in examples.chunks(micro) {
         let rows: Vec<(&[i32], &[i32])> = chunk
@@ -65,8 +80,11 @@ fn score_all(
             .map(|e| (e.prompt_tokens.as_slice(), e.response_tokens.as_slice()))
             .collect();
         let batch = SeqBatch::new(&rows, 0, device)?;
-        let lp = scoring::token_logprobs(&models.policy, models.policy_adapter(), &batch, false)?;
-        old.extend(batch.response_values(&lp)?);
+        if let Some(o) = old.as_mut() {
+            let lp =
+                scoring::token_logprobs(&models.policy, models.policy_adapter(), &batch, false)?;
+            o.extend(batch.response_values(&lp)?);
+        }
         if let Some(r) = refs.as_mut() {
             let lp = scoring::token_logprobs(models.reference(), None, &batch, false)?;
             r.extend(batch.response_values(&lp)?);
@@ -79,6 +97,33 @@ fn score_all(
     }
     bar.finish_and_clear();
     Ok((old, refs, values))
+}
+
+/// Rows recomputed to check the sampler's log-probs: `micro` rows spread evenly over the
+/// rollouts (all of them when there are fewer).
+fn check_rows(n: usize, micro: usize) -> Vec<usize> {
+    let k = micro.clamp(1, n.max(1));
+    let mut rows: Vec<usize> = (0..k).map(|i| i * n / k).collect();
+    rows.dedup();
+    rows
+}
+
+/// The largest |a - b| over the tokens of the rows (infinite when a row's lengths differ).
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let mut worst = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        if x.len() != y.len() {
+            return f32::INFINITY;
+        }
+        for (u, v) in x.iter().zip(y) {
+            let d = (u - v).abs();
+            if d.is_nan() {
+                return f32::INFINITY;
+            }
+            worst = worst.max(d);
+        }
+    }
+    worst
 }
 
 fn stats(prefix: &str, x: &Tensor, mask: &Tensor, out: &mut Vec<(String, f64)>) {
@@ -95,7 +140,16 @@ fn stats(prefix: &str, x: &Tensor, mask: &Tensor, out: &mut Vec<(String, f64)>) 
 }
 
 /// Runs phase 1 with the KL coefficient `beta` of this iteration.
-pub fn prepare(models: &Models, examples: &[Example], s: &Settings, beta: f64) -> Result<Prepared> {
+///
+/// `sampled_by_this_policy`: the rollouts name no other sampling policy than this one, so
+/// their log-probs may be taken as the old ones (after a check on a sample of rows).
+pub fn prepare(
+    models: &Models,
+    examples: &[Example],
+    s: &Settings,
+    beta: f64,
+    sampled_by_this_policy: bool,
+) -> Result<Prepared> {
     let _guard = tch::no_grad_guard();
     let have_ref = examples.iter().all(|e| e.ref_logprobs.is_some());
     // --full: rollouts sampled from a full policy carry its own log-probs as ref_logprobs
@@ -105,14 +159,49 @@ pub fn prepare(models: &Models, examples: &[Example], s: &Settings, beta: f64) -
     } else if need_ref && !s.recompute_ref {
         tracing::info!("rollouts carry no ref_logprobs: recomputing them with the adapter off");
     }
+    // The old log-probs: the sampler's when they are this policy's (checked on a sample of
+    // rows), else recomputed for every rollout.
+    let mut checked: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = None;
+    if sampled_by_this_policy && !s.recompute_old_logprobs && !examples.is_empty() {
+        let rows = check_rows(examples.len(), s.micro_batch_size);
+        let sample: Vec<Example> = rows.iter().map(|&i| examples[i].clone()).collect();
+        let (recomputed, _, _) = score_all(models, &sample, sample.len(), true, false, false)
+            .context("recomputing log-probabilities of a sample of rollouts")?;
+        let recomputed = recomputed.unwrap_or_default();
+        let sampler: Vec<Vec<f32>> = sample.iter().map(|e| e.sampler_logprobs.clone()).collect();
+        let diff = max_abs_diff(&recomputed, &sampler);
+        if diff <= SAMPLER_LOGPROB_TOLERANCE {
+            tracing::info!(
+                rows = rows.len(),
+                max_abs_diff = diff,
+                "the sampler's log-probs are this policy's: taking them as the old log-probs"
+            );
+            checked = Some((recomputed, sampler));
+        } else {
+            tracing::info!(
+                rows = rows.len(),
+                max_abs_diff = diff,
+                "the sampler's log-probs differ from this policy's (temperature, top-k/top-p or another policy): recomputing every row"
+            );
+        }
+    }
+    let reuse_old = checked.is_some();
     let (old_logp, refs, values) = score_all(
         models,
         examples,
         s.micro_batch_size,
+        !reuse_old,
         need_ref,
         s.algo.has_critic(),
     )
     .context("recomputing log-probabilities of the rollouts")?;
+    let old_logp: Vec<Vec<f32>> = match old_logp {
+        Some(o) => o,
+        None => examples
+            .iter()
+            .map(|e| e.sampler_logprobs.clone())
+            .collect(),
+    };
     let ref_logp: Vec<Vec<f32>> = match refs {
         Some(r) => r,
         None => examples
@@ -133,13 +222,28 @@ pub fn prepare(models: &Models, examples: &[Example], s: &Settings, beta: f64) -
     let scores = vector(&scores_v);
 
     let mut metrics: Vec<(String, f64)> = Vec::new();
-    // what the trainer sees vs what the sampler saw: ratio pi_old / pi_sampler per token
+    // what the trainer sees vs what the sampler saw: ratio pi_old / pi_sampler per token,
+    // over every rollout, or over the checked sample when the sampler's were taken
     let log_ratio = (&old_t - &sampler_t) * &mask;
     let ratio = log_ratio.exp() * &mask;
-    stats("sampler_ratio", &ratio, &mask, &mut metrics);
+    {
+        let (log_r, m) = match &checked {
+            Some((recomputed, sampler)) => {
+                let (a, m) = pad(recomputed);
+                let (b, _) = pad(sampler);
+                ((a - b) * &m, m)
+            }
+            None => (log_ratio.shallow_clone(), mask.shallow_clone()),
+        };
+        stats("sampler_ratio", &(log_r.exp() * &m), &m, &mut metrics);
+        metrics.push((
+            "sampler_logprob_abs_diff".into(),
+            scalar(&masked_mean(&log_r.abs(), &m)),
+        ));
+    }
     metrics.push((
-        "sampler_logprob_abs_diff".into(),
-        scalar(&masked_mean(&log_ratio.abs(), &mask)),
+        "old_logprobs_from_sampler".into(),
+        if reuse_old { 1.0 } else { 0.0 },
     ));
     let tis_weights = if s.tis_cap > 0.0 {
         Some(unpad(&ratio.clamp_max(s.tis_cap), &lens)?)

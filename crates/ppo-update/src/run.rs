@@ -106,6 +106,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
         critic_dir,
         base_id,
         ref_id,
+        sampled_by_this_policy,
     } = models::load(s, &data)?;
     check_tokens(&models.policy, &data, s)?;
 
@@ -181,7 +182,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
         ref_id.as_deref().unwrap_or(""),
     ]);
 
-    let prep = prepare(&models, &data.examples, s, beta)?;
+    let prep = prepare(&models, &data.examples, s, beta, sampled_by_this_policy)?;
     let mut st = LoopState {
         base_step,
         done: 0,

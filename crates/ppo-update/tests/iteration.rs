@@ -220,3 +220,64 @@ fn state_carries_over_to_the_next_iteration_and_output_is_deterministic() {
     assert!(m.iter().all(|r| r.iteration == 2));
     assert!(metric(&m, "iter/score/gold_mean").is_finite());
 }
+
+/// Rollouts sampled by the policy being trained lend it their log-probs (no second forward),
+/// and the update equals the one with every row recomputed; rollouts of another policy are
+/// caught by the sample check and recomputed.
+#[test]
+fn the_samplers_logprobs_are_taken_only_when_they_are_this_policys() {
+    let w = World::new();
+    let update =
+        |rollouts: &std::path::Path, scores: &std::path::Path, out: &str, extra: &[&str]| {
+            let out = w.path(out);
+            let mut args = vec![
+                "--model",
+                s(&w.model),
+                "--rollouts",
+                s(rollouts),
+                "--scores",
+                s(scores),
+                "--out",
+                s(&out),
+                "--algo",
+                "grpo",
+                "--learning-rate",
+                "1e-3",
+                "--minibatch-size",
+                "4",
+                "--micro-batch-size",
+                "2",
+            ];
+            args.extend_from_slice(extra);
+            run(&args).unwrap();
+            out
+        };
+    // a fresh policy (B = 0) is the base the rollouts were sampled from
+    let (r, sc) = w.rollouts("base", None, 4, 2, false);
+    let taken = update(&r, &sc, "taken", &[]);
+    let recomputed = update(&r, &sc, "recomputed", &["--recompute-old-logprobs"]);
+    assert_eq!(
+        metric(&metrics(&taken), "iter/old_logprobs_from_sampler"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics(&recomputed), "iter/old_logprobs_from_sampler"),
+        0.0
+    );
+    for ((n1, t1), (n2, t2)) in adapter_tensors(&taken)
+        .iter()
+        .zip(&adapter_tensors(&recomputed))
+    {
+        assert_eq!(n1, n2);
+        let d = (t1 - t2).abs().max().double_value(&[]);
+        assert!(d <= 1e-6, "{n1}: the updates differ by {d}");
+    }
+    // rollouts of a drifted policy: the fresh policy's log-probs differ, so every row is
+    // recomputed and the mismatch is reported
+    let drifted = w.drifted_adapter("drifted", 0.05);
+    let (r2, sc2) = w.rollouts("drifted", Some(&drifted), 4, 2, false);
+    let off = update(&r2, &sc2, "off-policy", &[]);
+    let m = metrics(&off);
+    assert_eq!(metric(&m, "iter/old_logprobs_from_sampler"), 0.0);
+    assert!(metric(&m, "iter/sampler_logprob_abs_diff") > 1e-4);
+}
