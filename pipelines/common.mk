@@ -1,4 +1,4 @@
-# Shared by the pipelines: make settings, flags of a stage from $(CONF)/<stage>.args,
+# Shared by the pipelines: make settings, flags of a stage from $(CONF)/<stage>.toml,
 # timing of each stage into $(RUN)/timings.jsonl.
 
 SHELL := bash
@@ -12,8 +12,12 @@ ITERATIONS ?= 3
 SEED ?= 0
 THREADS ?= 2
 
-# Flags of a stage: its .args file without comments.
-args = $(shell grep -v '^[[:space:]]*\#' $(CONF)/$(1).args | tr '\n' ' ')
+# Flags of a stage: $(CONF)/<stage>.toml, whose keys are the stage's long flag names; or,
+# with CONFIG=FILE.toml, the [<stage>] table of that one file (keys at its top apply to
+# every stage). `conf` is the file a stage's rule depends on.
+CONFIG ?=
+args = $(if $(CONFIG),--config $(CONFIG) --config-section $(1),--config $(CONF)/$(1).toml)
+conf = $(if $(CONFIG),$(CONFIG),$(CONF)/$(1).toml)
 TIME = scripts/timed.sh $(RUN)/timings.jsonl
 G := --seed $(SEED) --threads $(THREADS)
 iter = iter-$(shell printf %03d $(1))

@@ -6,7 +6,7 @@
 #
 # MODEL: a Hugging Face model folder (safetensors + tokenizer.json); it stays frozen: the
 # reward model and the policy are LoRA adapters on it. DATA/FORMAT: anything prep-data
-# converts (`prep-data convert --help`). Per-stage flags: $(CONF)/<stage>.args.
+# converts (`prep-data convert --help`). Per-stage flags: $(CONF)/<stage>.toml (or the [<stage>] tables of CONFIG=FILE.toml).
 
 RUN ?= runs/perl
 CONF ?= pipelines/perl
@@ -24,11 +24,11 @@ RM := $(RUN)/rm
 .PHONY: all
 all: $(RUN)/report/summary.json
 
-$(PREP)/preferences.parquet $(PREP)/prompts.parquet $(PREP)/eval_prompts.parquet &: $(DATA) $(CONF)/data.args
+$(PREP)/preferences.parquet $(PREP)/prompts.parquet $(PREP)/eval_prompts.parquet &: $(DATA) $(call conf,data)
 	$(TIME) prep-data $(BIN)/prep-data convert $(G) $(call args,data) --format $(FORMAT) \
 	  --input $(DATA) --tokenizer $(MODEL) --out-dir $(PREP)
 
-$(RM)/adapter_config.json: $(PREP)/preferences.parquet $(CONF)/rm.args
+$(RM)/adapter_config.json: $(PREP)/preferences.parquet $(call conf,rm)
 	$(TIME) train-rm-lora $(BIN)/train-rm-lora $(G) $(call args,rm) \
 	  --model $(MODEL) --preferences $(PREP)/preferences.parquet --out $(RM)
 

@@ -9,16 +9,16 @@ LAST := $(RUN)/$(call iter,$(ITERATIONS))/policy/adapter_config.json
 
 # $(1): iteration number, $(2): its folder name, $(3): previous policy's adapter_config.json
 define ITERATION
-$(RUN)/$(2)/rollouts.parquet: $(BASE)/config.json $(PROMPTS) $(CONF)/sample.args $(3)
+$(RUN)/$(2)/rollouts.parquet: $(BASE)/config.json $(PROMPTS) $(call conf,sample) $(3)
 	$$(TIME) sample-$(2) $(BIN)/sample-rollouts --seed $$$$(( $(SEED) + $(1) )) --threads $(THREADS) \
 	  $$(call args,sample) --model $(BASE) $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) \
 	  --prompts $(PROMPTS) --iteration $(1) --out $$@
 
-$(RUN)/$(2)/scores.parquet: $(RUN)/$(2)/rollouts.parquet $(RM)/adapter_config.json $(CONF)/score.args
+$(RUN)/$(2)/scores.parquet: $(RUN)/$(2)/rollouts.parquet $(RM)/adapter_config.json $(call conf,score)
 	$$(TIME) score-$(2) $(BIN)/score-rewards $$(G) $$(call args,score) \
 	  --model $(BASE) --reward-model $(RM) --rollouts $(RUN)/$(2)/rollouts.parquet --out $$@
 
-$(RUN)/$(2)/policy/adapter_config.json: $(RUN)/$(2)/rollouts.parquet $(RUN)/$(2)/scores.parquet $(CONF)/ppo.args $(3)
+$(RUN)/$(2)/policy/adapter_config.json: $(RUN)/$(2)/rollouts.parquet $(RUN)/$(2)/scores.parquet $(call conf,ppo) $(3)
 	$$(TIME) ppo-$(2) $(BIN)/ppo-update $$(G) $$(call args,ppo) --model $(BASE) \
 	  $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) --iteration $(1) \
 	  --rollouts $(RUN)/$(2)/rollouts.parquet --scores $(RUN)/$(2)/scores.parquet \
@@ -37,16 +37,16 @@ $(RUN)/final/merged/config.json: $(BASE)/config.json $(LAST)
 	$(TIME) merge-adapter $(BIN)/merge-adapter $(G) --model $(BASE) \
 	  --adapter $(patsubst %/,%,$(dir $(LAST))) --out $(RUN)/final/merged --verify
 
-$(RUN)/final/sft_rollouts.parquet: $(BASE)/config.json $(EVAL_PROMPTS) $(CONF)/eval.args
+$(RUN)/final/sft_rollouts.parquet: $(BASE)/config.json $(EVAL_PROMPTS) $(call conf,eval)
 	$(TIME) eval-sample-sft $(BIN)/sample-rollouts $(G) $(call args,eval) --model $(BASE) \
 	  --prompts $(EVAL_PROMPTS) --iteration $(ITERATIONS) --out $@
 
-$(RUN)/final/policy_rollouts.parquet: $(BASE)/config.json $(LAST) $(EVAL_PROMPTS) $(CONF)/eval.args
+$(RUN)/final/policy_rollouts.parquet: $(BASE)/config.json $(LAST) $(EVAL_PROMPTS) $(call conf,eval)
 	$(TIME) eval-sample-policy $(BIN)/sample-rollouts $(G) $(call args,eval) --model $(BASE) \
 	  --adapter $(patsubst %/,%,$(dir $(LAST))) \
 	  --prompts $(EVAL_PROMPTS) --iteration $(ITERATIONS) --out $@
 
-$(RUN)/final/%_scores.parquet: $(RUN)/final/%_rollouts.parquet $(RM)/adapter_config.json $(CONF)/score.args
+$(RUN)/final/%_scores.parquet: $(RUN)/final/%_rollouts.parquet $(RM)/adapter_config.json $(call conf,score)
 	$(TIME) eval-score-$* $(BIN)/score-rewards $(G) $(call args,score) --model $(BASE) \
 	  --reward-model $(RM) --rollouts $< --out $@
 

@@ -147,7 +147,7 @@ if mount -t tmpfs -o size=200k tmpfs "$tmp/full" 2>/dev/null; then
   expect 1 "train-sft onto a full disk" -- "$BIN/train-sft" "${g[@]}" --model "$run/model" --data "$run/data/sft.parquet" --max-steps 2 --batch-size 4 --out "$tmp/full/sft"
   says "No space left on device"
   expect 1 "init-model onto a full disk" -- "$BIN/init-model" "${g[@]}" --text-file "$run/data/sft.parquet" --text-column prompt --text-column completion --arch llama --preset tiny --vocab-size 300 --out "$tmp/full/model"
-  expect 1 "train-rm-lora onto a full disk" -- "$BIN/train-rm-lora" "${g[@]}" --model "$sft" --preferences "$run/data/preferences.parquet" --max-steps 2 --lora-rank 64 --out "$tmp/full/rm"
+  expect 1 "train-rm-lora onto a full disk" -- "$BIN/train-rm-lora" "${g[@]}" --model "$sft" --preferences "$run/data/preferences.parquet" --max-steps 2 --lora-rank 64 --lora-targets all-linear --out "$tmp/full/rm"
   head -c 190000 /dev/zero >"$tmp/full/filler"
   expect 1 "sample-rollouts onto a full disk" -- "${base_sample[@]}" --out "$tmp/full/r.parquet"
   rm -f "$tmp/full/filler"

@@ -43,9 +43,9 @@ done
 # --- 2. caching ----------------------------------------------------------------------
 "${mk[@]}" -q || fail "a rerun with everything built would run something"
 sleep 1
-touch "$conf/rm.args"
+touch "$conf/rm.toml"
 planned=$("${mk[@]}" -n | grep -oE '^scripts/timed.sh [^ ]+ [a-z0-9-]+' | awk '{print $3}' | sort -u | tr '\n' ' ')
-echo "e2e: after touching rm.args make would run: $planned" >&2
+echo "e2e: after touching rm.toml make would run: $planned" >&2
 [[ " $planned " == *" train-rm-lora "* ]] || fail "rm config change does not retrain the reward model"
 for stage in prep-data init-model train-sft sample-pairs; do
   [[ " $planned " != *" $stage "* ]] || fail "rm config change reruns $stage"
@@ -53,6 +53,16 @@ done
 
 # --- 2b. the stage contract (exit codes, outputs vs inputs, part folders, signals) -------
 bash tests/contract.sh "$run" "$BIN" "$PY" || fail "stage contract"
+
+# --- 2c. one TOML file for the whole run (CONFIG=) gives the same weights ---------------
+one=$tmp/one.toml
+echo "# the micro demo in one file: a table per stage" >"$one"
+for f in "$conf"/*.toml; do printf '\n[%s]\n' "$(basename "$f" .toml)"; cat "$f"; done >>"$one"
+make --no-print-directory -f pipelines/demo.mk BIN="$BIN" RUN="$tmp/one" CONFIG="$one" ITERATIONS=2 THREADS=2 \
+  "$tmp/one/rm/adapter_config.json" >"$tmp/one.log" 2>&1 || { tail -30 "$tmp/one.log"; fail "demo with CONFIG=$one"; }
+cmp -s "$run/sft/model.safetensors" "$tmp/one/sft/model.safetensors" || fail "CONFIG=one file: other SFT weights"
+cmp -s "$run/rm/adapter_model.safetensors" "$tmp/one/rm/adapter_model.safetensors" || fail "CONFIG=one file: other reward adapter"
+echo "e2e: one TOML file (CONFIG=) gives the same SFT and reward-model weights as the per-stage files" >&2
 
 # --- 3. real-data pipeline on a transformers-made model -------------------------------
 model=$tmp/hf-model

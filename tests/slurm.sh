@@ -190,8 +190,9 @@ ln -s "$srun_dir/sft" "$pre/run/sft"
 cp -r "$conf" "$pre/conf"
 # enough steps (about 10 ms each here) to be interrupted mid-run; the rest as in the micro
 # configuration
-sed -i 's/^--max-steps .*/--max-steps '"${PREEMPT_STEPS:-800}"'/' "$pre/conf/rm.args"
-echo "--epochs 1000" >>"$pre/conf/rm.args"
+sed -i 's/^max-steps = .*/max-steps = '"${PREEMPT_STEPS:-800}"'/' "$pre/conf/rm.toml"
+grep -q '^epochs = ' "$pre/conf/rm.toml" && fail "(c) the micro rm.toml sets epochs; update this test"
+echo "epochs = 1000" >>"$pre/conf/rm.toml"
 pre_args=("${common[@]}" CONF="$pre/conf" RUN="$pre/run" CHECKPOINT_EVERY=20 ONLY=rm)
 adapter=$pre/run/rm/adapter_model.safetensors
 

@@ -6,7 +6,7 @@
 # STAGE: data model sft pairs score-pairs labels rm sample score ppo merge
 #        eval-sample-sft eval-sample-policy eval-score-sft eval-score-policy report
 # ITERATION (1..N) for sample, score and ppo. The command line of each stage is the one
-# pipelines/demo.mk + pipelines/rl-loop.mk run, with the flags from $CONF/<stage>.args.
+# pipelines/demo.mk + pipelines/rl-loop.mk run, with the flags from $CONF/<stage>.toml.
 #
 # Environment (exported by submit.sh; sbatch passes the submitter's environment on):
 #   BIN RUN CONF ITERATIONS SEED THREADS SHARDS, absolute paths for the folders;
@@ -30,7 +30,7 @@
 # stays cancelled.
 #
 # Exit status: the stage's (0 ok, 1 failure, retryable, 2 usage, 3 bad input, 143 SIGTERM);
-# 2 when this script is called wrongly (unknown stage, missing variable or .args file).
+# 2 when this script is called wrongly (unknown stage, missing variable or .toml file).
 set -uo pipefail
 
 log() { echo "[slurm-stage ${STAGE_NAME:-?}] $*" >&2; }
@@ -48,12 +48,11 @@ iter_name() { printf 'iter-%03d' "$1"; }
 part_path() {
   if [ "$SHARDS" -gt 1 ]; then echo "$RUN/$(iter_name "$1")/$2"; else echo "$RUN/$(iter_name "$1")/$2.parquet"; fi
 }
-# Flags of a stage from $CONF/<name>.args, comment lines dropped, read by the shell as make's
-# recipes read them (common.mk: `args`).
+# Flags of a stage: --config $CONF/<name>.toml, as make's recipes pass them (common.mk: `args`).
 stage_args() {
-  local f=$CONF/$1.args
+  local f=$CONF/$1.toml
   [ -f "$f" ] || usage_fail "missing $f"
-  eval "ARGS=( $(grep -v '^[[:space:]]*#' "$f" | tr '\n' ' ') )"
+  ARGS=(--config "$f")
 }
 # --resume/--checkpoint-every for a trainer, when its --help offers them.
 resume_flags() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submits the PERL loop of pipelines/demo.mk as Slurm jobs chained by
-# --dependency=afterok; the same CONF folder of <stage>.args files drives make and Slurm.
+# --dependency=afterok; the same CONF folder of <stage>.toml files drives make and Slurm.
 #
 #   pipelines/slurm/submit.sh [NAME=VALUE ...]
 #   pipelines/slurm/submit.sh BIN=target/release RUN=runs/slurm CONF=pipelines/demo ITERATIONS=8 SHARDS=4
@@ -8,7 +8,7 @@
 # Parameters (NAME=VALUE arguments or environment variables):
 #   BIN         folder of the binaries (default target/release); must be visible on the nodes
 #   RUN         run folder on a shared file system (default runs/slurm); must not hold a run yet
-#   CONF        folder of <stage>.args files (default pipelines/demo)
+#   CONF        folder of <stage>.toml files (default pipelines/demo)
 #   ITERATIONS  policy iterations (default 8)
 #   SHARDS      array tasks of sample-rollouts and score-rewards per iteration (default 4)
 #   THREADS     --threads of each stage and --cpus-per-task of each job (default 2)
@@ -51,7 +51,7 @@ done
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a non-negative integer, got '$SEED'"
 [ -d "$CONF" ] || die "CONF $CONF is not a folder"
 for f in data model sft pairs labels rm sample score ppo eval; do
-  [ -f "$CONF/$f.args" ] || die "missing $CONF/$f.args"
+  [ -f "$CONF/$f.toml" ] || die "missing $CONF/$f.toml"
 done
 for b in prep-data init-model train-sft train-rm-lora sample-rollouts score-rewards ppo-update merge-adapter report; do
   [ -x "$BIN/$b" ] || die "missing binary $BIN/$b (make build)"

@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use init_model::{Cli, Settings};
 use rlhf_core::cli;
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = rlhf_core::config::parse::<Cli>("init-model");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);
     let result = Settings::from_cli(&args)

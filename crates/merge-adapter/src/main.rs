@@ -86,7 +86,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("merge-adapter");
     cli.global.init();
     cli::finish(run(&cli), &[rlhf_nn::is_bad_input])
 }

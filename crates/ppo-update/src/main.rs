@@ -4,12 +4,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ppo_update::{Cli, Settings};
 use rlhf_core::cli;
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = rlhf_core::config::parse::<Cli>("ppo-update");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);
     let result = Settings::from_cli(&args).and_then(|s| {

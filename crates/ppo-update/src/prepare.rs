@@ -50,6 +50,9 @@ type Scored = (
     Option<Vec<Vec<f32>>>,
 );
 
+/// The sample of rows whose old log-probs were recomputed: (recomputed, sampler's).
+type Checked = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Largest |recomputed - sampler| log-prob difference for which the sampler's log-probs
 /// are taken as the old ones. The kernels give bit-identical values on the same weights
 /// when sampling ran at temperature 1 without top-k/top-p; anything else (another policy,
@@ -161,7 +164,7 @@ pub fn prepare(
     }
     // The old log-probs: the sampler's when they are this policy's (checked on a sample of
     // rows), else recomputed for every rollout.
-    let mut checked: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = None;
+    let mut checked: Option<Checked> = None;
     if sampled_by_this_policy && !s.recompute_old_logprobs && !examples.is_empty() {
         let rows = check_rows(examples.len(), s.micro_batch_size);
         let sample: Vec<Example> = rows.iter().map(|&i| examples[i].clone()).collect();

@@ -87,7 +87,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("prep-data");
     cli.global.init();
     cli::finish_with(run(&cli), &[error::is_bad_input], &[error::is_usage])
 }

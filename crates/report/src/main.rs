@@ -29,7 +29,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("report");
     cli.global.init();
     let settings = report::Settings {
         out_dir: cli

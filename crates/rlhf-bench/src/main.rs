@@ -70,7 +70,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("rlhf-bench");
     cli.global.init();
     cli::finish(run(&cli), &[])
 }

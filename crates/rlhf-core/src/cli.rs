@@ -58,11 +58,24 @@ pub struct GlobalArgs {
     /// in every stage (stage, version, outputs with row counts, seconds, metrics, details).
     #[arg(long, value_name = "PATH", global = true)]
     pub summary_json: Option<std::path::PathBuf>,
+    /// Read flags from a TOML file: keys are long flag names (`lora-rank = 16`); keys at the
+    /// top apply to every stage, a table named after the stage (`[train-rm-lora]`,
+    /// `[prep-data.pairs]`) to this one. Flags on the command line override the file.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<std::path::PathBuf>,
+    /// The table of --config to read instead of the stage's name (dots for nesting).
+    #[arg(long, value_name = "NAME", global = true, requires = "config")]
+    pub config_section: Option<String>,
 }
 
 impl GlobalArgs {
     /// Sets up logging, progress bars and the rayon pool. Call once, first thing in main.
     pub fn init(&self) {
+        if self.config.is_some() && crate::config::effective_args().is_none() {
+            // a binary that parsed its flags without rlhf_core::config::parse
+            eprintln!("error: --config is not read by this binary");
+            std::process::exit(EXIT_USAGE as i32);
+        }
         let level = match (self.verbose as i32) - (self.quiet as i32) {
             i32::MIN..=-2 => "error",
             -1 => "warn",

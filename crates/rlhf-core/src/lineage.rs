@@ -53,7 +53,9 @@ impl Lineage {
         Lineage {
             producer: producer.to_string(),
             version: version.to_string(),
-            args: std::env::args().skip(1).collect(),
+            args: crate::config::effective_args()
+                .map(<[String]>::to_vec)
+                .unwrap_or_else(|| std::env::args().skip(1).collect()),
             inputs: Vec::new(),
             schema: artifact.name().to_string(),
             schema_version: SCHEMA_VERSION,

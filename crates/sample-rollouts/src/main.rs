@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rlhf_core::cli;
 use sample_rollouts::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("sample-rollouts");
     cli.global.init();
     cli::finish(sample_rollouts::run(&cli), &[rlhf_nn::is_bad_input])
 }

@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rlhf_core::cli;
 use score_rewards::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("score-rewards");
     cli.global.init();
     cli::finish(score_rewards::run(&cli), &[rlhf_nn::is_bad_input])
 }

@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rlhf_core::cli;
 use train_rm_lora::args::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = rlhf_core::config::parse::<Cli>("train-rm-lora");
     cli.global.init();
     cli::finish(
         train_rm_lora::run::run(&cli),

@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rlhf_core::cli;
 use train_sft::{Cli, Settings};
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = rlhf_core::config::parse::<Cli>("train-sft");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);
     let result = Settings::from_cli(&args)
