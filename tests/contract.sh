@@ -289,8 +289,19 @@ preempt train-sft "$tmp/sft-term.ckpt/checkpoint.json" "$tmp/sft-term" "$tmp/sft
 
 # A checkpoint of other flags: replaced by default (with a warning), refused under --resume.
 sft_cmd=("$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data "$run/data/sft.parquet" --batch-size 4 --max-steps 6)
-"${sft_cmd[@]}" -q --learning-rate 1e-3 --checkpoint-every 2 --stop-after-steps 2 --out "$tmp/sft-other" >/dev/null 2>&1 || true
-check "train-sft --stop-after-steps leaves a checkpoint" [ -f "$tmp/sft-other.ckpt/checkpoint.json" ]
+# --stop-after-steps: the same flag and exit code (1: no output yet, a rerun continues) in
+# every trainer
+expect 1 "train-sft --stop-after-steps 2" -- "${sft_cmd[@]}" --learning-rate 1e-3 --checkpoint-every 2 --stop-after-steps 2 --out "$tmp/sft-other"
+says "rerun the same command to continue"
+check "train-sft --stop-after-steps leaves a checkpoint and no output" \
+  [ -f "$tmp/sft-other.ckpt/checkpoint.json" -a ! -e "$tmp/sft-other" ]
+expect 1 "train-rm-lora --stop-after-steps 2" -- "$BIN/train-rm-lora" --no-progress --threads 2 --model "$sft" \
+  --preferences "$run/data/preferences.parquet" --lora-rank 4 --max-steps 6 --stop-after-steps 2 --out "$tmp/rm-stop"
+check "train-rm-lora --stop-after-steps leaves a checkpoint" \
+  compgen -G "$tmp/rm-stop.checkpoint/*/checkpoint.json"
+expect 0 "train-rm-lora run again finishes" -- "$BIN/train-rm-lora" --no-progress --threads 2 --model "$sft" \
+  --preferences "$run/data/preferences.parquet" --lora-rank 4 --max-steps 6 --out "$tmp/rm-stop"
+says "resumed from checkpoint"
 expect 3 "train-sft --resume with a checkpoint of other flags" -- "${sft_cmd[@]}" --learning-rate 2e-3 --resume --out "$tmp/sft-other"
 says "resume settings mismatch"
 expect 0 "train-sft (default) with a checkpoint of other flags starts over" -- "${sft_cmd[@]}" --learning-rate 2e-3 --out "$tmp/sft-other"

@@ -218,7 +218,4 @@ pub struct Cli {
     /// resumes from them.
     #[command(flatten)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
-    /// Testing aid: stop with an error after this many optimiser steps (after checkpointing).
-    #[arg(long, hide = true, value_name = "N")]
-    pub stop_after_steps: Option<u64>,
 }

@@ -278,7 +278,7 @@ impl Settings {
             checkpoint_every: cli.checkpoint.checkpoint_every,
             checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
             resume: cli.checkpoint.mode(),
-            stop_after_steps: cli.stop_after_steps,
+            stop_after_steps: cli.checkpoint.stop_after_steps,
             record_timings: cli.record_timings,
             seed: cli.global.seed,
         })

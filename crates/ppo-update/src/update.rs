@@ -201,7 +201,8 @@ pub fn train(
     st: &mut LoopState,
 ) -> Result<()> {
     // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-    let mut clock = checkpoint::CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes);
+    let mut clock = checkpoint::CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes)
+        .with_stop_after(s.stop_after_steps);
     let (beta, iteration) = (st.beta, st.iteration);
     let minibatches = schedule_minibatches(examples.len(), s, iteration);
     let total = minibatches.len() as u64;
@@ -367,12 +368,6 @@ pub fn train(
                     checkpoint::stopped(signal, st.done, total, &s.checkpoint_dir()).into(),
                 );
             }
-        }
-        if s.stop_after_steps == Some(st.done) && st.done < total {
-            bail!(
-                "stopped after {} optimiser steps (--stop-after-steps)",
-                st.done
-            );
         }
     }
     bar.finish_and_clear();

@@ -68,6 +68,11 @@ pub struct CheckpointArgs {
     /// Start over, ignoring (and then replacing) any checkpoint beside --out.
     #[arg(long)]
     pub no_resume: bool,
+    /// Stop after N optimiser steps of this invocation, after writing a checkpoint, with
+    /// exit 1 and no output (for time-limited job slots: no scheduler takes the missing
+    /// output for success); the same command run again continues from the checkpoint.
+    #[arg(long, value_name = "N")]
+    pub stop_after_steps: Option<u64>,
 }
 
 impl CheckpointArgs {
@@ -83,6 +88,7 @@ impl CheckpointArgs {
     /// The clock that decides when a checkpoint is due.
     pub fn clock(&self) -> CheckpointClock {
         CheckpointClock::new(self.checkpoint_every, self.checkpoint_minutes)
+            .with_stop_after(self.stop_after_steps)
     }
 
     /// Checks the values (a usage error names the flag).
@@ -92,6 +98,11 @@ impl CheckpointArgs {
                 "--checkpoint-minutes {} must be a number >= 0 (0 = by steps only)",
                 self.checkpoint_minutes
             )));
+        }
+        if self.stop_after_steps == Some(0) {
+            return Err(rlhf_core::CoreError::Usage(
+                "--stop-after-steps must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -138,6 +149,9 @@ pub struct CheckpointClock {
     every_steps: u64,
     every: Option<Duration>,
     last: Instant,
+    /// --stop-after-steps, and the steps seen in this process.
+    stop_after: Option<u64>,
+    steps_here: u64,
     /// Released after the last step: a signal during the final evaluation and the writing
     /// of the output then stops the process at once (its temporaries removed).
     cooperative: Option<rlhf_core::signals::Cooperative>,
@@ -150,8 +164,27 @@ pub enum Due {
     No,
     /// Write a checkpoint, then go on.
     Save,
-    /// Write a checkpoint, then stop for this signal.
-    SaveAndStop(i32),
+    /// Write a checkpoint, then stop.
+    SaveAndStop(Stop),
+}
+
+/// Why a trainer stops after writing a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM/SIGINT arrived (exit 143/130).
+    Signal(i32),
+    /// --stop-after-steps N was reached (exit 1).
+    StepLimit(u64),
+}
+
+/// The error after `--stop-after-steps` (exit 1: the output is not written).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped after {steps} optimiser steps of this run as --stop-after-steps asks; checkpoint of step {done}/{total} in {dir}; rerun the same command to continue")]
+pub struct StoppedAtStepLimit {
+    pub steps: u64,
+    pub done: u64,
+    pub total: u64,
+    pub dir: String,
 }
 
 impl CheckpointClock {
@@ -162,12 +195,21 @@ impl CheckpointClock {
             every_steps,
             every: (every_minutes > 0.0).then(|| Duration::from_secs_f64(every_minutes * 60.0)),
             last: Instant::now(),
+            stop_after: None,
+            steps_here: 0,
             cooperative: Some(rlhf_core::signals::Cooperative::begin()),
         }
     }
 
+    /// The same clock that also stops after `n` steps of this process (--stop-after-steps).
+    pub fn with_stop_after(mut self, n: Option<u64>) -> CheckpointClock {
+        self.stop_after = n;
+        self
+    }
+
     /// After step `done` of `total`: nothing is due after the last step (the output follows).
     pub fn after_step(&mut self, done: u64, total: u64) -> Due {
+        self.steps_here += 1;
         if done >= total {
             if let Some(c) = self.cooperative.take() {
                 c.end();
@@ -175,7 +217,10 @@ impl CheckpointClock {
             return Due::No;
         }
         if let Some(signal) = rlhf_core::signals::pending() {
-            return Due::SaveAndStop(signal);
+            return Due::SaveAndStop(Stop::Signal(signal));
+        }
+        if self.stop_after == Some(self.steps_here) {
+            return Due::SaveAndStop(Stop::StepLimit(self.steps_here));
         }
         let by_steps = self.every_steps > 0 && done.is_multiple_of(self.every_steps);
         let by_time = self.every.is_some_and(|d| self.last.elapsed() >= d);
@@ -192,15 +237,26 @@ impl CheckpointClock {
     }
 }
 
-/// The error a trainer returns after saving for `signal` (exit 130/143).
-pub fn stopped(signal: i32, done: u64, total: u64, dir: &Path) -> rlhf_core::CoreError {
-    rlhf_core::signals::interrupted_error(
-        signal,
-        format!(
-            "checkpoint of step {done}/{total} in {}; rerun the same command to continue",
-            dir.display()
-        ),
-    )
+/// The error a trainer returns after saving for `stop`: exit 130/143 for a signal, 1 for
+/// --stop-after-steps.
+pub fn stopped(stop: Stop, done: u64, total: u64, dir: &Path) -> anyhow::Error {
+    match stop {
+        Stop::Signal(signal) => rlhf_core::signals::interrupted_error(
+            signal,
+            format!(
+                "checkpoint of step {done}/{total} in {}; rerun the same command to continue",
+                dir.display()
+            ),
+        )
+        .into(),
+        Stop::StepLimit(steps) => StoppedAtStepLimit {
+            steps,
+            done,
+            total,
+            dir: dir.display().to_string(),
+        }
+        .into(),
+    }
 }
 
 /// A loaded checkpoint (tensors on the CPU).
@@ -356,12 +412,29 @@ mod tests {
     }
 
     #[test]
+    fn stop_after_counts_the_steps_of_this_process_and_exits_1() {
+        // resumed at step 4: the second step of this process stops, not step 2
+        let mut c = CheckpointClock::new(0, 0.0).with_stop_after(Some(2));
+        assert_eq!(c.after_step(5, 9), Due::No);
+        assert_eq!(c.after_step(6, 9), Due::SaveAndStop(Stop::StepLimit(2)));
+        // reaching the end first: nothing to stop
+        let mut end = CheckpointClock::new(0, 0.0).with_stop_after(Some(1));
+        assert_eq!(end.after_step(9, 9), Due::No);
+        let err = stopped(Stop::StepLimit(2), 6, 9, Path::new("out.ckpt"));
+        assert_eq!(rlhf_core::cli::exit_code_for(&err, &[]), 1);
+        assert!(err.to_string().contains("stopped after 2"), "{err}");
+        let err = stopped(Stop::Signal(15), 6, 9, Path::new("out.ckpt"));
+        assert_eq!(rlhf_core::cli::exit_code_for(&err, &[]), 143);
+    }
+
+    #[test]
     fn resume_mode_from_flags_and_mismatch_policy() {
         let args = |resume, no_resume| CheckpointArgs {
             checkpoint_every: 0,
             checkpoint_minutes: 5.0,
             resume,
             no_resume,
+            stop_after_steps: None,
         };
         assert_eq!(args(false, false).mode(), ResumeMode::Auto);
         assert_eq!(args(true, false).mode(), ResumeMode::Require);

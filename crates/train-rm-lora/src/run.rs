@@ -94,6 +94,7 @@ fn train_config(cli: &Cli) -> TrainConfig {
         eval_every: cli.eval_every,
         checkpoint_every: cli.checkpoint.checkpoint_every,
         checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
+        stop_after_steps: cli.checkpoint.stop_after_steps,
         record_timings: cli.record_timings,
         seed: cli.global.seed,
         loss: LossConfig {

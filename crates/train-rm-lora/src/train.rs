@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     pub checkpoint_every: u64,
     pub checkpoint_minutes: f64,
+    /// --stop-after-steps: stop after this many steps of this process (with a checkpoint).
+    pub stop_after_steps: Option<u64>,
     pub seed: u64,
     pub loss: LossConfig,
     pub ratings_weight: f64,
@@ -202,7 +204,8 @@ fn save_checkpoint(
 /// Trains one reward model; returns its steps, metrics and final eval figures.
 pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outcome> {
     // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-    let mut clock = CheckpointClock::new(job.cfg.checkpoint_every, job.cfg.checkpoint_minutes);
+    let mut clock = CheckpointClock::new(job.cfg.checkpoint_every, job.cfg.checkpoint_minutes)
+        .with_stop_after(job.cfg.stop_after_steps);
     let cfg = job.cfg;
     let seed = cfg.seed.wrapping_add((job.member as u64) << 32);
     let mut stream: Vec<Batch> = Vec::new();

@@ -84,11 +84,6 @@ pub struct Cli {
     #[command(flatten)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
 
-    /// Stop after this many optimiser steps of this invocation, saving a checkpoint and
-    /// writing no output (for time-limited job slots); run the same command again to continue.
-    #[arg(long, value_name = "N")]
-    pub stop_after_steps: Option<u64>,
-
     /// Keep OUT.ckpt/ after a successful run (it is removed by default).
     #[arg(long)]
     pub keep_checkpoint: bool,

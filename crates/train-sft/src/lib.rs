@@ -110,9 +110,6 @@ pub fn run(s: &Settings) -> Result<trainer::Outcome> {
         fingerprint,
     };
     let (metrics, outcome) = run.train(&mut opt)?;
-    if outcome.stopped_early {
-        return Ok(outcome);
-    }
     lineage.extra.insert("steps".into(), json!(outcome.steps));
     lineage
         .extra

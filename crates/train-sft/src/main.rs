@@ -16,10 +16,8 @@ fn main() -> ExitCode {
             let outcome = train_sft::run(&s)?;
             let mut out =
                 rlhf_core::summary::StageSummary::new("train-sft", env!("CARGO_PKG_VERSION"))
-                    .metric("steps", outcome.steps as f64);
-            if !outcome.stopped_early {
-                out = out.output(&s.out, None);
-            }
+                    .metric("steps", outcome.steps as f64)
+                    .output(&s.out, None);
             if let Some(l) = outcome.eval_loss {
                 out = out.metric("eval_loss", l);
             }

@@ -93,9 +93,6 @@ impl Settings {
             return Err(usage("--max-steps must be at least 1".into()));
         }
         cli.checkpoint.validate()?;
-        if cli.stop_after_steps == Some(0) {
-            return Err(usage("--stop-after-steps must be at least 1".into()));
-        }
         if cli.max_steps.is_none() && cli.epochs == 0 {
             return Err(usage("--epochs must be at least 1".into()));
         }
@@ -180,7 +177,7 @@ impl Settings {
             checkpoint_every: cli.checkpoint.checkpoint_every,
             checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
             resume: cli.checkpoint.mode(),
-            stop_after_steps: cli.stop_after_steps,
+            stop_after_steps: cli.checkpoint.stop_after_steps,
             keep_checkpoint: cli.keep_checkpoint,
             seed: cli.global.seed,
         })

@@ -46,8 +46,6 @@ pub struct Outcome {
     pub train_seconds: f64,
     pub final_train_loss: Option<f64>,
     pub eval_loss: Option<f64>,
-    /// True when --stop-after-steps ended the run before its last step.
-    pub stopped_early: bool,
 }
 
 impl Outcome {
@@ -110,7 +108,8 @@ impl Run<'_> {
     pub fn train(&self, opt: &mut Optimizer) -> Result<(MetricsLog, Outcome)> {
         let s = self.settings;
         // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-        let mut clock = CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes);
+        let mut clock = CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes)
+            .with_stop_after(s.stop_after_steps);
         let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
         let batcher = Batcher::new(lengths, s.batch_size, s.seed);
         let per_epoch = batcher.batches_per_epoch();
@@ -243,9 +242,8 @@ impl Run<'_> {
                 self.eval(&eval_batches, &mut metrics, done)?;
                 eval_seconds += t.elapsed().as_secs_f64();
             }
-            let stop = s.stop_after_steps == Some(outcome.steps_here) && done < total;
             let due = clock.after_step(done, total);
-            if due != Due::No || stop {
+            if due != Due::No {
                 let t = Instant::now();
                 let snap = resume::Snapshot {
                     step: done,
@@ -264,14 +262,6 @@ impl Run<'_> {
                 return Err(
                     rlhf_algo::checkpoint::stopped(signal, done, total, &s.ckpt_dir).into(),
                 );
-            }
-            if stop {
-                bar.finish_and_clear();
-                warn!(step = done, total, checkpoint = %s.ckpt_dir.display(), "stopping as asked by --stop-after-steps; run the same command again to continue");
-                outcome.steps = done;
-                outcome.stopped_early = true;
-                outcome.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
-                return Ok((metrics, outcome));
             }
         }
         bar.finish_and_clear();

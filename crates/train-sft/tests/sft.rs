@@ -186,7 +186,7 @@ fn resume_matches(extra: &[&str], weights: &str) {
 
     let mut stop = args.clone();
     stop.extend(["--stop-after-steps", "5"]);
-    ok(&fx.sft("b", &stop));
+    stopped(&fx.sft("b", &stop));
     assert!(
         !fx.path("b").exists(),
         "a stopped run must not write its output"
@@ -195,7 +195,7 @@ fn resume_matches(extra: &[&str], weights: &str) {
     assert_eq!(meta.step, 5);
     let mut again = stop.clone();
     again.push("--resume");
-    ok(&fx.sft("b", &again)); // steps 6..10
+    stopped(&fx.sft("b", &again)); // steps 6..10
     assert_eq!(
         rlhf_algo::checkpoint::load_meta(&fx.path("b.ckpt"))
             .unwrap()
@@ -284,12 +284,19 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
     assert_eq!(all_metrics(&fx.path("a")), all_metrics(&out));
 }
 
+/// --stop-after-steps ends with a checkpoint, no output and exit 1 (a retry continues).
+fn stopped(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--stop-after-steps"), "{err}");
+}
+
 #[test]
 fn resume_with_other_settings_is_refused() {
     let fx = Fixture::new();
     let mut args = FAST.to_vec();
     args.extend(["--max-steps", "6", "--stop-after-steps", "2"]);
-    ok(&fx.sft("b", &args));
+    stopped(&fx.sft("b", &args));
     let mut other = args.clone();
     other.extend(["--resume", "--weight-decay", "0.1"]);
     let out = fx.sft("b", &other);
