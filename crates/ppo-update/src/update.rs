@@ -361,12 +361,15 @@ pub fn train(
                 save_checkpoint(models, opt, st, s)?;
                 clock.saved();
             }
-            checkpoint::Due::SaveAndStop(signal) => {
+            checkpoint::Due::SaveAndStop(stop) => {
                 save_checkpoint(models, opt, st, s)?;
                 bar.finish_and_clear();
-                return Err(
-                    checkpoint::stopped(signal, st.done, total, &s.checkpoint_dir()).into(),
-                );
+                return Err(checkpoint::stopped(
+                    stop,
+                    st.done,
+                    total,
+                    &s.checkpoint_dir(),
+                ));
             }
         }
     }

@@ -335,12 +335,15 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
                 save_checkpoint(rm, job, &opt, &log, done, seed)?;
                 clock.saved();
             }
-            Due::SaveAndStop(signal) => {
+            Due::SaveAndStop(stop) => {
                 save_checkpoint(rm, job, &opt, &log, done, seed)?;
                 bar.finish_and_clear();
-                return Err(
-                    checkpoint::stopped(signal, done, total_steps, &job.checkpoint_dir).into(),
-                );
+                return Err(checkpoint::stopped(
+                    stop,
+                    done,
+                    total_steps,
+                    &job.checkpoint_dir,
+                ));
             }
         }
     }

@@ -257,11 +257,14 @@ impl Run<'_> {
                 clock.saved();
                 eval_seconds += t.elapsed().as_secs_f64();
             }
-            if let Due::SaveAndStop(signal) = due {
+            if let Due::SaveAndStop(stop) = due {
                 bar.finish_and_clear();
-                return Err(
-                    rlhf_algo::checkpoint::stopped(signal, done, total, &s.ckpt_dir).into(),
-                );
+                return Err(rlhf_algo::checkpoint::stopped(
+                    stop,
+                    done,
+                    total,
+                    &s.ckpt_dir,
+                ));
             }
         }
         bar.finish_and_clear();
