@@ -91,8 +91,8 @@ impl KvCache {
 
     /// The frame of one new token per row (its mask `new` (b, 1) already written at `len`), built
     /// on the host: the same positions and mask as the general path, in a handful of copies
-    /// instead of its 20-odd small ops (with the rotary tables, 0.23-0.27 ms of a 7-9 ms decode
-    /// step on the `sampling` bench). One token needs no causal part: it sees every cached key.
+    /// instead of its 20-odd small ops (with the rotary tables, a few percent of a decode step;
+    /// docs/performance.md). One token needs no causal part: it sees every cached key.
     fn step_frame(&mut self, new: &Tensor, kind: Kind) -> Result<Frame> {
         let b = self.batch;
         let added = Vec::<i64>::try_from(new.contiguous().view([-1]))?;

@@ -128,9 +128,8 @@ fn try_decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tenso
 /// query attends as a decode step's does ([`attend`]), over the keys up to its last unmasked
 /// one (the causal mask's most negative entries past it would weigh exactly 0), so a prompt
 /// of t tokens costs about t^2 / 2 key reads per head instead of t^2. One task per (sequence,
-/// kv head), split across the crew. On the `sampling` bench's prefill (16 prompts of 64
-/// tokens, 8 layers) libtorch's SDPA took 14-21 ms on two threads, this kernel 18-20 ms;
-/// inside the scope libtorch would run on one.
+/// kv head), split across the crew. It is about as fast as libtorch's SDPA on two threads,
+/// and inside the scope libtorch would run on one (docs/performance.md).
 fn try_prefill(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
     let simd = enabled()?;
     let [b, h, t, d, kvh, len] = shapes(q, k, v, mask)?;

@@ -8,9 +8,7 @@
 //! order, a float-rounding difference (tests bound it). RoPE rounds exactly as libtorch's ops
 //! do (the same multiplications and additions, unfused), so its result is bit-identical, and
 //! it runs at any size, prefill and scoring included; so does SwiGLU, whose one pass
-//! replaced libtorch's two (SiLU, then the product, through a fresh intermediate): on the
-//! `sampling` bench's prefill (16 x 64 tokens of llama-30m, 2 threads) the 8 layers' RoPE took
-//! 14 ms and SwiGLU 26 ms through libtorch.
+//! replaced libtorch's two (SiLU, then the product, through a fresh intermediate).
 
 #![allow(unsafe_code)]
 
@@ -118,7 +116,7 @@ pub(super) fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32]) {
 
 /// `t.contiguous()`, with a large f32 CPU tensor of rows at one stride (a fused projection's
 /// output part in a prefill) copied across the crew inside a decode scope, where libtorch's
-/// copy runs single-threaded (+1.2-2.7% tokens/s on the `sampling` bench, in-process A/B).
+/// copy runs single-threaded.
 pub(crate) fn contiguous(t: &Tensor) -> Tensor {
     try_contiguous(t).unwrap_or_else(|| t.contiguous())
 }

@@ -2,8 +2,7 @@
 //!
 //! A decode step multiplies a handful of rows (one per sequence) by every weight matrix of the
 //! model. BLAS libraries are tuned for large products; with 16 rows libtorch's MKL sgemm reaches
-//! about half of this machine's matmul rate (measured: 0.52 ms for 16 x 512 by 2816 x 512, where
-//! this kernel takes 0.27 ms; `make bench` case `sampling`). The kernels here stream each
+//! about half of the machine's matmul rate (figures: docs/performance.md). The kernels here stream each
 //! weight once and keep the rows' sums in registers. Output columns are split across the
 //! calling thread and the decode crew (see [`super::DecodeThreads`]).
 //!
@@ -33,9 +32,8 @@ use super::{enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
 /// Rows of `x` (the product of its leading dimensions) up to which the panel kernels are used;
 /// above it they stream the weight once per 16 rows and BLAS is as fast. The packed kernel
 /// (AVX-512, weights of at least [`PACKED_COLS`] rows) takes any number of rows: a prompt's
-/// prefill inside a decode scope, where it beats MKL on the `sampling` bench's shapes (1024
-/// rows by 512-2816 outputs of 512 or 1408 inputs, two runs: 179-222 vs 153-205 GFLOP/s on 2
-/// threads).
+/// prefill inside a decode scope, where it beats MKL on the `sampling` bench's shapes
+/// (docs/performance.md).
 pub const MAX_ROWS: i64 = 32;
 
 /// Lanes of a row panel: one AVX-512 vector, or two AVX2 vectors.
@@ -321,11 +319,8 @@ fn transpose_rows(simd: Simd, x: &[f32], k: usize, panel: &mut [[f32; LANES]]) {
 /// columns), element `(j0 + c, k)` at `j0 * K + k * PACKED_COLS + c`, so a tile's k-th column is
 /// one 64-byte vector and a product reads the whole matrix front to back in one stream. Only
 /// whole tiles; the `n % PACKED_COLS` last rows stay in `w`.
-///
-/// Measured on the `sampling` bench shape (interleaved runs of `examples/profile_decode`), with
-/// the earlier 8-row tiles and a transposed row panel: the decode GEMMs took 0.86-0.99 s per
-/// `generate` packed against 1.02-1.06 s row-major, both prefetching into L1; prefetching into
-/// L2 then took them to 0.63-0.65 s (0.74-0.80 s into L1).
+/// Packed tiles read faster than row-major weights, and prefetching into L2 faster than into
+/// L1 (docs/performance.md).
 fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
     const C: usize = PACKED_COLS;
     let len = (n - n % C) * k;
@@ -359,9 +354,8 @@ thread_local! {
         std::cell::RefCell::new(HashMap::new());
 
     /// The buffers of the last scope's packed copies, for the next scope's to reuse: freshly
-    /// allocated, a copy's memory costs a page fault per 4 KB on first write (`generate` on
-    /// llama-30m packs 111 MB; its prefill's gate/up products took 161 ms with fresh buffers,
-    /// 123 ms with kept ones). Kept until the next scope ends, so a process that samples holds
+    /// allocated, a copy's memory costs a page fault per 4 KB on first write (a `generate` on
+    /// a ~30M Llama packs about 100 MB). Kept until the next scope ends, so a process that samples holds
     /// the copies between calls as well as during them.
     static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }

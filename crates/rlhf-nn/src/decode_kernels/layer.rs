@@ -3,8 +3,8 @@
 //! Run op by op, a decode step's layer is about 30 libtorch calls on 16 x 512 activations
 //! (norms, the fused projections' narrow and contiguous copies, rotary embedding, the cache
 //! writes, residual adds, SiLU and product), each costing a few microseconds of dispatch and
-//! allocation for far less arithmetic: measured on the `sampling` bench shape, about a fifth
-//! of a decode step went to them. Here the layer is one pass over plain f32 buffers: the
+//! allocation for far less arithmetic: about a fifth of a decode step went to them
+//! (docs/performance.md). Here the layer is one pass over plain f32 buffers: the
 //! products and attention run on the decode crew ([`super::gemm`], [`super::attention`]), the
 //! rest on the calling thread, and the new key and value are written into the cache in place.
 //!
@@ -116,8 +116,6 @@ pub(crate) fn llama_step(w: &LlamaWeights, io: &StepInputs) -> Option<Tensor> {
 
     // Attention block. The cache's lines at `pos`, written after the q/k/v product, are
     // fetched while it runs (otherwise 2 x b x kv_heads scattered rows miss when written).
-    // A temporary in-process A/B on the `sampling` bench shape: +1.0% and +1.4% tokens/s,
-    // ahead in 7 and 8 of 10 pairs.
     for buf in [floats(kc)?, floats(vc)?] {
         for row in 0..b * nkv {
             let at = (row * cap + io.pos) * d;

@@ -22,8 +22,7 @@
 //! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
 //! and the kernels split work between that thread and a small [`crew`] of workers, as many
 //! threads in all as libtorch had, which spin between the step's jobs. Both at once would
-//! oversubscribe the cores: libtorch's idle OpenMP workers spin between its ops (measured 40% of
-//! CPU time spinning on 2 cores).
+//! oversubscribe the cores: libtorch's idle OpenMP workers spin between its ops.
 //!
 //! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
 //! single calls ([`elementwise`]); rotary embedding and SwiGLU's `silu(gate) * up` do so in
@@ -228,9 +227,8 @@ pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize,
 }
 
 /// Elements from which [`split_large`] splits: a decode step's activations (16 x 512 to
-/// 16 x 1408) stay on the calling thread (splitting a decode step's SwiGLU measured within
-/// noise: +0.6-1.0% tokens/s, 5 and 7 of 10 in-process pairs); a prefill's (1024 x 512 and up)
-/// are split.
+/// 16 x 1408) stay on the calling thread (splitting them gained nothing measurable); a
+/// prefill's (1024 x 512 and up) are split.
 const LARGE: usize = 1 << 15;
 
 /// Runs `work(first, part)` over `items` as [`split`] does when there are at least [`LARGE`]
@@ -263,11 +261,8 @@ pub(crate) fn enabled() -> Option<Simd> {
 }
 
 /// Fewest sequences for which the op-by-op kernels pay (GPT-2): below it the 16-lane row panel
-/// is mostly padding and libtorch's per-op costs stay (measured on a Llama before its layers
-/// were fused: the demo's 4-sample batches sampled in 58-60 s with the kernels vs 42-50 s
-/// without). Fused Llama layers pay from one sequence: the demo's sampling step (4 per batch)
-/// took 7.1-7.9 s with them vs 11.5-11.7 s on libtorch's path, and llama-30m sampled 144-165
-/// vs 79-80 tokens/s at batch 1, 265-271 vs 87-92 at batch 2 (`profile_decode`).
+/// is mostly padding and libtorch's per-op costs stay, so small batches were slower with the
+/// kernels than without. Fused Llama layers pay from one sequence (docs/performance.md).
 const MIN_ROWS: usize = 8;
 
 /// The decode steps of `generate`: turns the kernels on for this thread while it lives, when
