@@ -104,15 +104,7 @@ pub struct Loaded {
 
 /// The LoRA configuration of a fresh adapter from the --lora-* flags.
 pub fn lora_config(s: &Settings, model: &Model) -> LoraConfig {
-    let mut cfg = LoraConfig::default_for(model.config().arch);
-    cfg.r = s.lora.rank;
-    cfg.alpha = s.lora.alpha;
-    cfg.dropout = s.lora.dropout;
-    cfg.use_rslora = s.lora.rslora;
-    if !s.lora.targets.is_empty() {
-        cfg.target_modules = s.lora.targets.clone();
-    }
-    cfg
+    s.lora.config(model.config().arch)
 }
 
 fn load_model(dir: &Path, s: &Settings, what: &str) -> Result<Model> {

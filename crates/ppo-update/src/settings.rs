@@ -13,17 +13,6 @@ use tch::{Device, Kind};
 
 use crate::args::{Algo, Cli};
 
-/// Fresh-adapter LoRA settings (used when no --adapter is given, and for a new critic).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LoraSettings {
-    pub rank: i64,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// Empty = the architecture's default.
-    pub targets: Vec<String>,
-    pub rslora: bool,
-}
-
 /// Everything ppo-update needs, checked.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
@@ -46,7 +35,8 @@ pub struct Settings {
     pub iteration: Option<i32>,
     pub algo: Algo,
     pub reward_column: String,
-    pub lora: LoraSettings,
+    /// Fresh-adapter LoRA (used when no --adapter is given, and for a new critic).
+    pub lora: rlhf_nn::LoraChoice,
     pub critic: Option<PathBuf>,
     pub critic_init: Option<PathBuf>,
     pub adamw: AdamWConfig,
@@ -192,7 +182,6 @@ impl Settings {
         let o = &cli.optim;
         o.validate()?;
         let adamw = o.adamw();
-        adamw.validate().map_err(|e| usage(e.to_string()))?;
         let critic_lr = cli.critic_learning_rate.unwrap_or(o.learning_rate);
         check_range("--critic-learning-rate", critic_lr, 0.0, f64::MAX)?;
         let schedule = Schedule {
@@ -212,14 +201,7 @@ impl Settings {
             None => KlController::fixed(cli.kl_coef),
         }
         .map_err(|e| usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
-        cli.lora.validate()?;
-        let lora = LoraSettings {
-            rank: cli.lora.rank(),
-            alpha: cli.lora.alpha(),
-            dropout: cli.lora.lora_dropout.unwrap_or(0.0),
-            targets: cli.lora.lora_targets.clone(),
-            rslora: cli.lora.rslora,
-        };
+        let lora = cli.lora.resolve()?;
         if cli.full && cli.lora.given() && !cli.algo.has_critic() {
             return Err(usage(format!(
                 "--full --algo {} trains no LoRA adapter (the policy is fully tuned, and there is no critic); drop the --lora-* flags",

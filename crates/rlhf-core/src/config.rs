@@ -13,7 +13,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-
 use std::sync::OnceLock;
 
 use clap::error::ErrorKind;
@@ -34,7 +33,7 @@ pub fn parse<C: Parser>(stage: &str) -> C {
     let args: Vec<OsString> = std::env::args_os().collect();
     match resolve::<C>(stage, &args).and_then(|full| C::try_parse_from(&full).map(|c| (c, full))) {
         Ok((c, full)) => {
-            if full.len() != args.len() || flag_value(&args, "config").is_some() {
+            if flag_value(&args, "config").is_some() {
                 let shown = full
                     .iter()
                     .skip(1)
@@ -71,31 +70,24 @@ fn resolve<C: Parser>(stage: &str, args: &[OsString]) -> Result<Vec<OsString>, c
             format!("--config {}: cannot read it: {e}", file.display()),
         )
     })?;
-    let injected = {
-        let (sub, at) = subcommand_of(&cmd, args);
-        let section = flag_value(args, "config-section").map(|p| p.to_string_lossy().into_owned());
-        let (target, default_section) = match &sub {
-            Some(name) => (
-                cmd.find_subcommand(name)
-                    .cloned()
-                    .unwrap_or_else(|| cmd.clone()),
-                vec![stage.to_string(), name.clone()],
-            ),
-            None => (cmd.clone(), vec![stage.to_string()]),
-        };
-        let path: Vec<String> = match section {
-            Some(s) => s.split('.').map(str::to_string).collect(),
-            None => default_section,
-        };
-        let label = match &sub {
-            Some(name) => format!("{stage} {name}"),
-            None => stage.to_string(),
-        };
-        let flags = flags_from_toml(&target, &label, &file, &text, &path, args)
-            .map_err(|m| usage(&mut cmd, m))?;
-        (flags, at)
+    let (sub, at) = subcommand_of(&cmd, args);
+    let section = flag_value(args, "config-section").map(|p| p.to_string_lossy().into_owned());
+    let (target, default_section, label) = match &sub {
+        Some(name) => (
+            cmd.find_subcommand(name)
+                .cloned()
+                .unwrap_or_else(|| cmd.clone()),
+            vec![stage.to_string(), name.clone()],
+            format!("{stage} {name}"),
+        ),
+        None => (cmd.clone(), vec![stage.to_string()], stage.to_string()),
     };
-    let (flags, at) = injected;
+    let path: Vec<String> = match section {
+        Some(s) => s.split('.').map(str::to_string).collect(),
+        None => default_section,
+    };
+    let flags = flags_from_toml(&target, &label, &file, &text, &path, args)
+        .map_err(|m| usage(&mut cmd, m))?;
     let mut full: Vec<OsString> = args[..at].to_vec();
     full.extend(flags.into_iter().map(OsString::from));
     full.extend(args[at..].iter().cloned());
@@ -141,27 +133,35 @@ fn subcommand_of(cmd: &Command, args: &[OsString]) -> (Option<String>, usize) {
     (None, 1.min(args.len()))
 }
 
-/// Long names (and aliases) of `cmd`'s arguments, each with its canonical long name, its
-/// action and value delimiter.
-fn known_flags(cmd: &Command) -> Vec<(String, String, ArgAction, Option<char>)> {
+/// A name a long flag answers to (its own or an alias).
+struct Known {
+    name: String,
+    /// The flag's own long name.
+    long: String,
+    action: ArgAction,
+    delim: Option<char>,
+}
+
+/// Every name of `cmd`'s long flags, aliases included.
+fn known_flags(cmd: &Command) -> Vec<Known> {
     let mut out = Vec::new();
     for arg in cmd.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        let action = arg.get_action().clone();
-        let delim = arg.get_value_delimiter();
-        out.push((long.to_string(), long.to_string(), action.clone(), delim));
-        for alias in arg.get_all_aliases().unwrap_or_default() {
-            out.push((alias.to_string(), long.to_string(), action.clone(), delim));
+        let names = std::iter::once(long).chain(arg.get_all_aliases().unwrap_or_default());
+        for name in names {
+            out.push(Known {
+                name: name.to_string(),
+                long: long.to_string(),
+                action: arg.get_action().clone(),
+                delim: arg.get_value_delimiter(),
+            });
         }
     }
     out
 }
 
 /// Long flags given on the command line, as canonical names.
-fn given_on_command_line(
-    args: &[OsString],
-    known: &[(String, String, ArgAction, Option<char>)],
-) -> Vec<String> {
+fn given_on_command_line(args: &[OsString], known: &[Known]) -> Vec<String> {
     let mut given = Vec::new();
     for a in args.iter().skip(1) {
         let s = a.to_string_lossy();
@@ -172,8 +172,8 @@ fn given_on_command_line(
             continue;
         };
         let name = name.split('=').next().unwrap_or(name);
-        if let Some(k) = known.iter().find(|k| k.0 == name) {
-            given.push(k.1.clone());
+        if let Some(k) = known.iter().find(|k| k.name == name) {
+            given.push(k.long.clone());
         }
     }
     given
@@ -228,8 +228,14 @@ fn flags_from_toml(
                 file.display()
             ));
         }
-        let Some((_, long, action, delim)) = known.iter().find(|k| k.0 == name) else {
-            let names: Vec<&str> = known.iter().map(|k| k.0.as_str()).collect();
+        let Some(Known {
+            long,
+            action,
+            delim,
+            ..
+        }) = known.iter().find(|k| k.name == name)
+        else {
+            let names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
             let hint = closest(&name, &names)
                 .map(|c| format!("; did you mean `{c}`?"))
                 .unwrap_or_default();

@@ -126,6 +126,34 @@ pub struct LoraArgs {
     pub rslora: bool,
 }
 
+/// The LoRA settings the --lora-* flags resolve to, before a model is loaded (the target
+/// modules are resolved against the model's family by [`LoraChoice::config`]). Trainers keep
+/// it in their settings and their resume fingerprints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoraChoice {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Empty: the family's default.
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+impl LoraChoice {
+    /// The LoRA configuration of a fresh adapter on a model of `arch`.
+    pub fn config(&self, arch: Arch) -> LoraConfig {
+        let mut cfg = LoraConfig::default_for(arch);
+        cfg.r = self.rank;
+        cfg.alpha = self.alpha;
+        cfg.dropout = self.dropout;
+        cfg.use_rslora = self.rslora;
+        if !self.targets.is_empty() {
+            cfg.target_modules = self.targets.clone();
+        }
+        cfg
+    }
+}
+
 impl LoraArgs {
     /// Rank when --lora-rank is not given.
     pub const DEFAULT_RANK: i64 = 8;
@@ -172,19 +200,22 @@ impl LoraArgs {
         Ok(())
     }
 
+    /// The flags over the defaults, checked.
+    pub fn resolve(&self) -> std::result::Result<LoraChoice, rlhf_core::CoreError> {
+        self.validate()?;
+        Ok(LoraChoice {
+            rank: self.rank(),
+            alpha: self.alpha(),
+            dropout: self.lora_dropout.unwrap_or(0.0),
+            targets: self.lora_targets.clone(),
+            rslora: self.rslora,
+        })
+    }
+
     /// The LoRA configuration of a fresh adapter on a model of `arch`: the flags over the
     /// defaults, checked.
     pub fn config(&self, arch: Arch) -> std::result::Result<LoraConfig, rlhf_core::CoreError> {
-        self.validate()?;
-        let mut cfg = LoraConfig::default_for(arch);
-        cfg.r = self.rank();
-        cfg.alpha = self.alpha();
-        cfg.dropout = self.lora_dropout.unwrap_or(0.0);
-        cfg.use_rslora = self.rslora;
-        if !self.lora_targets.is_empty() {
-            cfg.target_modules = self.lora_targets.clone();
-        }
-        Ok(cfg)
+        Ok(self.resolve()?.config(arch))
     }
 }
 

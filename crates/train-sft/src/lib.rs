@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 use rlhf_core::lineage::Lineage;
 use rlhf_core::schema::Artifact;
 use rlhf_core::tokenizer::Tokenizer;
-use rlhf_nn::lora::LoraConfig;
 use rlhf_nn::Model;
 use serde_json::json;
 use tracing::{info, warn};
@@ -79,14 +78,7 @@ pub fn run(s: &Settings) -> Result<trainer::Outcome> {
 
     let (adapter, params) = match &s.lora {
         Some(l) => {
-            let mut lc = LoraConfig::default_for(cfg.arch);
-            lc.r = l.rank;
-            lc.alpha = l.alpha;
-            lc.dropout = l.dropout;
-            lc.use_rslora = l.rslora;
-            if !l.target_modules.is_empty() {
-                lc.target_modules = l.target_modules.clone();
-            }
+            let lc = l.config(cfg.arch);
             model
                 .add_adapter(ADAPTER, &lc, None, s.seed)
                 .context("adding the LoRA adapter")?;

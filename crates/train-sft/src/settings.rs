@@ -9,17 +9,6 @@ use rlhf_core::error::CoreError;
 
 use crate::args::Cli;
 
-/// LoRA settings (the target modules are resolved against the model family later).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LoraSettings {
-    pub rank: i64,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// Empty: the family's default.
-    pub target_modules: Vec<String>,
-    pub rslora: bool,
-}
-
 /// Everything the trainer needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,7 +19,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// Checkpoint folder beside the output: `OUT.ckpt`.
     pub ckpt_dir: PathBuf,
-    pub lora: Option<LoraSettings>,
+    /// LoRA (any --lora-* flag given), else full tuning.
+    pub lora: Option<rlhf_nn::LoraChoice>,
     pub epochs: u64,
     pub max_steps: Option<u64>,
     pub batch_size: usize,
@@ -98,19 +88,7 @@ impl Settings {
         }
         let o = &cli.optim;
         o.validate()?;
-        let lora = if cli.lora.given() {
-            let l = &cli.lora;
-            l.validate()?;
-            Some(LoraSettings {
-                rank: l.rank(),
-                alpha: l.alpha(),
-                dropout: l.lora_dropout.unwrap_or(0.0),
-                target_modules: l.lora_targets.clone(),
-                rslora: l.rslora,
-            })
-        } else {
-            None
-        };
+        let lora = cli.lora.given().then(|| cli.lora.resolve()).transpose()?;
         let model_dir = cli.model.model.clone();
         if !model_dir.join("config.json").is_file() {
             return Err(CoreError::BadInput {
