@@ -28,8 +28,6 @@ use crate::train::{train_member, Job, TrainConfig};
 /// Stage name in metrics and lineage.
 pub const STAGE: &str = "train-rm-lora";
 
-/// The default LoRA targets: the attention projections of the architecture (GPT-2:
-/// the fused q/k/v `c_attn`, PEFT's default; its `c_proj` name is shared with the MLP).
 /// The checkpoint folder of an output folder: `OUT.checkpoint` beside it.
 pub fn checkpoint_root(out: &Path) -> PathBuf {
     let name = out
@@ -138,7 +136,8 @@ fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value
         "member": member,
         "seed": cli.global.seed,
         "full": cli.full,
-        "lora": format!("{:?}", cli.lora),
+        // the resolved values: `--lora-rank 8` and no flag are the same adapter
+        "lora": cli.lora.resolve().ok(),
         "optim": format!("{:?}", cli.optim),
         "steps": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum],
         "eval_every": cli.eval_every,
