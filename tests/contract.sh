@@ -234,11 +234,11 @@ ppo=("$BIN/ppo-update" --no-progress --threads 2 --model "$sft" --adapter "$run/
 "${ppo[@]}" -q --out "$tmp/ppo-whole" >/dev/null
 "${ppo[@]}" -q --checkpoint-every 1 --out "$tmp/ppo-term" >/dev/null 2>"$tmp/ppo-term.err" &
 pid=$!
-for _ in $(seq 400); do [ -e "$tmp/.ppo-term.checkpoint" ] && break; sleep 0.05; done
+for _ in $(seq 400); do [ -e "$tmp/ppo-term.checkpoint" ] && break; sleep 0.05; done
 kill -TERM $pid
 code=0; wait $pid || code=$?
 check "ppo-update stopped by SIGTERM exits 143 (got $code)" [ "$code" = 143 ]
-check "... after writing its checkpoint" [ -f "$tmp/.ppo-term.checkpoint/checkpoint.json" ]
+check "... after writing its checkpoint" [ -f "$tmp/ppo-term.checkpoint/checkpoint.json" ]
 check "... and leaves no temporary" no_temporaries "$tmp"
 "${ppo[@]}" -q --resume --out "$tmp/ppo-term" >/dev/null
 check "the resumed policy is byte-identical to an uninterrupted run" \
@@ -283,7 +283,7 @@ PYEOF
 preempt train-rm-lora "$tmp/rm-term.checkpoint/*/checkpoint.json" "$tmp/rm-term" "$tmp/rm-whole" -- \
   "$BIN/train-rm-lora" --no-progress --threads 2 --model "$sft" --preferences "$run/data/preferences.parquet" \
   --lora-rank 4 --lora-alpha 8 --batch-size 4 --epochs 8 --max-steps 48 --learning-rate 1e-3
-preempt train-sft "$tmp/sft-term.ckpt/checkpoint.json" "$tmp/sft-term" "$tmp/sft-whole" -- \
+preempt train-sft "$tmp/sft-term.checkpoint/checkpoint.json" "$tmp/sft-term" "$tmp/sft-whole" -- \
   "$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data "$run/data/sft.parquet" \
   --batch-size 4 --max-steps 24 --learning-rate 1e-3
 
@@ -294,7 +294,7 @@ sft_cmd=("$BIN/train-sft" --no-progress --threads 2 --model "$run/model" --data 
 expect 1 "train-sft --stop-after-steps 2" -- "${sft_cmd[@]}" --learning-rate 1e-3 --checkpoint-every 2 --stop-after-steps 2 --out "$tmp/sft-other"
 says "rerun the same command to continue"
 check "train-sft --stop-after-steps leaves a checkpoint and no output" \
-  [ -f "$tmp/sft-other.ckpt/checkpoint.json" -a ! -e "$tmp/sft-other" ]
+  [ -f "$tmp/sft-other.checkpoint/checkpoint.json" -a ! -e "$tmp/sft-other" ]
 expect 1 "train-rm-lora --stop-after-steps 2" -- "$BIN/train-rm-lora" --no-progress --threads 2 --model "$sft" \
   --preferences "$run/data/preferences.parquet" --lora-rank 4 --max-steps 6 --stop-after-steps 2 --out "$tmp/rm-stop"
 check "train-rm-lora --stop-after-steps leaves a checkpoint" \

@@ -128,10 +128,6 @@ fn dims(preset: Preset) -> (i64, i64, i64, i64, i64, i64) {
     }
 }
 
-fn usage(message: String) -> CoreError {
-    CoreError::Usage(message)
-}
-
 impl Settings {
     /// Validates the command line and builds the model configuration.
     pub fn from_cli(cli: &Cli) -> Result<Settings, CoreError> {
@@ -140,7 +136,7 @@ impl Settings {
             &[("--text-file", &cli.text_file)],
         )?;
         if cli.vocab_size < bpe::MIN_VOCAB {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--vocab-size {} is too small: a byte-level BPE needs 256 byte symbols + 3 special tokens + merges (at least {})",
                 cli.vocab_size,
                 bpe::MIN_VOCAB
@@ -153,13 +149,13 @@ impl Settings {
             .filter(|c| !c.is_empty())
             .collect();
         if columns.is_empty() {
-            return Err(usage("give at least one --text-column".into()));
+            return Err(CoreError::usage("give at least one --text-column"));
         }
         let template = match cli.arch {
             ArchArg::Llama => "llama-tiny",
             ArchArg::Gpt2 => "gpt2-tiny",
         };
-        let mut cfg = ModelConfig::preset(template).map_err(|e| usage(e.to_string()))?;
+        let mut cfg = ModelConfig::preset(template).map_err(|e| CoreError::usage(e.to_string()))?;
         let (hidden, inter_llama, inter_gpt2, layers, heads, kv) = dims(cli.preset);
         let gpt2 = cfg.arch == Arch::Gpt2;
         cfg.hidden_size = cli.hidden_size.unwrap_or(hidden);
@@ -170,9 +166,8 @@ impl Settings {
                 .unwrap_or(if gpt2 { inter_gpt2 } else { inter_llama });
         if gpt2 {
             if cli.num_kv_heads.is_some_and(|k| k != cfg.num_heads) {
-                return Err(usage(
-                    "--num-kv-heads is for --arch llama (GPT-2 has one key/value head per head)"
-                        .into(),
+                return Err(CoreError::usage(
+                    "--num-kv-heads is for --arch llama (GPT-2 has one key/value head per head)",
                 ));
             }
             cfg.num_kv_heads = cfg.num_heads;
@@ -188,24 +183,26 @@ impl Settings {
             ("--max-position", cli.max_position),
         ] {
             if v < 1 {
-                return Err(usage(format!("{flag} must be at least 1, got {v}")));
+                return Err(CoreError::usage(format!(
+                    "{flag} must be at least 1, got {v}"
+                )));
             }
         }
         if cfg.hidden_size % cfg.num_heads != 0 {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--num-heads {} must divide --hidden-size {}",
                 cfg.num_heads, cfg.hidden_size
             )));
         }
         if cfg.num_heads % cfg.num_kv_heads != 0 {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--num-kv-heads {} must divide --num-heads {}",
                 cfg.num_kv_heads, cfg.num_heads
             )));
         }
         cfg.head_dim = cfg.hidden_size / cfg.num_heads;
         if !gpt2 && cfg.head_dim % 2 != 0 {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "the head size (hidden {} / heads {} = {}) must be even for rotary positions",
                 cfg.hidden_size, cfg.num_heads, cfg.head_dim
             )));
@@ -216,7 +213,7 @@ impl Settings {
         cfg.eos_token_ids = vec![bpe::EOS_ID as i64];
         cfg.pad_token_id = Some(bpe::PAD_ID as i64);
         cfg.validate(std::path::Path::new("<arguments>"))
-            .map_err(|e| usage(e.to_string()))?;
+            .map_err(|e| CoreError::usage(e.to_string()))?;
         Ok(Settings {
             text_file: cli.text_file.clone(),
             text_columns: columns,

@@ -214,7 +214,7 @@ pub struct Cli {
     #[command(flatten)]
     pub optim: OptimArgs,
 
-    /// Checkpoints go to .OUT.checkpoint/ beside --out; a rerun of the same command
+    /// Checkpoints go to OUT.checkpoint/ beside --out; a rerun of the same command
     /// resumes from them.
     #[command(flatten)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rlhf_algo::optim::{AdamW, AdamWConfig};
+use rlhf_algo::step_loop::StepLoop;
 use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::metrics::MetricsLog;
@@ -21,7 +22,7 @@ use crate::settings::Settings;
 use crate::state::{
     TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
 };
-use crate::update::{restore_checkpoint, train, LoopState, Optimizers};
+use crate::update::{schedule_minibatches, Optimizers, Update};
 
 /// Name of this stage in metrics and lineage.
 pub const STAGE: &str = "ppo-update";
@@ -175,39 +176,48 @@ pub fn run(s: &Settings) -> Result<Summary> {
             .insert("tuning".into(), serde_json::json!("full"));
     }
     let input_hashes: Vec<String> = lineage.inputs.iter().map(|i| i.blake3.clone()).collect();
-    let fingerprint = rlhf_core::hash::content_id(&[
-        &s.fingerprint(),
-        &input_hashes.join(","),
-        &base_id,
-        ref_id.as_deref().unwrap_or(""),
-    ]);
+    let fingerprint = serde_json::json!({
+        "settings": s.fingerprint(),
+        "inputs": input_hashes,
+        "base_id": base_id,
+        "ref_id": ref_id,
+    });
 
     let prep = prepare(&models, &data.examples, s, beta, sampled_by_this_policy)?;
-    let mut st = LoopState {
-        base_step,
-        done: 0,
-        metrics: MetricsLog::new(STAGE, iteration),
-        record_timings: s.record_timings,
-        beta,
+    let minibatches = schedule_minibatches(data.examples.len(), s, iteration);
+    let steps_loop = StepLoop {
+        stage: STAGE,
         iteration,
+        label: "updating policy",
+        dir: s.checkpoint_dir(),
+        out: &s.out,
+        args: &s.checkpoint,
+        seed: s.seed,
         fingerprint,
+        total_steps: minibatches.len() as u64,
+        offset: base_step,
+        micro_batches_per_step: 1,
+        eval_every: 0,
+        schedule: &s.schedule,
     };
-    if s.resume.tries()
-        && !restore_checkpoint(&models, &mut opt, &mut st, s)?
-        && s.resume == rlhf_algo::checkpoint::ResumeMode::Require
-    {
-        tracing::info!(
-            "--resume: no checkpoint at {}; starting from the beginning",
-            s.checkpoint_dir().display()
-        );
-    }
-    train(&models, &data.examples, &prep, s, &mut opt, &mut st)?;
-    let steps = st.done;
+    let mut update = Update {
+        models: &models,
+        examples: &data.examples,
+        prep: &prep,
+        s,
+        opt: &mut opt,
+        minibatches,
+        base_step,
+        beta,
+    };
+    let finished = steps_loop.run(&mut update, MetricsLog::new(STAGE, iteration))?;
+    let mut metrics = finished.metrics;
+    let steps = finished.steps;
     let end_step = (base_step + steps) as i64;
 
     // iteration-level metrics, recorded at the iteration's last step
     let next_beta = kl.update(prep.kl_seq_mean, data.examples.len() as u64);
-    let m = &mut st.metrics;
+    let m = &mut metrics;
     for (name, v) in &prep.metrics {
         m.push(end_step, &format!("iter/{name}"), *v);
     }
@@ -262,13 +272,9 @@ pub fn run(s: &Settings) -> Result<Summary> {
         adamw: s.adamw,
     }
     .write(out.path())?;
-    st.metrics.write(&out.path().join(METRICS_FILE), &lineage)?;
+    metrics.write(&out.path().join(METRICS_FILE), &lineage)?;
     out.commit()?;
-    let ck = s.checkpoint_dir();
-    if ck.exists() {
-        std::fs::remove_dir_all(&ck)
-            .with_context(|| format!("removing checkpoint {}", ck.display()))?;
-    }
+    rlhf_algo::step_loop::remove_checkpoint(&s.checkpoint_dir(), &s.checkpoint)?;
     let metric = |name: &str| {
         prep.metrics
             .iter()

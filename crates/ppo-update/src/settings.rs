@@ -61,21 +61,19 @@ pub struct Settings {
     pub recompute_ref: bool,
     pub recompute_old_logprobs: bool,
     pub tis_cap: f64,
-    pub checkpoint_every: u64,
-    pub checkpoint_minutes: f64,
-    pub resume: rlhf_algo::checkpoint::ResumeMode,
-    pub stop_after_steps: Option<u64>,
+    /// The shared checkpoint flags (not part of the fingerprint).
+    #[serde(skip)]
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
+    #[serde(skip)]
     pub record_timings: bool,
     pub seed: u64,
 }
 
-fn usage(msg: String) -> anyhow::Error {
-    anyhow::Error::new(CoreError::Usage(msg))
-}
-
 fn check_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
     if !(v >= lo && v <= hi) {
-        return Err(usage(format!("{name} must be in [{lo}, {hi}], got {v}")));
+        anyhow::bail!(CoreError::usage(format!(
+            "{name} must be in [{lo}, {hi}], got {v}"
+        )));
     }
     Ok(())
 }
@@ -128,12 +126,12 @@ impl Settings {
         }
         if cli.full && cli.ref_model.is_none() {
             // clap enforces this for the binary; kept for callers building a Cli by hand
-            return Err(usage(
-                "--full needs --ref-model (the frozen reference policy)".into(),
+            anyhow::bail!(CoreError::usage(
+                "--full needs --ref-model (the frozen reference policy)",
             ));
         }
         if cli.full && cli.model.model == cli.out {
-            return Err(usage("--out must differ from --model (the input policy is read while the output is written)".into()));
+            anyhow::bail!(CoreError::usage("--out must differ from --model (the input policy is read while the output is written)"));
         }
         for (flag, dir) in [
             ("--adapter", &cli.adapter),
@@ -151,15 +149,15 @@ impl Settings {
             }
         }
         if cli.adapter.as_deref() == Some(cli.out.as_path()) {
-            return Err(usage("--out must differ from --adapter (the input adapter is read while the output is written)".into()));
+            anyhow::bail!(CoreError::usage("--out must differ from --adapter (the input adapter is read while the output is written)"));
         }
         if cli.epochs == 0 || cli.minibatch_size == 0 || cli.micro_batch_size == 0 {
-            return Err(usage(
-                "--epochs, --minibatch-size and --micro-batch-size must be at least 1".into(),
+            anyhow::bail!(CoreError::usage(
+                "--epochs, --minibatch-size and --micro-batch-size must be at least 1",
             ));
         }
         if !cli.minibatch_size.is_multiple_of(cli.micro_batch_size) {
-            return Err(usage(format!(
+            anyhow::bail!(CoreError::usage(format!(
                 "--minibatch-size ({}) must be a multiple of --micro-batch-size ({})",
                 cli.minibatch_size, cli.micro_batch_size
             )));
@@ -192,7 +190,7 @@ impl Settings {
             final_fraction: o.final_lr_fraction,
         };
         schedule.validate().map_err(|e| {
-            usage(format!(
+            CoreError::usage(format!(
                 "{e} (--lr-schedule, --warmup-steps, --total-steps)"
             ))
         })?;
@@ -200,22 +198,22 @@ impl Settings {
             Some(t) => KlController::adaptive(cli.kl_coef, t, cli.kl_horizon),
             None => KlController::fixed(cli.kl_coef),
         }
-        .map_err(|e| usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
+        .map_err(|e| CoreError::usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
         let lora = cli.lora.resolve()?;
         if cli.full && cli.lora.given() && !cli.algo.has_critic() {
-            return Err(usage(format!(
+            anyhow::bail!(CoreError::usage(format!(
                 "--full --algo {} trains no LoRA adapter (the policy is fully tuned, and there is no critic); drop the --lora-* flags",
                 cli.algo.name()
             )));
         }
         if !cli.algo.has_critic() && (cli.critic.is_some() || cli.critic_init.is_some()) {
-            return Err(usage(format!(
+            anyhow::bail!(CoreError::usage(format!(
                 "--algo {} trains no critic; drop --critic/--critic-init",
                 cli.algo.name()
             )));
         }
         if cli.reward_column.is_empty() {
-            return Err(usage("--reward-column must not be empty".into()));
+            anyhow::bail!(CoreError::usage("--reward-column must not be empty"));
         }
         let whiten_advantages = cli
             .whiten_advantages
@@ -257,10 +255,7 @@ impl Settings {
             recompute_ref: cli.recompute_ref,
             recompute_old_logprobs: cli.recompute_old_logprobs,
             tis_cap: cli.tis_cap,
-            checkpoint_every: cli.checkpoint.checkpoint_every,
-            checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
-            resume: cli.checkpoint.mode(),
-            stop_after_steps: cli.checkpoint.stop_after_steps,
+            checkpoint: cli.checkpoint.clone(),
             record_timings: cli.record_timings,
             seed: cli.global.seed,
         })
@@ -276,37 +271,17 @@ impl Settings {
         }
     }
 
-    /// The checkpoint folder of an interrupted run: a hidden sibling of --out.
+    /// The checkpoint folder of an interrupted run: `OUT.checkpoint` beside --out.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        let name = self
-            .out
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "policy".into());
-        let sibling = format!(".{name}.checkpoint");
-        match self.out.parent() {
-            Some(p) => p.join(sibling),
-            None => PathBuf::from(sibling),
-        }
+        rlhf_algo::step_loop::checkpoint_dir_for(&self.out)
     }
 
     /// What must be identical for a checkpoint to be resumed: every setting that affects
-    /// the result (not the resume mode, --stop-after-steps or the checkpoint schedule).
-    pub fn fingerprint(&self) -> String {
+    /// the result (not the checkpoint flags or --record-timings), as a JSON object.
+    pub fn fingerprint(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            for k in [
-                "resume",
-                "stop_after_steps",
-                "checkpoint_every",
-                "checkpoint_minutes",
-                "record_timings",
-            ] {
-                o.remove(k);
-            }
-        }
         v.as_object_mut()
             .map(|o| o.insert("dtype".into(), format!("{:?}", self.kind).into()));
-        rlhf_core::hash::content_id(&[&v.to_string()])
+        v
     }
 }

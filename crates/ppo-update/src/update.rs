@@ -1,17 +1,17 @@
 //! Phase 2 of an iteration: epochs over shuffled minibatches, each accumulated over
 //! micro-batches, one AdamW step per minibatch for the policy (its LoRA factors, or every
 //! weight with --full) and the critic, with gradient clipping, the learning-rate schedule,
-//! per-step metrics, NaN/inf checks and periodic checkpoints from which `--resume`
-//! continues to the same result.
+//! per-step metrics; rlhf-algo's step loop runs the steps (seeding, NaN/inf guard,
+//! checkpoints, resume, progress).
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use rlhf_algo::checkpoint::{self, CheckpointMeta};
+use anyhow::Result;
 use rlhf_algo::error::ensure_finite_named;
 use rlhf_algo::masked::{masked_mean, scalar};
 use rlhf_algo::optim::AdamW;
 use rlhf_algo::policy_loss::{clipped_value_loss, kl_loss, ppo_clipped_loss};
+use rlhf_algo::step_loop::{StepReport, Steps};
 use rlhf_core::metrics::MetricsLog;
 use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::scoring;
@@ -30,22 +30,19 @@ pub struct Optimizers {
     pub critic: Option<AdamW>,
 }
 
-/// Where the loop starts and what it has recorded so far.
-pub struct LoopState {
-    /// Optimiser steps taken before this iteration (schedule offset).
+/// One iteration's update, as rlhf-algo's step loop runs it: one step per minibatch.
+pub struct Update<'a> {
+    pub models: &'a Models,
+    pub examples: &'a [Example],
+    pub prep: &'a Prepared,
+    pub s: &'a Settings,
+    pub opt: &'a mut Optimizers,
+    /// The minibatches of the iteration, in order.
+    pub minibatches: Vec<Vec<usize>>,
+    /// Optimiser steps taken before this iteration (metrics are recorded at global steps).
     pub base_step: u64,
-    /// Minibatch steps of this iteration already done (non-zero after a resume).
-    pub done: u64,
-    /// Metrics recorded so far in this iteration.
-    pub metrics: MetricsLog,
-    /// Whether to record timings (tokens/s) in the metrics.
-    pub record_timings: bool,
     /// KL coefficient of this iteration.
     pub beta: f64,
-    /// Policy iteration number.
-    pub iteration: i32,
-    /// Identity of the run's inputs and settings (checked on resume).
-    pub fingerprint: String,
 }
 
 /// The minibatches of the whole iteration: for each epoch a seeded permutation cut into
@@ -53,13 +50,11 @@ pub struct LoopState {
 pub fn schedule_minibatches(n: usize, s: &Settings, iteration: i32) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     for epoch in 0..s.epochs {
-        let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng =
-            rlhf_nn::rng::rng_for(s.seed, &format!("ppo-update/order/{iteration}/{epoch}"));
-        for i in (1..n).rev() {
-            let j = (rlhf_nn::rng::uniform(&mut rng) * (i + 1) as f64) as usize;
-            idx.swap(i, j.min(i));
-        }
+        let idx = rlhf_core::rng::permutation(
+            n,
+            s.seed,
+            &format!("ppo-update/order/{iteration}/{epoch}"),
+        );
         out.extend(idx.chunks(s.minibatch_size).map(<[usize]>::to_vec));
     }
     out
@@ -95,129 +90,50 @@ fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> 
         .collect()
 }
 
-fn strip(prefix: &str, list: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let p = format!("{prefix}/");
-    list.iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix(&p)
-                .map(|s| (s.to_string(), t.shallow_clone()))
-        })
-        .collect()
-}
-
-/// Saves a checkpoint of the iteration after `done` minibatch steps.
-fn save_checkpoint(models: &Models, opt: &Optimizers, st: &LoopState, s: &Settings) -> Result<()> {
-    let mut meta = CheckpointMeta::new(st.done, st.done, s.seed);
-    let rows: Vec<serde_json::Value> = st
-        .metrics
-        .rows
-        .iter()
-        .map(|r| serde_json::json!([r.step, r.metric, r.value.to_bits()]))
-        .collect();
-    meta.extra = serde_json::json!({ "fingerprint": st.fingerprint, "metrics": rows });
-    let mut optim = prefixed(POLICY, opt.policy.state());
-    if let Some(c) = &opt.critic {
-        optim.extend(prefixed(CRITIC, c.state()));
-    }
-    let dir = s.checkpoint_dir();
-    checkpoint::save(
-        &dir,
-        &meta,
-        &trainable(models, opt.critic.is_some())?,
-        &optim,
-    )
-    .with_context(|| format!("writing checkpoint {}", dir.display()))?;
-    tracing::info!(step = st.done, dir = %dir.display(), "checkpoint saved");
-    Ok(())
-}
-
-/// Restores a checkpoint into the model, optimisers and loop state; false when none exists.
-pub fn restore_checkpoint(
-    models: &Models,
-    opt: &mut Optimizers,
-    st: &mut LoopState,
-    s: &Settings,
-) -> Result<bool> {
-    let fingerprint = st.fingerprint.clone();
-    let dir = s.checkpoint_dir();
-    if !checkpoint::exists(&dir) {
-        return Ok(false);
-    }
-    let ck = checkpoint::load(&dir)?;
-    let found = ck
-        .meta
-        .extra
-        .get("fingerprint")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    if found != fingerprint.as_str() {
-        s.resume
-            .on_mismatch(anyhow::Error::new(rlhf_core::CoreError::Mismatch {
-                what: "checkpoint",
-                left_name: dir.display().to_string(),
-                left: format!("run fingerprint {found}"),
-                right_name: "this command".into(),
-                right: format!("run fingerprint {fingerprint}"),
-                hint: "resume with the same inputs, flags and seed, or --no-resume to start over"
-                    .into(),
-            }))?;
-        return Ok(false);
-    }
-    checkpoint::restore_into(&trainable(models, opt.critic.is_some())?, &ck.tensors)?;
-    opt.policy.load_state(&strip(POLICY, &ck.optimizer))?;
-    if let Some(c) = opt.critic.as_mut() {
-        c.load_state(&strip(CRITIC, &ck.optimizer))?;
-    }
-    st.done = ck.meta.step;
-    st.metrics.rows.clear();
-    if let Some(rows) = ck.meta.extra.get("metrics").and_then(|v| v.as_array()) {
-        for r in rows {
-            let (Some(step), Some(name), Some(value)) = (
-                r[0].as_i64(),
-                r[1].as_str(),
-                r[2].as_u64().map(f64::from_bits),
-            ) else {
-                bail!("checkpoint {}: malformed metrics entry {r}", dir.display());
-            };
-            st.metrics.push(step, name, value);
-        }
-    }
-    tracing::info!(step = st.done, dir = %dir.display(), "resuming from checkpoint");
-    Ok(true)
-}
-
 /// The rows `idx` of a ragged per-rollout vector.
 fn pick<'a>(v: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
     idx.iter().map(|&i| v[i].as_slice()).collect()
 }
 
-/// Runs every minibatch step not yet done.
-pub fn train(
-    models: &Models,
-    examples: &[Example],
-    prep: &Prepared,
-    s: &Settings,
-    opt: &mut Optimizers,
-    st: &mut LoopState,
-) -> Result<()> {
-    // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-    let mut clock = checkpoint::CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes)
-        .with_stop_after(s.stop_after_steps);
-    let (beta, iteration) = (st.beta, st.iteration);
-    let minibatches = schedule_minibatches(examples.len(), s, iteration);
-    let total = minibatches.len() as u64;
-    let device = models.device();
-    let bar = rlhf_core::progress::bar(total, "updating policy");
-    bar.set_position(st.done);
-    for (k, mb) in minibatches.iter().enumerate().skip(st.done as usize) {
-        let k = k as u64;
-        let step = st.base_step + k;
+impl Steps for Update<'_> {
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        trainable(self.models, self.opt.critic.is_some())
+    }
+
+    fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        let mut state = prefixed(POLICY, self.opt.policy.state());
+        if let Some(c) = &self.opt.critic {
+            state.extend(prefixed(CRITIC, c.state()));
+        }
+        state
+    }
+
+    fn load_optimizer_state(&mut self, saved: &[(String, Tensor)]) -> Result<()> {
+        let part = |prefix: &str| -> Vec<(String, Tensor)> {
+            let p = format!("{prefix}/");
+            saved
+                .iter()
+                .filter_map(|(n, t)| {
+                    n.strip_prefix(&p)
+                        .map(|rest| (rest.to_string(), t.shallow_clone()))
+                })
+                .collect()
+        };
+        self.opt.policy.load_state(&part(POLICY))?;
+        if let Some(c) = self.opt.critic.as_mut() {
+            c.load_state(&part(CRITIC))?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, k: u64, lr: f64, metrics: &mut MetricsLog) -> Result<StepReport> {
+        let (models, examples, prep, s) = (self.models, self.examples, self.prep, self.s);
+        let opt = &mut *self.opt;
+        let beta = self.beta;
+        let mb = &self.minibatches[k as usize];
+        let step = self.base_step + k;
+        let device = models.device();
         let started = Instant::now();
-        // dropout masks depend only on the seed and the step, so a resumed run matches
-        tch::manual_seed(
-            (rlhf_core::hash::unit_interval(&format!("{}/{iteration}/{k}", s.seed))
-                * i64::MAX as f64) as i64,
-        );
         let mb_tokens: usize = mb.iter().map(|&i| examples[i].response_tokens.len()).sum();
         let mut sums = StepSums::default();
         opt.policy.zero_grad();
@@ -307,9 +223,7 @@ pub fn train(
                 sums.value_clip_frac += vl.clip_frac * vweight;
             }
         }
-        let lr = s.schedule.lr_at(step);
         let gn = opt.policy.clip_grad_norm(s.max_grad_norm);
-        ensure_finite_named("policy gradient norm", gn, step)?;
         opt.policy.step(lr);
         let mut critic_gn = None;
         if let Some(c) = opt.critic.as_mut() {
@@ -325,7 +239,7 @@ pub fn train(
         }
         let secs = started.elapsed().as_secs_f64();
         let t = sums.tokens.max(1.0);
-        let m = &mut st.metrics;
+        let m = metrics;
         let at = (step + 1) as i64;
         m.push(at, "train/policy_loss", sums.policy_loss / t);
         m.push(at, "train/entropy", sums.entropy / t);
@@ -341,7 +255,7 @@ pub fn train(
             m.push(at, "train/value_clip_frac", sums.value_clip_frac);
             m.push(at, "train/critic_grad_norm", g);
         }
-        if st.record_timings {
+        if s.record_timings {
             m.push(at, "run/tokens_per_s", mb_tokens as f64 / secs.max(1e-9));
             m.push(at, "run/seconds_per_step", secs);
         }
@@ -353,26 +267,10 @@ pub fn train(
             tokens_per_s = mb_tokens as f64 / secs.max(1e-9),
             "step"
         );
-        st.done = k + 1;
-        bar.inc(1);
-        match clock.after_step(st.done, total) {
-            checkpoint::Due::No => {}
-            checkpoint::Due::Save => {
-                save_checkpoint(models, opt, st, s)?;
-                clock.saved();
-            }
-            checkpoint::Due::SaveAndStop(stop) => {
-                save_checkpoint(models, opt, st, s)?;
-                bar.finish_and_clear();
-                return Err(checkpoint::stopped(
-                    stop,
-                    st.done,
-                    total,
-                    &s.checkpoint_dir(),
-                ));
-            }
-        }
+        Ok(StepReport {
+            loss: sums.policy_loss / t,
+            grad_norm: gn,
+            tokens: mb_tokens as u64,
+        })
     }
-    bar.finish_and_clear();
-    Ok(())
 }

@@ -64,14 +64,14 @@ fn resume_after_a_kill_equals_an_uninterrupted_run() {
         "a killed run must not leave an output folder"
     );
     assert!(w
-        .path(".resumed.checkpoint")
+        .path("resumed.checkpoint")
         .join("checkpoint.json")
         .is_file());
     b.retain(|x| x != "--stop-after-steps" && x != "5");
     b.push("--resume".into());
     run(&b.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     assert!(
-        !w.path(".resumed.checkpoint").exists(),
+        !w.path("resumed.checkpoint").exists(),
         "checkpoint removed after success"
     );
 

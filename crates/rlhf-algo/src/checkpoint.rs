@@ -73,6 +73,9 @@ pub struct CheckpointArgs {
     /// output for success); the same command run again continues from the checkpoint.
     #[arg(long, value_name = "N")]
     pub stop_after_steps: Option<u64>,
+    /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
+    #[arg(long)]
+    pub keep_checkpoint: bool,
 }
 
 impl CheckpointArgs {
@@ -435,6 +438,7 @@ mod tests {
             resume,
             no_resume,
             stop_after_steps: None,
+            keep_checkpoint: false,
         };
         assert_eq!(args(false, false).mode(), ResumeMode::Auto);
         assert_eq!(args(true, false).mode(), ResumeMode::Require);

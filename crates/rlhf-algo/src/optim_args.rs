@@ -9,6 +9,7 @@
 
 use crate::optim::AdamWConfig;
 use crate::schedule::ScheduleKind;
+use rlhf_core::CoreError;
 
 /// AdamW, learning-rate schedule and gradient clipping.
 ///
@@ -54,33 +55,29 @@ pub struct OptimArgs {
     pub adam_eps: f64,
 }
 
-fn usage(m: String) -> rlhf_core::CoreError {
-    rlhf_core::CoreError::Usage(m)
-}
-
 impl OptimArgs {
     /// Checks every value; the error names the flag (a usage error, exit 2).
     pub fn validate(&self) -> Result<(), rlhf_core::CoreError> {
         if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--learning-rate must be a number >= 0 (0: the weights stay as they are), got {}",
                 self.learning_rate
             )));
         }
         if !(0.0..=1.0).contains(&self.final_lr_fraction) {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--final-lr-fraction must be in [0, 1], got {}",
                 self.final_lr_fraction
             )));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--weight-decay must be a number >= 0, got {}",
                 self.weight_decay
             )));
         }
         if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--max-grad-norm must be >= 0 (0: no clipping), got {}",
                 self.max_grad_norm
             )));
@@ -90,11 +87,13 @@ impl OptimArgs {
             ("--adam-beta2", self.adam_beta2),
         ] {
             if !(0.0..1.0).contains(&v) {
-                return Err(usage(format!("{flag} must be in [0, 1), got {v}")));
+                return Err(CoreError::usage(format!(
+                    "{flag} must be in [0, 1), got {v}"
+                )));
             }
         }
         if !(self.adam_eps > 0.0 && self.adam_eps.is_finite()) {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--adam-eps must be a number > 0, got {}",
                 self.adam_eps
             )));

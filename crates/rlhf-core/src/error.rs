@@ -66,6 +66,11 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// A usage error (exit 2): a bad flag value or combination found after parsing.
+    pub fn usage(message: impl Into<String>) -> Self {
+        CoreError::Usage(message.into())
+    }
+
     /// Wraps an io::Error with the action and the path it concerns.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CoreError::Io {

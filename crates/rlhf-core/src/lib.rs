@@ -17,6 +17,7 @@ pub mod paths;
 pub mod progress;
 pub mod records;
 pub mod resources;
+pub mod rng;
 pub mod schema;
 pub mod shard;
 pub mod signals;

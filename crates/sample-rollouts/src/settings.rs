@@ -112,10 +112,6 @@ pub struct Settings {
     pub seed: u64,
 }
 
-fn usage(message: String) -> anyhow::Error {
-    CoreError::Usage(message).into()
-}
-
 /// Checks that a model folder looks like one before anything is loaded.
 pub fn check_model_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
@@ -180,31 +176,31 @@ impl Settings {
         }
         rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         if cli.samples_per_prompt == 0 {
-            bail!(usage("--samples-per-prompt must be at least 1".into()));
+            bail!(CoreError::usage("--samples-per-prompt must be at least 1"));
         }
         if cli.max_new_tokens == 0 {
-            bail!(usage("--max-new-tokens must be at least 1".into()));
+            bail!(CoreError::usage("--max-new-tokens must be at least 1"));
         }
         if !cli.temperature.is_finite() || cli.temperature < 0.0 {
-            bail!(usage(format!(
+            bail!(CoreError::usage(format!(
                 "--temperature {} must be a finite number >= 0 (0 = greedy)",
                 cli.temperature
             )));
         }
         if !(cli.top_p > 0.0 && cli.top_p <= 1.0) {
-            bail!(usage(format!(
+            bail!(CoreError::usage(format!(
                 "--top-p {} must be in (0, 1] (1 = off)",
                 cli.top_p
             )));
         }
         if cli.batch_size == 0 {
-            bail!(usage("--batch-size must be at least 1".into()));
+            bail!(CoreError::usage("--batch-size must be at least 1"));
         }
         if cli.max_prompts == Some(0) {
-            bail!(usage("--max-prompts must be at least 1".into()));
+            bail!(CoreError::usage("--max-prompts must be at least 1"));
         }
         if let Some(s) = cli.stop.iter().find(|s| s.is_empty()) {
-            bail!(usage(format!(
+            bail!(CoreError::usage(format!(
                 "--stop `{s}`: stop strings must not be empty"
             )));
         }

@@ -120,16 +120,12 @@ pub struct Settings {
     pub shard: Shard,
 }
 
-fn usage(message: String) -> anyhow::Error {
-    CoreError::Usage(message).into()
-}
-
 /// Splits `DIR[:W]`: the part after the last `:` is a weight only when it parses as one.
 pub fn split_weight(spec: &str) -> Result<(PathBuf, Option<f32>)> {
     if let Some((dir, w)) = spec.rsplit_once(':') {
         if let Ok(weight) = w.trim().parse::<f32>() {
             if !weight.is_finite() {
-                bail!(usage(format!(
+                bail!(CoreError::usage(format!(
                     "--reward-model `{spec}`: weight must be finite"
                 )));
             }
@@ -184,11 +180,11 @@ impl Settings {
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
         let shard = cli.shard.resolve()?;
         if cli.batch_size == 0 {
-            bail!(usage("--batch-size must be at least 1".into()));
+            bail!(CoreError::usage("--batch-size must be at least 1"));
         }
         if !cli.eos_penalty.is_finite() || !cli.rm_std_penalty.is_finite() {
-            bail!(usage(
-                "--eos-penalty and --rm-std-penalty must be finite".into()
+            bail!(CoreError::usage(
+                "--eos-penalty and --rm-std-penalty must be finite"
             ));
         }
         let rules = cli
@@ -205,7 +201,7 @@ impl Settings {
         }
         let explicit = members.iter().filter(|m| m.1.is_some()).count();
         if members.len() > 1 && explicit != 0 && explicit != members.len() {
-            bail!(usage(format!(
+            bail!(CoreError::usage(format!(
                 "{} reward models but {explicit} weights: give a weight to every --reward-model or to none",
                 members.len()
             )));
@@ -225,14 +221,14 @@ impl Settings {
             })
             .collect();
         if rules.is_empty() && reward_models.is_empty() {
-            bail!(usage(
-                "nothing to score: give at least one --reward-model or --rule".into()
+            bail!(CoreError::usage(
+                "nothing to score: give at least one --reward-model or --rule"
             ));
         }
         let mut names: Vec<&str> = reward_models.iter().map(|m| m.column.as_str()).collect();
         for r in &rules {
             if RESERVED.contains(&r.name.as_str()) || names.contains(&r.name.as_str()) {
-                bail!(usage(format!(
+                bail!(CoreError::usage(format!(
                     "two reward sources would write column `{}`; add ,name=OTHER to the rule",
                     r.name
                 )));
@@ -240,14 +236,14 @@ impl Settings {
             names.push(&r.name);
         }
         if n < 2 && cli.rm_std_penalty != 0.0 {
-            bail!(usage(
-                "--rm-std-penalty needs an ensemble (two or more reward models)".into()
+            bail!(CoreError::usage(
+                "--rm-std-penalty needs an ensemble (two or more reward models)"
             ));
         }
         let model_dir = match (&cli.model, n) {
             (None, 0) => None,
-            (None, _) => bail!(usage(
-                "--reward-model needs --model, the base model folder the adapters sit on".into()
+            (None, _) => bail!(CoreError::usage(
+                "--reward-model needs --model, the base model folder the adapters sit on"
             )),
             (Some(m), 0) => {
                 tracing::warn!("--model {} is not used without --reward-model", m.display());

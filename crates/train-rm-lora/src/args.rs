@@ -145,10 +145,6 @@ pub struct Cli {
     /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
     #[command(flatten)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
-
-    /// Keep OUT.checkpoint/ after a successful run (it is removed by default).
-    #[arg(long)]
-    pub keep_checkpoint: bool,
 }
 
 fn number(s: &str) -> Result<f64, String> {

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rlhf_core::hash::unit_interval;
+use rlhf_core::rng::permutation;
 
 use crate::data::Examples;
 
@@ -95,15 +96,6 @@ fn group_len(ex: &Examples, g: &Group) -> usize {
     }
 }
 
-/// A seeded permutation of 0..n (sort by a hash of (key, index)).
-pub fn permutation(n: usize, key: &str) -> Vec<usize> {
-    let mut idx: Vec<(f64, usize)> = (0..n)
-        .map(|i| (unit_interval(&format!("{key}:{i}")), i))
-        .collect();
-    idx.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    idx.into_iter().map(|x| x.1).collect()
-}
-
 /// Packs groups, in order, into batches of at most `batch_size` examples (a group larger
 /// than that gets a batch of its own).
 fn pack(ex: &Examples, order: &[&Group], batch_size: usize) -> Vec<Batch> {
@@ -168,10 +160,11 @@ pub fn epoch_batches(
     seed: u64,
     epoch: usize,
 ) -> Vec<Batch> {
-    let shuffled: Vec<&Group> = permutation(groups.len(), &format!("groups:{seed}:{epoch}"))
-        .into_iter()
-        .map(|i| &groups[i])
-        .collect();
+    let shuffled: Vec<&Group> =
+        permutation(groups.len(), seed, &format!("train-rm-lora/groups/{epoch}"))
+            .into_iter()
+            .map(|i| &groups[i])
+            .collect();
     let window = batch_size.max(1) * 50;
     let mut batches = Vec::new();
     for chunk in shuffled.chunks(window) {
@@ -179,10 +172,14 @@ pub fn epoch_batches(
         sorted.sort_by_key(|g| group_len(ex, g));
         batches.extend(pack(ex, &sorted, batch_size));
     }
-    permutation(batches.len(), &format!("batches:{seed}:{epoch}"))
-        .into_iter()
-        .map(|i| batches[i].clone())
-        .collect()
+    permutation(
+        batches.len(),
+        seed,
+        &format!("train-rm-lora/batches/{epoch}"),
+    )
+    .into_iter()
+    .map(|i| batches[i].clone())
+    .collect()
 }
 
 /// Evaluation batches: every group once, sorted by length, no shuffling.
@@ -311,9 +308,5 @@ mod tests {
         assert_ne!(b0, b1);
         assert_eq!(b0, bootstrap(&gs, 3, 0));
         assert!(b0.iter().all(|g| gs.contains(g)));
-        let p = permutation(10, "k");
-        let mut s = p.clone();
-        s.sort();
-        assert_eq!(s, (0..10).collect::<Vec<_>>());
     }
 }

@@ -3,7 +3,7 @@
 //! (PEFT files, rlhf_state.json, metrics.parquet, lineage.json; ensemble.json and
 //! member-k/ folders with --ensemble N).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use rlhf_algo::checkpoint::ResumeMode;
@@ -27,15 +27,6 @@ use crate::train::{train_member, Job, TrainConfig};
 
 /// Stage name in metrics and lineage.
 pub const STAGE: &str = "train-rm-lora";
-
-/// The checkpoint folder of an output folder: `OUT.checkpoint` beside it.
-pub fn checkpoint_root(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "rm".into());
-    out.with_file_name(format!("{name}.checkpoint"))
-}
 
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
@@ -90,9 +81,6 @@ fn train_config(cli: &Cli) -> TrainConfig {
         warmup_steps: cli.optim.warmup_steps as usize,
         max_grad_norm: cli.optim.max_grad_norm,
         eval_every: cli.eval_every,
-        checkpoint_every: cli.checkpoint.checkpoint_every,
-        checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
-        stop_after_steps: cli.checkpoint.stop_after_steps,
         record_timings: cli.record_timings,
         seed: cli.global.seed,
         loss: LossConfig {
@@ -249,7 +237,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     };
     let cfg = train_config(cli);
     let pad_id = tokenizer.pad_id as i64;
-    let ck_root = checkpoint_root(&cli.out);
+    let ck_root = rlhf_algo::step_loop::checkpoint_dir_for(&cli.out);
     let out = AtomicDir::new(&cli.out)?;
     let all_groups = groups(&data.train);
     let mut all_metrics = MetricsLog::new(STAGE, 0);
@@ -297,7 +285,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             groups: member_groups,
             eval: &data.eval,
             checkpoint_dir: ck_root.join(&name),
-            resume: cli.checkpoint.mode(),
+            checkpoint: &cli.checkpoint,
+            out: &cli.out,
             member,
             fingerprint: member_fingerprint.clone(),
         };
@@ -373,10 +362,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         )?;
     }
     let path = out.commit()?;
-    if ck_root.exists() && !cli.keep_checkpoint {
-        std::fs::remove_dir_all(&ck_root)
-            .with_context(|| format!("removing {}", ck_root.display()))?;
-    }
+    rlhf_algo::step_loop::remove_checkpoint(&ck_root, &cli.checkpoint)?;
     info!(out = %path.display(), "reward model written");
     let mut out =
         rlhf_core::summary::StageSummary::new(STAGE, env!("CARGO_PKG_VERSION")).output(&path, None);

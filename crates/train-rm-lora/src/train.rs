@@ -1,17 +1,16 @@
-//! The training loop of one reward model (one ensemble member): length-bucketed
-//! micro-batches, gradient accumulation, clipping, AdamW with warmup and decay, periodic
-//! evaluation and checkpoints, resume, and a hard stop on a NaN/inf loss (the last good
-//! checkpoint stays in place).
+//! The training step of one reward model (one ensemble member): length-bucketed
+//! micro-batches, gradient accumulation, clipping, AdamW with warmup and decay. rlhf-algo's
+//! step loop runs the steps (seeding, NaN/inf guard, checkpoints, resume, evaluation,
+//! progress).
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rlhf_algo::checkpoint::{self, CheckpointClock, CheckpointMeta, Due, ResumeMode};
+use rlhf_algo::checkpoint::CheckpointArgs;
 use rlhf_algo::optim::{AdamW, AdamWConfig};
 use rlhf_algo::schedule::{Schedule, ScheduleKind};
+use rlhf_algo::step_loop::{StepLoop, StepReport, Steps};
 use rlhf_core::metrics::MetricsLog;
-use serde_json::json;
 use tch::{Kind, Tensor};
 use tracing::{info, warn};
 
@@ -35,10 +34,6 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     pub max_grad_norm: f64,
     pub eval_every: usize,
-    pub checkpoint_every: u64,
-    pub checkpoint_minutes: f64,
-    /// --stop-after-steps: stop after this many steps of this process (with a checkpoint).
-    pub stop_after_steps: Option<u64>,
     pub seed: u64,
     pub loss: LossConfig,
     pub ratings_weight: f64,
@@ -56,7 +51,10 @@ pub struct Job<'a> {
     pub eval: &'a Examples,
     /// Checkpoint folder (used when checkpointing or resuming).
     pub checkpoint_dir: PathBuf,
-    pub resume: ResumeMode,
+    /// The shared checkpoint flags.
+    pub checkpoint: &'a CheckpointArgs,
+    /// The output folder (named when a step fails).
+    pub out: &'a Path,
     /// Seed offset of the member (dropout and data order differ per member).
     pub member: usize,
     /// Everything that must match for a resume to be valid.
@@ -163,49 +161,80 @@ fn push_figures(log: &mut MetricsLog, step: i64, prefix: &str, loss: f64, c: &Co
     }
 }
 
-/// Metrics rows for a checkpoint: values as their f64 bit patterns, so a resumed run's
-/// metrics.parquet is byte-identical to an uninterrupted one's (JSON floats are not).
-fn rows_to_json(log: &MetricsLog) -> serde_json::Value {
-    json!(log
-        .rows
-        .iter()
-        .map(|r| json!([r.step, r.metric, r.value.to_bits()]))
-        .collect::<Vec<_>>())
+/// One member's training as the step loop runs it.
+struct MemberSteps<'a> {
+    rm: &'a RewardModel<'a>,
+    job: &'a Job<'a>,
+    opt: AdamW,
+    stream: Vec<Batch>,
 }
 
-fn rows_from_json(log: &mut MetricsLog, v: &serde_json::Value) -> Result<()> {
-    let rows = v
-        .as_array()
-        .context("checkpoint extra `metrics` is not a list")?;
-    for r in rows {
-        let (step, metric, bits) = (r[0].as_i64(), r[1].as_str(), r[2].as_u64());
-        match (step, metric, bits) {
-            (Some(s), Some(m), Some(b)) => log.push(s, m, f64::from_bits(b)),
-            _ => bail!("checkpoint extra `metrics` has a malformed row: {r}"),
-        }
+impl Steps for MemberSteps<'_> {
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.rm.trainable()
     }
-    Ok(())
-}
 
-fn save_checkpoint(
-    rm: &RewardModel,
-    job: &Job,
-    opt: &AdamW,
-    log: &MetricsLog,
-    done: u64,
-    seed: u64,
-) -> Result<()> {
-    let mut meta = CheckpointMeta::new(done, done * job.cfg.grad_accum as u64, seed);
-    meta.extra = json!({"fingerprint": job.fingerprint, "metrics": rows_to_json(log)});
-    checkpoint::save(&job.checkpoint_dir, &meta, &rm.trainable()?, &opt.state())?;
-    Ok(())
+    fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        self.opt.state()
+    }
+
+    fn load_optimizer_state(&mut self, saved: &[(String, Tensor)]) -> Result<()> {
+        Ok(self.opt.load_state(saved)?)
+    }
+
+    fn step(&mut self, step: u64, lr: f64, metrics: &mut MetricsLog) -> Result<StepReport> {
+        let (rm, job, cfg) = (self.rm, self.job, self.job.cfg);
+        let mut step_loss = 0.0;
+        let mut tokens = 0u64;
+        let mut collected = Collected::default();
+        for k in 0..cfg.grad_accum {
+            let m = step as usize * cfg.grad_accum + k;
+            let Some(batch) = self.stream.get(m) else {
+                break;
+            };
+            let (loss, c) = batch_loss(rm, job.train, batch, cfg, true)?;
+            let value = loss.double_value(&[]);
+            rlhf_algo::ensure_finite(value, step + 1)?;
+            (loss / cfg.grad_accum as f64).backward();
+            step_loss += value / cfg.grad_accum as f64;
+            tokens += batch
+                .seqs
+                .iter()
+                .map(|&i| job.train.seqs[i].len() as u64)
+                .sum::<u64>();
+            collected.extend(c);
+        }
+        let norm = if cfg.max_grad_norm > 0.0 {
+            self.opt.clip_grad_norm(cfg.max_grad_norm)
+        } else {
+            self.opt.grad_norm()
+        };
+        rlhf_algo::error::ensure_finite_named("gradient norm", norm, step + 1)?;
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        let done = step as i64 + 1;
+        push_figures(metrics, done, "train", step_loss, &collected);
+        metrics.push(done, "train/lr", lr);
+        metrics.push(done, "train/grad_norm", norm);
+        Ok(StepReport {
+            loss: step_loss,
+            grad_norm: norm,
+            tokens,
+        })
+    }
+
+    fn eval(&mut self, done: u64, metrics: &mut MetricsLog) -> Result<()> {
+        if !self.job.eval.is_empty() {
+            let (loss, c) = evaluate(self.rm, self.job.eval, self.job.cfg)?;
+            push_figures(metrics, done as i64, "eval", loss, &c);
+            info!(step = done, eval_loss = loss, "eval");
+        }
+        Ok(())
+    }
 }
 
 /// Trains one reward model; returns its steps, metrics and final eval figures.
 pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outcome> {
-    // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-    let mut clock = CheckpointClock::new(job.cfg.checkpoint_every, job.cfg.checkpoint_minutes)
-        .with_stop_after(job.cfg.stop_after_steps);
     let cfg = job.cfg;
     let seed = cfg.seed.wrapping_add((job.member as u64) << 32);
     let mut stream: Vec<Batch> = Vec::new();
@@ -235,37 +264,6 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         .with_context(|| format!("learning-rate schedule over {total_steps} steps"))?;
     let params = rm.trainable()?;
     let trainable_params: usize = params.iter().map(|(_, t)| t.numel()).sum();
-    let shared = params
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let mut opt = AdamW::new(shared, cfg.adamw);
-    let mut log = MetricsLog::new("train-rm-lora", iteration);
-    let mut start = 0u64;
-    if job.resume.tries() && checkpoint::exists(&job.checkpoint_dir) {
-        let ck = checkpoint::load(&job.checkpoint_dir)?;
-        let saved = &ck.meta.extra["fingerprint"];
-        if *saved != job.fingerprint {
-            job.resume
-                .on_mismatch(anyhow::Error::new(rlhf_core::CoreError::Mismatch {
-                    what: "checkpoint",
-                    left_name: job.checkpoint_dir.display().to_string(),
-                    left: saved.to_string(),
-                    right_name: "this run".into(),
-                    right: job.fingerprint.to_string(),
-                    hint: "rerun with the original flags and data, or --no-resume to start over"
-                        .into(),
-                }))?;
-        } else {
-            checkpoint::restore_into(&params, &ck.tensors)?;
-            opt.load_state(&ck.optimizer)?;
-            rows_from_json(&mut log, &ck.meta.extra["metrics"])?;
-            start = ck.meta.step;
-            info!(step = start, dir = %job.checkpoint_dir.display(), "resumed from checkpoint");
-        }
-    } else if job.resume == ResumeMode::Require {
-        info!(dir = %job.checkpoint_dir.display(), "no checkpoint to resume from; starting fresh");
-    }
     info!(
         member = job.member,
         steps = total_steps,
@@ -273,81 +271,30 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         trainable_params,
         "training"
     );
-    let bar = rlhf_core::progress::bar(total_steps, "training");
-    bar.set_position(start);
-    let mut step_seconds = 0.0;
-    let mut timed_steps = 0u64;
-    for step in start..total_steps {
-        let t0 = Instant::now();
-        let mut step_loss = 0.0;
-        let mut collected = Collected::default();
-        for k in 0..cfg.grad_accum {
-            let m = step as usize * cfg.grad_accum + k;
-            let Some(batch) = stream.get(m) else { break };
-            tch::manual_seed((seed ^ 0x5eed).wrapping_add(m as u64) as i64);
-            let (loss, c) = batch_loss(rm, job.train, batch, cfg, true)?;
-            let value = loss.double_value(&[]);
-            rlhf_algo::ensure_finite(value, step + 1).with_context(|| {
-                format!(
-                    "training stopped; the last good checkpoint (if any) is kept in {}",
-                    job.checkpoint_dir.display()
-                )
-            })?;
-            (loss / cfg.grad_accum as f64).backward();
-            step_loss += value / cfg.grad_accum as f64;
-            collected.extend(c);
-        }
-        let norm = if cfg.max_grad_norm > 0.0 {
-            opt.clip_grad_norm(cfg.max_grad_norm)
-        } else {
-            opt.grad_norm()
-        };
-        rlhf_algo::error::ensure_finite_named("gradient norm", norm, step + 1).with_context(
-            || {
-                format!(
-                    "training stopped; the last good checkpoint (if any) is kept in {}",
-                    job.checkpoint_dir.display()
-                )
-            },
-        )?;
-        let lr = schedule.lr_at(step);
-        opt.step(lr);
-        opt.zero_grad();
-        step_seconds += t0.elapsed().as_secs_f64();
-        timed_steps += 1;
-        let done = step + 1;
-        push_figures(&mut log, done as i64, "train", step_loss, &collected);
-        log.push(done as i64, "train/lr", lr);
-        log.push(done as i64, "train/grad_norm", norm);
-        bar.set_position(done);
-        if cfg.eval_every > 0
-            && done % cfg.eval_every as u64 == 0
-            && done < total_steps
-            && !job.eval.is_empty()
-        {
-            let (loss, c) = evaluate(rm, job.eval, cfg)?;
-            push_figures(&mut log, done as i64, "eval", loss, &c);
-            info!(step = done, eval_loss = loss, "eval");
-        }
-        match clock.after_step(done, total_steps) {
-            Due::No => {}
-            Due::Save => {
-                save_checkpoint(rm, job, &opt, &log, done, seed)?;
-                clock.saved();
-            }
-            Due::SaveAndStop(stop) => {
-                save_checkpoint(rm, job, &opt, &log, done, seed)?;
-                bar.finish_and_clear();
-                return Err(checkpoint::stopped(
-                    stop,
-                    done,
-                    total_steps,
-                    &job.checkpoint_dir,
-                ));
-            }
-        }
-    }
-    bar.finish_and_clear();
+    let steps_loop = StepLoop {
+        stage: "train-rm-lora",
+        iteration,
+        label: "training",
+        dir: job.checkpoint_dir.clone(),
+        out: job.out,
+        args: job.checkpoint,
+        seed,
+        fingerprint: job.fingerprint.clone(),
+        total_steps,
+        offset: 0,
+        micro_batches_per_step: cfg.grad_accum as u64,
+        eval_every: cfg.eval_every as u64,
+        schedule: &schedule,
+    };
+    let mut task = MemberSteps {
+        rm,
+        job,
+        opt: AdamW::new(params, cfg.adamw),
+        stream,
+    };
+    let finished = steps_loop.run(&mut task, MetricsLog::new("train-rm-lora", iteration))?;
+    let seconds_per_step = finished.seconds_per_step();
+    let mut log = finished.metrics;
     let end = total_steps as i64;
     let mut eval = Vec::new();
     if job.eval.is_empty() {
@@ -360,17 +307,10 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         info!(eval_loss = loss, figures = ?eval, "final eval");
     }
     log.push(end, "run/trainable_params", trainable_params as f64);
-    if timed_steps > 0 {
-        info!(
-            seconds_per_step = step_seconds / timed_steps as f64,
-            "timing"
-        );
+    if let Some(secs) = seconds_per_step {
+        info!(seconds_per_step = secs, "timing");
         if cfg.record_timings {
-            log.push(
-                end,
-                "run/seconds_per_step",
-                step_seconds / timed_steps as f64,
-            );
+            log.push(end, "run/seconds_per_step", secs);
         }
     }
     if let Some(rss) = rlhf_core::resources::peak_rss_bytes().filter(|_| cfg.record_timings) {

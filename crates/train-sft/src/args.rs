@@ -20,7 +20,7 @@ similar length; AdamW with warm-up and cosine/linear decay, gradient clipping an
 accumulation. Without --lora-* flags every weight is trained and OUT is a model folder \
 (config.json, model.safetensors, tokenizer files); with any of them (e.g. --lora-rank 8) \
 OUT is a PEFT adapter folder (merge-adapter folds it in). OUT/metrics.parquet holds the metrics in long form. \
-Checkpoints go to OUT.ckpt/ (every --checkpoint-every steps, every --checkpoint-minutes, and \
+Checkpoints go to OUT.checkpoint/ (every --checkpoint-every steps, every --checkpoint-minutes, and \
 on SIGTERM/SIGINT before exiting 143/130); running the same command again continues from \
 there to the same final weights as an uninterrupted run."
 )]
@@ -80,11 +80,7 @@ pub struct Cli {
     #[command(flatten)]
     pub optim: OptimArgs,
 
-    /// Checkpoints go to OUT.ckpt/; a rerun of the same command resumes from them.
+    /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
     #[command(flatten)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
-
-    /// Keep OUT.ckpt/ after a successful run (it is removed by default).
-    #[arg(long)]
-    pub keep_checkpoint: bool,
 }

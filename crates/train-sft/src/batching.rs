@@ -1,61 +1,15 @@
 //! Deterministic, length-bucketed batches. Each epoch shuffles the examples with a
-//! generator seeded from (seed, epoch), cuts the shuffled list into groups of
+//! generator (rlhf_core::rng) seeded from (seed, epoch), cuts the shuffled list into groups of
 //! `batch_size * BUCKET_BATCHES`, sorts each group by length (so a batch holds examples
 //! of similar length and little padding), cuts batches and shuffles their order. The
 //! order depends only on the seed, the epoch and the lengths, so a resumed run sees the
 //! same batches as an uninterrupted one. No example is dropped: the last batch of an
 //! epoch may be short.
 
+use rlhf_core::rng::{rng_for, shuffle};
+
 /// Batches per length-sorted group.
 pub const BUCKET_BATCHES: usize = 16;
-
-/// SplitMix64: a small generator whose output is fixed forever (no dependency whose
-/// stream could change between versions).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in [0, n) (n > 0), by rejection (no modulo bias).
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
-/// Mixes a seed with a stream tag and an index into a new seed.
-pub fn derive_seed(seed: u64, tag: u64, index: u64) -> u64 {
-    let mut g = SplitMix64::new(seed ^ tag.rotate_left(17));
-    let a = g.next_u64();
-    let mut g = SplitMix64::new(a ^ index.wrapping_mul(0xD134_2543_DE82_EF95));
-    g.next_u64()
-}
 
 /// Plans the batches of every epoch.
 #[derive(Debug, Clone)]
@@ -92,9 +46,9 @@ impl Batcher {
 
     /// The batches (example indices) of `epoch`, in training order.
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let mut rng = SplitMix64::new(derive_seed(self.seed, 0x5F7_BA7C, epoch));
+        let mut rng = rng_for(self.seed, &format!("train-sft/order/{epoch}"));
         let mut order: Vec<usize> = (0..self.lengths.len()).collect();
-        rng.shuffle(&mut order);
+        shuffle(&mut rng, &mut order);
         let group = self.batch_size * BUCKET_BATCHES;
         let mut batches: Vec<Vec<usize>> = Vec::with_capacity(self.batches_per_epoch());
         for chunk in order.chunks(group) {
@@ -103,7 +57,7 @@ impl Batcher {
             chunk.sort_by_key(|&i| std::cmp::Reverse(self.lengths[i]));
             batches.extend(chunk.chunks(self.batch_size).map(<[usize]>::to_vec));
         }
-        rng.shuffle(&mut batches);
+        shuffle(&mut rng, &mut batches);
         batches
     }
 
@@ -128,14 +82,6 @@ pub fn locate(k: u64, batches_per_epoch: usize) -> (u64, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix_matches_reference_values() {
-        // Reference stream of SplitMix64 seeded with 0 (Vigna's splitmix64.c).
-        let mut g = SplitMix64::new(0);
-        assert_eq!(g.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(g.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
 
     #[test]
     fn every_example_once_per_epoch_and_order_depends_on_epoch_and_seed() {
@@ -166,9 +112,7 @@ mod tests {
                 .sum()
         };
         let bucketed = padded(&b.epoch(0));
-        let mut rng = SplitMix64::new(3);
-        let mut order: Vec<usize> = (0..640).collect();
-        rng.shuffle(&mut order);
+        let order = rlhf_core::rng::permutation(640, 3, "random batches");
         let random: Vec<Vec<usize>> = order.chunks(8).map(<[usize]>::to_vec).collect();
         assert!(
             bucketed * 4 < padded(&random),

@@ -1,6 +1,6 @@
 //! train-sft: supervised fine-tuning on an sft file, full or LoRA. The loss is on
 //! completion tokens only; see `trainer` for the loop, `loss` for the masking, `batching`
-//! for the deterministic data order, `resume` for checkpoints.
+//! for the deterministic data order; rlhf-algo's step loop runs the steps.
 
 pub mod args;
 pub mod batching;
@@ -8,7 +8,6 @@ pub mod data;
 pub mod loss;
 pub mod optimizer;
 pub mod output;
-pub mod resume;
 pub mod settings;
 pub mod trainer;
 
@@ -114,10 +113,7 @@ pub fn run(s: &Settings) -> Result<trainer::Outcome> {
         json!(if adapter.is_some() { "lora" } else { "full" }),
     );
     output::write(&s.out, &model, adapter, &s.model_dir, &metrics, &lineage)?;
-    if !s.keep_checkpoint && s.ckpt_dir.exists() {
-        std::fs::remove_dir_all(&s.ckpt_dir)
-            .with_context(|| format!("removing checkpoint {}", s.ckpt_dir.display()))?;
-    }
+    rlhf_algo::step_loop::remove_checkpoint(&s.checkpoint_dir, &s.checkpoint)?;
     info!(
         out = %s.out.display(),
         steps = outcome.steps,

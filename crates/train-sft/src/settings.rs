@@ -17,8 +17,8 @@ pub struct Settings {
     pub kind: tch::Kind,
     pub data: PathBuf,
     pub out: PathBuf,
-    /// Checkpoint folder beside the output: `OUT.ckpt`.
-    pub ckpt_dir: PathBuf,
+    /// Checkpoint folder beside the output: `OUT.checkpoint`.
+    pub checkpoint_dir: PathBuf,
     /// LoRA (any --lora-* flag given), else full tuning.
     pub lora: Option<rlhf_nn::LoraChoice>,
     pub epochs: u64,
@@ -37,26 +37,9 @@ pub struct Settings {
     pub adam_beta2: f64,
     pub adam_eps: f64,
     pub eval_every: u64,
-    pub checkpoint_every: u64,
-    pub checkpoint_minutes: f64,
-    pub resume: rlhf_algo::checkpoint::ResumeMode,
-    pub stop_after_steps: Option<u64>,
-    pub keep_checkpoint: bool,
+    /// The shared checkpoint flags.
+    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
     pub seed: u64,
-}
-
-fn usage(msg: String) -> CoreError {
-    CoreError::Usage(msg)
-}
-
-/// The checkpoint folder of an output folder: `OUT.ckpt` beside it.
-pub fn ckpt_dir_for(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "out".into());
-    name.push(".ckpt");
-    out.with_file_name(name)
 }
 
 impl Settings {
@@ -68,7 +51,7 @@ impl Settings {
         )?;
         let positive = |name: &str, v: usize| {
             if v == 0 {
-                Err(usage(format!("--{name} must be at least 1")))
+                Err(CoreError::usage(format!("--{name} must be at least 1")))
             } else {
                 Ok(v)
             }
@@ -77,14 +60,14 @@ impl Settings {
         positive("grad-accum", cli.grad_accum)?;
         positive("max-seq-len", cli.max_seq_len)?;
         if cli.max_seq_len < 2 {
-            return Err(usage("--max-seq-len must be at least 2".into()));
+            return Err(CoreError::usage("--max-seq-len must be at least 2"));
         }
         if cli.max_steps == Some(0) {
-            return Err(usage("--max-steps must be at least 1".into()));
+            return Err(CoreError::usage("--max-steps must be at least 1"));
         }
         cli.checkpoint.validate()?;
         if cli.max_steps.is_none() && cli.epochs == 0 {
-            return Err(usage("--epochs must be at least 1".into()));
+            return Err(CoreError::usage("--epochs must be at least 1"));
         }
         let o = &cli.optim;
         o.validate()?;
@@ -105,13 +88,13 @@ impl Settings {
             });
         }
         if cli.out.is_file() {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--out {} is a file; give a folder path",
                 cli.out.display()
             )));
         }
         if same_path(&cli.out, &model_dir) {
-            return Err(usage(format!(
+            return Err(CoreError::usage(format!(
                 "--out {} is the input model folder; write to a new folder",
                 cli.out.display()
             )));
@@ -120,21 +103,24 @@ impl Settings {
         if schedule_needs_total {
             if let Some(steps) = cli.max_steps {
                 if steps <= o.warmup_steps {
-                    return Err(usage(format!(
+                    return Err(CoreError::usage(format!(
                         "--lr-schedule {} needs --max-steps ({steps}) greater than --warmup-steps ({})",
                         o.lr_schedule, o.warmup_steps
                     )));
                 }
             }
         }
-        let device = cli.model.device().map_err(|e| usage(e.to_string()))?;
+        let device = cli
+            .model
+            .device()
+            .map_err(|e| CoreError::usage(e.to_string()))?;
         Ok(Settings {
             model_dir,
             device,
             kind: cli.model.kind(),
             data: cli.data.clone(),
             out: cli.out.clone(),
-            ckpt_dir: ckpt_dir_for(&cli.out),
+            checkpoint_dir: rlhf_algo::step_loop::checkpoint_dir_for(&cli.out),
             lora,
             epochs: cli.epochs,
             max_steps: cli.max_steps,
@@ -152,11 +138,7 @@ impl Settings {
             adam_beta2: o.adam_beta2,
             adam_eps: o.adam_eps,
             eval_every: cli.eval_every,
-            checkpoint_every: cli.checkpoint.checkpoint_every,
-            checkpoint_minutes: cli.checkpoint.checkpoint_minutes,
-            resume: cli.checkpoint.mode(),
-            stop_after_steps: cli.checkpoint.stop_after_steps,
-            keep_checkpoint: cli.keep_checkpoint,
+            checkpoint: cli.checkpoint.clone(),
             seed: cli.global.seed,
         })
     }
@@ -204,19 +186,5 @@ fn same_path(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoint_folder_sits_beside_the_output() {
-        assert_eq!(
-            ckpt_dir_for(Path::new("runs/demo/sft")),
-            PathBuf::from("runs/demo/sft.ckpt")
-        );
-        assert_eq!(ckpt_dir_for(Path::new("sft/")), PathBuf::from("sft.ckpt"));
     }
 }

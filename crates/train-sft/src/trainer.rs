@@ -1,30 +1,26 @@
-//! The training loop: micro-batches from the deterministic batch plan, loss on completion
+//! The SFT step: micro-batches from the deterministic batch plan, loss on completion
 //! tokens normalised by the completion tokens of the whole optimiser step (so gradient
-//! accumulation equals one large batch), global-norm clipping, AdamW with the scheduled
-//! learning rate, periodic eval and checkpoints, and a stop with a clear error on a NaN or
-//! infinite loss (the last checkpoint stays as it was).
+//! accumulation equals one large batch), global-norm clipping and AdamW. rlhf-algo's step
+//! loop runs the steps (seeding, NaN/inf guard, checkpoints, resume, progress).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rlhf_algo::schedule::Schedule;
-use rlhf_algo::{ensure_finite, error::ensure_finite_named};
+use rlhf_algo::step_loop::{StepLoop, StepReport, Steps};
 use rlhf_core::metrics::MetricsLog;
 use rlhf_nn::Model;
-use tracing::{debug, info, warn};
+use tch::Tensor;
+use tracing::{debug, info};
 
-use crate::batching::{derive_seed, locate, Batcher};
+use crate::batching::{locate, Batcher};
 use crate::data::{Example, SftData};
 use crate::loss::{completion_nll_sum, evaluate, SftBatch};
 use crate::optimizer::Optimizer;
-use crate::resume;
 use crate::settings::Settings;
-use rlhf_algo::checkpoint::{CheckpointClock, Due, ResumeMode};
 
 /// Stage name in the metrics file.
 pub const STAGE: &str = "train-sft";
-/// Seed stream tag of the per-step torch RNG (LoRA dropout).
-const DROPOUT_TAG: u64 = 0xD800;
 
 /// Seconds spent in each part of the training steps (logged at debug level).
 #[derive(Debug, Default)]
@@ -55,7 +51,7 @@ impl Outcome {
     }
 }
 
-/// Everything the loop works on.
+/// Everything the steps work on.
 pub struct Run<'a> {
     pub settings: &'a Settings,
     pub model: &'a Model,
@@ -64,6 +60,17 @@ pub struct Run<'a> {
     pub pad_id: i64,
     /// Settings and input hashes a checkpoint must match.
     pub fingerprint: serde_json::Value,
+}
+
+/// The SFT task as the step loop runs it.
+struct SftSteps<'a> {
+    run: &'a Run<'a>,
+    opt: &'a mut Optimizer,
+    batcher: Batcher,
+    per_epoch: usize,
+    epoch_cache: Option<(u64, Vec<Vec<usize>>)>,
+    eval_batches: Vec<Vec<usize>>,
+    timing: Timing,
 }
 
 impl Run<'_> {
@@ -107,9 +114,6 @@ impl Run<'_> {
     /// tensors (shared with the model).
     pub fn train(&self, opt: &mut Optimizer) -> Result<(MetricsLog, Outcome)> {
         let s = self.settings;
-        // Checkpoints by steps, by time and on SIGTERM/SIGINT (then stop: exit 143/130).
-        let mut clock = CheckpointClock::new(s.checkpoint_every, s.checkpoint_minutes)
-            .with_stop_after(s.stop_after_steps);
         let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
         let batcher = Batcher::new(lengths, s.batch_size, s.seed);
         let per_epoch = batcher.batches_per_epoch();
@@ -129,27 +133,6 @@ impl Run<'_> {
         })?;
         let eval_lengths: Vec<usize> = self.data.eval.iter().map(Example::len).collect();
         let eval_batches = Batcher::new(eval_lengths, s.eval_batch_size, 0).sequential();
-
-        let mut metrics = MetricsLog::new(STAGE, 0);
-        let mut start = 0u64;
-        let mut tokens_total = 0u64;
-        if rlhf_algo::checkpoint::exists(&s.ckpt_dir) {
-            if s.resume.tries() {
-                match resume::load(&s.ckpt_dir, &self.fingerprint, opt, STAGE)? {
-                    Ok(r) => {
-                        info!(step = r.step, total, checkpoint = %s.ckpt_dir.display(), "resuming");
-                        start = r.step;
-                        metrics = r.metrics;
-                        tokens_total = r.tokens;
-                    }
-                    Err(mismatch) => s.resume.on_mismatch(mismatch.into())?,
-                }
-            } else {
-                warn!(checkpoint = %s.ckpt_dir.display(), "a checkpoint exists; --no-resume: starting over (it will be replaced)");
-            }
-        } else if s.resume == ResumeMode::Require {
-            info!(checkpoint = %s.ckpt_dir.display(), "no checkpoint to resume from; starting from step 0");
-        }
         info!(
             train_examples = self.data.train.len(),
             eval_examples = self.data.eval.len(),
@@ -158,144 +141,141 @@ impl Run<'_> {
             trainable = opt.numel(),
             "training"
         );
-
-        let bar = rlhf_core::progress::bar(total, "sft");
-        bar.set_position(start);
-        let log_every = (total / 20).max(1);
-        let mut epoch_cache: Option<(u64, Vec<Vec<usize>>)> = None;
-        let mut outcome = Outcome::default();
-        let started = Instant::now();
-        let mut eval_seconds = 0.0;
-        let ga = s.grad_accum as u64;
-        let mut timing = Timing::default();
-        for step in start..total {
-            tch::manual_seed(derive_seed(s.seed, DROPOUT_TAG, step) as i64);
-            opt.zero_grad();
-            let mut batches = Vec::with_capacity(s.grad_accum);
-            for k in step * ga..(step + 1) * ga {
-                let (epoch, index) = locate(k, per_epoch);
-                if epoch_cache.as_ref().map(|c| c.0) != Some(epoch) {
-                    epoch_cache = Some((epoch, batcher.epoch(epoch)));
-                }
-                let plan = &epoch_cache
-                    .as_ref()
-                    .map(|c| &c.1[index])
-                    .cloned()
-                    .unwrap_or_default();
-                let refs: Vec<&Example> = plan.iter().map(|&i| &self.data.train[i]).collect();
-                batches.push(SftBatch::new(&refs, self.pad_id, self.model.device()));
-            }
-            let targets: usize = batches.iter().map(|b| b.num_targets).sum();
-            let norm = targets.max(1) as f64;
-            let mut loss_sum = 0.0;
-            for b in &batches {
-                let t0 = Instant::now();
-                let nll = completion_nll_sum(self.model, self.adapter, b, true)
-                    .with_context(|| format!("forward pass at step {step}"))?;
-                loss_sum += nll.double_value(&[]);
-                let t1 = Instant::now();
-                (nll / norm).backward();
-                timing.forward += (t1 - t0).as_secs_f64();
-                timing.backward += t1.elapsed().as_secs_f64();
-            }
-            let t_opt = Instant::now();
-            let loss = loss_sum / norm;
-            ensure_finite(loss, step + 1).map_err(|e| stop_error(e.into(), s, step))?;
-            let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
-            ensure_finite_named("gradient norm", grad_norm, step + 1)
-                .map_err(|e| stop_error(e.into(), s, step))?;
-            let lr = schedule.lr_at(step);
-            opt.step(lr);
-            timing.optimizer += t_opt.elapsed().as_secs_f64();
-            let done = step + 1;
-            let tokens: usize = batches.iter().map(|b| b.num_tokens).sum();
-            tokens_total += tokens as u64;
-            outcome.tokens_here += tokens as u64;
-            outcome.steps_here += 1;
-            outcome.final_train_loss = Some(loss);
-            metrics.push(done as i64, "train/loss", loss);
-            metrics.push(done as i64, "train/lr", lr);
-            metrics.push(done as i64, "train/grad_norm", grad_norm);
-            metrics.push(done as i64, "train/completion_tokens", targets as f64);
-            metrics.push(
-                done as i64,
-                "train/epoch",
-                (done * ga) as f64 / per_epoch.max(1) as f64,
-            );
-            let elapsed = started.elapsed().as_secs_f64() - eval_seconds;
-            let rate = outcome.tokens_here as f64 / elapsed.max(1e-9);
-            bar.set_position(done);
-            bar.set_prefix(format!("loss {loss:.4} lr {lr:.2e} {rate:.0} tok/s"));
-            if done % log_every == 0 || done == total {
-                info!(
-                    step = done,
-                    total,
-                    loss = format!("{loss:.4}"),
-                    lr = format!("{lr:.3e}"),
-                    grad_norm = format!("{grad_norm:.3}"),
-                    tokens_per_s = format!("{rate:.0}"),
-                    "train"
-                );
-            }
-            if s.eval_every > 0 && done % s.eval_every == 0 && done < total {
-                let t = Instant::now();
-                self.eval(&eval_batches, &mut metrics, done)?;
-                eval_seconds += t.elapsed().as_secs_f64();
-            }
-            let due = clock.after_step(done, total);
-            if due != Due::No {
-                let t = Instant::now();
-                let snap = resume::Snapshot {
-                    step: done,
-                    micro_batches: done * ga,
-                    seed: s.seed,
-                    fingerprint: &self.fingerprint,
-                    metrics: &metrics,
-                    tokens: tokens_total,
-                };
-                resume::save(&s.ckpt_dir, &snap, opt)?;
-                clock.saved();
-                eval_seconds += t.elapsed().as_secs_f64();
-            }
-            if let Due::SaveAndStop(stop) = due {
-                bar.finish_and_clear();
-                return Err(rlhf_algo::checkpoint::stopped(
-                    stop,
-                    done,
-                    total,
-                    &s.ckpt_dir,
-                ));
-            }
-        }
-        bar.finish_and_clear();
-        outcome.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
-        outcome.steps = total;
+        let steps_loop = StepLoop {
+            stage: STAGE,
+            iteration: 0,
+            label: "sft",
+            dir: s.checkpoint_dir.clone(),
+            out: &s.out,
+            args: &s.checkpoint,
+            seed: s.seed,
+            fingerprint: self.fingerprint.clone(),
+            total_steps: total,
+            offset: 0,
+            micro_batches_per_step: s.grad_accum as u64,
+            eval_every: s.eval_every,
+            schedule: &schedule,
+        };
+        let mut task = SftSteps {
+            run: self,
+            opt,
+            batcher,
+            per_epoch,
+            epoch_cache: None,
+            eval_batches,
+            timing: Timing::default(),
+        };
+        let finished = steps_loop.run(&mut task, MetricsLog::new(STAGE, 0))?;
+        let t = &task.timing;
         debug!(
-            forward_s = timing.forward,
-            backward_s = timing.backward,
-            optimizer_s = timing.optimizer,
-            total_s = outcome.train_seconds,
+            forward_s = t.forward,
+            backward_s = t.backward,
+            optimizer_s = t.optimizer,
+            total_s = finished.train_seconds,
             "time spent"
         );
-        outcome.eval_loss = self.eval(&eval_batches, &mut metrics, total)?;
-        metrics.push(total as i64, "train/tokens_total", tokens_total as f64);
+        let mut metrics = finished.metrics;
+        let eval_loss = self.eval(&task.eval_batches, &mut metrics, total)?;
+        metrics.push(total as i64, "train/tokens_total", finished.tokens as f64);
+        let outcome = Outcome {
+            steps: total,
+            steps_here: finished.steps_here,
+            tokens_here: finished.tokens_here,
+            train_seconds: finished.train_seconds,
+            final_train_loss: finished.last_loss,
+            eval_loss,
+        };
         Ok((metrics, outcome))
     }
 }
 
-/// The error for a numerical stop, saying what survives.
-fn stop_error(err: anyhow::Error, s: &Settings, step: u64) -> anyhow::Error {
-    let kept = match rlhf_algo::checkpoint::load_meta(&s.ckpt_dir) {
-        Ok(meta) => format!(
-            "the last good checkpoint (step {}) is kept in {}",
-            meta.step,
-            s.ckpt_dir.display()
-        ),
-        Err(_) => "no checkpoint was written yet (see --checkpoint-every)".to_string(),
-    };
-    err.context(format!(
-        "training stopped at step {}: {kept}; nothing was written to {}",
-        step + 1,
-        s.out.display()
-    ))
+impl SftSteps<'_> {
+    /// The micro-batches of optimiser step `step`.
+    fn batches(&mut self, step: u64) -> Vec<SftBatch> {
+        let run = self.run;
+        let ga = run.settings.grad_accum as u64;
+        let mut batches = Vec::with_capacity(ga as usize);
+        for k in step * ga..(step + 1) * ga {
+            let (epoch, index) = locate(k, self.per_epoch);
+            if self.epoch_cache.as_ref().map(|c| c.0) != Some(epoch) {
+                self.epoch_cache = Some((epoch, self.batcher.epoch(epoch)));
+            }
+            let plan = self
+                .epoch_cache
+                .as_ref()
+                .and_then(|c| c.1.get(index))
+                .cloned()
+                .unwrap_or_default();
+            let refs: Vec<&Example> = plan.iter().map(|&i| &run.data.train[i]).collect();
+            batches.push(SftBatch::new(&refs, run.pad_id, run.model.device()));
+        }
+        batches
+    }
+}
+
+impl Steps for SftSteps<'_> {
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self
+            .opt
+            .params()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect())
+    }
+
+    fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        self.opt.state()
+    }
+
+    fn load_optimizer_state(&mut self, saved: &[(String, Tensor)]) -> Result<()> {
+        Ok(self.opt.load_state(saved)?)
+    }
+
+    fn step(&mut self, step: u64, lr: f64, metrics: &mut MetricsLog) -> Result<StepReport> {
+        let run = self.run;
+        let s = run.settings;
+        self.opt.zero_grad();
+        let batches = self.batches(step);
+        let targets: usize = batches.iter().map(|b| b.num_targets).sum();
+        let norm = targets.max(1) as f64;
+        let mut loss_sum = 0.0;
+        for b in &batches {
+            let t0 = Instant::now();
+            let nll = completion_nll_sum(run.model, run.adapter, b, true)
+                .with_context(|| format!("forward pass at step {}", step + 1))?;
+            loss_sum += nll.double_value(&[]);
+            let t1 = Instant::now();
+            (nll / norm).backward();
+            self.timing.forward += (t1 - t0).as_secs_f64();
+            self.timing.backward += t1.elapsed().as_secs_f64();
+        }
+        let t_opt = Instant::now();
+        let loss = loss_sum / norm;
+        rlhf_algo::ensure_finite(loss, step + 1)?;
+        let grad_norm = self.opt.clip_grad_norm(s.max_grad_norm);
+        rlhf_algo::error::ensure_finite_named("gradient norm", grad_norm, step + 1)?;
+        self.opt.step(lr);
+        self.timing.optimizer += t_opt.elapsed().as_secs_f64();
+        let done = step + 1;
+        let ga = s.grad_accum as u64;
+        metrics.push(done as i64, "train/loss", loss);
+        metrics.push(done as i64, "train/lr", lr);
+        metrics.push(done as i64, "train/grad_norm", grad_norm);
+        metrics.push(done as i64, "train/completion_tokens", targets as f64);
+        metrics.push(
+            done as i64,
+            "train/epoch",
+            (done * ga) as f64 / self.per_epoch.max(1) as f64,
+        );
+        Ok(StepReport {
+            loss,
+            grad_norm,
+            tokens: batches.iter().map(|b| b.num_tokens as u64).sum(),
+        })
+    }
+
+    fn eval(&mut self, done: u64, metrics: &mut MetricsLog) -> Result<()> {
+        self.run.eval(&self.eval_batches, metrics, done)?;
+        Ok(())
+    }
 }

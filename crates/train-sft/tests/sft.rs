@@ -54,7 +54,7 @@ fn full_tuning_loss_falls_and_writes_a_loadable_model_folder() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    assert!(!fx.path("sft.ckpt").exists(), "checkpoint left behind");
+    assert!(!fx.path("sft.checkpoint").exists(), "checkpoint left behind");
     // Our loader reads the result and it differs from the random start.
     let a = rlhf_nn::Model::load(&fx.model, Device::Cpu, Kind::Float).unwrap();
     let b = rlhf_nn::Model::load(&out, Device::Cpu, Kind::Float).unwrap();
@@ -191,13 +191,13 @@ fn resume_matches(extra: &[&str], weights: &str) {
         !fx.path("b").exists(),
         "a stopped run must not write its output"
     );
-    let meta = rlhf_algo::checkpoint::load_meta(&fx.path("b.ckpt")).unwrap();
+    let meta = rlhf_algo::checkpoint::load_meta(&fx.path("b.checkpoint")).unwrap();
     assert_eq!(meta.step, 5);
     let mut again = stop.clone();
     again.push("--resume");
     stopped(&fx.sft("b", &again)); // steps 6..10
     assert_eq!(
-        rlhf_algo::checkpoint::load_meta(&fx.path("b.ckpt"))
+        rlhf_algo::checkpoint::load_meta(&fx.path("b.checkpoint"))
             .unwrap()
             .step,
         10
@@ -261,7 +261,7 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
         .args(&args)
         .spawn()
         .unwrap();
-    let ckpt = fx.path("b.ckpt");
+    let ckpt = fx.path("b.checkpoint");
     let start = Instant::now();
     while !rlhf_algo::checkpoint::exists(&ckpt) && start.elapsed() < Duration::from_secs(120) {
         if child.try_wait().unwrap().is_some() {
@@ -303,7 +303,7 @@ fn resume_with_other_settings_is_refused() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("weight_decay") && err.contains("b.ckpt"),
+        err.contains("weight_decay") && err.contains("b.checkpoint"),
         "{err}"
     );
 }
@@ -330,7 +330,7 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     assert!(err.contains("is NaN") || err.contains("is inf"), "{err}");
     assert!(err.contains("last good checkpoint (step"), "{err}");
     assert!(!fx.path("sft").exists());
-    let meta = rlhf_algo::checkpoint::load_meta(&fx.path("sft.ckpt")).unwrap();
+    let meta = rlhf_algo::checkpoint::load_meta(&fx.path("sft.checkpoint")).unwrap();
     assert!(meta.step >= 1);
 }
 

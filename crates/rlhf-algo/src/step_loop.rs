@@ -1,0 +1,393 @@
+//! The resumable step loop of every trainer (train-sft, train-rm-lora, ppo-update). A
+//! trainer supplies its optimiser step ([`Steps::step`]: micro-batches, loss, backward,
+//! clipping, update, its metrics) and what a checkpoint holds; the loop owns the rest, once:
+//!
+//! - resume: a checkpoint beside the output is read when the fingerprint (settings and
+//!   input hashes) matches, replaced with a warning when it does not, refused under
+//!   `--resume` (naming the first differing key), ignored under `--no-resume`;
+//! - dropout seeding: torch's generator is reseeded before each step from the seed and the
+//!   step, so a resumed run draws the masks an uninterrupted one draws;
+//! - the NaN/inf guard on each step's loss and gradient norm, and one error for any failed
+//!   step saying which checkpoint survives and that no output was written;
+//! - checkpoints by steps, by minutes and on SIGTERM/SIGINT, `--stop-after-steps`, with
+//!   metrics stored as f64 bit patterns so a resumed run's metrics equal an uninterrupted
+//!   one's to the bit;
+//! - progress bar, periodic log lines, mid-run evaluation, throughput and timing.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rlhf_core::metrics::MetricsLog;
+use rlhf_core::CoreError;
+use serde_json::{json, Value};
+use tch::Tensor;
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, CheckpointArgs, CheckpointMeta, Due, ResumeMode};
+use crate::error::{ensure_finite, ensure_finite_named};
+
+/// What a trainer supplies to the loop.
+pub trait Steps {
+    /// The trainable tensors a checkpoint holds (shared with the model, so restoring them
+    /// restores the model).
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>>;
+    /// The optimiser state a checkpoint holds.
+    fn optimizer_state(&self) -> Vec<(String, Tensor)>;
+    /// Restores what [`Steps::optimizer_state`] returned.
+    fn load_optimizer_state(&mut self, saved: &[(String, Tensor)]) -> Result<()>;
+    /// Runs optimiser step `step` (0-based, of this loop) at learning rate `lr`: zero the
+    /// gradients, forward and backward over the step's micro-batches, clip, update, and
+    /// push the step's metrics into `metrics`. Torch's generator is already seeded.
+    fn step(&mut self, step: u64, lr: f64, metrics: &mut MetricsLog) -> Result<StepReport>;
+    /// Evaluates after `done` steps (called every `eval_every` steps before the last; the
+    /// final evaluation is the trainer's). Time spent here is not training time.
+    fn eval(&mut self, _done: u64, _metrics: &mut MetricsLog) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What one optimiser step reports to the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// The step's loss (checked for NaN/inf).
+    pub loss: f64,
+    /// Global gradient norm before clipping (checked for NaN/inf).
+    pub grad_norm: f64,
+    /// Tokens the step trained on (throughput; a running total is kept in checkpoints).
+    pub tokens: u64,
+}
+
+/// The settings of one loop.
+#[derive(Debug, Clone)]
+pub struct StepLoop<'a> {
+    /// Stage name (metrics rows, messages).
+    pub stage: &'static str,
+    /// Policy iteration of the metrics rows (0 outside the RL loop).
+    pub iteration: i32,
+    /// Progress-bar label.
+    pub label: &'a str,
+    /// Checkpoint folder of this loop.
+    pub dir: PathBuf,
+    /// The output that is written only on success (named in errors).
+    pub out: &'a Path,
+    /// The shared checkpoint flags.
+    pub args: &'a CheckpointArgs,
+    /// Seed of the run: the dropout masks derive from it.
+    pub seed: u64,
+    /// Everything a checkpoint must match to be resumed: a JSON object whose first
+    /// differing key is named in the mismatch message.
+    pub fingerprint: Value,
+    /// Optimiser steps of this loop.
+    pub total_steps: u64,
+    /// Steps before this loop (ppo-update's earlier iterations): the learning-rate
+    /// schedule and the dropout seed use `offset + step`.
+    pub offset: u64,
+    /// Micro-batches per step (recorded as the checkpoint's data position).
+    pub micro_batches_per_step: u64,
+    /// Call [`Steps::eval`] every N steps (0: never).
+    pub eval_every: u64,
+    /// The learning rate at a global step.
+    pub schedule: &'a crate::schedule::Schedule,
+}
+
+/// What a finished loop reports.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Metrics of the whole run (those of a resumed checkpoint included).
+    pub metrics: MetricsLog,
+    /// Steps of the loop (`total_steps`).
+    pub steps: u64,
+    /// Steps run by this process (fewer after a resume).
+    pub steps_here: u64,
+    /// Tokens trained on over the whole run, and by this process.
+    pub tokens: u64,
+    pub tokens_here: u64,
+    /// Wall time of this process's steps (evaluations and checkpoints excluded), seconds.
+    pub train_seconds: f64,
+    /// Loss of the last step run by this process.
+    pub last_loss: Option<f64>,
+}
+
+impl Finished {
+    /// Training throughput of this process, tokens per second.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens_here as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// Mean wall time of this process's steps.
+    pub fn seconds_per_step(&self) -> Option<f64> {
+        (self.steps_here > 0).then(|| self.train_seconds / self.steps_here as f64)
+    }
+}
+
+/// The checkpoint folder of an output: `OUT.checkpoint` beside it.
+pub fn checkpoint_dir_for(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    out.with_file_name(format!("{name}.checkpoint"))
+}
+
+/// Removes a finished run's checkpoint folder unless `--keep-checkpoint` asks to keep it.
+pub fn remove_checkpoint(dir: &Path, args: &CheckpointArgs) -> Result<()> {
+    if !args.keep_checkpoint && dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing checkpoint {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The seed of torch's generator before global step `step` (LoRA dropout masks).
+pub fn dropout_seed(seed: u64, step: u64) -> i64 {
+    (rlhf_core::rng::derive(seed, "dropout", step) >> 1) as i64
+}
+
+/// The first key whose value differs between two fingerprints: (key, saved, now).
+pub fn first_difference(saved: &Value, now: &Value) -> Option<(String, String, String)> {
+    let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
+        return (saved != now).then(|| ("settings".into(), saved.to_string(), now.to_string()));
+    };
+    for (k, v) in b {
+        let old = a.get(k).cloned().unwrap_or(Value::Null);
+        if old != *v {
+            return Some((k.clone(), old.to_string(), v.to_string()));
+        }
+    }
+    a.keys()
+        .find(|k| !b.contains_key(*k))
+        .map(|k| (k.clone(), a[k].to_string(), "null".into()))
+}
+
+/// Metrics rows for a checkpoint, values as their f64 bit patterns (JSON floats may not
+/// come back to the same bits).
+fn metrics_to_json(log: &MetricsLog) -> Value {
+    json!(log
+        .rows
+        .iter()
+        .map(|r| json!([r.step, r.metric, r.value.to_bits()]))
+        .collect::<Vec<_>>())
+}
+
+fn metrics_from_json(log: &mut MetricsLog, v: &Value, dir: &Path) -> Result<()> {
+    let Some(rows) = v.as_array() else {
+        bail!("checkpoint {}: `metrics` is not a list", dir.display());
+    };
+    for r in rows {
+        match (r[0].as_i64(), r[1].as_str(), r[2].as_u64()) {
+            (Some(step), Some(name), Some(bits)) => log.push(step, name, f64::from_bits(bits)),
+            _ => bail!("checkpoint {}: malformed metrics entry {r}", dir.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Where a resumed loop starts.
+struct Resumed {
+    step: u64,
+    tokens: u64,
+}
+
+impl StepLoop<'_> {
+    fn save(&self, task: &dyn Steps, metrics: &MetricsLog, done: u64, tokens: u64) -> Result<()> {
+        let mut meta = CheckpointMeta::new(done, done * self.micro_batches_per_step, self.seed);
+        meta.extra = json!({
+            "fingerprint": self.fingerprint,
+            "tokens": tokens,
+            "metrics": metrics_to_json(metrics),
+        });
+        checkpoint::save(&self.dir, &meta, &task.tensors()?, &task.optimizer_state())
+            .with_context(|| format!("writing checkpoint {}", self.dir.display()))?;
+        tracing::debug!(step = done, dir = %self.dir.display(), "checkpoint saved");
+        Ok(())
+    }
+
+    /// Reads the checkpoint beside the output as the resume mode says; `None`: start at 0.
+    fn resume(&self, task: &mut dyn Steps, metrics: &mut MetricsLog) -> Result<Option<Resumed>> {
+        let mode = self.args.mode();
+        if !checkpoint::exists(&self.dir) {
+            if mode == ResumeMode::Require {
+                info!(checkpoint = %self.dir.display(), "--resume: no checkpoint yet; starting from step 0");
+            }
+            return Ok(None);
+        }
+        if !mode.tries() {
+            warn!(checkpoint = %self.dir.display(), "a checkpoint exists; --no-resume: starting over (it will be replaced)");
+            return Ok(None);
+        }
+        let ck = checkpoint::load(&self.dir)
+            .with_context(|| format!("reading checkpoint {}", self.dir.display()))?;
+        let saved = ck.meta.extra.get("fingerprint").unwrap_or(&Value::Null);
+        if let Some((key, old, new)) = first_difference(saved, &self.fingerprint) {
+            mode.on_mismatch(
+                CoreError::Mismatch {
+                    what: "resume settings",
+                    left_name: format!("checkpoint {} ({key})", self.dir.display()),
+                    left: old,
+                    right_name: "this run".into(),
+                    right: new,
+                    hint: "resume with the flags and inputs of the interrupted run, or \
+                           --no-resume to start over"
+                        .into(),
+                }
+                .into(),
+            )?;
+            return Ok(None);
+        }
+        if ck.meta.step > self.total_steps {
+            bail!(
+                "checkpoint {} is at step {} but the run has {} steps",
+                self.dir.display(),
+                ck.meta.step,
+                self.total_steps
+            );
+        }
+        checkpoint::restore_into(&task.tensors()?, &ck.tensors)
+            .with_context(|| format!("restoring weights from {}", self.dir.display()))?;
+        task.load_optimizer_state(&ck.optimizer)
+            .with_context(|| format!("restoring optimiser state from {}", self.dir.display()))?;
+        metrics.rows.clear();
+        metrics_from_json(metrics, &ck.meta.extra["metrics"], &self.dir)?;
+        let tokens = ck.meta.extra.get("tokens").and_then(Value::as_u64);
+        info!(step = ck.meta.step, total = self.total_steps, checkpoint = %self.dir.display(), "resumed from checkpoint");
+        Ok(Some(Resumed {
+            step: ck.meta.step,
+            tokens: tokens.unwrap_or(0),
+        }))
+    }
+
+    /// The error for a failed step, saying what survives.
+    fn failed(&self, err: anyhow::Error, step: u64) -> anyhow::Error {
+        let kept = match checkpoint::load_meta(&self.dir) {
+            Ok(meta) => format!(
+                "the last good checkpoint (step {}) is kept in {}",
+                meta.step,
+                self.dir.display()
+            ),
+            Err(_) => "no checkpoint was written yet (see --checkpoint-every)".to_string(),
+        };
+        err.context(format!(
+            "training stopped at step {}: {kept}; nothing was written to {}",
+            step + 1,
+            self.out.display()
+        ))
+    }
+
+    /// Runs every step not yet done (resuming a matching checkpoint first) and returns
+    /// the metrics and figures. `metrics` holds what was recorded before the loop.
+    pub fn run(&self, task: &mut dyn Steps, mut metrics: MetricsLog) -> Result<Finished> {
+        let mut clock = self.args.clock();
+        let total = self.total_steps;
+        let (start, mut tokens) = match self.resume(task, &mut metrics)? {
+            Some(r) => (r.step, r.tokens),
+            None => (0, 0),
+        };
+        let bar = rlhf_core::progress::bar(total, self.label);
+        bar.set_position(start);
+        let log_every = (total / 20).max(1);
+        let mut done_here = Finished {
+            metrics: MetricsLog::new(self.stage, self.iteration),
+            steps: total,
+            steps_here: 0,
+            tokens: 0,
+            tokens_here: 0,
+            train_seconds: 0.0,
+            last_loss: None,
+        };
+        for step in start..total {
+            let global = self.offset + step;
+            tch::manual_seed(dropout_seed(self.seed, global));
+            let lr = self.schedule.lr_at(global);
+            let t0 = Instant::now();
+            let report = task
+                .step(step, lr, &mut metrics)
+                .and_then(|r| {
+                    ensure_finite(r.loss, global + 1)?;
+                    ensure_finite_named("gradient norm", r.grad_norm, global + 1)?;
+                    Ok(r)
+                })
+                .map_err(|e| self.failed(e, step))?;
+            done_here.train_seconds += t0.elapsed().as_secs_f64();
+            done_here.steps_here += 1;
+            done_here.tokens_here += report.tokens;
+            done_here.last_loss = Some(report.loss);
+            tokens += report.tokens;
+            let done = step + 1;
+            let rate = done_here.tokens_per_second();
+            bar.set_position(done);
+            bar.set_prefix(format!(
+                "loss {:.4} lr {lr:.2e} {rate:.0} tok/s",
+                report.loss
+            ));
+            if done % log_every == 0 || done == total {
+                info!(
+                    step = done,
+                    total,
+                    loss = format!("{:.4}", report.loss),
+                    lr = format!("{lr:.3e}"),
+                    grad_norm = format!("{:.3}", report.grad_norm),
+                    tokens_per_s = format!("{rate:.0}"),
+                    "train"
+                );
+            }
+            if self.eval_every > 0 && done % self.eval_every == 0 && done < total {
+                task.eval(done, &mut metrics)?;
+            }
+            let due = clock.after_step(done, total);
+            if due != Due::No {
+                self.save(task, &metrics, done, tokens)?;
+                clock.saved();
+            }
+            if let Due::SaveAndStop(stop) = due {
+                bar.finish_and_clear();
+                return Err(checkpoint::stopped(stop, done, total, &self.dir));
+            }
+        }
+        bar.finish_and_clear();
+        done_here.metrics = metrics;
+        done_here.tokens = tokens;
+        Ok(done_here)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_names_the_key() {
+        let a = json!({"lr": 0.1, "seed": 1});
+        let b = json!({"lr": 0.2, "seed": 1});
+        assert_eq!(
+            first_difference(&a, &b),
+            Some(("lr".into(), "0.1".into(), "0.2".into()))
+        );
+        assert_eq!(first_difference(&a, &a), None);
+        let c = json!({"seed": 1});
+        assert_eq!(
+            first_difference(&a, &c),
+            Some(("lr".into(), "0.1".into(), "null".into()))
+        );
+    }
+
+    #[test]
+    fn checkpoint_folder_sits_beside_the_output() {
+        assert_eq!(
+            checkpoint_dir_for(Path::new("runs/demo/sft")),
+            PathBuf::from("runs/demo/sft.checkpoint")
+        );
+        assert_eq!(
+            checkpoint_dir_for(Path::new("sft/")),
+            PathBuf::from("sft.checkpoint")
+        );
+    }
+
+    #[test]
+    fn dropout_seeds_differ_per_step_and_seed_and_are_stable() {
+        assert_ne!(dropout_seed(1, 0), dropout_seed(1, 1));
+        assert_ne!(dropout_seed(1, 0), dropout_seed(2, 0));
+        assert_eq!(dropout_seed(7, 3), dropout_seed(7, 3));
+        assert!(dropout_seed(u64::MAX, u64::MAX) >= 0);
+    }
+}
