@@ -285,7 +285,7 @@ impl StepLoop<'_> {
         };
         let bar = rlhf_core::progress::bar(total, self.label);
         bar.set_position(start);
-        let log_every = (total / 20).max(1);
+        let log_every = (total / 10).max(1);
         let mut done_here = Finished {
             metrics: MetricsLog::new(self.stage, self.iteration),
             steps: total,
@@ -354,6 +354,148 @@ impl StepLoop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::{AdamW, AdamWConfig};
+    use crate::schedule::Schedule;
+
+    /// Fits a vector to a target with a noisy quadratic loss (the noise comes from torch's
+    /// generator, so a resumed run matches only when the loop reseeds it per step).
+    struct Toy {
+        w: Tensor,
+        opt: AdamW,
+        nan_at: Option<u64>,
+    }
+
+    impl Toy {
+        fn new() -> Toy {
+            let w = Tensor::zeros([4], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let opt = AdamW::new(vec![("w".into(), w.shallow_clone())], AdamWConfig::default());
+            Toy { w, opt, nan_at: None }
+        }
+    }
+
+    impl Steps for Toy {
+        fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+            Ok(vec![("w".into(), self.w.shallow_clone())])
+        }
+        fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+            self.opt.state()
+        }
+        fn load_optimizer_state(&mut self, saved: &[(String, Tensor)]) -> Result<()> {
+            Ok(self.opt.load_state(saved)?)
+        }
+        fn step(&mut self, step: u64, lr: f64, metrics: &mut MetricsLog) -> Result<StepReport> {
+            self.opt.zero_grad();
+            let noise = Tensor::randn([4], (tch::Kind::Float, tch::Device::Cpu));
+            let loss = (&self.w - Tensor::ones([4], (tch::Kind::Float, tch::Device::Cpu)) - noise)
+                .square()
+                .sum(tch::Kind::Float);
+            loss.backward();
+            let mut value = loss.double_value(&[]);
+            if self.nan_at == Some(step) {
+                value = f64::NAN;
+            }
+            let grad_norm = self.opt.clip_grad_norm(1.0);
+            self.opt.step(lr);
+            metrics.push(step as i64 + 1, "train/loss", value);
+            Ok(StepReport { loss: value, grad_norm, tokens: 4 })
+        }
+    }
+
+    fn args(stop_after_steps: Option<u64>, resume: bool) -> CheckpointArgs {
+        CheckpointArgs {
+            checkpoint_every: 0,
+            checkpoint_minutes: 0.0,
+            resume,
+            no_resume: false,
+            stop_after_steps,
+            keep_checkpoint: false,
+        }
+    }
+
+    fn run_toy(
+        dir: &Path,
+        args: &CheckpointArgs,
+        fingerprint: Value,
+        toy: &mut Toy,
+    ) -> Result<Finished> {
+        let schedule = Schedule::constant(0.05);
+        let out = dir.join("out");
+        StepLoop {
+            stage: "toy",
+            iteration: 0,
+            label: "toy",
+            dir: checkpoint_dir_for(&out),
+            out: &out,
+            args,
+            seed: 7,
+            fingerprint,
+            total_steps: 6,
+            offset: 0,
+            micro_batches_per_step: 1,
+            eval_every: 0,
+            schedule: &schedule,
+        }
+        .run(toy, MetricsLog::new("toy", 0))
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        Vec::<f32>::try_from(t.detach()).unwrap().iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn a_run_stopped_twice_and_resumed_equals_an_uninterrupted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = json!({"lr": 0.05});
+        let mut straight = Toy::new();
+        let whole = run_toy(dir.path(), &args(None, false), fp.clone(), &mut straight).unwrap();
+        assert_eq!((whole.steps, whole.steps_here, whole.tokens), (6, 6, 24));
+
+        let other = tempfile::tempdir().unwrap();
+        for expected_step in [2, 4] {
+            let mut toy = Toy::new();
+            let err = run_toy(other.path(), &args(Some(2), false), fp.clone(), &mut toy)
+                .unwrap_err();
+            let stop = err.downcast_ref::<checkpoint::StoppedAtStepLimit>().expect("step limit");
+            assert_eq!(stop.done, expected_step);
+        }
+        let mut toy = Toy::new();
+        let rest = run_toy(other.path(), &args(None, true), fp, &mut toy).unwrap();
+        assert_eq!((rest.steps_here, rest.tokens, rest.tokens_here), (2, 24, 8));
+        assert_eq!(bits(&toy.w), bits(&straight.w), "weights differ after resume");
+        let values = |f: &Finished| -> Vec<(i64, u64)> {
+            f.metrics.rows.iter().map(|r| (r.step, r.value.to_bits())).collect()
+        };
+        assert_eq!(values(&rest), values(&whole), "metrics differ after resume");
+    }
+
+    #[test]
+    fn other_settings_are_refused_under_resume_and_replaced_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toy = Toy::new();
+        run_toy(dir.path(), &args(Some(2), false), json!({"lr": 0.05}), &mut toy).unwrap_err();
+        let mut toy = Toy::new();
+        let err = run_toy(dir.path(), &args(None, true), json!({"lr": 0.1}), &mut toy).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("(lr)") && msg.contains("0.05") && msg.contains("0.1"), "{msg}");
+        let mut toy = Toy::new();
+        let fresh = run_toy(dir.path(), &args(None, false), json!({"lr": 0.1}), &mut toy).unwrap();
+        assert_eq!(fresh.steps_here, 6, "a foreign checkpoint is replaced, not resumed");
+    }
+
+    #[test]
+    fn a_nan_loss_stops_naming_the_step_and_the_surviving_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = json!({});
+        let mut toy = Toy::new();
+        run_toy(dir.path(), &args(Some(2), false), fp.clone(), &mut toy).unwrap_err();
+        let mut toy = Toy::new();
+        toy.nan_at = Some(3);
+        let msg = format!("{:#}", run_toy(dir.path(), &args(None, false), fp, &mut toy).unwrap_err());
+        assert!(msg.contains("training stopped at step 4"), "{msg}");
+        assert!(msg.contains("last good checkpoint (step 2)"), "{msg}");
+        assert!(msg.contains("is NaN"), "{msg}");
+        assert!(msg.contains("nothing was written to"), "{msg}");
+    }
 
     #[test]
     fn first_difference_names_the_key() {
