@@ -8,7 +8,9 @@
 #  3. the real-data pipeline (pipelines/perl.mk) on a tiny model written by transformers
 #     and HH-RLHF-format fixture data;
 #  4. full fine-tuning of the policy (ppo-update --full) on the micro demo's SFT model: its
-#     output feeds sample-rollouts and a second --full iteration, and transformers loads it.
+#     output feeds sample-rollouts and a second --full iteration, and transformers loads it;
+#  5. outcome (tests/outcome.sh): the demo configuration, 3 iterations, learns: reward-model
+#     accuracy, gold win rate and gold gain over SFT above thresholds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -96,5 +98,8 @@ assert st["full"] and st["iteration"] == 2 and st["optimizer_steps"] >= 2, st
 AutoModelForCausalLM.from_pretrained(sys.argv[1])
 print("e2e: --full policy after 2 iterations:", st["optimizer_steps"], "optimiser steps")
 PYEOF
+
+# --- 5. outcome: the demo configuration learns (thresholds in tests/outcome.sh) ---------
+BIN="$BIN" RLHF_PYTHON="$PY" bash tests/outcome.sh || fail "outcome"
 
 echo "e2e: ok" >&2

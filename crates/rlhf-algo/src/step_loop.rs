@@ -367,9 +367,17 @@ mod tests {
 
     impl Toy {
         fn new() -> Toy {
-            let w = Tensor::zeros([4], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-            let opt = AdamW::new(vec![("w".into(), w.shallow_clone())], AdamWConfig::default());
-            Toy { w, opt, nan_at: None }
+            let w =
+                Tensor::zeros([4], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let opt = AdamW::new(
+                vec![("w".into(), w.shallow_clone())],
+                AdamWConfig::default(),
+            );
+            Toy {
+                w,
+                opt,
+                nan_at: None,
+            }
         }
     }
 
@@ -397,7 +405,11 @@ mod tests {
             let grad_norm = self.opt.clip_grad_norm(1.0);
             self.opt.step(lr);
             metrics.push(step as i64 + 1, "train/loss", value);
-            Ok(StepReport { loss: value, grad_norm, tokens: 4 })
+            Ok(StepReport {
+                loss: value,
+                grad_norm,
+                tokens: 4,
+            })
         }
     }
 
@@ -439,7 +451,11 @@ mod tests {
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        Vec::<f32>::try_from(t.detach()).unwrap().iter().map(|x| x.to_bits()).collect()
+        Vec::<f32>::try_from(t.detach())
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
     }
 
     #[test]
@@ -453,17 +469,27 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         for expected_step in [2, 4] {
             let mut toy = Toy::new();
-            let err = run_toy(other.path(), &args(Some(2), false), fp.clone(), &mut toy)
-                .unwrap_err();
-            let stop = err.downcast_ref::<checkpoint::StoppedAtStepLimit>().expect("step limit");
+            let err =
+                run_toy(other.path(), &args(Some(2), false), fp.clone(), &mut toy).unwrap_err();
+            let stop = err
+                .downcast_ref::<checkpoint::StoppedAtStepLimit>()
+                .expect("step limit");
             assert_eq!(stop.done, expected_step);
         }
         let mut toy = Toy::new();
         let rest = run_toy(other.path(), &args(None, true), fp, &mut toy).unwrap();
         assert_eq!((rest.steps_here, rest.tokens, rest.tokens_here), (2, 24, 8));
-        assert_eq!(bits(&toy.w), bits(&straight.w), "weights differ after resume");
+        assert_eq!(
+            bits(&toy.w),
+            bits(&straight.w),
+            "weights differ after resume"
+        );
         let values = |f: &Finished| -> Vec<(i64, u64)> {
-            f.metrics.rows.iter().map(|r| (r.step, r.value.to_bits())).collect()
+            f.metrics
+                .rows
+                .iter()
+                .map(|r| (r.step, r.value.to_bits()))
+                .collect()
         };
         assert_eq!(values(&rest), values(&whole), "metrics differ after resume");
     }
@@ -472,14 +498,26 @@ mod tests {
     fn other_settings_are_refused_under_resume_and_replaced_by_default() {
         let dir = tempfile::tempdir().unwrap();
         let mut toy = Toy::new();
-        run_toy(dir.path(), &args(Some(2), false), json!({"lr": 0.05}), &mut toy).unwrap_err();
+        run_toy(
+            dir.path(),
+            &args(Some(2), false),
+            json!({"lr": 0.05}),
+            &mut toy,
+        )
+        .unwrap_err();
         let mut toy = Toy::new();
         let err = run_toy(dir.path(), &args(None, true), json!({"lr": 0.1}), &mut toy).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("(lr)") && msg.contains("0.05") && msg.contains("0.1"), "{msg}");
+        assert!(
+            msg.contains("(lr)") && msg.contains("0.05") && msg.contains("0.1"),
+            "{msg}"
+        );
         let mut toy = Toy::new();
         let fresh = run_toy(dir.path(), &args(None, false), json!({"lr": 0.1}), &mut toy).unwrap();
-        assert_eq!(fresh.steps_here, 6, "a foreign checkpoint is replaced, not resumed");
+        assert_eq!(
+            fresh.steps_here, 6,
+            "a foreign checkpoint is replaced, not resumed"
+        );
     }
 
     #[test]
@@ -490,7 +528,10 @@ mod tests {
         run_toy(dir.path(), &args(Some(2), false), fp.clone(), &mut toy).unwrap_err();
         let mut toy = Toy::new();
         toy.nan_at = Some(3);
-        let msg = format!("{:#}", run_toy(dir.path(), &args(None, false), fp, &mut toy).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            run_toy(dir.path(), &args(None, false), fp, &mut toy).unwrap_err()
+        );
         assert!(msg.contains("training stopped at step 4"), "{msg}");
         assert!(msg.contains("last good checkpoint (step 2)"), "{msg}");
         assert!(msg.contains("is NaN"), "{msg}");

@@ -66,14 +66,19 @@ pub struct GlobalArgs {
     /// The table of --config to read instead of the stage's name (dots for nesting).
     #[arg(long, value_name = "NAME", global = true, requires = "config")]
     pub config_section: Option<String>,
+    /// Print the resolved settings (every flag with its value, defaults and --config
+    /// included) as TOML that --config reads back, and exit without running.
+    #[arg(long, global = true)]
+    pub print_config: bool,
 }
 
 impl GlobalArgs {
     /// Sets up logging, progress bars and the rayon pool. Call once, first thing in main.
     pub fn init(&self) {
-        if self.config.is_some() && crate::config::effective_args().is_none() {
+        if (self.config.is_some() && crate::config::effective_args().is_none()) || self.print_config
+        {
             // a binary that parsed its flags without rlhf_core::config::parse
-            eprintln!("error: --config is not read by this binary");
+            eprintln!("error: --config and --print-config are not read by this binary");
             std::process::exit(EXIT_USAGE as i32);
         }
         let level = match (self.verbose as i32) - (self.quiet as i32) {

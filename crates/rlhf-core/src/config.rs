@@ -32,6 +32,13 @@ pub fn effective_args() -> Option<&'static [String]> {
 pub fn parse<C: Parser>(stage: &str) -> C {
     let args: Vec<OsString> = std::env::args_os().collect();
     match resolve::<C>(stage, &args).and_then(|full| C::try_parse_from(&full).map(|c| (c, full))) {
+        Ok((_, full)) if asks_to_print(&args) => match resolved_toml::<C>(stage, &full) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::exit(0)
+            }
+            Err(e) => e.exit(),
+        },
         Ok((c, full)) => {
             if flag_value(&args, "config").is_some() {
                 let shown = full
@@ -44,6 +51,110 @@ pub fn parse<C: Parser>(stage: &str) -> C {
         }
         Err(e) => e.exit(),
     }
+}
+
+/// True when the command line holds `--print-config` (before any `--`).
+fn asks_to_print(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--print-config")
+}
+
+/// Long flags that are not settings of the run: not printed by `--print-config`.
+const NOT_SETTINGS: [&str; 9] = [
+    "help",
+    "version",
+    "config",
+    "config-section",
+    "print-config",
+    "summary-json",
+    "no-progress",
+    "log-format",
+    "threads",
+];
+
+/// `--print-config`: the settings of the command line `full` (the `--config` flags already
+/// in it) as TOML: every long flag of the stage with its value, defaults included, in the
+/// stage's table (`[train-sft]`, `[prep-data.pairs]`); a flag without a value or default
+/// is a comment. `--config` reads the text back to the same settings.
+pub fn resolved_toml<C: Parser>(stage: &str, full: &[OsString]) -> Result<String, clap::Error> {
+    let mut cmd = C::command();
+    let top = cmd.try_get_matches_from_mut(full)?;
+    cmd.build();
+    let (target, matches, section) = match top.subcommand() {
+        Some((name, sub)) => (
+            cmd.find_subcommand(name).cloned().unwrap_or(cmd.clone()),
+            sub,
+            format!("{stage}.{name}"),
+        ),
+        None => (cmd.clone(), &top, stage.to_string()),
+    };
+    let mut out = format!(
+        "# {} {}: the resolved settings (defaults included); run it with --config FILE\n[{section}]\n",
+        stage,
+        env!("CARGO_PKG_VERSION")
+    );
+    for arg in target.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if NOT_SETTINGS.contains(&long) {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        match arg.get_action() {
+            ArgAction::SetTrue | ArgAction::SetFalse => {
+                let on = matches.try_get_one::<bool>(id).ok().flatten().copied();
+                out.push_str(&format!("{long} = {}\n", on.unwrap_or(false)));
+            }
+            ArgAction::Set | ArgAction::Append => {
+                let values: Option<Vec<String>> = matches
+                    .try_get_raw(id)
+                    .ok()
+                    .flatten()
+                    .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect());
+                let list = arg.get_value_delimiter().is_some()
+                    || matches!(arg.get_action(), ArgAction::Append);
+                match values {
+                    None => out.push_str(&format!("# {long} = (not set)\n")),
+                    Some(v) if list => {
+                        let items: Vec<String> = v.iter().map(|x| toml_value(x)).collect();
+                        out.push_str(&format!("{long} = [{}]\n", items.join(", ")));
+                    }
+                    Some(v) => out.push_str(&format!("{long} = {}\n", toml_value(&v.join(" ")))),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A flag's value as TOML: numbers bare, everything else a quoted string.
+fn toml_value(v: &str) -> String {
+    let number = !v.is_empty()
+        && v.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '-')
+        && v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+        && v.parse::<f64>().is_ok_and(f64::is_finite)
+        && format!("x = {v}").parse::<toml::Table>().is_ok();
+    if number {
+        return v.to_string();
+    }
+    let mut q = String::with_capacity(v.len() + 2);
+    q.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c if c.is_control() => q.push_str(&format!("\\u{:04X}", c as u32)),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
 }
 
 /// [`parse`] on the given arguments (the first is the program name).
@@ -472,5 +583,61 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(t.cmd, Sub::Synthetic { num_prompts: 9 }));
+    }
+
+    #[test]
+    fn printed_settings_read_back_to_the_same_settings() {
+        let args = [
+            "stage",
+            "--model",
+            "m \"x\"",
+            "--lora-targets",
+            "q_proj,v_proj",
+            "--learning-rate",
+            "3e-4",
+            "--seed",
+            "5",
+            "--full",
+        ];
+        let full: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let text = resolved_toml::<Stage>("stage", &full).unwrap();
+        assert!(text.contains("[stage]\n"), "{text}");
+        assert!(
+            text.contains("lora-rank = 8\n"),
+            "defaults are printed: {text}"
+        );
+        assert!(
+            text.contains("lora-targets = [\"q_proj\", \"v_proj\"]"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("print-config") && !text.contains("summary-json"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), &text);
+        let back = parse("stage", &["--config", f.to_str().unwrap()]).unwrap();
+        let first = parse("stage", &args[1..]).unwrap();
+        assert_eq!(
+            format!("{back:?}").replace(&format!("{:?}", Some(&f)), "None"),
+            format!("{first:?}")
+        );
+        let sub: Vec<OsString> = ["tool", "pairs", "--label-noise", "0.5"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let text = resolved_toml::<Tool>("tool", &sub).unwrap();
+        assert!(text.contains("[tool.pairs]\nlabel-noise = 0.5\n"), "{text}");
+    }
+
+    #[test]
+    fn values_are_quoted_unless_they_are_toml_numbers() {
+        assert_eq!(toml_value("8"), "8");
+        assert_eq!(toml_value("-0.5"), "-0.5");
+        assert_eq!(toml_value("3e-4"), "3e-4");
+        assert_eq!(toml_value("007"), "\"007\"");
+        assert_eq!(toml_value("cpu"), "\"cpu\"");
+        assert_eq!(toml_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(toml_value(""), "\"\"");
     }
 }

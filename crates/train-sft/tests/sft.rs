@@ -54,7 +54,10 @@ fn full_tuning_loss_falls_and_writes_a_loadable_model_folder() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    assert!(!fx.path("sft.checkpoint").exists(), "checkpoint left behind");
+    assert!(
+        !fx.path("sft.checkpoint").exists(),
+        "checkpoint left behind"
+    );
     // Our loader reads the result and it differs from the random start.
     let a = rlhf_nn::Model::load(&fx.model, Device::Cpu, Kind::Float).unwrap();
     let b = rlhf_nn::Model::load(&out, Device::Cpu, Kind::Float).unwrap();
