@@ -266,24 +266,38 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
         .unwrap();
     let ckpt = fx.path("b.checkpoint");
     let start = Instant::now();
-    while !rlhf_algo::checkpoint::exists(&ckpt) && start.elapsed() < Duration::from_secs(120) {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+    while !rlhf_algo::checkpoint::exists(&ckpt) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let killed_early = !out.exists();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "the run was not killed: {status:?}");
+    }
+    assert!(!out.exists(), "a killed run must leave no output");
+    let at = rlhf_algo::checkpoint::load_meta(&ckpt).unwrap().step;
+    assert!((3..150).contains(&at), "checkpoint at step {at}");
     let mut resume = args.clone();
     resume.push("--resume");
-    ok(&fx.sft("b", &resume));
+    let resumed = fx.sft("b", &resume);
+    ok(&resumed);
+    let log = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        log.contains("resumed from checkpoint") && log.contains(&format!("step={at} ")),
+        "the rerun did not resume from the step-{at} checkpoint:\n{log}"
+    );
     let wa = std::fs::read(fx.path("a").join("model.safetensors")).unwrap();
     let wb = std::fs::read(out.join("model.safetensors")).unwrap();
-    assert!(
-        wa == wb,
-        "weights after kill + resume differ (killed before the end: {killed_early})"
-    );
+    assert!(wa == wb, "weights after kill + resume differ");
     assert_eq!(all_metrics(&fx.path("a")), all_metrics(&out));
 }
 
