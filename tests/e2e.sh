@@ -66,6 +66,18 @@ cmp -s "$run/sft/model.safetensors" "$tmp/one/sft/model.safetensors" || fail "CO
 cmp -s "$run/rm/adapter_model.safetensors" "$tmp/one/rm/adapter_model.safetensors" || fail "CONFIG=one file: other reward adapter"
 echo "e2e: one TOML file (CONFIG=) gives the same SFT and reward-model weights as the per-stage files" >&2
 
+# --- 2d. the resolved settings each trainer writes (run_config.toml) rerun the same run --
+"$BIN/train-sft" -q --no-progress --threads 2 --config "$run/sft/run_config.toml" --out "$tmp/sft-again" \
+  || fail "train-sft --config sft/run_config.toml"
+cmp -s "$run/sft/model.safetensors" "$tmp/sft-again/model.safetensors" || fail "run_config.toml: other SFT weights"
+"$BIN/ppo-update" -q --no-progress --threads 2 --config "$run/iter-002/policy/run_config.toml" \
+  --out "$tmp/ppo-again" >/dev/null || fail "ppo-update --config iter-002/policy/run_config.toml"
+cmp -s "$run/iter-002/policy/adapter_model.safetensors" "$tmp/ppo-again/adapter_model.safetensors" \
+  || fail "run_config.toml: other policy adapter"
+"$BIN/train-rm-lora" --print-config --config "$run/rm/run_config.toml" --out "$tmp/x" \
+  | grep '^lora-rank = 4$' >/dev/null || fail "--print-config of rm/run_config.toml"
+echo "e2e: run_config.toml in sft/ and iter-002/policy/ reruns to the same weights" >&2
+
 # --- 3. real-data pipeline on a transformers-made model -------------------------------
 model=$tmp/hf-model
 "$PY" scripts/make_tiny_hf_model.py --tokenizer-dir "$run/model" --out "$model"

@@ -273,6 +273,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
     }
     .write(out.path())?;
     metrics.write(&out.path().join(METRICS_FILE), &lineage)?;
+    rlhf_core::config::write_resolved(out.path())?;
     out.commit()?;
     rlhf_algo::step_loop::remove_checkpoint(&s.checkpoint_dir(), &s.checkpoint)?;
     let metric = |name: &str| {

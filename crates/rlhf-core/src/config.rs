@@ -21,6 +21,29 @@ use clap::{ArgAction, Command, Parser};
 /// The command line after `--config` was applied (set once by [`parse`]).
 static EFFECTIVE_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 
+/// The resolved settings as TOML (set once by [`parse`]).
+static RESOLVED: OnceLock<String> = OnceLock::new();
+
+/// File the trainers write into their output folder: the run's resolved settings.
+pub const RESOLVED_FILE: &str = "run_config.toml";
+
+/// The resolved settings of this process's command line as TOML (what `--print-config`
+/// prints); None when the flags were not parsed by [`parse`] (library calls, tests).
+pub fn resolved() -> Option<&'static str> {
+    RESOLVED.get().map(String::as_str)
+}
+
+/// Writes [`resolved`] into the output folder `dir` as `run_config.toml` (nothing when
+/// there is none): `--config DIR/run_config.toml` reruns with the same settings, whatever
+/// the defaults of a later version.
+pub fn write_resolved(dir: &Path) -> Result<(), crate::CoreError> {
+    let Some(text) = resolved() else {
+        return Ok(());
+    };
+    let path = dir.join(RESOLVED_FILE);
+    std::fs::write(&path, text).map_err(|e| crate::CoreError::io("writing", path, e))
+}
+
 /// The command line as the stage ran it, the flags from `--config` included, without the
 /// program name: what the lineage of every output records. None when no config was read.
 pub fn effective_args() -> Option<&'static [String]> {
@@ -40,6 +63,9 @@ pub fn parse<C: Parser>(stage: &str) -> C {
             Err(e) => e.exit(),
         },
         Ok((c, full)) => {
+            if let Ok(text) = resolved_toml::<C>(stage, &full) {
+                let _ = RESOLVED.set(text);
+            }
             if flag_value(&args, "config").is_some() {
                 let shown = full
                     .iter()

@@ -361,6 +361,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             lineage.to_json().as_bytes(),
         )?;
     }
+    rlhf_core::config::write_resolved(out.path())?;
     let path = out.commit()?;
     rlhf_algo::step_loop::remove_checkpoint(&ck_root, &cli.checkpoint)?;
     info!(out = %path.display(), "reward model written");

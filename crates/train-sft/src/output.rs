@@ -57,6 +57,7 @@ pub fn write(
     let lineage_path = dir.path().join(LINEAGE_FILE);
     std::fs::write(&lineage_path, folder.to_json() + "\n")
         .with_context(|| format!("writing {}", lineage_path.display()))?;
+    rlhf_core::config::write_resolved(dir.path())?;
     dir.commit()?;
     Ok(())
 }

@@ -281,7 +281,11 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
     let status = child.wait().unwrap();
     {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "the run was not killed: {status:?}");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the run was not killed: {status:?}"
+        );
     }
     assert!(!out.exists(), "a killed run must leave no output");
     let at = rlhf_algo::checkpoint::load_meta(&ckpt).unwrap().step;
