@@ -97,14 +97,14 @@ impl CheckpointArgs {
     /// Checks the values (a usage error names the flag).
     pub fn validate(&self) -> std::result::Result<(), rlhf_core::CoreError> {
         if !self.checkpoint_minutes.is_finite() || self.checkpoint_minutes < 0.0 {
-            return Err(rlhf_core::CoreError::Usage(format!(
+            return Err(rlhf_core::CoreError::usage(format!(
                 "--checkpoint-minutes {} must be a number >= 0 (0 = by steps only)",
                 self.checkpoint_minutes
             )));
         }
         if self.stop_after_steps == Some(0) {
-            return Err(rlhf_core::CoreError::Usage(
-                "--stop-after-steps must be at least 1".into(),
+            return Err(rlhf_core::CoreError::usage(
+                "--stop-after-steps must be at least 1",
             ));
         }
         Ok(())

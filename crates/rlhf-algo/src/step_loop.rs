@@ -279,42 +279,42 @@ impl StepLoop<'_> {
     pub fn run(&self, task: &mut dyn Steps, mut metrics: MetricsLog) -> Result<Finished> {
         let mut clock = self.args.clock();
         let total = self.total_steps;
-        let (start, mut tokens) = match self.resume(task, &mut metrics)? {
+        let (start, tokens) = match self.resume(task, &mut metrics)? {
             Some(r) => (r.step, r.tokens),
             None => (0, 0),
         };
-        let bar = rlhf_core::progress::bar(total, self.label);
-        bar.set_position(start);
-        let log_every = (total / 10).max(1);
-        let mut done_here = Finished {
-            metrics: MetricsLog::new(self.stage, self.iteration),
+        let mut fin = Finished {
+            metrics,
             steps: total,
             steps_here: 0,
-            tokens: 0,
+            tokens,
             tokens_here: 0,
             train_seconds: 0.0,
             last_loss: None,
         };
+        let bar = rlhf_core::progress::bar(total, self.label);
+        bar.set_position(start);
+        let log_every = (total / 10).max(1);
         for step in start..total {
             let global = self.offset + step;
             tch::manual_seed(dropout_seed(self.seed, global));
             let lr = self.schedule.lr_at(global);
             let t0 = Instant::now();
             let report = task
-                .step(step, lr, &mut metrics)
+                .step(step, lr, &mut fin.metrics)
                 .and_then(|r| {
                     ensure_finite(r.loss, global + 1)?;
                     ensure_finite_named("gradient norm", r.grad_norm, global + 1)?;
                     Ok(r)
                 })
                 .map_err(|e| self.failed(e, step))?;
-            done_here.train_seconds += t0.elapsed().as_secs_f64();
-            done_here.steps_here += 1;
-            done_here.tokens_here += report.tokens;
-            done_here.last_loss = Some(report.loss);
-            tokens += report.tokens;
+            fin.train_seconds += t0.elapsed().as_secs_f64();
+            fin.steps_here += 1;
+            fin.tokens_here += report.tokens;
+            fin.tokens += report.tokens;
+            fin.last_loss = Some(report.loss);
             let done = step + 1;
-            let rate = done_here.tokens_per_second();
+            let rate = fin.tokens_per_second();
             bar.set_position(done);
             bar.set_prefix(format!(
                 "loss {:.4} lr {lr:.2e} {rate:.0} tok/s",
@@ -332,11 +332,11 @@ impl StepLoop<'_> {
                 );
             }
             if self.eval_every > 0 && done % self.eval_every == 0 && done < total {
-                task.eval(done, &mut metrics)?;
+                task.eval(done, &mut fin.metrics)?;
             }
             let due = clock.after_step(done, total);
             if due != Due::No {
-                self.save(task, &metrics, done, tokens)?;
+                self.save(task, &fin.metrics, done, fin.tokens)?;
                 clock.saved();
             }
             if let Due::SaveAndStop(stop) = due {
@@ -345,9 +345,7 @@ impl StepLoop<'_> {
             }
         }
         bar.finish_and_clear();
-        done_here.metrics = metrics;
-        done_here.tokens = tokens;
-        Ok(done_here)
+        Ok(fin)
     }
 }
 

@@ -110,7 +110,9 @@ pub fn resolved_toml<C: Parser>(stage: &str, full: &[OsString]) -> Result<String
     cmd.build();
     let (target, matches, section) = match top.subcommand() {
         Some((name, sub)) => (
-            cmd.find_subcommand(name).cloned().unwrap_or(cmd.clone()),
+            cmd.find_subcommand(name)
+                .cloned()
+                .unwrap_or_else(|| cmd.clone()),
             sub,
             format!("{stage}.{name}"),
         ),
