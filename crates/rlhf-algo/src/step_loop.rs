@@ -355,6 +355,10 @@ mod tests {
     use crate::optim::{AdamW, AdamWConfig};
     use crate::schedule::Schedule;
 
+    /// The toy tests draw from torch's one global generator: run them one at a time (the
+    /// test harness runs tests on parallel threads).
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Fits a vector to a target with a noisy quadratic loss (the noise comes from torch's
     /// generator, so a resumed run matches only when the loop reseeds it per step).
     struct Toy {
@@ -458,6 +462,7 @@ mod tests {
 
     #[test]
     fn a_run_stopped_twice_and_resumed_equals_an_uninterrupted_one() {
+        let _one_at_a_time = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let fp = json!({"lr": 0.05});
         let mut straight = Toy::new();
@@ -494,6 +499,7 @@ mod tests {
 
     #[test]
     fn other_settings_are_refused_under_resume_and_replaced_by_default() {
+        let _one_at_a_time = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let mut toy = Toy::new();
         run_toy(
@@ -520,6 +526,7 @@ mod tests {
 
     #[test]
     fn a_nan_loss_stops_naming_the_step_and_the_surviving_checkpoint() {
+        let _one_at_a_time = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let fp = json!({});
         let mut toy = Toy::new();
