@@ -6,6 +6,7 @@ pub mod adapter_meta;
 pub mod atomic;
 pub mod chat;
 pub mod cli;
+pub mod column;
 pub mod config;
 pub mod error;
 pub mod hash;

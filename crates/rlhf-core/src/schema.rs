@@ -32,15 +32,6 @@ pub struct Column {
     pub doc: &'static str,
 }
 
-fn col(name: &'static str, data_type: DataType, nullable: bool, doc: &'static str) -> Column {
-    Column {
-        name,
-        data_type,
-        nullable,
-        doc,
-    }
-}
-
 /// `list<int32>` (token ids).
 pub fn token_list() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Int32, true)))
@@ -67,8 +58,6 @@ pub fn message_fields() -> Fields {
         Field::new("content", DataType::Utf8, false),
     ])
 }
-
-use DataType::{Float32, Float64, Int32, Int64, UInt64, Utf8};
 
 impl Artifact {
     /// All artifacts, in documentation order.
@@ -116,89 +105,19 @@ impl Artifact {
         }
     }
 
-    /// The required columns (extra nullable columns may follow in files).
+    /// The required columns (extra nullable columns may follow in files), declared with
+    /// the artifact's rows in `records`.
     pub fn columns(self) -> Vec<Column> {
+        use crate::records::*;
         match self {
-            Artifact::Prompts => vec![
-                col("prompt_id", Utf8, false, "Stable id: content hash of the prompt."),
-                col("prompt", Utf8, false, "Prompt text exactly as fed to the model (chat template applied)."),
-                col("messages", messages_type(), true, "The prompt as chat messages, when it came as a conversation."),
-                col("prompt_tokens", token_list(), true, "Token ids of `prompt` (null until a tokenizer is known)."),
-                col("split", Utf8, false, "train or eval (deterministic by hash)."),
-                col("source", Utf8, false, "Dataset or generator the row came from."),
-                col("reference", Utf8, true, "Reference answer, for exact-match rule rewards."),
-            ],
-            Artifact::Preferences => vec![
-                col("pair_id", Utf8, false, "Stable id: content hash of prompt, chosen and rejected."),
-                col("prompt_id", Utf8, false, "Id of the prompt (same hash as in prompts)."),
-                col("group_id", Utf8, true, "Ranking group the pair was expanded from (K-way rankings)."),
-                col("prompt", Utf8, false, "Prompt text as fed to the model."),
-                col("chosen", Utf8, false, "The preferred response."),
-                col("rejected", Utf8, false, "The other response."),
-                col("label", Float32, false, "P(chosen preferred): 1.0, or 0.5 for a tie."),
-                col("margin", Float32, true, "Strength of preference when known (e.g. SHP score ratio)."),
-                col("weight", Float32, false, "Loss weight of the pair."),
-                col("split", Utf8, false, "train or eval."),
-                col("source", Utf8, false, "Dataset the row came from."),
-                col("prompt_tokens", token_list(), true, "Token ids of `prompt` (with --tokenizer)."),
-                col("chosen_tokens", token_list(), true, "Token ids of `chosen` (with --tokenizer)."),
-                col("rejected_tokens", token_list(), true, "Token ids of `rejected` (with --tokenizer)."),
-            ],
-            Artifact::Ratings => vec![
-                col("rating_id", Utf8, false, "Stable id: content hash of prompt and response."),
-                col("prompt_id", Utf8, false, "Id of the prompt."),
-                col("prompt", Utf8, false, "Prompt text as fed to the model."),
-                col("response", Utf8, false, "The rated response."),
-                col("rating", Float32, false, "1.0 thumbs up, 0.0 thumbs down, or a scalar rating."),
-                col("split", Utf8, false, "train or eval."),
-                col("source", Utf8, false, "Dataset the row came from."),
-                col("prompt_tokens", token_list(), true, "Token ids of `prompt` (with --tokenizer)."),
-                col("response_tokens", token_list(), true, "Token ids of `response` (with --tokenizer)."),
-            ],
-            Artifact::Sft => vec![
-                col("sft_id", Utf8, false, "Stable id: content hash of prompt and completion."),
-                col("prompt_id", Utf8, false, "Id of the prompt."),
-                col("prompt", Utf8, false, "Prompt text as fed to the model (masked out of the loss)."),
-                col("completion", Utf8, false, "Completion text the model learns."),
-                col("messages", messages_type(), true, "The example as chat messages, when it came as a conversation."),
-                col("split", Utf8, false, "train or eval."),
-                col("source", Utf8, false, "Dataset the row came from."),
-                col("prompt_tokens", token_list(), true, "Token ids of `prompt` (with --tokenizer)."),
-                col("completion_tokens", token_list(), true, "Token ids of `completion` (with --tokenizer)."),
-            ],
-            Artifact::Rollouts => vec![
-                col("rollout_id", Utf8, false, "Stable id: hash of prompt id, iteration, sample index and policy id."),
-                col("prompt_id", Utf8, false, "Id of the prompt sampled from."),
-                col("iteration", Int32, false, "Policy iteration the sample belongs to."),
-                col("sample_index", Int32, false, "Index of the sample among the K of its prompt."),
-                col("prompt", Utf8, false, "Prompt text."),
-                col("response", Utf8, false, "Decoded response text (special tokens removed)."),
-                col("prompt_tokens", token_list(), false, "Prompt token ids as fed to the model."),
-                col("response_tokens", token_list(), false, "Sampled token ids (the EOS token included when sampled)."),
-                col("logprobs", float_list(), false, "Per response token: log-probability under the sampling policy (after temperature/top-k/top-p)."),
-                col("ref_logprobs", float_list(), true, "Per response token: log-probability under the reference (adapter off), temperature 1."),
-                col("finish_reason", Utf8, false, "eos, length or stop."),
-                col("policy_id", Utf8, false, "Content hash of the policy adapter (\"base\" without one)."),
-                col("seed", UInt64, false, "Seed of this sample's random stream."),
-            ],
-            Artifact::Scores => vec![
-                col("rollout_id", Utf8, false, "Id of the scored rollout."),
-                col("reward", Float32, false, "The scalar training uses: weighted sum of the sources plus penalties."),
-                col("penalty", Float32, false, "Penalties included in `reward` (e.g. missing EOS)."),
-            ],
-            Artifact::Metrics => vec![
-                col("stage", Utf8, false, "Producing stage (train-sft, train-rm-lora, ppo-update, ...)."),
-                col("iteration", Int32, false, "Policy iteration (0 outside the RL loop)."),
-                col("step", Int64, false, "Optimiser step (or -1 for a whole-run figure)."),
-                col("metric", Utf8, false, "Metric name, e.g. train/loss, eval/accuracy."),
-                col("value", Float64, false, "Metric value."),
-            ],
-            Artifact::Rejects => vec![
-                col("source_file", Utf8, false, "Input file the row came from."),
-                col("row_number", Int64, false, "1-based row (line) number in that file."),
-                col("reason", Utf8, false, "Why the row was not used."),
-                col("row", Utf8, false, "The input row as JSON text."),
-            ],
+            Artifact::Prompts => PromptRow::columns(),
+            Artifact::Preferences => PreferenceRow::columns(),
+            Artifact::Ratings => RatingRow::columns(),
+            Artifact::Sft => SftRow::columns(),
+            Artifact::Rollouts => RolloutRow::columns(),
+            Artifact::Scores => scores_columns(),
+            Artifact::Metrics => MetricRow::columns(),
+            Artifact::Rejects => RejectRow::columns(),
         }
     }
 
@@ -303,6 +222,7 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use DataType::{Int32, Int64, Utf8};
 
     #[test]
     fn names_round_trip() {

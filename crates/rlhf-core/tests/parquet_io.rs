@@ -129,6 +129,43 @@ fn every_artifact_round_trips() {
 }
 
 #[test]
+fn a_rollout_whose_logprobs_do_not_match_its_tokens_is_refused_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rollouts.parquet");
+    let good = RolloutRow {
+        rollout_id: "x".into(),
+        prompt_id: "p".into(),
+        iteration: 1,
+        sample_index: 0,
+        prompt: "q".into(),
+        response: "a".into(),
+        prompt_tokens: vec![1],
+        response_tokens: vec![3, 4],
+        logprobs: vec![-0.5, -1.25],
+        ref_logprobs: None,
+        finish_reason: "eos".into(),
+        policy_id: "base".into(),
+        seed: 7,
+    };
+    let bad = RolloutRow {
+        rollout_id: "y".into(),
+        logprobs: vec![-0.5],
+        ..good.clone()
+    };
+    write_records(&path, &[good, bad], &lineage(Artifact::Rollouts)).unwrap();
+    match read_records::<RolloutRow>(&path) {
+        Err(CoreError::BadInput { row, message, .. }) => {
+            assert_eq!(row, Some(1));
+            assert!(
+                message.contains("rollout y: 2 response tokens but 1 logprobs"),
+                "{message}"
+            );
+        }
+        other => panic!("expected bad input, got {other:?}"),
+    }
+}
+
+#[test]
 fn scores_keep_their_source_columns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scores.parquet");

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use arrow::datatypes::DataType;
 use regex::Regex;
+use rlhf_core::column::Columns;
 use rlhf_core::error::CoreError;
 use rlhf_core::parquet_io::Dataset;
-use rlhf_core::records::Columns;
 use rlhf_core::schema::Artifact;
 
 /// What a length is counted in.

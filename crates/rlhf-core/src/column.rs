@@ -1,0 +1,371 @@
+//! How a field's Rust type maps to one Arrow column: its data type, whether it may be
+//! null, how values become an array and how an array becomes values again. The artifact
+//! declarations in `records` are built from this, so each column is written once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, ListArray, PrimitiveArray, RecordBatch, StringArray,
+    StructArray,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type,
+};
+
+use crate::error::{CoreError, Result};
+use crate::records::Message;
+use crate::schema::{float_list, message_fields, messages_type, token_list, Column};
+
+/// A Rust type that one Arrow column holds.
+pub trait ColumnType: Sized {
+    /// Whether the column may hold nulls (the `Option` types).
+    const NULLABLE: bool;
+    /// The Arrow type of the column.
+    fn data_type() -> DataType;
+    /// The column holding these values, in order.
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef
+    where
+        Self: 'a;
+    /// The column `name` of a batch; a missing or null required value is an error naming
+    /// the file, the row and the column.
+    fn read(columns: &Columns, name: &str) -> Result<Vec<Self>>;
+}
+
+/// The description of column `name` holding `T`.
+pub fn column<T: ColumnType>(name: &'static str, doc: &'static str) -> Column {
+    Column {
+        name,
+        data_type: T::data_type(),
+        nullable: T::NULLABLE,
+        doc,
+    }
+}
+
+macro_rules! primitive_column {
+    ($($native:ty => $arrow:ty, $dt:expr;)*) => {$(
+        impl ColumnType for $native {
+            const NULLABLE: bool = false;
+            fn data_type() -> DataType {
+                $dt
+            }
+            fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+                Arc::new(PrimitiveArray::<$arrow>::from_iter_values(values.copied()))
+            }
+            fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+                columns.prim::<$arrow>(name)
+            }
+        }
+    )*};
+}
+
+primitive_column! {
+    f32 => Float32Type, DataType::Float32;
+    f64 => Float64Type, DataType::Float64;
+    i32 => Int32Type, DataType::Int32;
+    i64 => Int64Type, DataType::Int64;
+    u64 => UInt64Type, DataType::UInt64;
+}
+
+impl ColumnType for Option<f32> {
+    const NULLABLE: bool = true;
+    fn data_type() -> DataType {
+        DataType::Float32
+    }
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        Arc::new(values.copied().collect::<Float32Array>())
+    }
+    fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+        Ok(columns.opt_f32(name))
+    }
+}
+
+impl ColumnType for String {
+    const NULLABLE: bool = false;
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        strs(values.map(String::as_str))
+    }
+    fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+        columns.str(name)
+    }
+}
+
+impl ColumnType for Option<String> {
+    const NULLABLE: bool = true;
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        opt_strs(values.map(Option::as_deref))
+    }
+    fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+        Ok(columns.opt_str(name))
+    }
+}
+
+macro_rules! list_column {
+    ($($native:ty => $build:ident, $dt:ident, $read:ident, $opt_read:ident;)*) => {$(
+        impl ColumnType for Vec<$native> {
+            const NULLABLE: bool = false;
+            fn data_type() -> DataType {
+                $dt()
+            }
+            fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+                $build(values.map(Some))
+            }
+            fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+                columns.$read(name)
+            }
+        }
+
+        impl ColumnType for Option<Vec<$native>> {
+            const NULLABLE: bool = true;
+            fn data_type() -> DataType {
+                $dt()
+            }
+            fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+                $build(values.map(Option::as_ref))
+            }
+            fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+                Ok(columns.$opt_read(name))
+            }
+        }
+    )*};
+}
+
+list_column! {
+    i32 => tokens, token_list, tokens, opt_tokens;
+    f32 => floats, float_list, floats, opt_floats;
+}
+
+impl ColumnType for Option<Vec<Message>> {
+    const NULLABLE: bool = true;
+    fn data_type() -> DataType {
+        messages_type()
+    }
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        messages(values.map(Option::as_ref))
+    }
+    fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
+        Ok(columns.opt_messages(name))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Column builders
+
+pub(crate) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(it))
+}
+
+fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(it.collect::<StringArray>())
+}
+
+fn tokens<'a>(it: impl Iterator<Item = Option<&'a Vec<i32>>>) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(it.map(
+        |o| o.map(|v| v.iter().map(|&x| Some(x)).collect::<Vec<_>>()),
+    )))
+}
+
+fn floats<'a>(it: impl Iterator<Item = Option<&'a Vec<f32>>>) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(it.map(
+        |o| o.map(|v| v.iter().map(|&x| Some(x)).collect::<Vec<_>>()),
+    )))
+}
+
+fn messages<'a>(it: impl Iterator<Item = Option<&'a Vec<Message>>>) -> ArrayRef {
+    let mut offsets = vec![0i32];
+    let mut roles = Vec::new();
+    let mut contents = Vec::new();
+    let mut valid = Vec::new();
+    for m in it {
+        if let Some(list) = m {
+            for msg in list {
+                roles.push(msg.role.as_str());
+                contents.push(msg.content.as_str());
+            }
+        }
+        valid.push(m.is_some());
+        offsets.push(roles.len() as i32);
+    }
+    let values = StructArray::new(
+        message_fields(),
+        vec![strs(roles.into_iter()), strs(contents.into_iter())],
+        None,
+    );
+    let field = Arc::new(Field::new("item", DataType::Struct(message_fields()), true));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(values),
+        Some(valid.into()),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Column readers
+
+/// Typed access to the columns of one batch, with errors naming file, row and column.
+pub struct Columns<'a> {
+    batch: &'a RecordBatch,
+    path: &'a Path,
+}
+
+impl<'a> Columns<'a> {
+    /// Wraps a batch read from `path`.
+    pub fn new(batch: &'a RecordBatch, path: &'a Path) -> Self {
+        Columns { batch, path }
+    }
+
+    pub(crate) fn bad(&self, row: Option<usize>, message: String) -> CoreError {
+        CoreError::BadInput {
+            path: self.path.to_path_buf(),
+            row,
+            message,
+        }
+    }
+
+    fn column(&self, name: &str) -> Option<&'a ArrayRef> {
+        self.batch.column_by_name(name)
+    }
+
+    fn required(&self, name: &str) -> Result<&'a ArrayRef> {
+        self.column(name)
+            .ok_or_else(|| self.bad(None, format!("column `{name}` is missing")))
+    }
+
+    fn null_error(&self, name: &str, row: usize) -> CoreError {
+        self.bad(Some(row), format!("column `{name}` is null"))
+    }
+
+    /// A required string column.
+    pub fn str(&self, name: &str) -> Result<Vec<String>> {
+        let a = self.required(name)?.as_string::<i32>();
+        (0..a.len())
+            .map(|i| {
+                if a.is_null(i) {
+                    Err(self.null_error(name, i))
+                } else {
+                    Ok(a.value(i).to_string())
+                }
+            })
+            .collect()
+    }
+
+    /// A nullable string column (absent = all null).
+    pub fn opt_str(&self, name: &str) -> Vec<Option<String>> {
+        match self.column(name) {
+            None => vec![None; self.batch.num_rows()],
+            Some(a) => {
+                let a = a.as_string::<i32>();
+                (0..a.len())
+                    .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+                    .collect()
+            }
+        }
+    }
+
+    fn prim<T: arrow::datatypes::ArrowPrimitiveType>(&self, name: &str) -> Result<Vec<T::Native>> {
+        let a = self.required(name)?.as_primitive::<T>();
+        (0..a.len())
+            .map(|i| {
+                if a.is_null(i) {
+                    Err(self.null_error(name, i))
+                } else {
+                    Ok(a.value(i))
+                }
+            })
+            .collect()
+    }
+
+    /// A nullable float32 column (absent = all null).
+    pub fn opt_f32(&self, name: &str) -> Vec<Option<f32>> {
+        match self.column(name) {
+            None => vec![None; self.batch.num_rows()],
+            Some(a) => {
+                let a = a.as_primitive::<Float32Type>();
+                (0..a.len())
+                    .map(|i| (!a.is_null(i)).then(|| a.value(i)))
+                    .collect()
+            }
+        }
+    }
+
+    fn opt_list<T: arrow::datatypes::ArrowPrimitiveType>(
+        &self,
+        name: &str,
+    ) -> Vec<Option<Vec<T::Native>>> {
+        match self.column(name) {
+            None => vec![None; self.batch.num_rows()],
+            Some(a) => {
+                let a = a.as_list::<i32>();
+                (0..a.len())
+                    .map(|i| {
+                        (!a.is_null(i)).then(|| a.value(i).as_primitive::<T>().values().to_vec())
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// A nullable list<int32> column.
+    pub fn opt_tokens(&self, name: &str) -> Vec<Option<Vec<i32>>> {
+        self.opt_list::<Int32Type>(name)
+    }
+
+    /// A required list<int32> column.
+    pub fn tokens(&self, name: &str) -> Result<Vec<Vec<i32>>> {
+        self.required(name)?;
+        self.opt_tokens(name)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| self.null_error(name, i)))
+            .collect()
+    }
+
+    /// A nullable list<float32> column.
+    pub fn opt_floats(&self, name: &str) -> Vec<Option<Vec<f32>>> {
+        self.opt_list::<Float32Type>(name)
+    }
+
+    /// A required list<float32> column.
+    pub fn floats(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+        self.required(name)?;
+        self.opt_floats(name)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| self.null_error(name, i)))
+            .collect()
+    }
+
+    /// A nullable list<struct<role, content>> column.
+    pub fn opt_messages(&self, name: &str) -> Vec<Option<Vec<Message>>> {
+        match self.column(name) {
+            None => vec![None; self.batch.num_rows()],
+            Some(a) => {
+                let a = a.as_list::<i32>();
+                (0..a.len())
+                    .map(|i| {
+                        if a.is_null(i) {
+                            return None;
+                        }
+                        let v = a.value(i);
+                        let s = v.as_struct();
+                        let roles = s.column(0).as_string::<i32>();
+                        let contents = s.column(1).as_string::<i32>();
+                        Some(
+                            (0..s.len())
+                                .map(|j| Message::new(roles.value(j), contents.value(j)))
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+}
