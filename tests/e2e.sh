@@ -77,6 +77,23 @@ cmp -s "$run/iter-002/policy/adapter_model.safetensors" "$tmp/ppo-again/adapter_
 "$BIN/train-rm-lora" --print-config --config "$run/rm/run_config.toml" --out "$tmp/x" \
   | grep '^lora-rank = 4$' >/dev/null || fail "--print-config of rm/run_config.toml"
 echo "e2e: run_config.toml in sft/ and iter-002/policy/ reruns to the same weights" >&2
+# Every output's lineage records the resolved settings too: score-rewards rerun from the
+# settings in the footer of iter-001/scores.parquet gives the same table.
+"$PY" - "$run/iter-001/scores.parquet" "$tmp/scores.toml" <<'PYEOF' || fail "the lineage of scores.parquet has no config"
+import json, sys
+import pyarrow.parquet as pq
+lineage = json.loads(pq.read_metadata(sys.argv[1]).metadata[b"rlhf.lineage"])
+assert "[score-rewards]" in lineage["config"], lineage.get("config")
+open(sys.argv[2], "w").write(lineage["config"])
+PYEOF
+"$BIN/score-rewards" -q --no-progress --threads 2 --config "$tmp/scores.toml" --out "$tmp/scores-again.parquet" \
+  || fail "score-rewards --config <lineage config>"
+"$PY" - "$run/iter-001/scores.parquet" "$tmp/scores-again.parquet" <<'PYEOF' || fail "lineage config: other scores"
+import sys
+import pyarrow.parquet as pq
+assert pq.read_table(sys.argv[1]).equals(pq.read_table(sys.argv[2]))
+PYEOF
+echo "e2e: the settings in scores.parquet's lineage rerun score-rewards to the same scores" >&2
 
 # --- 3. real-data pipeline on a transformers-made model -------------------------------
 model=$tmp/hf-model

@@ -81,6 +81,7 @@ pub fn run(s: &Settings) -> Result<()> {
         schema_version: SCHEMA_VERSION,
         tokenizer_hash: Some(tokenizer_hash.clone()),
         extra: BTreeMap::new(),
+        config: rlhf_core::config::resolved().map(str::to_string),
     };
     for f in &corpus.files {
         lineage.add_input("text", f)?;

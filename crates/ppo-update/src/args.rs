@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use rlhf_algo::kl::KlEstimator;
-use rlhf_algo::optim_args::OptimArgs;
+use rlhf_algo::trainer_args::TrainerArgs;
 use rlhf_core::cli::GlobalArgs;
-use rlhf_nn::{LoraArgs, ModelArgs};
+use rlhf_nn::ModelArgs;
 
 /// The policy-gradient algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -204,18 +204,10 @@ pub struct Cli {
     #[arg(long)]
     pub record_timings: bool,
 
-    /// LoRA of a fresh policy (and critic) adapter. With --full the --lora-* flags shape
-    /// the fresh critic only (an error when --algo has no critic).
+    /// LoRA of a fresh policy (and critic) adapter: with --full the --lora-* flags shape
+    /// the fresh critic only (an error when --algo has no critic). The optimiser of the
+    /// policy (adapter, or every weight with --full); the critic's takes the same values
+    /// except --critic-learning-rate. Checkpoints in OUT.checkpoint/ beside --out.
     #[command(flatten)]
-    pub lora: LoraArgs,
-
-    /// The optimiser of the policy (adapter, or every weight with --full); the critic's
-    /// takes the same values except --critic-learning-rate.
-    #[command(flatten)]
-    pub optim: OptimArgs,
-
-    /// Checkpoints go to OUT.checkpoint/ beside --out; a rerun of the same command
-    /// resumes from them.
-    #[command(flatten)]
-    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
+    pub train: TrainerArgs,
 }

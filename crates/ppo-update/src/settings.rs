@@ -101,7 +101,7 @@ impl Settings {
             }
         }
         rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
-        cli.checkpoint.validate()?;
+        cli.train.checkpoint.validate()?;
         let device = cli.model.device()?;
         let model_hint = if cli.full {
             "--model takes the current policy with --full (the SFT model folder, or the previous `ppo-update --full` output)"
@@ -177,7 +177,7 @@ impl Settings {
                 1.0,
             )?;
         }
-        let o = &cli.optim;
+        let o = &cli.train.optim;
         o.validate()?;
         let adamw = o.adamw();
         let critic_lr = cli.critic_learning_rate.unwrap_or(o.learning_rate);
@@ -199,8 +199,8 @@ impl Settings {
             None => KlController::fixed(cli.kl_coef),
         }
         .map_err(|e| CoreError::usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
-        let lora = cli.lora.resolve()?;
-        if cli.full && cli.lora.given() && !cli.algo.has_critic() {
+        let lora = cli.train.lora.resolve()?;
+        if cli.full && cli.train.lora.given() && !cli.algo.has_critic() {
             anyhow::bail!(CoreError::usage(format!(
                 "--full --algo {} trains no LoRA adapter (the policy is fully tuned, and there is no critic); drop the --lora-* flags",
                 cli.algo.name()
@@ -255,7 +255,7 @@ impl Settings {
             recompute_ref: cli.recompute_ref,
             recompute_old_logprobs: cli.recompute_old_logprobs,
             tis_cap: cli.tis_cap,
-            checkpoint: cli.checkpoint.clone(),
+            checkpoint: cli.train.checkpoint.clone(),
             record_timings: cli.record_timings,
             seed: cli.global.seed,
         })

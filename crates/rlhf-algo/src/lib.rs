@@ -15,5 +15,6 @@ pub mod policy_loss;
 pub mod rm_loss;
 pub mod schedule;
 pub mod step_loop;
+pub mod trainer_args;
 
 pub use error::{ensure_finite, is_bad_input, AlgoError, Result};

@@ -45,6 +45,11 @@ pub struct Lineage {
     /// Stage-specific summary figures (e.g. reward statistics).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// The stage's resolved settings as TOML (every flag with its value, defaults and
+    /// `--config` included; what `--print-config` prints): `--config` reads it back to
+    /// rerun the stage with the same settings whatever a later version's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl Lineage {
@@ -61,6 +66,7 @@ impl Lineage {
             schema_version: SCHEMA_VERSION,
             tokenizer_hash: None,
             extra: BTreeMap::new(),
+            config: crate::config::resolved().map(str::to_string),
         }
     }
 

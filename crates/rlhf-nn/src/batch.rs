@@ -6,6 +6,28 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{NnError, Result};
 
+/// One prompt and its response (an SFT completion, a scored or sampled response) as token
+/// ids: a row of a [`SeqBatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PromptResponse {
+    /// Prompt tokens; never trained on.
+    pub prompt: Vec<i32>,
+    /// Response tokens.
+    pub response: Vec<i32>,
+}
+
+impl PromptResponse {
+    /// Total length in tokens.
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.response.len()
+    }
+
+    /// True when the sequence has no token at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A batch of `prompt ++ response` rows, right-padded to the longest.
 pub struct SeqBatch {
     /// (b, L) i64.

@@ -136,15 +136,10 @@ pub struct Cli {
     #[arg(long)]
     pub record_timings: bool,
 
+    /// LoRA, optimiser, and checkpoints in OUT.checkpoint/ (a rerun of the same command
+    /// resumes from them).
     #[command(flatten)]
-    pub lora: rlhf_nn::LoraArgs,
-
-    #[command(flatten)]
-    pub optim: rlhf_algo::optim_args::OptimArgs,
-
-    /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
-    #[command(flatten)]
-    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
+    pub train: rlhf_algo::trainer_args::TrainerArgs,
 }
 
 fn number(s: &str) -> Result<f64, String> {
@@ -204,13 +199,13 @@ mod tests {
         assert!(parse(&["--ratings", "r.parquet", "--noise-robust", "1.5"]).is_err());
         assert!(parse(&["--ratings", "r.parquet", "--batch-size", "0"]).is_err());
         let nan = parse(&["--ratings", "r.parquet", "--learning-rate", "nan"]).unwrap();
-        assert!(nan.optim.validate().is_err());
+        assert!(nan.train.optim.validate().is_err());
         let cli = parse(&["--preferences", "p", "--target-modules", "q_proj,v_proj"]).unwrap();
-        assert_eq!(cli.lora.lora_targets, ["q_proj", "v_proj"]);
-        assert_eq!(cli.lora.rank(), 8);
-        assert_eq!(cli.lora.alpha(), 16.0);
-        assert_eq!(cli.optim.learning_rate, 1e-4);
-        assert_eq!(cli.optim.final_lr_fraction, 0.0);
+        assert_eq!(cli.train.lora.lora_targets, ["q_proj", "v_proj"]);
+        assert_eq!(cli.train.lora.rank(), 8);
+        assert_eq!(cli.train.lora.alpha(), 16.0);
+        assert_eq!(cli.train.optim.learning_rate, 1e-4);
+        assert_eq!(cli.train.optim.final_lr_fraction, 0.0);
         assert_eq!(cli.group_weighting, GroupWeighting::PerGroup);
     }
 }

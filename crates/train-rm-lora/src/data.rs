@@ -17,23 +17,7 @@ use rlhf_core::tokenizer::Tokenizer;
 use crate::args::GroupWeighting;
 
 /// A prompt and a response, as token ids.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Seq {
-    pub prompt: Vec<i32>,
-    pub response: Vec<i32>,
-}
-
-impl Seq {
-    /// Total length in tokens.
-    pub fn len(&self) -> usize {
-        self.prompt.len() + self.response.len()
-    }
-
-    /// True when the sequence has no token at all.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use rlhf_nn::batch::PromptResponse as Seq;
 
 /// One preference pair; `chosen`/`rejected` index `Examples::seqs`.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,9 +30,9 @@ pub const STAGE: &str = "train-rm-lora";
 
 /// Checks what can be checked before loading anything heavy.
 fn precheck(cli: &Cli) -> Result<()> {
-    cli.checkpoint.validate()?;
-    cli.lora.validate()?;
-    cli.optim.validate()?;
+    cli.train.checkpoint.validate()?;
+    cli.train.lora.validate()?;
+    cli.train.optim.validate()?;
     let mut inputs = vec![("--model", cli.model.model.as_path())];
     for (flag, p) in [
         ("--preferences", &cli.preferences),
@@ -75,11 +75,11 @@ fn train_config(cli: &Cli) -> TrainConfig {
         max_steps: cli.max_steps,
         batch_size: cli.batch_size,
         grad_accum: cli.grad_accum,
-        adamw: cli.optim.adamw(),
-        schedule: cli.optim.lr_schedule,
-        final_lr_fraction: cli.optim.final_lr_fraction,
-        warmup_steps: cli.optim.warmup_steps as usize,
-        max_grad_norm: cli.optim.max_grad_norm,
+        adamw: cli.train.optim.adamw(),
+        schedule: cli.train.optim.lr_schedule,
+        final_lr_fraction: cli.train.optim.final_lr_fraction,
+        warmup_steps: cli.train.optim.warmup_steps as usize,
+        max_grad_norm: cli.train.optim.max_grad_norm,
         eval_every: cli.eval_every,
         record_timings: cli.record_timings,
         seed: cli.global.seed,
@@ -125,8 +125,8 @@ fn fingerprint(cli: &Cli, lineage: &Lineage, member: usize) -> serde_json::Value
         "seed": cli.global.seed,
         "full": cli.full,
         // the resolved values: `--lora-rank 8` and no flag are the same adapter
-        "lora": cli.lora.resolve().ok(),
-        "optim": format!("{:?}", cli.optim),
+        "lora": cli.train.lora.resolve().ok(),
+        "optim": format!("{:?}", cli.train.optim),
         "steps": [cli.epochs, cli.max_steps, cli.batch_size, cli.grad_accum],
         "eval_every": cli.eval_every,
         "device": cli.model.device,
@@ -229,7 +229,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     model.set_base_name(Some(model_dir.display().to_string()));
     let base_id = model.base_id();
     let arch = model.config().arch;
-    let lora = cli.lora.config(arch)?;
+    let lora = cli.train.lora.config(arch)?;
     let tuning = if cli.full {
         Tuning::Full(lora)
     } else {
@@ -251,7 +251,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         };
         let done_dir = ck_root.join(format!("{name}.done"));
         let member_fingerprint = fingerprint(cli, &lineage, member);
-        let mode = cli.checkpoint.mode();
+        let mode = cli.train.checkpoint.mode();
         if cli.ensemble > 1
             && mode.tries()
             && done_dir.join(state::STATE_FILE).is_file()
@@ -285,7 +285,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             groups: member_groups,
             eval: &data.eval,
             checkpoint_dir: ck_root.join(&name),
-            checkpoint: &cli.checkpoint,
+            checkpoint: &cli.train.checkpoint,
             out: &cli.out,
             member,
             fingerprint: member_fingerprint.clone(),
@@ -363,7 +363,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     }
     rlhf_core::config::write_resolved(out.path())?;
     let path = out.commit()?;
-    rlhf_algo::step_loop::remove_checkpoint(&ck_root, &cli.checkpoint)?;
+    rlhf_algo::step_loop::remove_checkpoint(&ck_root, &cli.train.checkpoint)?;
     info!(out = %path.display(), "reward model written");
     let mut out =
         rlhf_core::summary::StageSummary::new(STAGE, env!("CARGO_PKG_VERSION")).output(&path, None);

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use rlhf_algo::optim_args::OptimArgs;
+use rlhf_algo::trainer_args::TrainerArgs;
 use rlhf_core::cli::GlobalArgs;
-use rlhf_nn::{LoraArgs, ModelArgs};
+use rlhf_nn::ModelArgs;
 
 /// Supervised fine-tuning (full or LoRA) on an sft file.
 #[derive(Debug, Clone, Parser)]
@@ -73,14 +73,8 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub eval_batch_size: Option<usize>,
 
-    /// LoRA: any --lora-* flag trains a PEFT adapter instead of every weight.
+    /// LoRA (any --lora-* flag trains a PEFT adapter instead of every weight), optimiser,
+    /// and checkpoints in OUT.checkpoint/ (a rerun of the same command resumes from them).
     #[command(flatten)]
-    pub lora: LoraArgs,
-
-    #[command(flatten)]
-    pub optim: OptimArgs,
-
-    /// Checkpoints go to OUT.checkpoint/; a rerun of the same command resumes from them.
-    #[command(flatten)]
-    pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
+    pub train: TrainerArgs,
 }

@@ -12,26 +12,10 @@ use rlhf_core::parquet_io::read_records;
 use rlhf_core::records::{Message, SftRow};
 use rlhf_core::tokenizer::Tokenizer;
 
-/// One training example.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Example {
-    /// Prompt tokens (with BOS when the tokenizer adds one); never trained on.
-    pub prompt: Vec<i32>,
-    /// Completion tokens (ending with EOS unless truncated); the loss is on these.
-    pub completion: Vec<i32>,
-}
-
-impl Example {
-    /// Total tokens.
-    pub fn len(&self) -> usize {
-        self.prompt.len() + self.completion.len()
-    }
-
-    /// True when the example has no tokens at all.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// One training example: prompt tokens (with BOS when the tokenizer adds one), never
+/// trained on, and the completion as the response (ending with EOS unless truncated), the
+/// tokens the loss is on.
+pub use rlhf_nn::batch::PromptResponse as Example;
 
 /// Where the tokens came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +113,14 @@ pub fn load(
                 format!("token id {t} outside the model's vocabulary [0, {vocab_size})"),
             ));
         }
-        let mut ex = Example { prompt, completion };
+        let mut ex = Example {
+            prompt,
+            response: completion,
+        };
         if truncate(&mut ex, max_seq_len) {
             data.truncated += 1;
         }
-        if ex.completion.is_empty() {
+        if ex.response.is_empty() {
             return Err(bad(i, "no completion tokens".to_string()));
         }
         target.push(ex);
@@ -194,10 +181,10 @@ pub fn truncate(ex: &mut Example, max_len: usize) -> bool {
     let keep_prompt = ex
         .prompt
         .len()
-        .min(max_len.saturating_sub(ex.completion.len()).max(max_len / 2));
+        .min(max_len.saturating_sub(ex.response.len()).max(max_len / 2));
     let drop = ex.prompt.len() - keep_prompt;
     ex.prompt.drain(..drop);
-    ex.completion.truncate(max_len - ex.prompt.len());
+    ex.response.truncate(max_len - ex.prompt.len());
     true
 }
 
@@ -208,7 +195,7 @@ mod tests {
     fn ex(p: usize, c: usize) -> Example {
         Example {
             prompt: (0..p as i32).collect(),
-            completion: (100..100 + c as i32).collect(),
+            response: (100..100 + c as i32).collect(),
         }
     }
 
@@ -252,14 +239,14 @@ mod tests {
         assert!(!truncate(&mut e, 14));
         assert!(truncate(&mut e, 8));
         assert_eq!(e.prompt, vec![6, 7, 8, 9]);
-        assert_eq!(e.completion, vec![100, 101, 102, 103]);
+        assert_eq!(e.response, vec![100, 101, 102, 103]);
         let mut e = ex(10, 20);
         assert!(truncate(&mut e, 8));
         assert_eq!(e.prompt, vec![6, 7, 8, 9]);
-        assert_eq!(e.completion, vec![100, 101, 102, 103]);
+        assert_eq!(e.response, vec![100, 101, 102, 103]);
         let mut e = ex(2, 20);
         assert!(truncate(&mut e, 8));
         assert_eq!(e.prompt, vec![0, 1]);
-        assert_eq!(e.completion.len(), 6);
+        assert_eq!(e.response.len(), 6);
     }
 }

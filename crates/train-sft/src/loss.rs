@@ -38,7 +38,7 @@ impl SftBatch {
         let mut targets = Vec::new();
         let mut num_tokens = 0;
         for (row, e) in examples.iter().enumerate() {
-            let tokens = e.prompt.iter().chain(&e.completion);
+            let tokens = e.prompt.iter().chain(&e.response);
             for (t, &tok) in tokens.enumerate() {
                 ids[row * seq + t] = tok as i64;
                 mask[row * seq + t] = 1;
@@ -115,11 +115,11 @@ mod tests {
     fn positions_cover_exactly_the_completion_targets() {
         let a = Example {
             prompt: vec![10, 11, 12],
-            completion: vec![20, 21],
+            response: vec![20, 21],
         };
         let b = Example {
             prompt: vec![13],
-            completion: vec![22, 23, 24, 25],
+            response: vec![22, 23, 24, 25],
         };
         let batch = SftBatch::new(&[&a, &b], 0, Device::Cpu);
         assert_eq!(batch.input_ids.size(), vec![2, 5]);
@@ -141,7 +141,7 @@ mod tests {
         );
         let c = Example {
             prompt: vec![1],
-            completion: vec![2],
+            response: vec![2],
         };
         let batch = SftBatch::new(&[&b, &c], 0, Device::Cpu);
         assert_eq!(

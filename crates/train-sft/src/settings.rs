@@ -65,13 +65,18 @@ impl Settings {
         if cli.max_steps == Some(0) {
             return Err(CoreError::usage("--max-steps must be at least 1"));
         }
-        cli.checkpoint.validate()?;
+        cli.train.checkpoint.validate()?;
         if cli.max_steps.is_none() && cli.epochs == 0 {
             return Err(CoreError::usage("--epochs must be at least 1"));
         }
-        let o = &cli.optim;
+        let o = &cli.train.optim;
         o.validate()?;
-        let lora = cli.lora.given().then(|| cli.lora.resolve()).transpose()?;
+        let lora = cli
+            .train
+            .lora
+            .given()
+            .then(|| cli.train.lora.resolve())
+            .transpose()?;
         let model_dir = cli.model.model.clone();
         if !model_dir.join("config.json").is_file() {
             return Err(CoreError::BadInput {
@@ -138,7 +143,7 @@ impl Settings {
             adam_beta2: o.adam_beta2,
             adam_eps: o.adam_eps,
             eval_every: cli.eval_every,
-            checkpoint: cli.checkpoint.clone(),
+            checkpoint: cli.train.checkpoint.clone(),
             seed: cli.global.seed,
         })
     }

@@ -77,7 +77,7 @@ fn loss_counts_completion_tokens_only() {
         completion.push(eos);
         Example {
             prompt: tok.encode(p, true).unwrap(),
-            completion,
+            response: completion,
         }
     };
     let exs = [
@@ -103,7 +103,7 @@ fn loss_counts_completion_tokens_only() {
         .log_softmax(-1, Kind::Float);
     let (mut completion_only, mut all_positions) = (0.0, 0.0);
     for (row, e) in exs.iter().enumerate() {
-        let tokens: Vec<i32> = e.prompt.iter().chain(&e.completion).copied().collect();
+        let tokens: Vec<i32> = e.prompt.iter().chain(&e.response).copied().collect();
         for (t, &token) in tokens.iter().enumerate().skip(1) {
             let nll = -logp.double_value(&[row as i64, t as i64 - 1, token as i64]);
             all_positions += nll;
@@ -114,7 +114,7 @@ fn loss_counts_completion_tokens_only() {
     }
     assert_eq!(
         batch.num_targets,
-        exs[0].completion.len() + exs[1].completion.len()
+        exs[0].response.len() + exs[1].response.len()
     );
     assert!(
         (ours - completion_only).abs() < 1e-3 * completion_only,
