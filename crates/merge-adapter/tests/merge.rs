@@ -85,9 +85,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
+use rlhf_testkit::assert_success as ok;
 
 #[test]
 fn policy_merge_equals_unmerged_and_shards() {

@@ -11,7 +11,7 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{
-    DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type,
+    ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type,
 };
 
 use crate::error::{CoreError, Result};
@@ -243,129 +243,92 @@ impl<'a> Columns<'a> {
         self.bad(Some(row), format!("column `{name}` is null"))
     }
 
+    /// The values of column `name`, None where null; a column absent from the file is all
+    /// null. `value(array, i)` reads row i of a non-null entry.
+    fn nullable<T>(&self, name: &str, value: impl Fn(&ArrayRef, usize) -> T) -> Vec<Option<T>> {
+        match self.column(name) {
+            None => (0..self.batch.num_rows()).map(|_| None).collect(),
+            Some(a) => (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| value(a, i)))
+                .collect(),
+        }
+    }
+
+    /// The values of column `name`; a missing column or a null is an error naming it.
+    fn required_values<T>(
+        &self,
+        name: &str,
+        value: impl Fn(&ArrayRef, usize) -> T,
+    ) -> Result<Vec<T>> {
+        self.required(name)?;
+        self.nullable(name, value)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| self.null_error(name, i)))
+            .collect()
+    }
+
     /// A required string column.
     pub fn str(&self, name: &str) -> Result<Vec<String>> {
-        let a = self.required(name)?.as_string::<i32>();
-        (0..a.len())
-            .map(|i| {
-                if a.is_null(i) {
-                    Err(self.null_error(name, i))
-                } else {
-                    Ok(a.value(i).to_string())
-                }
-            })
-            .collect()
+        self.required_values(name, string_at)
     }
 
     /// A nullable string column (absent = all null).
     pub fn opt_str(&self, name: &str) -> Vec<Option<String>> {
-        match self.column(name) {
-            None => vec![None; self.batch.num_rows()],
-            Some(a) => {
-                let a = a.as_string::<i32>();
-                (0..a.len())
-                    .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
-                    .collect()
-            }
-        }
+        self.nullable(name, string_at)
     }
 
-    fn prim<T: arrow::datatypes::ArrowPrimitiveType>(&self, name: &str) -> Result<Vec<T::Native>> {
-        let a = self.required(name)?.as_primitive::<T>();
-        (0..a.len())
-            .map(|i| {
-                if a.is_null(i) {
-                    Err(self.null_error(name, i))
-                } else {
-                    Ok(a.value(i))
-                }
-            })
-            .collect()
+    fn prim<T: ArrowPrimitiveType>(&self, name: &str) -> Result<Vec<T::Native>> {
+        self.required_values(name, |a, i| a.as_primitive::<T>().value(i))
     }
 
     /// A nullable float32 column (absent = all null).
     pub fn opt_f32(&self, name: &str) -> Vec<Option<f32>> {
-        match self.column(name) {
-            None => vec![None; self.batch.num_rows()],
-            Some(a) => {
-                let a = a.as_primitive::<Float32Type>();
-                (0..a.len())
-                    .map(|i| (!a.is_null(i)).then(|| a.value(i)))
-                    .collect()
-            }
-        }
-    }
-
-    fn opt_list<T: arrow::datatypes::ArrowPrimitiveType>(
-        &self,
-        name: &str,
-    ) -> Vec<Option<Vec<T::Native>>> {
-        match self.column(name) {
-            None => vec![None; self.batch.num_rows()],
-            Some(a) => {
-                let a = a.as_list::<i32>();
-                (0..a.len())
-                    .map(|i| {
-                        (!a.is_null(i)).then(|| a.value(i).as_primitive::<T>().values().to_vec())
-                    })
-                    .collect()
-            }
-        }
+        self.nullable(name, |a, i| a.as_primitive::<Float32Type>().value(i))
     }
 
     /// A nullable list<int32> column.
     pub fn opt_tokens(&self, name: &str) -> Vec<Option<Vec<i32>>> {
-        self.opt_list::<Int32Type>(name)
+        self.nullable(name, list_at::<Int32Type>)
     }
 
     /// A required list<int32> column.
     pub fn tokens(&self, name: &str) -> Result<Vec<Vec<i32>>> {
-        self.required(name)?;
-        self.opt_tokens(name)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| self.null_error(name, i)))
-            .collect()
+        self.required_values(name, list_at::<Int32Type>)
     }
 
     /// A nullable list<float32> column.
     pub fn opt_floats(&self, name: &str) -> Vec<Option<Vec<f32>>> {
-        self.opt_list::<Float32Type>(name)
+        self.nullable(name, list_at::<Float32Type>)
     }
 
     /// A required list<float32> column.
     pub fn floats(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-        self.required(name)?;
-        self.opt_floats(name)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| self.null_error(name, i)))
-            .collect()
+        self.required_values(name, list_at::<Float32Type>)
     }
 
     /// A nullable list<struct<role, content>> column.
     pub fn opt_messages(&self, name: &str) -> Vec<Option<Vec<Message>>> {
-        match self.column(name) {
-            None => vec![None; self.batch.num_rows()],
-            Some(a) => {
-                let a = a.as_list::<i32>();
-                (0..a.len())
-                    .map(|i| {
-                        if a.is_null(i) {
-                            return None;
-                        }
-                        let v = a.value(i);
-                        let s = v.as_struct();
-                        let roles = s.column(0).as_string::<i32>();
-                        let contents = s.column(1).as_string::<i32>();
-                        Some(
-                            (0..s.len())
-                                .map(|j| Message::new(roles.value(j), contents.value(j)))
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            }
-        }
+        self.nullable(name, |a, i| {
+            let v = a.as_list::<i32>().value(i);
+            let s = v.as_struct();
+            let roles = s.column(0).as_string::<i32>();
+            let contents = s.column(1).as_string::<i32>();
+            (0..s.len())
+                .map(|j| Message::new(roles.value(j), contents.value(j)))
+                .collect()
+        })
     }
+}
+
+fn string_at(a: &ArrayRef, i: usize) -> String {
+    a.as_string::<i32>().value(i).to_string()
+}
+
+fn list_at<T: ArrowPrimitiveType>(a: &ArrayRef, i: usize) -> Vec<T::Native> {
+    a.as_list::<i32>()
+        .value(i)
+        .as_primitive::<T>()
+        .values()
+        .to_vec()
 }

@@ -236,6 +236,40 @@ fn a_writer_dropped_half_way_leaves_nothing() {
 }
 
 #[test]
+fn a_null_in_a_required_column_is_refused_naming_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rejects.parquet");
+    // Every rejects column as the schema has it, but `reason` nullable and null in row 1.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source_file", DataType::Utf8, false),
+        Field::new("row_number", DataType::Int64, false),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("row", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["a.jsonl", "a.jsonl"])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("empty"), None])),
+            Arc::new(StringArray::from(vec!["{}", "{}"])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    match read_records::<RejectRow>(&path) {
+        Err(CoreError::BadInput { row, message, .. }) => {
+            assert_eq!(row, Some(1));
+            assert_eq!(message, "column `reason` is null");
+        }
+        other => panic!("expected bad input, got {other:?}"),
+    }
+}
+
+#[test]
 fn schema_mismatch_names_file_column_and_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.parquet");

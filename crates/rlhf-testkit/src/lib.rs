@@ -2,14 +2,26 @@
 //! project's Python environment (the reference for golden tests), a word-level tokenizer whose
 //! every id decodes to one word, LoRA adapters with random weights, and running a stage binary.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use rlhf_nn::Model;
 use tch::Tensor;
 
 /// Id of `</s>` (EOS and pad) in [`write_word_tokenizer`]'s vocabulary.
 pub const EOS: i32 = 1;
+
+/// Trainer flags that make the loss blow up within a few steps (a huge learning rate, no
+/// clipping) with a checkpoint after every step: for the tests of the NaN/inf guard.
+pub const DIVERGING_TRAINER_FLAGS: [&str; 6] = [
+    "--learning-rate",
+    "1e30",
+    "--max-grad-norm",
+    "0",
+    "--checkpoint-every",
+    "1",
+];
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -90,4 +102,34 @@ pub fn run(bin: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Panics, with the exit code and stderr, unless the process succeeded.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the project's Python with `args` and returns the last line of its stdout (where the
+/// reference scripts print their JSON); panics with its stderr when it fails.
+pub fn python_last_line<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(python())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().last().unwrap_or("").to_string()
 }

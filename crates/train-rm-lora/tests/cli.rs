@@ -184,24 +184,19 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let prefs = dir.path().join("prefs.parquet");
     write_prefs(&prefs, &separable_pairs(64), None);
     let out = dir.path().join("rm");
-    let o = run(&[
+    let args = [
         "--model",
         model.to_str().unwrap(),
         "--preferences",
         prefs.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--learning-rate",
-        "1e30",
-        "--max-grad-norm",
-        "0",
-        "--checkpoint-every",
-        "1",
         "--batch-size",
         "2",
         "--schedule",
         "constant",
-    ]);
+    ];
+    let o = run(&[&args[..], &rlhf_testkit::DIVERGING_TRAINER_FLAGS].concat());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(

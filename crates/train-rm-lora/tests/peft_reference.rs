@@ -10,7 +10,7 @@ use common::*;
 use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::scoring::last_token_scores;
 use rlhf_nn::Model;
-use rlhf_testkit::python;
+use rlhf_testkit::python_last_line;
 use tch::{Device, Kind};
 
 const SCRIPT: &str = r#"
@@ -78,22 +78,13 @@ fn check(preset: &str) {
     std::fs::write(&seq_file, serde_json::to_string(&seqs).unwrap()).unwrap();
     let script = dir.path().join("score.py");
     std::fs::write(&script, SCRIPT).unwrap();
-    let o = std::process::Command::new(python())
-        .args([
-            script.as_path(),
-            model.as_path(),
-            out.as_path(),
-            seq_file.as_path(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = String::from_utf8_lossy(&o.stdout);
-    let theirs: Vec<f64> = serde_json::from_str(text.lines().last().unwrap_or("")).unwrap();
+    let line = python_last_line([
+        script.as_path(),
+        model.as_path(),
+        out.as_path(),
+        seq_file.as_path(),
+    ]);
+    let theirs: Vec<f64> = serde_json::from_str(&line).unwrap();
     eprintln!("{preset}: ours {ours:?}\n{preset}: peft {theirs:?}");
     for (a, b) in ours.iter().zip(&theirs) {
         assert!(

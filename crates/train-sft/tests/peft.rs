@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{ok, Fixture};
-use rlhf_testkit::python;
+use rlhf_testkit::python_last_line;
 use tch::{Device, Kind, Tensor};
 
 fn logits(model: &rlhf_nn::Model, adapter: Option<&str>, ids: &[i32]) -> Vec<f32> {
@@ -75,24 +73,14 @@ with torch.no_grad():
     got = model(torch.tensor([exp["ids"]])).logits.reshape(-1)
 print(json.dumps({"max_diff": (got - torch.tensor(exp["logits"])).abs().max().item()}))
 "#;
-    let py = Command::new(python())
-        .args([
-            "-c",
-            script,
-            fx.model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            expected.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "peft failed: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let text = String::from_utf8_lossy(&py.stdout);
-    let line = text.lines().last().unwrap();
-    let got: serde_json::Value = serde_json::from_str(line).unwrap();
+    let line = python_last_line([
+        "-c",
+        script,
+        fx.model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        expected.to_str().unwrap(),
+    ]);
+    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
     let diff = got["max_diff"].as_f64().unwrap();
     assert!(diff < 1e-4, "peft logits differ from ours by {diff}");
 }

@@ -332,19 +332,12 @@ fn resume_with_other_settings_is_refused() {
 #[test]
 fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     let fx = Fixture::new();
-    let out = fx.sft(
-        "sft",
-        &[
-            "--max-steps",
-            "20",
-            "--learning-rate",
-            "1e30",
-            "--max-grad-norm",
-            "0",
-            "--checkpoint-every",
-            "1",
-        ],
-    );
+    let flags = [
+        &["--max-steps", "20"][..],
+        &rlhf_testkit::DIVERGING_TRAINER_FLAGS,
+    ]
+    .concat();
+    let out = fx.sft("sft", &flags);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("training stopped at step"), "{err}");

@@ -2,9 +2,8 @@
 //!
 //! A decode step hands out dozens of jobs of 20-300 us each (one per weight product, one per
 //! layer's attention). A general pool puts idle workers to sleep between jobs and wakes them
-//! with a system call; on this project's 2-core reference machine that wake-up cost more than a
-//! third of the second core's share (the decode GEMMs ran 1.47x faster on two threads than on
-//! one, against 2.0x for the same kernel under OpenMP). So while a decode scope is open
+//! with a system call, and on small machines that wake-up costs a large part of the second
+//! core's share (the figures are in docs/performance.md). So while a decode scope is open
 //! ([`Hot`], held by [`super::DecodeThreads`]) idle workers spin on the job counter instead, for
 //! at most [`SPIN_FOR`] after their last job; outside it they park and cost nothing.
 //!

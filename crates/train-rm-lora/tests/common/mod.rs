@@ -151,14 +151,8 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// Asserts success, printing stderr otherwise.
-pub fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use rlhf_testkit::assert_success as ok;
 
 /// The last value of a metric in a metrics.parquet.
 pub fn last_metric(path: &Path, metric: &str) -> Option<f64> {

@@ -126,14 +126,8 @@ pub fn train_sft(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Outpu
 }
 
 /// Panics with stderr unless the run succeeded.
-pub fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "train-sft failed ({:?}):\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use rlhf_testkit::assert_success as ok;
 
 /// Values of one metric, in step order.
 pub fn metric(dir: &Path, name: &str) -> Vec<(i64, f64)> {
