@@ -382,7 +382,7 @@ impl LlamaLayer {
 mod tests {
     use tch::{Device, Kind, Tensor};
 
-    use crate::decode_kernels::{layer, simd, DecodeThreads};
+    use crate::decode_kernels::{layer, paths, DecodeThreads};
     use crate::{KvCache, LoraConfig, Model, ModelConfig};
 
     /// `Model::prefill` (the last layer on the last position only) gives the full forward's
@@ -399,9 +399,15 @@ mod tests {
             let opts = (Kind::Int64, Device::Cpu);
             let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
             let mask = left_padded(width, &(Tensor::arange(b, opts) * 3));
-            for (adapter, scoped) in [(Some("p"), false), (None, true), (Some("p"), true)] {
+            let mut runs = vec![(Some("p"), None), (None, None)];
+            paths::for_each("prefill_gives_the_last_position", |path| {
+                runs.extend([(None, Some(path)), (Some("p"), Some(path))])
+            });
+            for (adapter, path) in runs {
                 let mut full = KvCache::new(&model, b, width + 2);
                 let mut last = KvCache::new(&model, b, width + 2);
+                let scoped = path.is_some();
+                let _forced = path.map(paths::force);
                 let scope = scoped.then(|| DecodeThreads::enter_fused(b, Kind::Float, Device::Cpu));
                 let want = model
                     .forward_cached(&ids, &mask, &mut full, adapter)
@@ -411,10 +417,7 @@ mod tests {
                 drop(scope);
                 assert_eq!(got.size(), [b, 1, cfg.hidden_size]);
                 let d = max_diff(&got, &want);
-                assert!(
-                    d < 1e-5,
-                    "{preset} {adapter:?} scoped {scoped}: differs by {d}"
-                );
+                assert!(d < 1e-5, "{preset} {adapter:?} {path:?}: differs by {d}");
                 for n in 0..cfg.num_layers as usize {
                     let ((fk, fv), (lk, lv)) = (full.layer(n), last.layer(n));
                     assert!(
@@ -479,51 +482,121 @@ mod tests {
             let ids = Tensor::randint(cfg.vocab_size, [b, width], opts);
             // Row i has i % 4 pads on the left.
             let mask = left_padded(width, &Tensor::arange(b, opts).remainder(4));
-            for adapter in [Some("p"), None] {
-                let mut plain = KvCache::new(&model, b, width + 4);
-                let mut fused = KvCache::new(&model, b, width + 4);
-                let want = model
-                    .forward_cached(&ids, &mask, &mut plain, adapter)
-                    .unwrap();
-                // The prefill through the kernels for many rows (products, attention, row-wise
-                // ops), as `generate` runs it for a Llama model.
-                let scope = DecodeThreads::enter_fused(b, Kind::Float, Device::Cpu);
-                let got = model
-                    .forward_cached(&ids, &mask, &mut fused, adapter)
-                    .unwrap();
-                drop(scope);
-                let d = max_diff(&got, &want);
-                assert!(
-                    d < 1e-4,
-                    "{preset} {adapter:?} prefill: hidden differs by {d}"
-                );
-                for step in 0..3 {
-                    let next = Tensor::randint(cfg.vocab_size, [b, 1], opts);
-                    let ones = Tensor::ones([b, 1], opts);
-                    let want = model
-                        .forward_cached(&next, &ones, &mut plain, adapter)
-                        .unwrap();
-                    let scope = DecodeThreads::enter(b, Kind::Float, Device::Cpu);
-                    let before = layer::fused_steps();
-                    let got = model
-                        .forward_cached(&next, &ones, &mut fused, adapter)
-                        .unwrap();
-                    let ran = layer::fused_steps() - before;
-                    drop(scope);
-                    if simd().is_some() {
-                        assert_eq!(ran, cfg.num_layers as usize, "{preset}: fused layers run");
+            paths::for_each("fused_decode_layer_matches_the_op_by_op_forward", |path| {
+                let what = format!("{preset} {path:?}");
+                for adapter in [Some("p"), None] {
+                    compare_with_libtorch(&model, &ids, &mask, adapter, &what);
+                }
+            });
+        }
+    }
+
+    /// The kernels against the op-by-op libtorch forward over the shapes `generate` meets:
+    /// batch sizes 1..=32 (below, at and above the 16-row panel, up to the kernels' limit),
+    /// MHA, GQA and MQA, an adapter on every product and none, left padding of 0-3 tokens;
+    /// Llama-family models (the fused layer, and the prefill too on the AVX-512 path, as
+    /// `generate` runs them) and GPT-2 (the op-by-op kernels, from 8 rows); on every SIMD
+    /// path of this CPU.
+    #[test]
+    fn every_kernel_path_matches_libtorch_over_batch_gqa_lora_and_padding() {
+        let _grad = tch::no_grad_guard();
+        let mut models = vec![];
+        for (preset, kv_heads) in [
+            ("llama-tiny", 4),
+            ("llama-tiny", 2),
+            ("llama-tiny", 1),
+            ("qwen2-tiny", 0),
+            ("gpt2-tiny", 0),
+        ] {
+            let mut cfg = ModelConfig::preset(preset).unwrap();
+            if kv_heads > 0 {
+                cfg.num_kv_heads = kv_heads;
+            }
+            let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 11).unwrap();
+            add_random_adapter(&mut model, 12);
+            models.push((format!("{preset} kv_heads {}", cfg.num_kv_heads), model));
+        }
+        let opts = (Kind::Int64, Device::Cpu);
+        let ran = paths::for_each("every_kernel_path_matches_libtorch", |path| {
+            for (name, model) in &models {
+                let gpt2 = model.config().arch == crate::config::Arch::Gpt2;
+                for b in [1i64, 2, 3, 5, 8, 9, 16, 17, 24, 31, 32] {
+                    if gpt2 && b < 8 {
+                        continue;
                     }
-                    let d = max_diff(&got, &want);
-                    assert!(
-                        d < 1e-4,
-                        "{preset} {adapter:?} step {step}: hidden differs by {d}"
-                    );
-                    for n in 0..cfg.num_layers as usize {
-                        let ((pk, pv), (fk, fv)) = (plain.layer(n), fused.layer(n));
-                        let d = max_diff(pk, fk).max(max_diff(pv, fv));
-                        assert!(d < 1e-4, "{preset} layer {n}: cache differs by {d}");
+                    let width = 5;
+                    let ids = Tensor::randint(model.config().vocab_size, [b, width], opts);
+                    let mask = left_padded(width, &Tensor::arange(b, opts).remainder(4));
+                    for adapter in [Some("p"), None] {
+                        let what = format!("{name} {path:?} batch {b}");
+                        compare_with_libtorch(model, &ids, &mask, adapter, &what);
                     }
                 }
+            }
+        });
+        assert!(ran > 0 || std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some());
+    }
+
+    /// Runs a prefill of `ids` and three decode steps through the kernels as `generate` does
+    /// (on the path forced on this thread) and through libtorch outside a decode scope, and
+    /// asserts the same hidden states and KV caches (within float rounding) and, for a
+    /// Llama-family model, that every decode step ran the fused layers.
+    fn compare_with_libtorch(
+        model: &Model,
+        ids: &Tensor,
+        mask: &Tensor,
+        adapter: Option<&str>,
+        what: &str,
+    ) {
+        let cfg = model.config();
+        let llama = cfg.arch != crate::config::Arch::Gpt2;
+        let (b, width) = (ids.size()[0], ids.size()[1]);
+        let opts = (Kind::Int64, Device::Cpu);
+        let mut plain = KvCache::new(model, b, width + 4);
+        let mut fused = KvCache::new(model, b, width + 4);
+        let scope = || match llama {
+            true => DecodeThreads::enter_fused(b, Kind::Float, Device::Cpu),
+            false => DecodeThreads::enter(b, Kind::Float, Device::Cpu),
+        };
+        let want = model
+            .forward_cached(ids, mask, &mut plain, adapter)
+            .unwrap();
+        // The prefill in the kernels where `generate` runs it there (Llama, AVX-512).
+        let prefill_scope = (llama && crate::decode_kernels::prefill_kernels()).then(scope);
+        let got = model
+            .forward_cached(ids, mask, &mut fused, adapter)
+            .unwrap();
+        drop(prefill_scope);
+        let d = max_diff(&got, &want);
+        assert!(
+            d < 1e-4,
+            "{what} {adapter:?} prefill: hidden differs by {d}"
+        );
+        for step in 0..3 {
+            let next = Tensor::randint(cfg.vocab_size, [b, 1], opts);
+            let ones = Tensor::ones([b, 1], opts);
+            let want = model
+                .forward_cached(&next, &ones, &mut plain, adapter)
+                .unwrap();
+            let decode = scope();
+            let before = layer::fused_steps();
+            let got = model
+                .forward_cached(&next, &ones, &mut fused, adapter)
+                .unwrap();
+            let ran = layer::fused_steps() - before;
+            drop(decode);
+            if llama {
+                assert_eq!(ran, cfg.num_layers as usize, "{what}: fused layers run");
+            }
+            let d = max_diff(&got, &want);
+            assert!(
+                d < 1e-4,
+                "{what} {adapter:?} step {step}: hidden differs by {d}"
+            );
+            for n in 0..cfg.num_layers as usize {
+                let ((pk, pv), (fk, fv)) = (plain.layer(n), fused.layer(n));
+                let d = max_diff(pk, fk).max(max_diff(pv, fv));
+                assert!(d < 1e-4, "{what} layer {n}: cache differs by {d}");
             }
         }
     }

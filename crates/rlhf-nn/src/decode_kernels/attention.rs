@@ -431,34 +431,33 @@ mod tests {
     #[test]
     fn decode_attention_matches_sdpa_on_cache_views_with_padding_and_gqa() {
         let _guard = tch::no_grad_guard();
-        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
         let opts = (Kind::Float, Device::Cpu);
-        for (b, h, kvh, d, len) in [(3, 4, 2, 16, 9), (2, 6, 6, 20, 33), (5, 8, 4, 64, 70)] {
-            let q = Tensor::randn([b, h, 1, d], opts);
-            // Views into a larger cache, as the KV cache hands them out.
-            let kc = Tensor::randn([b, kvh, len + 7, d], opts);
-            let vc = Tensor::randn([b, kvh, len + 7, d], opts);
-            let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
-            // Left padding: row i masks its first i positions.
-            let keep = Tensor::arange(len, (Kind::Int64, Device::Cpu))
-                .unsqueeze(0)
-                .ge_tensor(&Tensor::arange(b, (Kind::Int64, Device::Cpu)).unsqueeze(1));
-            let mask = Tensor::zeros([1], opts)
-                .where_scalarother(&keep, f32::MIN as f64)
-                .view([b, 1, 1, len]);
-            let gqa = h != kvh;
-            let want = libtorch(&q, &k, &v, &mask, gqa);
-            match try_decode(&q, &k, &v, &mask) {
-                Some(got) => {
-                    let diff = (got - &want).abs().max().double_value(&[]);
-                    assert!(diff < 1e-5, "({b},{h},{kvh},{d},{len}): differs by {diff}");
-                }
-                None => assert!(
-                    crate::decode_kernels::simd().is_none(),
-                    "kernel refused a decode step"
-                ),
+        let test = "decode_attention_matches_sdpa";
+        crate::decode_kernels::paths::for_each(test, |path| {
+            let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
+            for (b, h, kvh, d, len) in [(3, 4, 2, 16, 9), (2, 6, 6, 20, 33), (5, 8, 4, 64, 70)] {
+                let q = Tensor::randn([b, h, 1, d], opts);
+                // Views into a larger cache, as the KV cache hands them out.
+                let kc = Tensor::randn([b, kvh, len + 7, d], opts);
+                let vc = Tensor::randn([b, kvh, len + 7, d], opts);
+                let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+                // Left padding: row i masks its first i positions.
+                let keep = Tensor::arange(len, (Kind::Int64, Device::Cpu))
+                    .unsqueeze(0)
+                    .ge_tensor(&Tensor::arange(b, (Kind::Int64, Device::Cpu)).unsqueeze(1));
+                let mask = Tensor::zeros([1], opts)
+                    .where_scalarother(&keep, f32::MIN as f64)
+                    .view([b, 1, 1, len]);
+                let gqa = h != kvh;
+                let want = libtorch(&q, &k, &v, &mask, gqa);
+                let got = try_decode(&q, &k, &v, &mask).expect("kernel refused a decode step");
+                let diff = (got - &want).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-5,
+                    "{path:?} ({b},{h},{kvh},{d},{len}): differs by {diff}"
+                );
             }
-        }
+        });
     }
 
     /// Several new tokens per row (a prefill, and a chunk after cached tokens): the causal
@@ -466,40 +465,36 @@ mod tests {
     #[test]
     fn prefill_attention_matches_sdpa_with_causal_padded_masks() {
         let _guard = tch::no_grad_guard();
-        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
         let opts = (Kind::Float, Device::Cpu);
         let ints = (Kind::Int64, Device::Cpu);
-        for (b, h, kvh, d, past, t) in [
-            (3, 4, 2, 16, 0, 9),
-            (2, 6, 6, 20, 5, 7),
-            (4, 8, 4, 64, 0, 33),
-        ] {
-            let len = past + t;
-            let q = Tensor::randn([b, h, t, d], opts);
-            let kc = Tensor::randn([b, kvh, len + 3, d], opts);
-            let vc = Tensor::randn([b, kvh, len + 3, d], opts);
-            let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
-            // Row i has 2i pads on the left.
-            let key_mask = Tensor::arange(len, ints)
-                .unsqueeze(0)
-                .ge_tensor(&(Tensor::arange(b, ints) * 2).unsqueeze(1))
-                .to_kind(Kind::Int64);
-            let mask = crate::layers::attention_mask(&key_mask, t, past, Kind::Float);
-            let want = libtorch(&q, &k, &v, &mask, h != kvh);
-            match try_prefill(&q, &k, &v, &mask) {
-                Some(got) => {
-                    let diff = (got - &want).abs().max().double_value(&[]);
-                    assert!(
-                        diff < 1e-5,
-                        "({b},{h},{kvh},{d},{past},{t}): differs by {diff}"
-                    );
-                }
-                None => assert!(
-                    crate::decode_kernels::simd().is_none(),
-                    "kernel refused a prefill"
-                ),
+        let test = "prefill_attention_matches_sdpa";
+        crate::decode_kernels::paths::for_each(test, |path| {
+            let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
+            for (b, h, kvh, d, past, t) in [
+                (3, 4, 2, 16, 0, 9),
+                (2, 6, 6, 20, 5, 7),
+                (4, 8, 4, 64, 0, 33),
+            ] {
+                let len = past + t;
+                let q = Tensor::randn([b, h, t, d], opts);
+                let kc = Tensor::randn([b, kvh, len + 3, d], opts);
+                let vc = Tensor::randn([b, kvh, len + 3, d], opts);
+                let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+                // Row i has 2i pads on the left.
+                let key_mask = Tensor::arange(len, ints)
+                    .unsqueeze(0)
+                    .ge_tensor(&(Tensor::arange(b, ints) * 2).unsqueeze(1))
+                    .to_kind(Kind::Int64);
+                let mask = crate::layers::attention_mask(&key_mask, t, past, Kind::Float);
+                let want = libtorch(&q, &k, &v, &mask, h != kvh);
+                let got = try_prefill(&q, &k, &v, &mask).expect("kernel refused a prefill");
+                let diff = (got - &want).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-5,
+                    "{path:?} ({b},{h},{kvh},{d},{past},{t}): differs by {diff}"
+                );
             }
-        }
+        });
     }
 
     #[test]

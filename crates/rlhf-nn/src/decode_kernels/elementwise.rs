@@ -223,38 +223,38 @@ mod tests {
             assert!(rope(&q, &cos, &sin).is_none(), "rope with grad on");
             assert!(swiglu(&gate, &up).is_none(), "swiglu with grad on");
         });
-        if crate::decode_kernels::simd().is_none() {
-            return;
-        }
-        // RoPE and SwiGLU apply outside the decode scope too, at any size.
-        let got = rope(&q, &cos, &sin).expect("rope without grad");
-        assert!(
-            got.equal(&want_rope.contiguous()),
-            "rope is not bit-identical"
-        );
-        let got = swiglu(&gate, &up).expect("swiglu without grad");
-        let diff = (&got - &want_swiglu).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "swiglu differs by {diff}");
-        let _decode = DecodeThreads::enter(16, Kind::Float, Device::Cpu);
-        let got = rms_norm(&x, &norm.weight, norm.eps).expect("decode-scope rms_norm");
-        let diff = (&got - &want_norm).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "rms_norm differs by {diff}");
-        // Through the layer too.
-        assert!(
-            (norm.forward(&x) - &want_norm)
-                .abs()
-                .max()
-                .double_value(&[])
-                < 1e-5
-        );
-        let got = rope(&q, &cos, &sin).expect("decode-scope rope");
-        assert_eq!(got.size(), want_rope.size());
-        assert!(
-            got.equal(&want_rope.contiguous()),
-            "rope is not bit-identical"
-        );
-        // Not for other kinds.
-        assert!(rms_norm(&x.to_kind(Kind::Double), &norm.weight, 1e-5).is_none());
+        let test = "elementwise_kernels_match_libtorch";
+        crate::decode_kernels::paths::for_each(test, |_| {
+            // RoPE and SwiGLU apply outside the decode scope too, at any size.
+            let got = rope(&q, &cos, &sin).expect("rope without grad");
+            assert!(
+                got.equal(&want_rope.contiguous()),
+                "rope is not bit-identical"
+            );
+            let got = swiglu(&gate, &up).expect("swiglu without grad");
+            let diff = (&got - &want_swiglu).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "swiglu differs by {diff}");
+            let _decode = DecodeThreads::enter(16, Kind::Float, Device::Cpu);
+            let got = rms_norm(&x, &norm.weight, norm.eps).expect("decode-scope rms_norm");
+            let diff = (&got - &want_norm).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "rms_norm differs by {diff}");
+            // Through the layer too.
+            assert!(
+                (norm.forward(&x) - &want_norm)
+                    .abs()
+                    .max()
+                    .double_value(&[])
+                    < 1e-5
+            );
+            let got = rope(&q, &cos, &sin).expect("decode-scope rope");
+            assert_eq!(got.size(), want_rope.size());
+            assert!(
+                got.equal(&want_rope.contiguous()),
+                "rope is not bit-identical"
+            );
+            // Not for other kinds.
+            assert!(rms_norm(&x.to_kind(Kind::Double), &norm.weight, 1e-5).is_none());
+        });
     }
 
     /// A prefill's sizes: in a decode scope the work is split across the crew, with the
@@ -262,9 +262,11 @@ mod tests {
     #[test]
     fn large_inputs_split_across_the_crew_give_the_same_results() {
         let _guard = tch::no_grad_guard();
-        if crate::decode_kernels::simd().is_none() {
-            return;
-        }
+        let test = "large_elementwise_inputs_split_across_the_crew";
+        crate::decode_kernels::paths::for_each(test, |_| split_inputs_give_the_same_results());
+    }
+
+    fn split_inputs_give_the_same_results() {
         let opts = (Kind::Float, Device::Cpu);
         let x = Tensor::randn([7, 61, 96], opts) * 3;
         let weight = Tensor::randn([96], opts);

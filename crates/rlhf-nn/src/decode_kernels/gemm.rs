@@ -628,15 +628,9 @@ mod tests {
         let mut rng = crate::rng::rng_for(3, "skinny");
         let mut r = || crate::rng::uniform(&mut rng) as f32 - 0.5;
         let mut variants = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                variants.push(Simd::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                variants.push(Simd::Avx2);
-            }
-        }
+        crate::decode_kernels::paths::for_each("gemm_matches_f64_reference", |path| {
+            variants.push(path)
+        });
         // Rows below, at and above one panel; weight rows not a multiple of the tile or chunk.
         for (m, k, n) in [
             (1, 7, 3),
@@ -680,37 +674,32 @@ mod tests {
         let _guard = tch::no_grad_guard();
         // Outside the decode steps of generate: libtorch's.
         assert!(try_linear(&x, &w, Some(&b)).is_none());
-        let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
-        let want = x.linear(&w, Some(&b));
-        match try_linear(&x, &w, Some(&b)) {
-            Some(y) => {
-                assert_eq!(y.size(), want.size());
-                let d = (y - &want).abs().max().double_value(&[]);
-                assert!(d < 1e-4, "max difference {d}");
-            }
-            None => assert!(
-                crate::decode_kernels::simd().is_none(),
-                "kernel refused a supported product"
-            ),
-        }
-        // Many rows: the packed kernel's (AVX-512) for weights of 16 rows or more; the panel
-        // kernels' limit, libtorch's, otherwise. Another dtype: libtorch's.
         let tall = Tensor::randn([MAX_ROWS * 3 + 5, 48], (Kind::Float, Device::Cpu));
-        match (
-            crate::decode_kernels::simd(),
-            try_linear(&tall, &w, Some(&b)),
-        ) {
-            (Some(Simd::Avx512), Some(y)) => {
-                let d = (y - tall.linear(&w, Some(&b)))
-                    .abs()
-                    .max()
-                    .double_value(&[]);
-                assert!(d < 1e-4, "many rows: max difference {d}");
+        let test = "linear_matches_libtorch";
+        crate::decode_kernels::paths::for_each(test, |path| {
+            let _decode = crate::decode_kernels::DecodeThreads::enter(8, Kind::Float, Device::Cpu);
+            let want = x.linear(&w, Some(&b));
+            let y = try_linear(&x, &w, Some(&b)).expect("kernel refused a supported product");
+            assert_eq!(y.size(), want.size());
+            let d = (y - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-4, "{path:?}: max difference {d}");
+            // Many rows: the packed kernel's (AVX-512) for weights of 16 rows or more; the
+            // panel kernels' limit, libtorch's, otherwise.
+            match (path, try_linear(&tall, &w, Some(&b))) {
+                (Simd::Avx512, Some(y)) => {
+                    let d = (y - tall.linear(&w, Some(&b)))
+                        .abs()
+                        .max()
+                        .double_value(&[]);
+                    assert!(d < 1e-4, "many rows: max difference {d}");
+                }
+                (Simd::Avx512, None) => panic!("packed kernel refused many rows"),
+                (Simd::Avx2, got) => assert!(got.is_none(), "AVX2 took many rows"),
             }
-            (Some(Simd::Avx512), None) => panic!("packed kernel refused many rows"),
-            (_, got) => assert!(got.is_none()),
-        }
-        assert!(try_linear(&tall, &w.narrow(0, 0, 8), None).is_none());
-        assert!(try_linear(&x.to_kind(Kind::Double), &w.to_kind(Kind::Double), None).is_none());
+            // Many rows by a weight too short to pack, and another dtype: libtorch's.
+            assert!(try_linear(&tall, &w.narrow(0, 0, 8), None).is_none());
+            let (xd, wd) = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));
+            assert!(try_linear(&xd, &wd, None).is_none());
+        });
     }
 }

@@ -56,24 +56,91 @@ pub(crate) enum Simd {
 }
 
 /// The kernels' instruction set, or `None` (kernels off: another CPU, or
-/// `RLHF_NO_DECODE_KERNELS` set).
+/// `RLHF_NO_DECODE_KERNELS` set). A path forced on this thread (the tests of every path, see
+/// [`paths`]) comes first.
 pub(crate) fn simd() -> Option<Simd> {
     static SIMD: OnceLock<Option<Simd>> = OnceLock::new();
+    if let Some(forced) = FORCED.get() {
+        return Some(forced);
+    }
     *SIMD.get_or_init(|| {
         if std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some() {
             return None;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Some(Simd::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Some(Simd::Avx2);
-            }
-        }
-        None
+        cpu_paths().first().copied()
     })
+}
+
+/// The SIMD paths this CPU can run, the fastest first.
+pub(crate) fn cpu_paths() -> Vec<Simd> {
+    let mut paths = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            paths.push(Simd::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            paths.push(Simd::Avx2);
+        }
+    }
+    paths
+}
+
+thread_local! {
+    /// A path [`simd`] returns on this thread instead of the CPU's best: set by the tests of
+    /// every path ([`paths::for_each`]). The crew's workers are handed the caller's path.
+    static FORCED: std::cell::Cell<Option<Simd>> = const { std::cell::Cell::new(None) };
+}
+
+/// Tests of every SIMD path: an AVX-512 CPU runs the AVX2 kernels too.
+#[cfg(test)]
+pub(crate) mod paths {
+    use std::io::Write;
+
+    use super::{cpu_paths, Simd, FORCED};
+
+    /// Runs `check` once for each SIMD path, with that path forced on this thread (so
+    /// `simd()`, the decode scopes and every kernel use it). A path this CPU cannot run, or
+    /// every path when `RLHF_NO_DECODE_KERNELS` is set, is reported as skipped, naming `test`:
+    /// written to the process's stderr past the test harness's capture, so `cargo test` shows
+    /// it. Returns how many paths ran.
+    pub(crate) fn for_each(test: &str, mut check: impl FnMut(Simd)) -> usize {
+        let off = std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some();
+        let cpu = cpu_paths();
+        let mut ran = 0;
+        for path in [Simd::Avx512, Simd::Avx2] {
+            if off || !cpu.contains(&path) {
+                let why = if off {
+                    "RLHF_NO_DECODE_KERNELS is set"
+                } else {
+                    "this CPU lacks it"
+                };
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test} on the {path:?} path: {why}"
+                );
+                continue;
+            }
+            let _forced = force(path);
+            check(path);
+            ran += 1;
+        }
+        ran
+    }
+
+    /// Forces `path` on this thread until the guard drops (also when a check panics).
+    pub(crate) fn force(path: Simd) -> Forced {
+        Forced(FORCED.replace(Some(path)))
+    }
+
+    /// Restores the thread's previous path when dropped.
+    pub(crate) struct Forced(Option<Simd>);
+
+    impl Drop for Forced {
+        fn drop(&mut self) {
+            FORCED.set(self.0);
+        }
+    }
 }
 
 /// True where the kernels cover a prompt's prefill too (its products of many rows need the
