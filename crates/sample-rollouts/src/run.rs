@@ -138,16 +138,18 @@ pub fn run(cli: &Cli) -> Result<()> {
         policy_id,
         ref_logprobs: settings.ref_logprobs,
     };
-    let pack = settings.device.is_cuda();
+    let pack = settings.pack_prompts;
     let mut sink = RolloutSink::create(&settings.out_file, &lineage)?;
     let bar = rlhf_core::progress::bar(jobs.len() as u64, "sampling");
     let start = Instant::now();
-    for range in plan_batches(
+    let batches = plan_batches(
         jobs.len(),
         settings.samples_per_prompt,
         settings.batch_size,
         pack,
-    ) {
+    );
+    let forward_batches = batches.len();
+    for range in batches {
         let n = range.len() as u64;
         for rows in ctx.sample(&jobs[range])? {
             sink.push_prompt(rows)?;
@@ -175,6 +177,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut details = summary.to_json();
     if let Some(m) = details.as_object_mut() {
         m.insert("sampling_seconds".into(), serde_json::json!(secs));
+        m.insert("forward_batches".into(), serde_json::json!(forward_batches));
         m.insert(
             "response_tokens_per_second".into(),
             serde_json::json!(summary.response_tokens as f64 / secs.max(1e-9)),

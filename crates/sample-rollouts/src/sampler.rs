@@ -8,7 +8,9 @@
 //! then give bit-identical results, and each sample's seeded random stream does the rest.
 //! (Packing several prompts changes the matrix shapes, and MKL's results for a row depend
 //! on the number of rows, so packed batches would not reproduce unpacked ones bit for bit.)
-//! On CUDA whole prompts are packed up to --batch-size sequences for throughput.
+//! On CUDA, and on CPU with --pack-prompts, whole prompts are packed up to --batch-size
+//! sequences for throughput, and a row's numbers then depend on its neighbours within float
+//! rounding.
 
 use std::ops::Range;
 

@@ -23,8 +23,8 @@ artifact: prompt and response text and tokens, per-token sampling log-probabilit
 reference log-probabilities (the same base with the adapter switched off), finish reason, \
 policy id, iteration and seed.\n\n\
 Each sample's random stream is seeded from (--seed, --iteration, prompt id, sample index), and \
-on CPU the K samples of one prompt always form one forward batch, so the rows do not depend on \
---batch-size, on --num-shards or on the other prompts in the file.\n\n\
+on CPU the K samples of one prompt form one forward batch (unless --pack-prompts), so the rows \
+do not depend on --batch-size, on --num-shards or on the other prompts in the file.\n\n\
 Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data, 130/143 stopped by SIGINT/SIGTERM (trainers after a checkpoint)."
 )]
 pub struct Cli {
@@ -63,11 +63,18 @@ pub struct Cli {
     /// Repeat the flag or give several values.
     #[arg(long, value_name = "STR", num_args = 1.., action = clap::ArgAction::Append)]
     pub stop: Vec<String>,
-    /// Sequences per forward batch on CUDA: whole prompts (K samples each) are packed up to
-    /// this many sequences. On CPU each prompt's K samples are one forward batch whatever
-    /// this says, which keeps CPU outputs byte-identical across batch sizes and shards.
+    /// Sequences per forward batch on CUDA, and on CPU with --pack-prompts: whole prompts
+    /// (K samples each) are packed up to this many sequences. Otherwise, on CPU, each
+    /// prompt's K samples are one forward batch whatever this says, which keeps CPU outputs
+    /// byte-identical across batch sizes and shards.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
+    /// Pack several prompts per forward batch on CPU too (up to --batch-size sequences):
+    /// faster, but a row's log-probabilities then depend on its batch neighbours within
+    /// float rounding (about 1e-6), so outputs are no longer byte-identical across
+    /// --batch-size and --num-shards, and a rounding difference can change a sampled token.
+    #[arg(long)]
+    pub pack_prompts: bool,
     /// Policy iteration recorded in every row (also part of each sample's seed).
     #[arg(long, default_value_t = 0, value_name = "I")]
     pub iteration: i32,
@@ -101,6 +108,8 @@ pub struct Settings {
     pub top_p: f64,
     pub stop: Vec<String>,
     pub batch_size: usize,
+    /// Several prompts per forward batch (CUDA, or --pack-prompts).
+    pub pack_prompts: bool,
     pub iteration: i32,
     pub ref_logprobs: bool,
     pub max_prompts: Option<usize>,
@@ -232,6 +241,7 @@ impl Settings {
             top_p: cli.top_p,
             stop: cli.stop.clone(),
             batch_size: cli.batch_size,
+            pack_prompts: cli.pack_prompts || device.is_cuda(),
             iteration: cli.iteration,
             ref_logprobs: !cli.no_ref_logprobs,
             max_prompts: cli.max_prompts,

@@ -136,8 +136,15 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
         "same flags: same bytes"
     );
     assert_eq!(a, again);
-    let b1 = f.sample("b.parquet", &["--batch-size", "1"]);
+    // On CPU without --pack-prompts each prompt is one forward batch whatever --batch-size
+    // says, so the rows are identical (the summary counts the batches run).
+    let summary = f.p("b-summary.json");
+    let b1 = f.sample(
+        "b.parquet",
+        &["--batch-size", "1", "--summary-json", &summary],
+    );
     assert_eq!(a, b1, "--batch-size 1 and 4 give identical rows");
+    assert_eq!(forward_batches(&summary), 5, "one batch per prompt");
     let other = f.sample("c.parquet", &["--seed", "43"]);
     assert_ne!(
         a.iter().map(|r| &r.response_tokens).collect::<Vec<_>>(),
@@ -150,6 +157,59 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
     assert!(lineage.tokenizer_hash.is_some());
     let roles: Vec<&str> = lineage.inputs.iter().map(|i| i.role.as_str()).collect();
     assert_eq!(roles, ["prompts", "model", "adapter"]);
+}
+
+/// `details.forward_batches` of a `--summary-json` file.
+fn forward_batches(summary: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    v["details"]["forward_batches"].as_u64().unwrap()
+}
+
+/// --pack-prompts puts several prompts in one forward batch on the CPU (left-padded to the
+/// longest): the rows equal the one-prompt-per-batch rows within float rounding (the same
+/// tokens; log-probabilities within 1e-4), whatever --batch-size.
+#[test]
+fn packed_prompts_match_one_prompt_batches_within_rounding() {
+    let f = Fixture::new(5);
+    let alone = f.sample("alone.parquet", &[]);
+    for (batch, batches) in [("6", 3), ("15", 1)] {
+        let summary = f.p(&format!("packed-{batch}.json"));
+        let out = format!("packed-{batch}.parquet");
+        let packed = f.sample(
+            &out,
+            &[
+                "--pack-prompts",
+                "--batch-size",
+                batch,
+                "--summary-json",
+                &summary,
+            ],
+        );
+        assert_eq!(
+            forward_batches(&summary),
+            batches,
+            "--batch-size {batch}: 3 samples a prompt, whole prompts a batch"
+        );
+        assert_eq!(packed.len(), alone.len());
+        let mut worst = 0f32;
+        for (p, a) in packed.iter().zip(&alone) {
+            assert_eq!(p.rollout_id, a.rollout_id);
+            assert_eq!(p.response_tokens, a.response_tokens, "{}", p.rollout_id);
+            let refs = p
+                .ref_logprobs
+                .iter()
+                .flatten()
+                .zip(a.ref_logprobs.iter().flatten());
+            for (x, y) in p.logprobs.iter().zip(&a.logprobs).chain(refs) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        assert!(
+            worst < 1e-4,
+            "--batch-size {batch}: log-probs differ by {worst}"
+        );
+    }
 }
 
 #[test]

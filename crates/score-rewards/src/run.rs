@@ -40,6 +40,8 @@ struct Scorer<'a> {
     table: ScoresTable,
     lengths: Vec<usize>,
     finish: BTreeMap<String, usize>,
+    /// Reward-model forward batches run (whole prompts each; several with --pack-prompts).
+    batches: usize,
 }
 
 impl Scorer<'_> {
@@ -49,6 +51,7 @@ impl Scorer<'_> {
         if rows.is_empty() {
             return Ok(());
         }
+        self.batches += 1;
         let rm: Vec<Vec<f32>> = match &self.rms {
             Some(m) => m.score(&rows, &self.settings.rollouts)?,
             None => Vec::new(),
@@ -156,8 +159,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         rms,
         lengths: Vec::new(),
         finish: BTreeMap::new(),
+        batches: 0,
     };
-    let pack = settings.device.is_cuda();
+    let pack = settings.pack_prompts;
     let start = std::time::Instant::now();
     let bar = rlhf_core::progress::bar(count_rows(&ds), "scoring");
     let mut reader = GroupReader::new(&ds);
@@ -199,6 +203,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         // Timing goes to the summary only: the scores file stays byte-identical across runs.
         let mut details = summary;
         details.insert("scoring_seconds".into(), serde_json::json!(secs));
+        details.insert("forward_batches".into(), serde_json::json!(scorer.batches));
         details.insert(
             "sequences_per_second".into(),
             serde_json::json!(rows as f64 / secs.max(1e-9)),

@@ -81,11 +81,17 @@ pub struct Cli {
     /// refusing rollouts made with another tokenizer.
     #[arg(long)]
     pub retokenize: bool,
-    /// Sequences per reward-model forward batch on CUDA (whole prompts are packed). On CPU
-    /// the samples of one prompt are one batch whatever this says, so CPU scores do not
-    /// depend on it or on sharding.
+    /// Sequences per reward-model forward batch on CUDA, and on CPU with --pack-prompts
+    /// (whole prompts are packed). Otherwise, on CPU, the samples of one prompt are one batch
+    /// whatever this says, so CPU scores do not depend on it or on sharding.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
+    /// Pack several prompts per forward batch on CPU too (up to --batch-size sequences):
+    /// faster, but a score then depends on its batch neighbours within float rounding
+    /// (about 1e-6), so scores are no longer byte-identical across --batch-size and
+    /// --num-shards.
+    #[arg(long)]
+    pub pack_prompts: bool,
     #[command(flatten)]
     pub shard: ShardArgs,
 }
@@ -114,6 +120,8 @@ pub struct Settings {
     pub rm_std_penalty: f32,
     pub retokenize: bool,
     pub batch_size: usize,
+    /// Several prompts per forward batch (CUDA, or --pack-prompts).
+    pub pack_prompts: bool,
     /// Where `--summary-json` goes (details: reward statistics, scoring seconds without
     /// model loading, sequences per second, peak memory).
     pub summary_json: Option<PathBuf>,
@@ -303,6 +311,7 @@ impl Settings {
             rm_std_penalty: cli.rm_std_penalty,
             retokenize: cli.retokenize,
             batch_size: cli.batch_size,
+            pack_prompts: cli.pack_prompts || device.is_cuda(),
             summary_json: cli.global.summary_json.clone(),
             shard,
         })

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use rlhf_core::parquet_io::read_lineage;
+use rlhf_core::parquet_io::{read_lineage, read_records};
 use rlhf_core::records::{RolloutRow, ScoresTable};
 use rlhf_core::tokenizer::Tokenizer;
 
@@ -310,16 +310,77 @@ fn shards_concatenate_and_runs_are_deterministic() {
         rows_of(&whole),
         "shards together equal the unsharded scores"
     );
+    // On CPU without --pack-prompts each prompt is one reward-model batch whatever
+    // --batch-size says (the summary counts the batches run): the same scores.
+    let rollouts = read_records::<RolloutRow>(&f.root.join("rollouts.parquet"))
+        .unwrap()
+        .0;
+    let prompts = rollouts
+        .iter()
+        .map(|r| &r.prompt_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    assert!(prompts > 1);
+    let summary = f.p("b1.json");
     let b1 = f.score(
         "rollouts.parquet",
         "b1.parquet",
-        &[&flags[..], &["--batch-size", "1"]].concat(),
+        &[
+            &flags[..],
+            &["--batch-size", "1", "--summary-json", &summary],
+        ]
+        .concat(),
     );
     assert_eq!(
         rows_of(&b1),
         rows_of(&whole),
         "batch size does not change scores"
     );
+    assert_eq!(forward_batches(&summary), prompts, "one batch per prompt");
+    // --pack-prompts: every prompt in one batch, the same scores within float rounding.
+    let summary = f.p("packed.json");
+    let packed = f.score(
+        "rollouts.parquet",
+        "packed.parquet",
+        &[
+            &flags[..],
+            &[
+                "--pack-prompts",
+                "--batch-size",
+                "1000",
+                "--summary-json",
+                &summary,
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(forward_batches(&summary), 1, "all prompts in one batch");
+    let (p, w) = (rows_of(&packed), rows_of(&whole));
+    assert_eq!(p.len(), w.len());
+    for (a, b) in p.iter().zip(&w) {
+        assert_eq!(a.0, b.0);
+        assert!(
+            (a.1 - b.1).abs() < 1e-4,
+            "{}: reward {} vs {}",
+            a.0,
+            a.1,
+            b.1
+        );
+        for (x, y) in a.3.iter().zip(&b.3) {
+            assert!(
+                (x.unwrap_or(0.0) - y.unwrap_or(0.0)).abs() < 1e-4,
+                "{}",
+                a.0
+            );
+        }
+    }
+}
+
+/// `details.forward_batches` of a `--summary-json` file.
+fn forward_batches(summary: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    v["details"]["forward_batches"].as_u64().unwrap()
 }
 
 #[test]
