@@ -277,7 +277,7 @@ fn full_next_iteration_continues_the_optimizer_and_measures_kl_against_ref_model
 }
 
 #[test]
-fn full_resume_after_a_kill_equals_an_uninterrupted_run() {
+fn full_resume_after_a_stop_equals_an_uninterrupted_run() {
     let w = world();
     let (r, sc) = rollouts(&w, "it1", &w.model);
     let extra = [

@@ -1,5 +1,5 @@
-//! Resume: a run killed within an iteration (after a checkpoint) and restarted with
-//! --resume reaches the same adapter, critic, optimiser state and metrics as an
+//! Resume: a run stopped within an iteration (--stop-after-steps, after a checkpoint) and
+//! restarted with --resume reaches the same adapter, critic, optimiser state and metrics as an
 //! uninterrupted run. Alone in its own test binary: LoRA dropout draws from libtorch's
 //! process-wide generator, which tests running in parallel threads would share.
 
@@ -16,7 +16,7 @@ fn metrics(dir: &std::path::Path) -> Vec<MetricRow> {
 }
 
 #[test]
-fn resume_after_a_kill_equals_an_uninterrupted_run() {
+fn resume_after_a_stop_equals_an_uninterrupted_run() {
     let w = World::new();
     let (r, sc) = w.rollouts("it1", None, 4, 2, false);
     let args = |out: &str| -> Vec<String> {
@@ -61,7 +61,7 @@ fn resume_after_a_kill_equals_an_uninterrupted_run() {
     assert!(format!("{err:#}").contains("stopped after 5"), "{err:#}");
     assert!(
         !resumed.exists(),
-        "a killed run must not leave an output folder"
+        "a stopped run must not leave an output folder"
     );
     assert!(w
         .path("resumed.checkpoint")

@@ -133,3 +133,45 @@ where
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().last().unwrap_or("").to_string()
 }
+
+/// Starts `command` (a trainer), waits until it has written a checkpoint into `checkpoint`
+/// (a step loop's checkpoint folder), kills it with SIGKILL while it still runs, and
+/// returns the step of the checkpoint it left. Panics when no checkpoint appears within two
+/// minutes, when the run ends before it could be killed, or when it did not die by SIGKILL:
+/// a kill-and-resume test that passes has killed a run after a checkpoint.
+pub fn kill_after_checkpoint(command: &mut Command, checkpoint: &Path) -> u64 {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = command.spawn().expect("starting the trainer");
+    let start = std::time::Instant::now();
+    while !rlhf_algo::checkpoint::exists(checkpoint) {
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("no checkpoint appeared in {}", checkpoint.display());
+        }
+        let ended = child.try_wait().expect("polling the trainer");
+        assert!(
+            ended.is_none(),
+            "the run ended before it could be killed: {ended:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("killing the trainer");
+    let status = child.wait().expect("waiting for the trainer");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the run was not killed: {status:?}"
+    );
+    rlhf_algo::checkpoint::load_meta(checkpoint)
+        .expect("the checkpoint the killed run left")
+        .step
+}
+
+/// Panics unless the log `stderr` of a rerun says it resumed from the step-`step` checkpoint.
+pub fn assert_resumed_from(stderr: &[u8], step: u64) {
+    let log = String::from_utf8_lossy(stderr);
+    assert!(
+        log.contains("resumed from checkpoint") && log.contains(&format!("step={step} ")),
+        "the rerun did not resume from the step-{step} checkpoint:\n{log}"
+    );
+}

@@ -309,25 +309,12 @@ fn killed_run_resumes_to_the_same_adapter() {
 
     let resumed = dir.path().join("resumed");
     let b = args(&resumed);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_train-rm-lora"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_train-rm-lora"));
+    command
         .args(&b)
-        .args(["--no-progress", "--threads", "1", "--device", "cpu", "-q"])
-        .spawn()
-        .unwrap();
-    let ck = dir
-        .path()
-        .join("resumed.checkpoint/member-0/checkpoint.json");
-    let t0 = std::time::Instant::now();
-    while !ck.is_file() {
-        assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run finished before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+        .args(["--no-progress", "--threads", "1", "--device", "cpu", "-q"]);
+    let member = dir.path().join("resumed.checkpoint/member-0");
+    let at = rlhf_testkit::kill_after_checkpoint(&mut command, &member);
     assert!(
         !resumed.exists(),
         "a killed run leaves no finished-looking output"
@@ -336,11 +323,7 @@ fn killed_run_resumes_to_the_same_adapter() {
     c.push("--resume".into());
     let o = run(&c.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("resumed from checkpoint"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    rlhf_testkit::assert_resumed_from(&o.stderr, at);
     for f in [
         "adapter_model.safetensors",
         "adapter_config.json",

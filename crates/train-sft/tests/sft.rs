@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{metric, ok, row, rows, write_sft, Fixture};
 use rlhf_core::metrics::MetricsLog;
 use rlhf_core::tokenizer::Tokenizer;
@@ -245,7 +243,8 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
     args.extend(["--max-steps", "150", "--checkpoint-every", "3"]);
     ok(&fx.sft("a", &args));
     let out = fx.path("b");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_train-sft"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_train-sft"));
+    command
         .args([
             "--model",
             fx.model.to_str().unwrap(),
@@ -261,44 +260,15 @@ fn resume_after_a_kill_equals_the_uninterrupted_run() {
             "cpu",
             "-q",
         ])
-        .args(&args)
-        .spawn()
-        .unwrap();
-    let ckpt = fx.path("b.checkpoint");
-    let start = Instant::now();
-    while !rlhf_algo::checkpoint::exists(&ckpt) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "the run was not killed: {status:?}"
-        );
-    }
+        .args(&args);
+    let at = rlhf_testkit::kill_after_checkpoint(&mut command, &fx.path("b.checkpoint"));
     assert!(!out.exists(), "a killed run must leave no output");
-    let at = rlhf_algo::checkpoint::load_meta(&ckpt).unwrap().step;
     assert!((3..150).contains(&at), "checkpoint at step {at}");
     let mut resume = args.clone();
     resume.push("--resume");
     let resumed = fx.sft("b", &resume);
     ok(&resumed);
-    let log = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        log.contains("resumed from checkpoint") && log.contains(&format!("step={at} ")),
-        "the rerun did not resume from the step-{at} checkpoint:\n{log}"
-    );
+    rlhf_testkit::assert_resumed_from(&resumed.stderr, at);
     let wa = std::fs::read(fx.path("a").join("model.safetensors")).unwrap();
     let wb = std::fs::read(out.join("model.safetensors")).unwrap();
     assert!(wa == wb, "weights after kill + resume differ");
