@@ -8,7 +8,8 @@
 # Margins: seeds 0, 1, 2 at 3 iterations gave accuracy 0.956 / 0.931 / 0.923, win rate
 # 0.759 / 0.721 / 0.745, gold gain 0.84 / 0.68 / 0.75 (see the issue notes). A policy update
 # with the advantage's sign flipped (ppo-update) gave win rate 0.228 and a gold gain of -0.96 and
-# failed here.
+# failed here; a reward-model loss with chosen and rejected swapped (rm_loss.rs) gave RM accuracy
+# 0.034, win rate 0.219 and a gold gain of -1.02 and failed too.
 # Usage: tests/outcome.sh [RUN_DIR] (default: a temporary folder). About 90 s on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
