@@ -45,6 +45,10 @@ test: build golden ## Run every test: unit, golden (vs transformers/peft), CLI, 
 	RLHF_PYTHON=$(PYTHON) RLHF_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) $(CARGO) test --release --workspace
 	bash tests/e2e.sh
 
+.PHONY: fuzz
+fuzz: setup ## Long property-based fuzz of every parser (20,000 cases a property; make test runs a short one)
+	RLHF_FUZZ_CASES=20000 $(CARGO) test --release -p prep-data -p rlhf-core -p rlhf-nn -p score-rewards --test 'fuzz*'
+
 .PHONY: demo
 demo: build ## Run the whole PERL loop on the embedded synthetic task (runs/demo)
 	$(MAKE) -f pipelines/demo.mk BIN=$(CURDIR)/$(BIN)

@@ -2,12 +2,10 @@
 //! file, a folder of part files, or a glob), read in file and row order. Null and empty
 //! values are counted and skipped (they carry no text to learn merges from).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use rlhf_core::error::{CoreError, Result};
 use rlhf_core::parquet_io::resolve_inputs;
@@ -62,9 +60,8 @@ pub fn read_text_columns(spec: &Path, columns: &[String]) -> Result<Corpus> {
 }
 
 fn read_file(path: &Path, columns: &[String], corpus: &mut Corpus) -> Result<()> {
-    let file = File::open(path).map_err(|e| CoreError::io("opening", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| CoreError::parquet("reading footer of", path, e))?;
+    // Column chunks checked against the file size first (a damaged footer panics parquet).
+    let builder = rlhf_core::parquet_io::open_parquet(path)?;
     let schema = builder.schema().clone();
     let mut indices = Vec::with_capacity(columns.len());
     for name in columns {
@@ -163,6 +160,7 @@ fn string_values(array: &dyn Array) -> Vec<Option<String>> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::sync::Arc;
 
     use arrow::array::{Int32Array, StringArray};

@@ -362,15 +362,25 @@ fn read_parquet(
     each: &mut dyn FnMut(RawRow<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let f = File::open(&file.path).map_err(|e| PrepError::unreadable(&file.path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.with_batch_size(4096).build())
-        .map_err(|e| {
-            PrepError::input(
-                &file.path,
-                None,
-                format!("not a readable Parquet file: {e}"),
-            )
-        })?;
+    let file_len = f
+        .metadata()
+        .map_err(|e| PrepError::unreadable(&file.path, e))?
+        .len();
+    let unreadable = |e: String| {
+        PrepError::input(
+            &file.path,
+            None,
+            format!("not a readable Parquet file: {e}"),
+        )
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| unreadable(e.to_string()))?;
+    // A damaged footer can make the parquet crate panic while reading pages.
+    rlhf_core::parquet_io::check_column_chunks(builder.metadata(), file_len).map_err(unreadable)?;
+    let reader = builder
+        .with_batch_size(4096)
+        .build()
+        .map_err(|e| unreadable(e.to_string()))?;
     let mut row = 0usize;
     for batch in reader {
         let batch = batch.map_err(|e| {

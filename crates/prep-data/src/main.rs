@@ -1,25 +1,15 @@
 //! prep-data: normalise raw feedback data (HH-RLHF, SHP, TL;DR, UltraFeedback, thumbs,
 //! rankings, generic) into prompts, preferences, ratings and sft Parquet files with a
 //! rejects file; label scored rollouts into oracle preference pairs; generate the embedded
-//! synthetic task. Does not link libtorch.
-
-mod convert;
-mod error;
-mod formats;
-mod input;
-mod output;
-mod pairs;
-mod reject;
-mod render;
-mod split;
-mod synthetic_cmd;
+//! synthetic task. Does not link libtorch. The stage's modules live in the library
+//! (lib.rs); this file parses the command line and maps the outcome to an exit code.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use prep_data::reject::Summary;
+use prep_data::{convert, error, pairs, split, synthetic_cmd};
 use rlhf_core::cli::{self, GlobalArgs};
-
-use crate::reject::Summary;
 
 /// Normalise raw feedback data into the pipeline's Parquet artifacts, with a rejects file.
 #[derive(Debug, Parser)]

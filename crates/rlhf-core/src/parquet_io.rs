@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
 
 use crate::atomic::{ensure_parent, sweep, temp_sibling};
@@ -188,6 +188,48 @@ pub fn resolve_inputs(spec: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Opens a Parquet file for reading: its footer parsed, and every column chunk's byte range
+/// checked against the file ([`check_column_chunks`]) before any page is read.
+pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| CoreError::io("opening", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| CoreError::io("reading", path, e))?
+        .len();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| CoreError::parquet("reading footer of", path, e))?;
+    check_column_chunks(builder.metadata(), len).map_err(|message| CoreError::BadInput {
+        path: path.to_path_buf(),
+        row: None,
+        message,
+    })?;
+    Ok(builder)
+}
+
+/// Checks that every column chunk of a footer lies within the file's `file_len` bytes: the
+/// parquet crate panics on a negative offset or size (`ColumnChunkMetaData::byte_range`),
+/// which one damaged byte in a footer can produce. The error is a message for the caller.
+pub fn check_column_chunks(
+    meta: &ParquetMetaData,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    for (i, rg) in meta.row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let len = c.compressed_size();
+            let end = start.checked_add(len);
+            if start < 0 || len < 0 || end.is_none_or(|e| e as u64 > file_len) {
+                return Err(format!(
+                    "corrupt Parquet footer: column `{}` of row group {i} claims {len} bytes at \
+                     offset {start} of a {file_len}-byte file",
+                    c.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the lineage stored in a Parquet file's footer, if any.
 pub fn read_lineage(path: &Path) -> Result<Option<Lineage>> {
     let file = File::open(path).map_err(|e| CoreError::io("opening", path, e))?;
@@ -216,9 +258,7 @@ impl Dataset {
         let files = resolve_inputs(spec)?;
         let mut lineages = Vec::with_capacity(files.len());
         for f in &files {
-            let file = File::open(f).map_err(|e| CoreError::io("opening", f, e))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| CoreError::parquet("reading footer of", f, e))?;
+            let builder = open_parquet(f)?;
             if let Err(detail) = check_schema(artifact, builder.schema()) {
                 return Err(CoreError::SchemaMismatch {
                     path: f.clone(),
@@ -267,13 +307,11 @@ impl Dataset {
     /// Every batch of every file, in file order.
     pub fn batches(&self) -> impl Iterator<Item = Result<(PathBuf, RecordBatch)>> + '_ {
         self.files.iter().flat_map(|f| {
-            let reader = File::open(f)
-                .map_err(|e| CoreError::io("opening", f, e))
-                .and_then(|file| {
-                    ParquetRecordBatchReaderBuilder::try_new(file)
-                        .and_then(|b| b.with_batch_size(8192).build())
-                        .map_err(|e| CoreError::parquet("reading", f, e))
-                });
+            let reader = open_parquet(f).and_then(|b| {
+                b.with_batch_size(8192)
+                    .build()
+                    .map_err(|e| CoreError::parquet("reading", f, e))
+            });
             let items: Box<dyn Iterator<Item = Result<(PathBuf, RecordBatch)>>> = match reader {
                 Ok(r) => Box::new(r.map(move |b| {
                     b.map(|b| (f.clone(), b))

@@ -70,6 +70,14 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&path).map_err(|e| CoreError::io("reading", &path, e))?;
+        // The tokenizers crate panics instead of returning an error when the JSON itself is
+        // broken inside the `decoder` object (cut off, invalid UTF-8 or escapes:
+        // `expect("Helper")` in 0.23.2). Parsing the whole file first, with the same parser
+        // and limits, turns those into an error naming the file.
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| CoreError::Tokenizer {
+            path: path.clone(),
+            message: format!("not a valid tokenizer.json: invalid JSON: {e}"),
+        })?;
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| CoreError::Tokenizer {
                 path: path.clone(),

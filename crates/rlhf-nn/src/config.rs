@@ -313,12 +313,18 @@ impl ModelConfig {
         }
         let hidden_size = r.int(&["n_embd", "hidden_size"])?;
         let num_heads = r.int(&["n_head", "num_attention_heads"])?;
+        let intermediate_size = match r.opt_int(&["n_inner"])? {
+            Some(n) => n,
+            None => hidden_size
+                .checked_mul(4)
+                .ok_or_else(|| cfg_err(r.path, "n_embd", format!("{hidden_size} is too large")))?,
+        };
         Ok(ModelConfig {
             arch: Arch::Gpt2,
             model_type: "gpt2".into(),
             vocab_size: r.int(&["vocab_size"])?,
             hidden_size,
-            intermediate_size: r.opt_int(&["n_inner"])?.unwrap_or(4 * hidden_size),
+            intermediate_size,
             num_layers: r.int(&["n_layer", "num_hidden_layers"])?,
             num_heads,
             num_kv_heads: num_heads,

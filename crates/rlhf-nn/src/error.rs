@@ -133,7 +133,14 @@ impl NnError {
     /// (exit code 3, "bad input"), rather than from a failure of the program or machine.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            NnError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            // Missing, or content that cannot be read as what it should be (a JSON file
+            // that is not UTF-8, a file shorter than its own header says).
+            NnError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
             NnError::Torch(_) => false,
             _ => true,
         }

@@ -66,17 +66,20 @@ fn parse_header(path: &Path, header: &[u8], data_len: u64) -> Result<Vec<Entry>>
         }
         let dtype = v.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
         let kind = kind_of(dtype, path, &name)?;
+        // Every dimension a non-negative integer and every offset an integer: a value of
+        // another type is refused, not skipped.
         let shape: Option<Vec<i64>> = v
             .get("shape")
             .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|d| d.as_i64()).collect());
+            .and_then(|a| a.iter().map(|d| d.as_i64().filter(|&d| d >= 0)).collect());
         let offsets: Option<Vec<u64>> = v
             .get("data_offsets")
             .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
         let (Some(shape), Some(offsets)) = (shape, offsets) else {
             return Err(bad(format!(
-                "header entry of `{name}` lacks shape or data_offsets"
+                "header entry of `{name}` lacks shape or data_offsets, or they hold values \
+                 that are not non-negative integers: {v}"
             )));
         };
         let (begin, end) = match offsets[..] {
@@ -87,8 +90,21 @@ fn parse_header(path: &Path, header: &[u8], data_len: u64) -> Result<Vec<Entry>>
                 )))
             }
         };
-        let numel: i64 = shape.iter().product();
-        let expected = numel as u64 * kind.elt_size_in_bytes() as u64;
+        // Checked, with empty dimensions counted as 1 as libtorch does for strides: a shape
+        // whose size overflows must neither wrap around to the byte count of its offsets
+        // nor reach libtorch.
+        let span = shape
+            .iter()
+            .try_fold(kind.elt_size_in_bytes() as u64, |n, &d| {
+                n.checked_mul((d as u64).max(1))
+            })
+            .filter(|&n| n <= i64::MAX as u64);
+        let Some(span) = span else {
+            return Err(bad(format!(
+                "tensor `{name}`: shape {shape:?} {dtype} is too large"
+            )));
+        };
+        let expected = if shape.contains(&0) { 0 } else { span };
         if end - begin != expected {
             return Err(bad(format!(
                 "tensor `{name}`: {} bytes for shape {shape:?} {dtype}, expected {expected}",
@@ -114,6 +130,14 @@ fn read_file_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> 
     let io = |e| NnError::io(path, e);
     let mut f = std::fs::File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
+    if file_len < 8 {
+        return Err(NnError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a valid safetensors file: {file_len} bytes, shorter than its 8-byte header length"
+            ),
+        });
+    }
     let mut len8 = [0u8; 8];
     f.read_exact(&mut len8).map_err(io)?;
     let n = u64::from_le_bytes(len8);

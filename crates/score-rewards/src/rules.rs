@@ -2,7 +2,7 @@
 //!
 //! | rule | value |
 //! |---|---|
-//! | `length:target=N[,unit=tokens\|words\|chars]` | `-abs(n - N) / N` (0 at the target, -1 at 0 or 2N) |
+//! | `length:target=N[,unit=tokens\|words\|chars]` | `-abs(n - N) / N` (0 at the target, -1 at 0 or 2N; N >= 1) |
 //! | `regex:PATTERN` | 1 if the response matches PATTERN, else 0 |
 //! | `contains:WORD` | 1 if the response contains WORD, else 0 |
 //! | `excludes:WORD` | -1 if the response contains WORD, else 0 |
@@ -124,8 +124,10 @@ impl Rule {
                         (_, "weight") => weight = parse_weight(spec, v)?,
                         (_, "name") => name = Some(v.trim().to_string()),
                         ("length", "target") => match v.trim().parse::<f32>() {
-                            Ok(t) if t.is_finite() && t > 0.0 => target = Some(t),
-                            _ => return Err(bad_rule(spec, format!("target `{v}` must be a number > 0"))),
+                            // At least 1: a length is a count, and a target near 0 makes
+                            // the value -abs(n - N) / N infinite.
+                            Ok(t) if t.is_finite() && t >= 1.0 => target = Some(t),
+                            _ => return Err(bad_rule(spec, format!("target `{v}` must be a number >= 1"))),
                         },
                         ("length", "unit") => {
                             unit = match v.trim() {
@@ -368,7 +370,7 @@ mod tests {
     fn bad_specs_are_explained() {
         for (spec, needle) in [
             ("length", "needs target"),
-            ("length:target=0", "must be a number > 0"),
+            ("length:target=0", "must be a number >= 1"),
             ("length:target=5,unit=bytes", "unit `bytes`"),
             ("regex:(", "bad pattern"),
             ("contains:", "needs an argument"),

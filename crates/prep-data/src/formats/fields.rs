@@ -85,6 +85,21 @@ pub fn required_number(row: &Value, path: &str) -> Result<f64, Rejection> {
     number(required(row, path)?, path)
 }
 
+/// A number as the 32-bit float the artifacts store: one beyond f32's range (about
+/// ±3.4e38, or an infinite ratio or difference) is a rejection naming `what`, not an
+/// infinity in the output.
+pub fn to_f32(x: f64, what: &str) -> Result<f32, Rejection> {
+    let y = x as f32;
+    if y.is_finite() {
+        Ok(y)
+    } else {
+        Err(Rejection::new(
+            Reason::BadValue,
+            format!("{what} = {x} is outside the 32-bit float range (about ±3.4e38)"),
+        ))
+    }
+}
+
 /// Normalises a role name: user/human -> user, assistant/gpt/bot/model -> assistant,
 /// system -> system; anything else is a rejection.
 pub fn role(name: &str) -> Result<&'static str, Rejection> {

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::fields::{
-    field, messages, number, prompt_messages, required, split_last_reply, string, text,
+    field, messages, number, prompt_messages, required, split_last_reply, string, text, to_f32,
 };
 use super::{Example, FormatOptions, GenericKind};
 use crate::reject::{Reason, Rejection};
@@ -63,9 +63,8 @@ pub fn convert(row: &Value, o: &FormatOptions) -> Result<Example, Rejection> {
             }
             let margin = match &o.margin_column {
                 Some(c) => field(row, c)
-                    .map(|v| number(v, c))
-                    .transpose()?
-                    .map(|m| m as f32),
+                    .map(|v| to_f32(number(v, c)?, &format!("field `{c}`")))
+                    .transpose()?,
                 None => None,
             };
             Ok(Example::Pair {
@@ -80,7 +79,10 @@ pub fn convert(row: &Value, o: &FormatOptions) -> Result<Example, Rejection> {
         GenericKind::Ratings => Ok(Example::Rating {
             prompt: prompt()?,
             response: text(row, &o.response_column)?,
-            rating: number(required(row, &o.rating_column)?, &o.rating_column)? as f32,
+            rating: to_f32(
+                number(required(row, &o.rating_column)?, &o.rating_column)?,
+                &format!("field `{}`", o.rating_column),
+            )?,
         }),
         GenericKind::Sft => {
             if field(row, &o.completion_column).is_some() {

@@ -7,9 +7,14 @@
 use rlhf_core::hash::content_id;
 use serde_json::Value;
 
-use super::fields::{field, number, prompt_messages, required, string};
+use super::fields::{field, number, prompt_messages, required, string, to_f32};
 use super::Example;
 use crate::reject::{Reason, Rejection};
+
+/// The most responses one ranking may hold: K responses expand into K(K-1)/2 pairs, each
+/// a copy of the prompt and two responses, so an unbounded K turns one row of a few
+/// megabytes into terabytes. Real K-way comparisons rank 4 to 9 responses.
+pub const MAX_RESPONSES: usize = 64;
 
 /// Expands one ranking row into pairs (and rejections for incomparable pairs).
 pub fn convert(row: &Value) -> Vec<Result<Example, Rejection>> {
@@ -45,6 +50,15 @@ fn expand(row: &Value) -> Result<Vec<Result<Example, Rejection>>, Rejection> {
         return Err(Rejection::new(
             Reason::BadValue,
             format!("a ranking needs at least 2 responses, found {k}"),
+        ));
+    }
+    if k > MAX_RESPONSES {
+        return Err(Rejection::new(
+            Reason::BadValue,
+            format!(
+                "a ranking of {k} responses would expand into {} pairs; at most {MAX_RESPONSES} responses are accepted",
+                k * (k - 1) / 2
+            ),
         ));
     }
     // rank[i]: Some(lower is better) or None (incomparable).
@@ -111,6 +125,16 @@ fn expand(row: &Value) -> Result<Vec<Result<Example, Rejection>>, Rejection> {
                     continue;
                 }
             };
+            let margin = match to_f32(
+                (ri - rj).abs(),
+                &format!("the rank difference of responses {i} and {j}"),
+            ) {
+                Ok(m) => m,
+                Err(r) => {
+                    out.push(Err(r));
+                    continue;
+                }
+            };
             let (win, lose, label) = if ri < rj {
                 (i, j, 1.0)
             } else if rj < ri {
@@ -123,7 +147,7 @@ fn expand(row: &Value) -> Result<Vec<Result<Example, Rejection>>, Rejection> {
                 chosen: responses[win].clone(),
                 rejected: responses[lose].clone(),
                 label,
-                margin: Some((ri - rj).abs() as f32),
+                margin: Some(margin),
                 group: Some(group.clone()),
             }));
         }

@@ -6,7 +6,7 @@
 use rlhf_core::records::Message;
 use serde_json::Value;
 
-use super::fields::{field, number, required_number, text};
+use super::fields::{field, number, required_number, text, to_f32};
 use super::Example;
 use crate::reject::{Reason, Rejection};
 
@@ -55,7 +55,7 @@ pub fn convert(row: &Value, min_ratio: Option<f64>) -> Result<Example, Rejection
         chosen,
         rejected,
         label: 1.0,
-        margin: ratio.map(|r| r as f32),
+        margin: ratio.map(|r| to_f32(r, "the score ratio")).transpose()?,
         group: None,
     })
 }

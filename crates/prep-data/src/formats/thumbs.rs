@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::fields::{prompt_messages, required, required_number, text};
+use super::fields::{prompt_messages, required, required_number, text, to_f32};
 use super::Example;
 use crate::reject::Rejection;
 
@@ -12,7 +12,7 @@ use crate::reject::Rejection;
 pub fn convert(row: &Value) -> Result<Example, Rejection> {
     let prompt = prompt_messages(required(row, "context")?, "context")?;
     let response = text(row, "generation")?;
-    let rating = required_number(row, "reward")? as f32;
+    let rating = to_f32(required_number(row, "reward")?, "field `reward`")?;
     Ok(Example::Rating {
         prompt,
         response,

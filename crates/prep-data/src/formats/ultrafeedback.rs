@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::fields::{field, messages, number, prompt_messages, required, split_last_reply};
+use super::fields::{field, messages, number, prompt_messages, required, split_last_reply, to_f32};
 use super::Example;
 use crate::reject::{Reason, Rejection};
 
@@ -30,7 +30,7 @@ pub fn convert(row: &Value) -> Result<Example, Rejection> {
     };
     let (label, margin) = match scores {
         Some((a, b)) if a == b => (0.5, Some(0.0)),
-        Some((a, b)) => (1.0, Some((a - b) as f32)),
+        Some((a, b)) => (1.0, Some(to_f32(a - b, "score_chosen - score_rejected")?)),
         None => (1.0, None),
     };
     Ok(Example::Pair {
