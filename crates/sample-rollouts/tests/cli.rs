@@ -144,7 +144,11 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
         &["--batch-size", "1", "--summary-json", &summary],
     );
     assert_eq!(a, b1, "--batch-size 1 and 4 give identical rows");
-    assert_eq!(forward_batches(&summary), 5, "one batch per prompt");
+    assert_eq!(
+        rlhf_testkit::forward_batches(&summary),
+        5,
+        "one batch per prompt"
+    );
     let other = f.sample("c.parquet", &["--seed", "43"]);
     assert_ne!(
         a.iter().map(|r| &r.response_tokens).collect::<Vec<_>>(),
@@ -157,13 +161,6 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
     assert!(lineage.tokenizer_hash.is_some());
     let roles: Vec<&str> = lineage.inputs.iter().map(|i| i.role.as_str()).collect();
     assert_eq!(roles, ["prompts", "model", "adapter"]);
-}
-
-/// `details.forward_batches` of a `--summary-json` file.
-fn forward_batches(summary: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
-    v["details"]["forward_batches"].as_u64().unwrap()
 }
 
 /// --pack-prompts puts several prompts in one forward batch on the CPU (left-padded to the
@@ -187,7 +184,7 @@ fn packed_prompts_match_one_prompt_batches_within_rounding() {
             ],
         );
         assert_eq!(
-            forward_batches(&summary),
+            rlhf_testkit::forward_batches(&summary),
             batches,
             "--batch-size {batch}: 3 samples a prompt, whole prompts a batch"
         );

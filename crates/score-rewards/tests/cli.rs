@@ -336,7 +336,11 @@ fn shards_concatenate_and_runs_are_deterministic() {
         rows_of(&whole),
         "batch size does not change scores"
     );
-    assert_eq!(forward_batches(&summary), prompts, "one batch per prompt");
+    assert_eq!(
+        rlhf_testkit::forward_batches(&summary),
+        prompts,
+        "one batch per prompt"
+    );
     // --pack-prompts: every prompt in one batch, the same scores within float rounding.
     let summary = f.p("packed.json");
     let packed = f.score(
@@ -354,7 +358,11 @@ fn shards_concatenate_and_runs_are_deterministic() {
         ]
         .concat(),
     );
-    assert_eq!(forward_batches(&summary), 1, "all prompts in one batch");
+    assert_eq!(
+        rlhf_testkit::forward_batches(&summary),
+        1,
+        "all prompts in one batch"
+    );
     let (p, w) = (rows_of(&packed), rows_of(&whole));
     assert_eq!(p.len(), w.len());
     for (a, b) in p.iter().zip(&w) {
@@ -374,13 +382,6 @@ fn shards_concatenate_and_runs_are_deterministic() {
             );
         }
     }
-}
-
-/// `details.forward_batches` of a `--summary-json` file.
-fn forward_batches(summary: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
-    v["details"]["forward_batches"].as_u64().unwrap()
 }
 
 #[test]
