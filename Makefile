@@ -28,8 +28,8 @@ build: setup ## Build every binary (release)
 	$(CARGO) build --release --workspace --bins
 
 .PHONY: schemas
-schemas: setup ## Regenerate schemas/*.json from the code
-	$(CARGO) run --release -q -p gen-schemas -- --out-dir schemas
+schemas: build ## Regenerate schemas/*.json from the code
+	$(BIN)/gen-schemas --out-dir schemas
 
 $(GOLDEN)/.done: scripts/make_golden.py scripts/requirements.txt
 	@mkdir -p $(GOLDEN)
@@ -40,8 +40,10 @@ $(GOLDEN)/.done: scripts/make_golden.py scripts/requirements.txt
 golden: setup $(GOLDEN)/.done ## Build the tiny reference models and outputs with transformers/peft
 
 .PHONY: test
+# gen-schemas runs as built by `build`: `cargo run -p gen-schemas` would resolve the features
+# of that one package and rebuild arrow and parquet with them (minutes on 2 cores).
 test: build golden ## Run every test: unit, golden (vs transformers/peft), CLI, end-to-end
-	$(CARGO) run --release -q -p gen-schemas -- --out-dir schemas --check
+	$(BIN)/gen-schemas --out-dir schemas --check
 	RLHF_PYTHON=$(PYTHON) RLHF_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) $(CARGO) test --release --workspace
 	bash tests/e2e.sh
 
