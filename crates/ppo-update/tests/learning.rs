@@ -66,9 +66,8 @@ fn each_algorithm_raises_a_rule_reward_over_iterations() {
                 "--micro-batch-size",
                 "32",
             ];
-            let previous = adapter.as_ref().map(|a| s(a).to_string());
-            if let Some(a) = &previous {
-                args.extend(["--adapter", a.as_str()]);
+            if let Some(a) = &adapter {
+                args.extend(["--adapter", s(a)]);
             }
             run(&args).unwrap_or_else(|e| panic!("{algo} iteration {iteration}: {e:#}"));
             adapter = Some(out);

@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::{Deserializer as _, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -361,11 +360,6 @@ fn read_parquet(
     file: &InputFile,
     each: &mut dyn FnMut(RawRow<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let f = File::open(&file.path).map_err(|e| PrepError::unreadable(&file.path, e))?;
-    let file_len = f
-        .metadata()
-        .map_err(|e| PrepError::unreadable(&file.path, e))?
-        .len();
     let unreadable = |e: String| {
         PrepError::input(
             &file.path,
@@ -373,10 +367,9 @@ fn read_parquet(
             format!("not a readable Parquet file: {e}"),
         )
     };
+    // The footer's column chunks checked against the file first (a damaged one panics parquet).
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| unreadable(e.to_string()))?;
-    // A damaged footer can make the parquet crate panic while reading pages.
-    rlhf_core::parquet_io::check_column_chunks(builder.metadata(), file_len).map_err(unreadable)?;
+        rlhf_core::parquet_io::open_parquet(&file.path).map_err(|e| unreadable(e.to_string()))?;
     let reader = builder
         .with_batch_size(4096)
         .build()

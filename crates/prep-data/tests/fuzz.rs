@@ -247,7 +247,9 @@ fn valid_rows_are_accepted() {
     let opts = options(GenericKind::Auto, true, None);
     for row in valid_rows() {
         let format = formats::detect(&row, &opts).expect("detected");
-        for item in formats::convert(format, &row, &opts) {
+        let items = formats::convert(format, &row, &opts);
+        assert!(items.iter().any(Result::is_ok), "{row}: no example");
+        for item in items {
             match item {
                 Ok(ex) => check_example(&ex, format).unwrap(),
                 // The third ranked response has no rank: its pairs are incomparable.

@@ -16,10 +16,9 @@ use crate::records::Message;
 /// message, and "Assistant:" to start a generation.
 pub const PLAIN_TEMPLATE: &str = "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
 
-/// Instructions one render may execute: real chat templates use a few dozen per message
-/// (Qwen2's about 32), so this allows conversations of tens of thousands of turns, and it
-/// stops a template that would loop for hours (`{% for i in range(99999) %}{% for j in
-/// range(99999) %}`) after a fraction of a second.
+/// Instructions one render may execute: far more than a chat template spends on a
+/// conversation (a few dozen per message), and it stops a template that would loop for hours
+/// (`{% for i in range(99999) %}{% for j in range(99999) %}`).
 pub const RENDER_FUEL: u64 = 2_000_000;
 
 /// Bytes one render may produce (a prompt far longer than any context window).

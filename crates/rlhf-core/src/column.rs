@@ -54,7 +54,7 @@ macro_rules! primitive_column {
                 Arc::new(PrimitiveArray::<$arrow>::from_iter_values(values.copied()))
             }
             fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
-                columns.prim::<$arrow>(name)
+                columns.required_values(name, |a, i| a.as_primitive::<$arrow>().value(i))
             }
         }
     )*};
@@ -77,7 +77,7 @@ impl ColumnType for Option<f32> {
         Arc::new(values.copied().collect::<Float32Array>())
     }
     fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
-        Ok(columns.opt_f32(name))
+        Ok(columns.nullable(name, |a, i| a.as_primitive::<Float32Type>().value(i)))
     }
 }
 
@@ -108,17 +108,17 @@ impl ColumnType for Option<String> {
 }
 
 macro_rules! list_column {
-    ($($native:ty => $build:ident, $dt:ident, $read:ident, $opt_read:ident;)*) => {$(
+    ($($native:ty => $arrow:ty, $dt:ident;)*) => {$(
         impl ColumnType for Vec<$native> {
             const NULLABLE: bool = false;
             fn data_type() -> DataType {
                 $dt()
             }
             fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-                $build(values.map(Some))
+                lists::<$arrow>(values.map(Some))
             }
             fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
-                columns.$read(name)
+                columns.required_values(name, list_at::<$arrow>)
             }
         }
 
@@ -128,18 +128,18 @@ macro_rules! list_column {
                 $dt()
             }
             fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-                $build(values.map(Option::as_ref))
+                lists::<$arrow>(values.map(Option::as_ref))
             }
             fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
-                Ok(columns.$opt_read(name))
+                Ok(columns.nullable(name, list_at::<$arrow>))
             }
         }
     )*};
 }
 
 list_column! {
-    i32 => tokens, token_list, tokens, opt_tokens;
-    f32 => floats, float_list, floats, opt_floats;
+    i32 => Int32Type, token_list;
+    f32 => Float32Type, float_list;
 }
 
 impl ColumnType for Option<Vec<Message>> {
@@ -151,14 +151,14 @@ impl ColumnType for Option<Vec<Message>> {
         messages(values.map(Option::as_ref))
     }
     fn read(columns: &Columns, name: &str) -> Result<Vec<Self>> {
-        Ok(columns.opt_messages(name))
+        Ok(columns.nullable(name, messages_at))
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Column builders
 
-pub(crate) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(it))
 }
 
@@ -166,16 +166,12 @@ fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(it.collect::<StringArray>())
 }
 
-fn tokens<'a>(it: impl Iterator<Item = Option<&'a Vec<i32>>>) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(it.map(
-        |o| o.map(|v| v.iter().map(|&x| Some(x)).collect::<Vec<_>>()),
-    )))
-}
-
-fn floats<'a>(it: impl Iterator<Item = Option<&'a Vec<f32>>>) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(it.map(
-        |o| o.map(|v| v.iter().map(|&x| Some(x)).collect::<Vec<_>>()),
-    )))
+fn lists<'a, T: ArrowPrimitiveType>(
+    it: impl Iterator<Item = Option<&'a Vec<T::Native>>>,
+) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<T, _, _>(it.map(|o| {
+        o.map(|v| v.iter().map(|&x| Some(x)).collect::<Vec<_>>())
+    })))
 }
 
 fn messages<'a>(it: impl Iterator<Item = Option<&'a Vec<Message>>>) -> ArrayRef {
@@ -245,7 +241,11 @@ impl<'a> Columns<'a> {
 
     /// The values of column `name`, None where null; a column absent from the file is all
     /// null. `value(array, i)` reads row i of a non-null entry.
-    fn nullable<T>(&self, name: &str, value: impl Fn(&ArrayRef, usize) -> T) -> Vec<Option<T>> {
+    pub(crate) fn nullable<T>(
+        &self,
+        name: &str,
+        value: impl Fn(&ArrayRef, usize) -> T,
+    ) -> Vec<Option<T>> {
         match self.column(name) {
             None => (0..self.batch.num_rows()).map(|_| None).collect(),
             Some(a) => (0..a.len())
@@ -255,7 +255,7 @@ impl<'a> Columns<'a> {
     }
 
     /// The values of column `name`; a missing column or a null is an error naming it.
-    fn required_values<T>(
+    pub(crate) fn required_values<T>(
         &self,
         name: &str,
         value: impl Fn(&ArrayRef, usize) -> T,
@@ -277,48 +277,6 @@ impl<'a> Columns<'a> {
     pub fn opt_str(&self, name: &str) -> Vec<Option<String>> {
         self.nullable(name, string_at)
     }
-
-    fn prim<T: ArrowPrimitiveType>(&self, name: &str) -> Result<Vec<T::Native>> {
-        self.required_values(name, |a, i| a.as_primitive::<T>().value(i))
-    }
-
-    /// A nullable float32 column (absent = all null).
-    pub fn opt_f32(&self, name: &str) -> Vec<Option<f32>> {
-        self.nullable(name, |a, i| a.as_primitive::<Float32Type>().value(i))
-    }
-
-    /// A nullable list<int32> column.
-    pub fn opt_tokens(&self, name: &str) -> Vec<Option<Vec<i32>>> {
-        self.nullable(name, list_at::<Int32Type>)
-    }
-
-    /// A required list<int32> column.
-    pub fn tokens(&self, name: &str) -> Result<Vec<Vec<i32>>> {
-        self.required_values(name, list_at::<Int32Type>)
-    }
-
-    /// A nullable list<float32> column.
-    pub fn opt_floats(&self, name: &str) -> Vec<Option<Vec<f32>>> {
-        self.nullable(name, list_at::<Float32Type>)
-    }
-
-    /// A required list<float32> column.
-    pub fn floats(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-        self.required_values(name, list_at::<Float32Type>)
-    }
-
-    /// A nullable list<struct<role, content>> column.
-    pub fn opt_messages(&self, name: &str) -> Vec<Option<Vec<Message>>> {
-        self.nullable(name, |a, i| {
-            let v = a.as_list::<i32>().value(i);
-            let s = v.as_struct();
-            let roles = s.column(0).as_string::<i32>();
-            let contents = s.column(1).as_string::<i32>();
-            (0..s.len())
-                .map(|j| Message::new(roles.value(j), contents.value(j)))
-                .collect()
-        })
-    }
 }
 
 fn string_at(a: &ArrayRef, i: usize) -> String {
@@ -331,4 +289,14 @@ fn list_at<T: ArrowPrimitiveType>(a: &ArrayRef, i: usize) -> Vec<T::Native> {
         .as_primitive::<T>()
         .values()
         .to_vec()
+}
+
+fn messages_at(a: &ArrayRef, i: usize) -> Vec<Message> {
+    let v = a.as_list::<i32>().value(i);
+    let s = v.as_struct();
+    let roles = s.column(0).as_string::<i32>();
+    let contents = s.column(1).as_string::<i32>();
+    (0..s.len())
+        .map(|j| Message::new(roles.value(j), contents.value(j)))
+        .collect()
 }

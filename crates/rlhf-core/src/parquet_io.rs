@@ -209,10 +209,7 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>
 /// Checks that every column chunk of a footer lies within the file's `file_len` bytes: the
 /// parquet crate panics on a negative offset or size (`ColumnChunkMetaData::byte_range`),
 /// which one damaged byte in a footer can produce. The error is a message for the caller.
-pub fn check_column_chunks(
-    meta: &ParquetMetaData,
-    file_len: u64,
-) -> std::result::Result<(), String> {
+fn check_column_chunks(meta: &ParquetMetaData, file_len: u64) -> std::result::Result<(), String> {
     for (i, rg) in meta.row_groups().iter().enumerate() {
         for c in rg.columns() {
             let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());

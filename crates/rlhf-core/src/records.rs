@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
 use crate::column::{column, ColumnType, Columns};
@@ -255,23 +255,16 @@ impl ScoresTable {
         self.rollout_id.extend(c.str("rollout_id")?);
         self.reward.extend(f32::read(&c, "reward")?);
         self.penalty.extend(f32::read(&c, "penalty")?);
+        let required = scores_columns();
         for f in b.schema().fields() {
             let name = f.name();
-            if ["rollout_id", "reward", "penalty"].contains(&name.as_str()) {
+            if required.iter().any(|col| col.name == name) {
                 continue;
             }
             let values: Vec<Option<f32>> = match f.data_type() {
-                DataType::Float32 => c.opt_f32(name),
+                DataType::Float32 => Option::<f32>::read(&c, name)?,
                 DataType::Float64 => {
-                    let a = b
-                        .column_by_name(name)
-                        .map(|a| a.as_primitive::<Float64Type>());
-                    match a {
-                        Some(a) => (0..a.len())
-                            .map(|i| (!a.is_null(i)).then(|| a.value(i) as f32))
-                            .collect(),
-                        None => continue,
-                    }
+                    c.nullable(name, |a, i| a.as_primitive::<Float64Type>().value(i) as f32)
                 }
                 _ => continue,
             };

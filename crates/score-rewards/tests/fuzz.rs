@@ -123,7 +123,7 @@ proptest! {
 }
 
 // Regression: `length:target=1e-45` parsed, and its value -abs(n - N) / N was -inf for any
-// response (an infinite reward); a target below 1 is refused.
+// non-empty response (an infinite reward); a target below 1 is refused.
 #[test]
 fn a_length_target_below_one_is_refused() {
     for spec in [

@@ -56,10 +56,11 @@ pub(crate) enum Simd {
 }
 
 /// The kernels' instruction set, or `None` (kernels off: another CPU, or
-/// `RLHF_NO_DECODE_KERNELS` set). A path forced on this thread (the tests of every path, see
-/// [`paths`]) comes first.
+/// `RLHF_NO_DECODE_KERNELS` set). In test builds a path forced on this thread (the tests of
+/// every path, see [`paths`]) comes first.
 pub(crate) fn simd() -> Option<Simd> {
     static SIMD: OnceLock<Option<Simd>> = OnceLock::new();
+    #[cfg(test)]
     if let Some(forced) = FORCED.get() {
         return Some(forced);
     }
@@ -72,7 +73,7 @@ pub(crate) fn simd() -> Option<Simd> {
 }
 
 /// The SIMD paths this CPU can run, the fastest first.
-pub(crate) fn cpu_paths() -> Vec<Simd> {
+fn cpu_paths() -> Vec<Simd> {
     let mut paths = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -86,9 +87,11 @@ pub(crate) fn cpu_paths() -> Vec<Simd> {
     paths
 }
 
+#[cfg(test)]
 thread_local! {
     /// A path [`simd`] returns on this thread instead of the CPU's best: set by the tests of
-    /// every path ([`paths::for_each`]). The crew's workers are handed the caller's path.
+    /// every path ([`paths::for_each`]; only test builds have it, so the kernels' hot path
+    /// reads no thread-local). The crew's workers are handed the caller's path.
     static FORCED: std::cell::Cell<Option<Simd>> = const { std::cell::Cell::new(None) };
 }
 
