@@ -11,6 +11,7 @@ CARGO := scripts/cargo.sh
 BIN := target/release
 PYTHON = $(shell scripts/setup-python.sh)/bin/python
 GOLDEN := tests/fixtures/generated
+PREFIX ?= $(HOME)/.local/perl-rlhf
 
 .DEFAULT_GOAL := help
 
@@ -46,14 +47,23 @@ test: build golden ## Run every test: unit, golden (vs transformers/peft), CLI, 
 	$(BIN)/gen-schemas --out-dir schemas --check
 	RLHF_PYTHON=$(PYTHON) RLHF_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) $(CARGO) test --release --workspace
 	bash tests/e2e.sh
+	bash tests/install.sh
 
 .PHONY: fuzz
 fuzz: setup ## Long property-based fuzz of every parser (20,000 cases a property; make test runs a short one)
 	RLHF_FUZZ_CASES=20000 $(CARGO) test --release -p prep-data -p rlhf-core -p rlhf-nn -p score-rewards --test 'fuzz*'
 
+.PHONY: install
+install: build ## Install into PREFIX (default ~/.local/perl-rlhf): bin/, the libtorch it loads in lib/, pipelines; movable
+	scripts/install.sh $(PREFIX) $(BIN)
+
 .PHONY: demo
 demo: build ## Run the whole PERL loop on the embedded synthetic task (runs/demo)
 	$(MAKE) -f pipelines/demo.mk BIN=$(CURDIR)/$(BIN)
+
+.PHONY: label
+label: build ## Label the demo's sampled pairs in the browser (label-pairs serve; runs/demo/labels); LABEL_FLAGS="--overlap 2 ..."
+	$(MAKE) -f pipelines/label.mk BIN=$(CURDIR)/$(BIN) label
 
 .PHONY: bench
 bench: build ## Benchmarks: throughput, memory, ratios (runs/bench/results.json)

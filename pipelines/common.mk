@@ -21,3 +21,13 @@ conf = $(if $(CONFIG),$(CONFIG),$(CONF)/$(1).toml)
 TIME = scripts/timed.sh $(RUN)/timings.jsonl
 G := --seed $(SEED) --threads $(THREADS)
 iter = iter-$(shell printf %03d $(1))
+
+# Metrics stream while the stages run (rlhf_core::live): Parquet parts and TensorBoard
+# event files for the whole run; `tensorboard --logdir $(RUN)/live/tensorboard` shows the
+# curves as they come, `report --live-metrics $(RUN)/live/metrics` the run so far.
+# LIVE= (empty) turns streaming off.
+LIVE ?= $(RUN)/live
+ifneq ($(LIVE),)
+export RLHF_LIVE_METRICS = $(LIVE)/metrics
+export RLHF_TENSORBOARD = $(LIVE)/tensorboard
+endif

@@ -37,6 +37,9 @@ assert 0.0 <= s["rm_eval_accuracy"] <= 1.0
 assert 0.0 <= s["gold_win_rate_vs_sft"] <= 1.0
 print("e2e: summary", {k: s[k] for k in ["rm_eval_accuracy", "gold_win_rate_vs_sft", "kl_to_sft"]})
 PYEOF
+# the stages streamed their metrics (pipelines pass --live-metrics/--tensorboard through
+# RLHF_LIVE_METRICS/RLHF_TENSORBOARD): TensorBoard's reader sees every row, step by step
+"$PY" tests/live_metrics.py "$run" || fail "live metrics (TensorBoard, Parquet parts)"
 for f in data/prompts.parquet sft/config.json rm/adapter_config.json iter-001/rollouts.parquet \
          iter-002/policy/adapter_config.json final/merged/config.json report/summary.html; do
   [ -e "$run/$f" ] || fail "missing $f"

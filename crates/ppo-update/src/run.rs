@@ -210,7 +210,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
         base_step,
         beta,
     };
-    let finished = steps_loop.run(&mut update, MetricsLog::new(STAGE, iteration))?;
+    let mut finished = steps_loop.run(&mut update, MetricsLog::new(STAGE, iteration))?;
     let mut metrics = finished.metrics;
     let steps = finished.steps;
     let end_step = (base_step + steps) as i64;
@@ -235,6 +235,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
             m.push(end_step, "run/peak_rss_bytes", rss as f64);
         }
     }
+    finished.live.update(&metrics, true);
 
     let out = AtomicDir::new(&s.out)?;
     // the id the next iteration checks: the frozen base (LoRA), or the trained weights

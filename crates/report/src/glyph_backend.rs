@@ -1,22 +1,24 @@
-//! A drawing backend wrapper that renders text with a built-in 8x8 bitmap font
-//! (`font8x8`, public domain glyphs of basic Latin), so PNG plots need no system font.
+//! A drawing backend wrapper that renders text with an embedded TrueType font (DejaVu Sans,
+//! from the `dejavu` crate, rasterised by `ab_glyph` with anti-aliasing), so PNG plots have
+//! readable labels at any size and need no font on the machine.
 //!
-//! plotters draws bitmap text through a font engine (font-kit or ab_glyph), which needs a
-//! font file on the machine. This wrapper keeps every shape call of the inner backend and
-//! replaces only text measurement and text drawing: glyphs are scaled to the requested
-//! size in whole pixels, anchored and rotated as plotters asks. Characters outside ASCII
-//! are drawn as `?`. SVG output does not need this: SVG text is laid out by the viewer.
+//! plotters draws bitmap text through a font engine that looks fonts up on the system. This
+//! wrapper keeps every shape call of the inner backend and replaces only text measurement
+//! and text drawing: glyphs are laid out with the font's advances and kerning at the
+//! requested pixel size, anchored and rotated as plotters asks, and each pixel is drawn
+//! with the glyph's coverage as its alpha. Characters the font lacks are drawn as its
+//! missing-glyph box. SVG output does not need this: SVG text is laid out by the viewer.
 
+use std::sync::OnceLock;
+
+use ab_glyph::{Font, FontRef, GlyphId, PxScale, ScaleFont};
 use plotters_backend::text_anchor::{HPos, VPos};
 use plotters_backend::{
     BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
     FontTransform,
 };
 
-/// Pixels per glyph cell side at scale 1.
-const CELL: i32 = 8;
-
-/// Wraps a backend; text is drawn with the built-in bitmap font.
+/// Wraps a backend; text is drawn with the embedded font.
 pub struct GlyphBackend<B: DrawingBackend> {
     inner: B,
 }
@@ -28,24 +30,37 @@ impl<B: DrawingBackend> GlyphBackend<B> {
     }
 }
 
-/// Whole-pixel scale for a font size in pixels: 8 px glyphs at sizes up to 17, then 16 px.
-fn scale_for(size: f64) -> i32 {
-    ((size / 12.0).round() as i32).max(1)
+/// The embedded font, parsed once.
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        FontRef::try_from_slice(dejavu::sans::regular()).expect("the embedded DejaVu Sans parses")
+    })
 }
 
-/// The 8x8 bitmap of a character (row-major, bit 0 = leftmost pixel).
-fn glyph(c: char) -> [u8; 8] {
-    let code = if c.is_ascii() && !c.is_ascii_control() {
-        c as usize
-    } else {
-        '?' as usize
-    };
-    font8x8::legacy::BASIC_LEGACY[code]
+/// Glyphs of `text` with their pen positions (x of each glyph's origin), and the text's
+/// width and height in pixels at `size` (height: ascent to descent).
+fn layout(text: &str, size: f64) -> (Vec<(GlyphId, f32)>, f32, f32) {
+    let scaled = font().as_scaled(PxScale::from(size.max(1.0) as f32));
+    let mut glyphs = Vec::with_capacity(text.len());
+    let mut x = 0.0f32;
+    let mut prev: Option<GlyphId> = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        if let Some(p) = prev {
+            x += scaled.kern(p, id);
+        }
+        glyphs.push((id, x));
+        x += scaled.h_advance(id);
+        prev = Some(id);
+    }
+    (glyphs, x, scaled.ascent() - scaled.descent())
 }
 
-/// Width and height in pixels of `text` drawn unrotated at `scale`.
-fn text_size(text: &str, scale: i32) -> (i32, i32) {
-    (text.chars().count() as i32 * CELL * scale, CELL * scale)
+/// Width and height in whole pixels of `text` drawn unrotated at `size`.
+fn text_size(text: &str, size: f64) -> (i32, i32) {
+    let (_, w, h) = layout(text, size);
+    (w.ceil() as i32, h.ceil() as i32)
 }
 
 impl<B: DrawingBackend> DrawingBackend for GlyphBackend<B> {
@@ -130,7 +145,7 @@ impl<B: DrawingBackend> DrawingBackend for GlyphBackend<B> {
         text: &str,
         style: &S,
     ) -> Result<(u32, u32), DrawingErrorKind<Self::ErrorType>> {
-        let (w, h) = text_size(text, scale_for(style.size()));
+        let (w, h) = text_size(text, style.size());
         Ok((w as u32, h as u32))
     }
 
@@ -144,40 +159,47 @@ impl<B: DrawingBackend> DrawingBackend for GlyphBackend<B> {
         if color.alpha == 0.0 {
             return Ok(());
         }
-        let scale = scale_for(style.size());
-        let (width, height) = text_size(text, scale);
+        let (glyphs, width, height) = layout(text, style.size());
         let dx = match style.anchor().h_pos {
-            HPos::Left => 0,
-            HPos::Center => -width / 2,
+            HPos::Left => 0.0,
+            HPos::Center => -width / 2.0,
             HPos::Right => -width,
         };
         let dy = match style.anchor().v_pos {
-            VPos::Top => 0,
-            VPos::Center => -height / 2,
+            VPos::Top => 0.0,
+            VPos::Center => -height / 2.0,
             VPos::Bottom => -height,
         };
-        let transform = style.transform();
+        let scale = PxScale::from(style.size().max(1.0) as f32);
+        let ascent = font().as_scaled(scale).ascent();
+        let quarters = transform_of(&style.transform());
         let (w, h) = self.inner.get_size();
-        for (i, c) in text.chars().enumerate() {
-            let rows = glyph(c);
-            for (gy, bits) in rows.iter().enumerate() {
-                for gx in 0..CELL {
-                    if bits & (1 << gx) == 0 {
-                        continue;
-                    }
-                    // One glyph pixel is a scale x scale block, placed in text coordinates
-                    // then rotated about the anchor.
-                    for sy in 0..scale {
-                        for sx in 0..scale {
-                            let x = dx + (i as i32 * CELL + gx) * scale + sx;
-                            let y = dy + gy as i32 * scale + sy;
-                            let (x, y) = rotate(transform_of(&transform), x, y);
-                            let (x, y) = (pos.0 + x, pos.1 + y);
-                            if x >= 0 && y >= 0 && x < w as i32 && y < h as i32 {
-                                self.inner.draw_pixel((x, y), color)?;
-                            }
-                        }
-                    }
+        for (id, x) in glyphs {
+            let glyph = id.with_scale_and_position(scale, ab_glyph::point(dx + x, dy + ascent));
+            let Some(outline) = font().outline_glyph(glyph) else {
+                continue; // a space
+            };
+            let bounds = outline.px_bounds();
+            let mut pixels = Vec::new();
+            outline.draw(|gx, gy, coverage| {
+                if coverage > 0.0 {
+                    pixels.push((
+                        bounds.min.x as i32 + gx as i32,
+                        bounds.min.y as i32 + gy as i32,
+                        coverage,
+                    ));
+                }
+            });
+            // Pixels are placed in text coordinates, then rotated about the anchor.
+            for (x, y, coverage) in pixels {
+                let (x, y) = rotate(quarters, x, y);
+                let (x, y) = (pos.0 + x, pos.1 + y);
+                if x >= 0 && y >= 0 && x < w as i32 && y < h as i32 {
+                    let c = BackendColor {
+                        alpha: color.alpha * f64::from(coverage.min(1.0)),
+                        rgb: color.rgb,
+                    };
+                    self.inner.draw_pixel((x, y), c)?;
                 }
             }
         }
@@ -210,13 +232,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn glyphs_cover_ascii_and_replace_the_rest() {
-        assert_eq!(glyph(' '), [0; 8]);
-        assert_ne!(glyph('A'), [0; 8]);
-        assert_eq!(glyph('é'), glyph('?'));
-        assert_eq!(text_size("abc", 2), (48, 16));
-        assert_eq!(scale_for(14.0), 1);
-        assert_eq!(scale_for(24.0), 2);
+    fn text_is_measured_with_the_fonts_advances() {
+        let (w14, h14) = text_size("Reward model accuracy", 14.0);
+        let (w28, h28) = text_size("Reward model accuracy", 28.0);
+        // proportional: an `i` is narrower than an `M`, and twice the size is twice as wide
+        assert!(text_size("iiii", 14.0).0 < text_size("MMMM", 14.0).0);
+        assert!((w28 - 2 * w14).abs() <= 2, "{w14} {w28}");
+        // ab_glyph scales so that ascent minus descent is the pixel size
+        assert!(
+            (13..=15).contains(&h14) && (h28 - 2 * h14).abs() <= 2,
+            "{h14} {h28}"
+        );
+        assert_eq!(text_size("", 14.0).0, 0);
+    }
+
+    #[test]
+    fn labels_are_drawn_with_antialiased_glyphs_inside_their_measured_box() {
+        use plotters::prelude::*;
+        let mut buf = vec![255u8; 200 * 60 * 3];
+        {
+            let root = GlyphBackend::new(BitMapBackend::with_buffer(&mut buf, (200, 60)))
+                .into_drawing_area();
+            root.draw(&Text::new(
+                "KL 0.5",
+                (10, 10),
+                ("sans-serif", 24).into_font().color(&BLACK),
+            ))
+            .unwrap();
+            root.present().unwrap();
+        }
+        let (tw, th) = text_size("KL 0.5", 24.0);
+        let mut dark = 0;
+        let mut grey = 0;
+        for y in 0..60 {
+            for x in 0..200 {
+                let v = buf[(y * 200 + x) * 3];
+                if v < 250 {
+                    assert!(
+                        (10..=10 + tw).contains(&(x as i32))
+                            && (10..=10 + th).contains(&(y as i32)),
+                        "ink at ({x}, {y}) outside the measured box {tw}x{th}"
+                    );
+                }
+                if v < 64 {
+                    dark += 1;
+                } else if v < 250 {
+                    grey += 1;
+                }
+            }
+        }
+        assert!(dark > 60, "solid glyph pixels: {dark}");
+        assert!(grey > 20, "anti-aliased edge pixels: {grey}");
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - checkpoints by steps, by minutes and on SIGTERM/SIGINT, `--stop-after-steps`, with
 //!   metrics stored as f64 bit patterns so a resumed run's metrics equal an uninterrupted
 //!   one's to the bit;
-//! - progress bar, periodic log lines, mid-run evaluation, throughput and timing.
+//! - progress bar, periodic log lines, mid-run evaluation, throughput and timing;
+//! - metrics streamed as they are recorded (`--live-metrics`, `--tensorboard`:
+//!   [`rlhf_core::live`]), restarted from the checkpoint's metrics on resume.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rlhf_core::live::Stream;
 use rlhf_core::metrics::MetricsLog;
 use rlhf_core::CoreError;
 use serde_json::{json, Value};
@@ -92,7 +95,7 @@ pub struct StepLoop<'a> {
 }
 
 /// What a finished loop reports.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Finished {
     /// Metrics of the whole run (those of a resumed checkpoint included).
     pub metrics: MetricsLog,
@@ -107,6 +110,9 @@ pub struct Finished {
     pub train_seconds: f64,
     /// Loss of the last step run by this process.
     pub last_loss: Option<f64>,
+    /// The metrics stream: the trainer sends what it records after the loop with
+    /// `live.update(&metrics, true)`.
+    pub live: Stream,
 }
 
 impl Finished {
@@ -291,7 +297,9 @@ impl StepLoop<'_> {
             tokens_here: 0,
             train_seconds: 0.0,
             last_loss: None,
+            live: Stream::default(),
         };
+        fin.live = Stream::start(&fin.metrics, "")?;
         let bar = rlhf_core::progress::bar(total, self.label);
         bar.set_position(start);
         let log_every = (total / 10).max(1);
@@ -307,7 +315,10 @@ impl StepLoop<'_> {
                     ensure_finite_named("gradient norm", r.grad_norm, global + 1)?;
                     Ok(r)
                 })
-                .map_err(|e| self.failed(e, step))?;
+                .map_err(|e| {
+                    fin.live.update(&fin.metrics, true);
+                    self.failed(e, step)
+                })?;
             fin.train_seconds += t0.elapsed().as_secs_f64();
             fin.steps_here += 1;
             fin.tokens_here += report.tokens;
@@ -335,6 +346,8 @@ impl StepLoop<'_> {
                 task.eval(done, &mut fin.metrics)?;
             }
             let due = clock.after_step(done, total);
+            fin.live
+                .update(&fin.metrics, due != Due::No || done == total);
             if due != Due::No {
                 self.save(task, &fin.metrics, done, fin.tokens)?;
                 clock.saved();

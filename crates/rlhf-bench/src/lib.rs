@@ -23,7 +23,7 @@ pub mod timing;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 /// One benchmark case.
@@ -108,6 +108,39 @@ pub fn ratio(ours: f64, reference: f64, higher_is_better: bool) -> Option<f64> {
 pub struct Results {
     pub machine: machine::Machine,
     pub cases: Vec<Measurement>,
+}
+
+/// The Python reference scripts, found relative to this executable (no build path is
+/// compiled in): `<tree>/scripts/bench` for `<tree>/target/<profile>/rlhf-bench` (or its
+/// `deps/` test binaries), `PREFIX/share/perl-rlhf/scripts/bench` for `PREFIX/bin/rlhf-bench`.
+pub fn default_scripts_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating rlhf-bench")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .flat_map(|d| {
+            [
+                d.join("scripts/bench"),
+                d.join("share/perl-rlhf/scripts/bench"),
+            ]
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|d| d.join("common.py").is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "the Python reference scripts were not found near {}; looked in {}; pass --scripts-dir",
+                exe.display(),
+                candidates
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// Picks cases by name (all when `names` is empty), refusing unknown names.

@@ -29,9 +29,11 @@ struct Cli {
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
-    /// Folder of the Python reference scripts.
-    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench"))]
-    scripts_dir: PathBuf,
+    /// Folder of the Python reference scripts [default: scripts/bench of the work tree this
+    /// binary was built in (target/<profile>/), or share/perl-rlhf/scripts/bench beside an
+    /// installed bin/].
+    #[arg(long, value_name = "DIR")]
+    scripts_dir: Option<PathBuf>,
     /// Python interpreter for the references (the project's environment).
     #[arg(long, env = "RLHF_PYTHON", value_name = "PATH")]
     python: Option<PathBuf>,
@@ -52,7 +54,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         quick: cli.quick,
         threads,
         python: cli.python.clone(),
-        scripts_dir: cli.scripts_dir.clone(),
+        scripts_dir: match &cli.scripts_dir {
+            Some(d) => d.clone(),
+            None => rlhf_bench::default_scripts_dir()?,
+        },
         done: Vec::new(),
     };
     let cases = rlhf_bench::run_cases(&selected, ctx)?;

@@ -32,7 +32,7 @@ fn sibling(target: &Path, name: String) -> PathBuf {
 }
 
 /// This machine's short host name, reduced to `[A-Za-z0-9_-]` (for temporary names).
-fn host() -> &'static str {
+pub fn host() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HOST.get_or_init(|| {
         let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")

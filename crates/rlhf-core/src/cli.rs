@@ -70,6 +70,16 @@ pub struct GlobalArgs {
     /// included) as TOML that --config reads back, and exit without running.
     #[arg(long, global = true)]
     pub print_config: bool,
+    /// Stream metrics while the stage runs: Parquet parts
+    /// `DIR/<stage>.iter<NNN>.part-<N>.parquet` (metrics schema), complete when visible,
+    /// a new one every 10 s and at the end. A rerun of the same stage and iteration
+    /// replaces what the earlier attempt streamed. Pipelines pass one DIR for the whole run.
+    #[arg(long, value_name = "DIR", env = "RLHF_LIVE_METRICS", global = true)]
+    pub live_metrics: Option<std::path::PathBuf>,
+    /// Stream metrics to a TensorBoard event file in DIR (`tensorboard --logdir DIR`):
+    /// scalars tagged `<stage>/iter<NNN>/<metric>` at each step, flushed as they come.
+    #[arg(long, value_name = "DIR", env = "RLHF_TENSORBOARD", global = true)]
+    pub tensorboard: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
@@ -102,6 +112,10 @@ impl GlobalArgs {
         crate::progress::set_enabled(!self.no_progress && self.quiet == 0 && self.verbose == 0);
         crate::signals::install();
         crate::summary::mark_start();
+        crate::live::set_targets(crate::live::LiveTargets {
+            parts_dir: self.live_metrics.clone(),
+            tensorboard_dir: self.tensorboard.clone(),
+        });
         if let Some(n) = self.threads {
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(n.max(1))

@@ -88,7 +88,7 @@ fn asks_to_print(args: &[OsString]) -> bool {
 }
 
 /// Long flags that are not settings of the run: not printed by `--print-config`.
-const NOT_SETTINGS: [&str; 9] = [
+const NOT_SETTINGS: [&str; 11] = [
     "help",
     "version",
     "config",
@@ -98,6 +98,8 @@ const NOT_SETTINGS: [&str; 9] = [
     "no-progress",
     "log-format",
     "threads",
+    "live-metrics",
+    "tensorboard",
 ];
 
 /// `--print-config`: the settings of the command line `full` (the `--config` flags already

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod hash;
 pub mod lineage;
+pub mod live;
 pub mod metrics;
 pub mod parquet_io;
 pub mod parts;
@@ -24,6 +25,7 @@ pub mod shard;
 pub mod signals;
 pub mod summary;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod tokenizer;
 
 pub use error::{CoreError, Result};

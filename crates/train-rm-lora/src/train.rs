@@ -292,7 +292,7 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         opt: AdamW::new(params, cfg.adamw),
         stream,
     };
-    let finished = steps_loop.run(&mut task, MetricsLog::new("train-rm-lora", iteration))?;
+    let mut finished = steps_loop.run(&mut task, MetricsLog::new("train-rm-lora", iteration))?;
     let seconds_per_step = finished.seconds_per_step();
     let mut log = finished.metrics;
     let end = total_steps as i64;
@@ -316,6 +316,7 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
     if let Some(rss) = rlhf_core::resources::peak_rss_bytes().filter(|_| cfg.record_timings) {
         log.push(end, "run/peak_rss_bytes", rss as f64);
     }
+    finished.live.update(&log, true);
     Ok(Outcome {
         steps: total_steps,
         metrics: log,

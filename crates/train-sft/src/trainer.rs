@@ -165,7 +165,7 @@ impl Run<'_> {
             eval_batches,
             timing: Timing::default(),
         };
-        let finished = steps_loop.run(&mut task, MetricsLog::new(STAGE, 0))?;
+        let mut finished = steps_loop.run(&mut task, MetricsLog::new(STAGE, 0))?;
         let t = &task.timing;
         debug!(
             forward_s = t.forward,
@@ -177,6 +177,7 @@ impl Run<'_> {
         let mut metrics = finished.metrics;
         let eval_loss = self.eval(&task.eval_batches, &mut metrics, total)?;
         metrics.push(total as i64, "train/tokens_total", finished.tokens as f64);
+        finished.live.update(&metrics, true);
         let outcome = Outcome {
             steps: total,
             steps_here: finished.steps_here,
