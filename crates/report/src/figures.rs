@@ -259,7 +259,7 @@ fn rm_variant(m: &Metrics) -> Variant {
 }
 
 /// The PERL table, when the run has a full-tuning variant of either stage.
-pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTable>> {
+pub fn perl_table(run: &RunData, policy_win_rate: Option<f64>) -> Result<Option<PerlTable>> {
     let full_policy_metrics: Vec<&Metrics> = run
         .iterations
         .iter()
@@ -275,9 +275,9 @@ pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTabl
         .collect();
     let (peak, step) = resources(&lora_policy_metrics);
     let policy_full = if run.final_full_policy.is_some() || !full_policy_metrics.is_empty() {
-        let quality = match &run.final_full_policy {
-            Some(full) => Some(win_rate(full, &run.final_sft)?.rate),
-            None => None,
+        let quality = match (&run.final_full_policy, &run.final_sft) {
+            (Some(full), Some(sft)) => Some(win_rate(full, sft)?.rate),
+            _ => None,
         };
         let (peak_rss_bytes, seconds_per_step) = resources(&full_policy_metrics);
         Some(Variant {
@@ -289,10 +289,10 @@ pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTabl
         None
     };
     Ok(Some(PerlTable {
-        rm_lora: rm_variant(&run.rm),
+        rm_lora: run.rm.as_ref().map(rm_variant).unwrap_or_default(),
         rm_full: run.rm_full.as_ref().map(rm_variant),
         policy_lora: Variant {
-            quality: Some(policy_win_rate),
+            quality: policy_win_rate,
             peak_rss_bytes: peak,
             seconds_per_step: step,
         },
@@ -303,6 +303,9 @@ pub fn perl_table(run: &RunData, policy_win_rate: f64) -> Result<Option<PerlTabl
 /// The headline figures, written as summary.json.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// False for a partial report of a run in progress (`--partial`): the figures that
+    /// need the missing parts are null.
+    pub complete: bool,
     pub rm_eval_accuracy: Option<f64>,
     /// Null when the run has no gold oracle (real data): then `win_rate` is judged by the
     /// reward model, named in `win_rate.judge`.
@@ -314,7 +317,8 @@ pub struct Summary {
     pub proxy_reward_final: Option<f64>,
     pub response_length_sft: Option<f64>,
     pub response_length_final: Option<f64>,
-    pub win_rate: WinRate,
+    /// Null until the final evaluation exists (partial report).
+    pub win_rate: Option<WinRate>,
     pub seconds_per_stage: Option<BTreeMap<String, f64>>,
     pub total_seconds: Option<f64>,
     pub iterations: Vec<IterationFigures>,
@@ -325,9 +329,14 @@ pub struct Summary {
 /// Computes every figure of the report.
 pub fn summarise(run: &RunData) -> Result<Summary> {
     let mut notes = run.notes.clone();
-    let rm_eval_accuracy = match run.rm.first_present(&RM_EVAL_ACCURACY) {
-        Some(name) => run.rm.last(name),
-        None => {
+    let rm_eval_accuracy = match run
+        .rm
+        .as_ref()
+        .map(|rm| (rm, rm.first_present(&RM_EVAL_ACCURACY)))
+    {
+        Some((rm, Some(name))) => rm.last(name),
+        None => None,
+        Some((_, None)) => {
             notes.push(format!(
                 "rm/metrics.parquet has no eval accuracy (looked for {}): rm_eval_accuracy is null",
                 RM_EVAL_ACCURACY.join(", ")
@@ -335,21 +344,26 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
             None
         }
     };
-    let win_rate = win_rate(&run.final_policy, &run.final_sft)?;
-    if win_rate.judge != "gold" {
-        notes.push(format!(
-            "no gold scores in final/: the win rate is judged by `{}`, the reward model the policy was trained on (a proxy, not a human)",
-            win_rate.judge
-        ));
+    let win_rate = match (&run.final_policy, &run.final_sft) {
+        (Some(p), Some(s)) => Some(win_rate(p, s)?),
+        _ => None,
+    };
+    if let Some(w) = &win_rate {
+        if w.judge != "gold" {
+            notes.push(format!(
+                "no gold scores in final/: the win rate is judged by `{}`, the reward model the policy was trained on (a proxy, not a human)",
+                w.judge
+            ));
+        }
+        if w.unpaired_policy + w.unpaired_sft > 0 {
+            notes.push(format!(
+                "win rate over {} pairs; {} final-policy and {} SFT rollouts had no counterpart with the same prompt_id and sample_index",
+                w.pairs, w.unpaired_policy, w.unpaired_sft
+            ));
+        }
     }
-    if win_rate.unpaired_policy + win_rate.unpaired_sft > 0 {
-        notes.push(format!(
-            "win rate over {} pairs; {} final-policy and {} SFT rollouts had no counterpart with the same prompt_id and sample_index",
-            win_rate.pairs, win_rate.unpaired_policy, win_rate.unpaired_sft
-        ));
-    }
-    let kl_to_sft = kl_to_ref(&run.final_policy);
-    if kl_to_sft.is_none() {
+    let kl_to_sft = run.final_policy.as_ref().and_then(kl_to_ref);
+    if run.final_policy.is_some() && kl_to_sft.is_none() {
         notes.push("final/policy_rollouts.parquet has no ref_logprobs: kl_to_sft is null".into());
     }
     let iterations: Vec<IterationFigures> = run
@@ -364,17 +378,21 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
         ),
         None => (None, None),
     };
-    let perl = perl_table(run, win_rate.rate)?;
+    let perl = perl_table(run, win_rate.as_ref().map(|w| w.rate))?;
+    let (sft, policy) = (run.final_sft.as_ref(), run.final_policy.as_ref());
     Ok(Summary {
+        complete: run.complete,
         rm_eval_accuracy,
-        gold_win_rate_vs_sft: (win_rate.judge == "gold").then_some(win_rate.rate),
+        gold_win_rate_vs_sft: win_rate
+            .as_ref()
+            .and_then(|w| (w.judge == "gold").then_some(w.rate)),
         kl_to_sft,
-        gold_reward_sft: mean_score(&run.final_sft, "gold"),
-        gold_reward_final: mean_score(&run.final_policy, "gold"),
-        proxy_reward_sft: mean_score(&run.final_sft, proxy_column(&run.final_sft)),
-        proxy_reward_final: mean_score(&run.final_policy, proxy_column(&run.final_policy)),
-        response_length_sft: mean_length(&run.final_sft),
-        response_length_final: mean_length(&run.final_policy),
+        gold_reward_sft: sft.and_then(|s| mean_score(s, "gold")),
+        gold_reward_final: policy.and_then(|s| mean_score(s, "gold")),
+        proxy_reward_sft: sft.and_then(|s| mean_score(s, proxy_column(s))),
+        proxy_reward_final: policy.and_then(|s| mean_score(s, proxy_column(s))),
+        response_length_sft: sft.and_then(mean_length),
+        response_length_final: policy.and_then(mean_length),
         win_rate,
         seconds_per_stage,
         total_seconds,
@@ -397,8 +415,10 @@ pub struct Example {
 
 /// The first `n` prompts (by prompt_id) with their lowest-sample_index pair.
 pub fn examples(run: &RunData, n: usize) -> Result<Vec<Example>> {
-    let paired = pairs(&run.final_policy, &run.final_sft)?.paired;
-    let (p, s) = (&run.final_policy, &run.final_sft);
+    let (Some(p), Some(s)) = (&run.final_policy, &run.final_sft) else {
+        return Ok(Vec::new());
+    };
+    let paired = pairs(p, s)?.paired;
     let mut by_prompt: BTreeMap<&str, (i32, usize, usize)> = BTreeMap::new();
     for (i, j) in paired {
         let r = &p.rollouts[i];

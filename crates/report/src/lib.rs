@@ -30,19 +30,25 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// Number of example prompts shown side by side.
     pub examples: usize,
+    /// Report a run in progress: what exists so far, missing parts as notes.
+    pub partial: bool,
 }
 
 /// Reads the run folder, writes every output into `out_dir` (atomically, as one folder)
 /// and returns the summary.
 pub fn run(settings: &Settings) -> Result<Summary> {
     check_out_dir(settings)?;
-    let run = RunData::load(&settings.run_dir)?;
+    let run = RunData::load(&settings.run_dir, settings.partial)?;
     let summary = figures::summarise(&run)?;
     let examples = figures::examples(&run, settings.examples)?;
 
     let out = AtomicDir::new(&settings.out_dir)
         .with_context(|| format!("creating {}", settings.out_dir.display()))?;
-    let rm_charts = plots::rm_charts(&run.rm)
+    let rm_charts = run
+        .rm
+        .as_ref()
+        .map(plots::rm_charts)
+        .unwrap_or_default()
         .iter()
         .map(|c| plots::render(c, out.path()))
         .collect::<Result<Vec<_>>>()?;
@@ -138,14 +144,16 @@ fn build_document(
         title: format!("RLHF run report: {name}"),
         blocks: Vec::new(),
     };
+    if !s.complete {
+        d.push(Block::Para(
+            "Partial report of a run in progress: it shows what the run folder holds so far \
+             (see the notes at the end); figures that need the final evaluation are n/a."
+                .into(),
+        ));
+    }
     d.push(Block::Heading(1, "Headline".into()));
-    let w = &s.win_rate;
-    let rows = vec![
-        vec![
-            "reward-model eval accuracy".into(),
-            percent(s.rm_eval_accuracy),
-        ],
-        vec![
+    let win = match &s.win_rate {
+        Some(w) => vec![
             format!("win rate under `{}`, final policy vs SFT", w.judge),
             format!(
                 "{} ({} pairs; wins/ties/losses {}/{}/{})",
@@ -156,6 +164,14 @@ fn build_document(
                 w.losses
             ),
         ],
+        None => vec!["win rate, final policy vs SFT".into(), "n/a".into()],
+    };
+    let rows = vec![
+        vec![
+            "reward-model eval accuracy".into(),
+            percent(s.rm_eval_accuracy),
+        ],
+        win,
         vec![
             "KL to the SFT model (nats per response)".into(),
             fmt(s.kl_to_sft, 3),
@@ -189,7 +205,9 @@ fn build_document(
     d.push(Block::Table(vec!["figure".into(), "value".into()], rows));
 
     d.push(Block::Heading(1, "Reward model".into()));
-    if rm_charts.is_empty() {
+    if run.rm.is_none() {
+        d.push(Block::Para("rm/metrics.parquet is not written yet.".into()));
+    } else if rm_charts.is_empty() {
         d.push(Block::Para(
             "rm/metrics.parquet records no loss or accuracy metric.".into(),
         ));

@@ -12,7 +12,7 @@ use rlhf_core::cli::{self, GlobalArgs};
     name = "report",
     version,
     about,
-    long_about = "Reads a run folder and writes PNG and SVG plots, summary.md, a self-contained summary.html and summary.json (headline figures: rm_eval_accuracy, gold_win_rate_vs_sft, kl_to_sft, gold_reward_sft, gold_reward_final, seconds per stage). Does not need libtorch or a system font.\n\nThe run folder must hold rm/metrics.parquet and final/{sft,policy}_{rollouts,scores}.parquet; iter-NNN/ folders, timings.jsonl and the full-tuning variants (rm-full/, final-full/, iter-NNN/policy-full/) are used when present."
+    long_about = "Reads a run folder and writes PNG and SVG plots, summary.md, a self-contained summary.html and summary.json (headline figures: rm_eval_accuracy, gold_win_rate_vs_sft, kl_to_sft, gold_reward_sft, gold_reward_final, seconds per stage). Does not need libtorch or a system font.\n\nThe run folder must hold rm/metrics.parquet and final/{sft,policy}_{rollouts,scores}.parquet (with --partial, a run in progress: what exists so far, the rest as notes and null figures, summary.json's `complete` false); iter-NNN/ folders, timings.jsonl and the full-tuning variants (rm-full/, final-full/, iter-NNN/policy-full/) are used when present."
 )]
 struct Cli {
     /// Run folder written by a pipeline (e.g. runs/demo).
@@ -24,6 +24,11 @@ struct Cli {
     /// Number of held-out prompts shown with SFT and final responses side by side.
     #[arg(long, default_value_t = 5)]
     examples: usize,
+    /// Report a run in progress: plot what the run folder holds so far (reward-model
+    /// metrics, finished iterations) instead of refusing a folder without the final
+    /// evaluation; missing parts become notes, their figures null, `complete` false.
+    #[arg(long)]
+    partial: bool,
     #[command(flatten)]
     global: GlobalArgs,
 }
@@ -38,14 +43,21 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| cli.run_dir.join("report")),
         run_dir: cli.run_dir.clone(),
         examples: cli.examples,
+        partial: cli.partial,
     };
     let result = report::run(&settings).and_then(|summary| {
-        tracing::info!(
-            "wrote {} (win rate vs SFT under `{}`: {:.3})",
-            settings.out_dir.display(),
-            summary.win_rate.judge,
-            summary.win_rate.rate
-        );
+        match &summary.win_rate {
+            Some(w) => tracing::info!(
+                "wrote {} (win rate vs SFT under `{}`: {:.3})",
+                settings.out_dir.display(),
+                w.judge,
+                w.rate
+            ),
+            None => tracing::info!(
+                "wrote {} (partial: the run has no final evaluation yet)",
+                settings.out_dir.display()
+            ),
+        }
         let details = serde_json::to_value(&summary)?;
         let mut out = rlhf_core::summary::StageSummary::new("report", env!("CARGO_PKG_VERSION"))
             .output(&settings.out_dir, None);

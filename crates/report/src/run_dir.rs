@@ -6,8 +6,10 @@
 //!   `timings.jsonl`, and for the PERL comparison `rm-full/metrics.parquet`,
 //!   `final-full/policy_{rollouts,scores}.parquet`, `iter-NNN/policy-full/metrics.parquet`.
 //!
-//! A missing essential part is bad input (exit 3) naming every missing path; a missing
-//! optional part becomes a note in the report.
+//! A missing essential part is bad input (exit 3) naming every missing path, unless the
+//! report is partial (`report --partial`, a run in progress): then every missing part
+//! becomes a note and the report shows what exists so far. A missing optional part
+//! becomes a note in the report.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -159,11 +161,13 @@ pub struct Iteration {
 #[derive(Debug, Clone)]
 pub struct RunData {
     pub dir: PathBuf,
-    pub rm: Metrics,
+    /// False when an essential part is missing (a partial report of a run in progress).
+    pub complete: bool,
+    pub rm: Option<Metrics>,
     pub rm_full: Option<Metrics>,
     pub iterations: Vec<Iteration>,
-    pub final_sft: Sampled,
-    pub final_policy: Sampled,
+    pub final_sft: Option<Sampled>,
+    pub final_policy: Option<Sampled>,
     pub final_full_policy: Option<Sampled>,
     /// Seconds per stage, summed over repeated stages, in first-appearance order.
     pub timings: Option<Vec<(String, f64)>>,
@@ -199,8 +203,8 @@ fn bad(path: &Path, message: String) -> anyhow::Error {
 }
 
 impl RunData {
-    /// Reads a run folder; fails naming every missing essential part.
-    pub fn load(dir: &Path) -> Result<RunData> {
+    /// Reads a run folder; fails naming every missing essential part unless `partial`.
+    pub fn load(dir: &Path, partial: bool) -> Result<RunData> {
         if !dir.is_dir() {
             return Err(bad(
                 dir,
@@ -212,25 +216,33 @@ impl RunData {
             .copied()
             .filter(|p| !dir.join(p).is_file())
             .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && !partial {
             return Err(bad(
                 dir,
                 format!(
-                    "not a complete run folder: missing {}\n  hint: run the pipeline to the end (final evaluation included) before the report",
+                    "not a complete run folder: missing {}\n  hint: run the pipeline to the end (final evaluation included) before the report, or pass --partial for what exists so far",
                     missing.join(", ")
                 ),
             ));
         }
         let mut notes = Vec::new();
-        let rm = Metrics::read(&dir.join("rm/metrics.parquet"))?;
+        if !missing.is_empty() {
+            notes.push(format!(
+                "partial report of a run in progress: {} not written yet; the figures that need them are n/a",
+                missing.join(", ")
+            ));
+        }
+        let rm = optional_metrics(dir, "rm/metrics.parquet")?;
         let rm_full = optional_metrics(dir, "rm-full/metrics.parquet")?;
-        let final_sft = Sampled::read(
-            &dir.join("final/sft_rollouts.parquet"),
-            &dir.join("final/sft_scores.parquet"),
+        let final_sft = optional_sampled(
+            dir,
+            "final/sft_rollouts.parquet",
+            "final/sft_scores.parquet",
         )?;
-        let final_policy = Sampled::read(
-            &dir.join("final/policy_rollouts.parquet"),
-            &dir.join("final/policy_scores.parquet"),
+        let final_policy = optional_sampled(
+            dir,
+            "final/policy_rollouts.parquet",
+            "final/policy_scores.parquet",
         )?;
         let full_r = dir.join("final-full/policy_rollouts.parquet");
         let full_s = dir.join("final-full/policy_scores.parquet");
@@ -252,6 +264,7 @@ impl RunData {
         };
         Ok(RunData {
             dir: dir.to_path_buf(),
+            complete: missing.is_empty(),
             rm,
             rm_full,
             iterations,
@@ -261,6 +274,15 @@ impl RunData {
             timings,
             notes,
         })
+    }
+}
+
+fn optional_sampled(dir: &Path, rollouts: &str, scores: &str) -> Result<Option<Sampled>> {
+    let (r, s) = (dir.join(rollouts), dir.join(scores));
+    if r.is_file() && s.is_file() {
+        Ok(Some(Sampled::read(&r, &s)?))
+    } else {
+        Ok(None)
     }
 }
 

@@ -362,6 +362,44 @@ fn missing_essentials_are_named() {
 }
 
 #[test]
+fn a_run_in_progress_reports_what_exists_with_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    build_run(&run);
+    // mid-pipeline: the final evaluation is not written yet
+    std::fs::remove_dir_all(run.join("final")).unwrap();
+    let refused = report(&["--run-dir", run.to_str().unwrap(), "-q"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--partial"));
+
+    let o = report(&["--run-dir", run.to_str().unwrap(), "--partial", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = run.join("report");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["complete"], false);
+    assert!(s["win_rate"].is_null() && s["gold_win_rate_vs_sft"].is_null());
+    assert!(s["kl_to_sft"].is_null() && s["gold_reward_final"].is_null());
+    // what exists is reported: the reward model and the finished iterations
+    close(&s["rm_eval_accuracy"], 0.875);
+    assert!(!s["iterations"].as_array().unwrap().is_empty(), "{s}");
+    let notes = s["notes"].to_string();
+    assert!(notes.contains("final/policy_scores.parquet"), "{notes}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("Partial report of a run in progress"), "{md}");
+    assert!(out.join("rm_loss.png").is_file());
+
+    // once the run is complete, the same command reports it whole
+    build_run(&run);
+    let o = report(&["--run-dir", run.to_str().unwrap(), "--partial", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["complete"], true);
+    close(&s["gold_win_rate_vs_sft"], 0.75);
+}
+
+#[test]
 fn without_gold_the_reward_model_judges_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");

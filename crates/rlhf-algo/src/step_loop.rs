@@ -299,7 +299,7 @@ impl StepLoop<'_> {
             last_loss: None,
             live: Stream::default(),
         };
-        fin.live = Stream::start(&fin.metrics, "")?;
+        fin.live = Stream::start(&fin.metrics, self.out)?;
         let bar = rlhf_core::progress::bar(total, self.label);
         bar.set_position(start);
         let log_every = (total / 10).max(1);

@@ -1,18 +1,21 @@
 //! Metrics streamed while a stage runs (the global flags `--live-metrics DIR` and
 //! `--tensorboard DIR`), so a long run can be watched before its outputs exist.
 //!
-//! - `--live-metrics DIR`: metrics artifacts `DIR/<stage>.iter<NNN>.part-<SSSSS>.parquet`
+//! A stage run's stream is named by its stage, policy iteration and output (the output's
+//! file name without `.parquet`: `policy`, `rm`, `rollouts`, `part-00001-of-00004`), the
+//! key `<stage>.iter<NNN>.<output>`:
+//! - `--live-metrics DIR`: metrics artifacts `DIR/<key>.part-<SSSSS>.parquet`
 //!   (schemas/metrics.json), each holding the rows recorded since the part before; a part
 //!   appears complete or not at all (temporary, hidden name, then a rename), so
-//!   `pyarrow.dataset.dataset(DIR)` or `report --live-metrics DIR` reads the run so far.
+//!   `pyarrow.dataset.dataset(DIR)` reads the run so far.
 //! - `--tensorboard DIR`: one TensorBoard event file per stage run, scalars tagged
-//!   `<stage>/iter<NNN>/<metric>` at the metric's step.
+//!   `<stage>/iter<NNN>/<output>/<metric>` at the metric's step.
 //!
-//! A stage run that starts again with the same stage and iteration (a resume from a
-//! checkpoint, a retry) first removes the parts and event files the earlier attempt left
-//! and writes what it restored, so the stream always equals the run's metrics: no step
-//! twice, none from an attempt that did not count. Pipelines pass one run-level DIR so a
-//! whole PERL run reads as one set of curves.
+//! A stage run that starts again with the same key (a resume from a checkpoint, a retry:
+//! the same output) first removes the parts and event file the earlier attempt left and
+//! writes what it restored, so the stream always equals the run's metrics: no step twice,
+//! none from an attempt that did not count. Pipelines pass one run-level DIR so a whole
+//! PERL run reads as one set of curves.
 //!
 //! Streaming is a side channel: once the stage runs, a failed write is a warning and
 //! streaming stops; it never fails the stage or touches its outputs.
@@ -63,16 +66,15 @@ pub struct LiveMetrics {
 }
 
 impl LiveMetrics {
-    /// The stream of `log`'s stage and iteration to the process's targets (`None` when no
-    /// flag asked for one). `label` tells apart runs of one stage and iteration that run
-    /// at once (a shard: `shard-2of4`); empty for trainers. Removes what an earlier attempt
-    /// with the same key left, then sends the rows `log` already holds.
-    pub fn start(log: &MetricsLog, label: &str) -> Result<Option<LiveMetrics>> {
+    /// The stream of `log`'s stage and iteration writing `out`, to the process's targets
+    /// (`None` when no flag asked for one). Removes what an earlier attempt with the same
+    /// key left, then sends the rows `log` already holds.
+    pub fn start(log: &MetricsLog, out: &Path) -> Result<Option<LiveMetrics>> {
         let targets = TARGETS.get().cloned().unwrap_or_default();
-        LiveMetrics::start_with(&targets, log, label, PART_EVERY)
+        LiveMetrics::start_with(&targets, log, &output_label(out), PART_EVERY)
     }
 
-    /// [`LiveMetrics::start`] with explicit targets and part interval.
+    /// [`LiveMetrics::start`] with explicit targets, output label and part interval.
     pub fn start_with(
         targets: &LiveTargets,
         log: &MetricsLog,
@@ -163,8 +165,8 @@ pub struct Stream(Option<LiveMetrics>);
 impl Stream {
     /// [`LiveMetrics::start`] to the process's targets. An error here (the folder cannot
     /// be made) fails the stage before it does any work.
-    pub fn start(log: &MetricsLog, label: &str) -> Result<Stream> {
-        LiveMetrics::start(log, label).map(Stream)
+    pub fn start(log: &MetricsLog, out: &Path) -> Result<Stream> {
+        LiveMetrics::start(log, out).map(Stream)
     }
 
     /// Sends the rows of `log` recorded since the last call; `finish`: write the last part
@@ -177,6 +179,31 @@ impl Stream {
                 self.0 = None;
             }
         }
+    }
+}
+
+/// The name of an output in stream keys and tags: its file name without `.parquet`,
+/// reduced to `[A-Za-z0-9_-]`.
+pub fn output_label(out: &Path) -> String {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".parquet").unwrap_or(&name);
+    let label: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if label.is_empty() {
+        "out".into()
+    } else {
+        label
     }
 }
 
@@ -233,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = targets(dir.path());
         let mut log = MetricsLog::new("train-x", 2);
-        let mut live = LiveMetrics::start_with(&t, &log, "", Duration::ZERO)
+        let mut live = LiveMetrics::start_with(&t, &log, "policy", Duration::ZERO)
             .unwrap()
             .unwrap();
         for step in 1..=3 {
@@ -249,7 +276,7 @@ mod tests {
         );
         // a resume from a checkpoint at step 2: the stream restarts with what was restored
         log.truncate_after(2);
-        let mut again = LiveMetrics::start_with(&t, &log, "", Duration::from_secs(3600))
+        let mut again = LiveMetrics::start_with(&t, &log, "policy", Duration::from_secs(3600))
             .unwrap()
             .unwrap();
         log.push(3, "train/loss", 0.3);
@@ -271,7 +298,20 @@ mod tests {
             1,
             "the earlier attempt's event file is gone: {tb:?}"
         );
-        assert!(tb[0].ends_with(".train-x.iter002"), "{tb:?}");
+        assert!(tb[0].ends_with(".train-x.iter002.policy"), "{tb:?}");
+    }
+
+    #[test]
+    fn outputs_name_their_streams() {
+        assert_eq!(
+            output_label(Path::new("runs/demo/iter-001/policy")),
+            "policy"
+        );
+        assert_eq!(
+            output_label(Path::new("r/rollouts.parquet/part-00001-of-00004.parquet")),
+            "part-00001-of-00004"
+        );
+        assert_eq!(output_label(Path::new("a/b c.parquet")), "b_c");
     }
 
     #[test]
@@ -293,7 +333,7 @@ mod tests {
     fn no_flag_no_stream() {
         let log = MetricsLog::new("s", 0);
         assert!(
-            LiveMetrics::start_with(&LiveTargets::default(), &log, "", PART_EVERY)
+            LiveMetrics::start_with(&LiveTargets::default(), &log, "out", PART_EVERY)
                 .unwrap()
                 .is_none()
         );

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rlhf_core::lineage::Lineage;
+use rlhf_core::live::Stream;
+use rlhf_core::metrics::MetricsLog;
 use rlhf_core::schema::Artifact;
 use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::generate::SamplingParams;
@@ -149,6 +151,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         pack,
     );
     let forward_batches = batches.len();
+    // progress streamed with --live-metrics / --tensorboard, at step = rollouts written
+    let mut progress = MetricsLog::new("sample-rollouts", settings.iteration);
+    let mut live = Stream::start(&progress, &settings.out_file)?;
     for range in batches {
         let n = range.len() as u64;
         for rows in ctx.sample(&jobs[range])? {
@@ -156,11 +161,20 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         bar.inc(n);
         let secs = start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_prefix(format!(
-            "{:.0} tok/s",
-            sink.summary().response_tokens as f64 / secs
-        ));
+        let done = sink.summary();
+        let rate = done.response_tokens as f64 / secs;
+        bar.set_prefix(format!("{rate:.0} tok/s"));
+        let step = done.rows as i64;
+        progress.push(step, "sampling/rollouts", done.rows as f64);
+        progress.push(
+            step,
+            "sampling/mean_response_tokens",
+            done.mean_response_tokens(),
+        );
+        progress.push(step, "sampling/response_tokens_per_second", rate);
+        live.update(&progress, false);
     }
+    live.update(&progress, true);
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let summary = sink.finish()?;

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rlhf_core::lineage::Lineage;
+use rlhf_core::live::Stream;
+use rlhf_core::metrics::MetricsLog;
 use rlhf_core::parquet_io::Dataset;
 use rlhf_core::records::{RolloutRow, ScoresTable};
 use rlhf_core::resources::peak_rss_bytes;
@@ -46,6 +48,28 @@ struct Scorer<'a> {
 
 impl Scorer<'_> {
     /// Scores a batch of whole groups (one reward-model forward batch).
+    /// Records the rows scored so far and their mean reward, and streams them.
+    fn stream_progress(
+        &self,
+        progress: &mut Option<(MetricsLog, Stream)>,
+        start: std::time::Instant,
+        finish: bool,
+    ) {
+        let Some((log, live)) = progress else {
+            return;
+        };
+        let rewards = &self.table.reward;
+        let rows = rewards.len();
+        if rows > 0 && log.rows.last().map(|r| r.step) != Some(rows as i64) {
+            let mean = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rows as f64;
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            log.push(rows as i64, "scoring/rows", rows as f64);
+            log.push(rows as i64, "scoring/reward_mean", mean);
+            log.push(rows as i64, "scoring/rows_per_second", rows as f64 / secs);
+        }
+        live.update(log, finish);
+    }
+
     fn flush(&mut self, groups: &mut Vec<Group>) -> Result<()> {
         let rows: Vec<&RolloutRow> = groups.iter().flat_map(|g| g.rows.iter()).collect();
         if rows.is_empty() {
@@ -167,23 +191,34 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut reader = GroupReader::new(&ds);
     let mut pending: Vec<Group> = Vec::new();
     let mut pending_rows = 0usize;
+    // progress streamed with --live-metrics / --tensorboard, at step = rows scored; the
+    // iteration is the rollouts' (known at the first group)
+    let mut progress: Option<(MetricsLog, Stream)> = None;
     while let Some(group) = reader.next_group()? {
         bar.inc(group.rows.len() as u64);
         if !settings.shard.owns(group.index) {
             continue;
         }
+        if progress.is_none() {
+            let log = MetricsLog::new("score-rewards", group.rows[0].iteration);
+            let live = Stream::start(&log, &settings.out_file)?;
+            progress = Some((log, live));
+        }
         if pack && !pending.is_empty() && pending_rows + group.rows.len() > settings.batch_size {
             scorer.flush(&mut pending)?;
             pending_rows = 0;
+            scorer.stream_progress(&mut progress, start, false);
         }
         pending_rows += group.rows.len();
         pending.push(group);
         if !pack {
             scorer.flush(&mut pending)?;
             pending_rows = 0;
+            scorer.stream_progress(&mut progress, start, false);
         }
     }
     scorer.flush(&mut pending)?;
+    scorer.stream_progress(&mut progress, start, true);
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
 
