@@ -24,7 +24,7 @@ iter = iter-$(shell printf %03d $(1))
 
 # Metrics stream while the stages run (rlhf_core::live): Parquet parts and TensorBoard
 # event files for the whole run; `tensorboard --logdir $(RUN)/live/tensorboard` shows the
-# curves as they come, `report --live-metrics $(RUN)/live/metrics` the run so far.
+# curves as they come, `report --partial --run-dir $(RUN)` the run so far.
 # LIVE= (empty) turns streaming off.
 LIVE ?= $(RUN)/live
 ifneq ($(LIVE),)
