@@ -88,5 +88,5 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = rlhf_core::config::parse::<Cli>("merge-adapter");
     cli.global.init();
-    cli::finish(run(&cli), &[rlhf_nn::is_bad_input])
+    cli::finish_with(run(&cli), &[rlhf_nn::is_bad_input], &[rlhf_nn::is_usage])
 }

@@ -23,5 +23,9 @@ fn main() -> ExitCode {
         args.global.write_summary(out)?;
         Ok(())
     });
-    cli::finish(result, &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input])
+    cli::finish_with(
+        result,
+        &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input],
+        &[rlhf_nn::is_usage],
+    )
 }

@@ -67,11 +67,11 @@ pub fn parse_device(s: &str) -> Result<Device> {
         other => match other.strip_prefix("cuda:") {
             Some(n) => match n.parse::<usize>() {
                 Ok(i) => cuda(i),
-                Err(_) => Err(NnError::Argument(format!(
+                Err(_) => Err(NnError::Device(format!(
                     "--device `{s}`: expected auto, cpu, cuda or cuda:N with N a number"
                 ))),
             },
-            None => Err(NnError::Argument(format!(
+            None => Err(NnError::Device(format!(
                 "--device `{s}`: expected auto, cpu, cuda or cuda:N"
             ))),
         },
@@ -83,10 +83,23 @@ fn cuda(i: usize) -> Result<Device> {
     if (i as i64) < n {
         Ok(Device::Cuda(i))
     } else {
-        Err(NnError::Argument(format!(
-            "--device cuda:{i}: this machine has {n} CUDA device(s); use --device cpu or auto"
+        let build = if cuda_linked() {
+            "this build has CUDA support"
+        } else {
+            "this build has no CUDA support: rebuild with PERL_RLHF_CUDA=1 (see \
+             crates/rlhf-nn/build.rs) to run on a GPU"
+        };
+        Err(NnError::Device(format!(
+            "--device cuda:{i}: libtorch sees {n} CUDA device(s) ({build}); use --device cpu \
+             or auto"
         )))
     }
+}
+
+/// True when libtorch's CUDA library is loaded in this process (a build with
+/// PERL_RLHF_CUDA=1); without it libtorch sees no CUDA device even on a GPU machine.
+pub fn cuda_linked() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("libtorch_cuda.so"))
 }
 
 /// Sets libtorch's intra-op thread count (call once at start-up with `--threads`).
@@ -232,6 +245,7 @@ mod tests {
         if tch::Cuda::device_count() == 0 {
             let err = parse_device("cuda:0").unwrap_err().to_string();
             assert!(err.contains("0 CUDA device"), "{err}");
+            assert!(err.contains("no CUDA support") != cuda_linked(), "{err}");
         }
     }
 

@@ -120,9 +120,13 @@ pub enum NnError {
         /// What is wrong, e.g. "not attached; attached: policy, reward".
         message: String,
     },
-    /// Invalid arguments from the caller (device, dtype, sampling parameters, batch shapes).
+    /// Invalid arguments from the caller (dtype, sampling parameters, batch shapes).
     #[error("{0}")]
     Argument(String),
+    /// A `--device` that cannot be used here (a usage error, exit 2): malformed, or a
+    /// CUDA device this machine or this build does not have.
+    #[error("{0}")]
+    Device(String),
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -141,7 +145,7 @@ impl NnError {
                     | std::io::ErrorKind::InvalidData
                     | std::io::ErrorKind::UnexpectedEof
             ),
-            NnError::Torch(_) => false,
+            NnError::Torch(_) | NnError::Device(_) => false,
             _ => true,
         }
     }

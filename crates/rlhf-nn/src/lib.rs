@@ -49,3 +49,9 @@ pub fn is_bad_input(err: &(dyn StdError + 'static)) -> bool {
     err.downcast_ref::<NnError>()
         .is_some_and(NnError::is_bad_input)
 }
+
+/// True when an error in a cause chain is a usage error of this crate (a `--device` that
+/// cannot be used): the usage classifier for `rlhf_core::cli::finish_with` (exit 2).
+pub fn is_usage(err: &(dyn StdError + 'static)) -> bool {
+    matches!(err.downcast_ref::<NnError>(), Some(NnError::Device(_)))
+}

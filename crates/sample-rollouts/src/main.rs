@@ -9,5 +9,9 @@ use sample_rollouts::Cli;
 fn main() -> ExitCode {
     let cli = rlhf_core::config::parse::<Cli>("sample-rollouts");
     cli.global.init();
-    cli::finish(sample_rollouts::run(&cli), &[rlhf_nn::is_bad_input])
+    cli::finish_with(
+        sample_rollouts::run(&cli),
+        &[rlhf_nn::is_bad_input],
+        &[rlhf_nn::is_usage],
+    )
 }

@@ -9,5 +9,9 @@ use score_rewards::Cli;
 fn main() -> ExitCode {
     let cli = rlhf_core::config::parse::<Cli>("score-rewards");
     cli.global.init();
-    cli::finish(score_rewards::run(&cli), &[rlhf_nn::is_bad_input])
+    cli::finish_with(
+        score_rewards::run(&cli),
+        &[rlhf_nn::is_bad_input],
+        &[rlhf_nn::is_usage],
+    )
 }

@@ -186,6 +186,8 @@ const RESERVED: [&str; 5] = ["rollout_id", "reward", "penalty", "rm_mean", "rm_s
 impl Settings {
     /// Validates the flags; nothing heavy happens here.
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
+        // first: a device this machine cannot use is a usage error, before any input is read
+        let device = rlhf_nn::args::parse_device(&cli.device)?;
         let shard = cli.shard.resolve()?;
         if cli.batch_size == 0 {
             bail!(CoreError::usage("--batch-size must be at least 1"));
@@ -298,7 +300,6 @@ impl Settings {
             .with_context(|| format!("--rollouts {}", cli.rollouts.display()))?;
         let out_file = shard.output_for(&cli.out)?;
         rlhf_core::atomic::ensure_parent(&out_file)?;
-        let device = rlhf_nn::args::parse_device(&cli.device)?;
         Ok(Settings {
             rollouts: cli.rollouts.clone(),
             out_file,

@@ -9,8 +9,9 @@ use train_rm_lora::args::Cli;
 fn main() -> ExitCode {
     let cli = rlhf_core::config::parse::<Cli>("train-rm-lora");
     cli.global.init();
-    cli::finish(
+    cli::finish_with(
         train_rm_lora::run::run(&cli),
         &[rlhf_nn::is_bad_input, rlhf_algo::is_bad_input],
+        &[rlhf_nn::is_usage],
     )
 }

@@ -153,6 +153,8 @@ fn copy_files(from: &Path, to: &Path) -> Result<()> {
 
 /// Runs the stage.
 pub fn run(cli: &Cli) -> Result<()> {
+    // before any input is read: a device this machine cannot use is a usage error
+    let device = cli.model.device()?;
     precheck(cli)?;
     rlhf_nn::init_threads(cli.global.threads);
     let model_dir = &cli.model.model;
@@ -223,7 +225,6 @@ pub fn run(cli: &Cli) -> Result<()> {
         "data"
     );
 
-    let device = cli.model.device()?;
     let mut model = Model::load(model_dir, device, cli.model.kind())
         .with_context(|| format!("loading the base model {}", model_dir.display()))?;
     model.set_base_name(Some(model_dir.display().to_string()));

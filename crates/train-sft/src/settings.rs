@@ -77,6 +77,11 @@ impl Settings {
             .given()
             .then(|| cli.train.lora.resolve())
             .transpose()?;
+        // before any input is read: a device this machine cannot use is a usage error
+        let device = cli
+            .model
+            .device()
+            .map_err(|e| CoreError::usage(e.to_string()))?;
         let model_dir = cli.model.model.clone();
         if !model_dir.join("config.json").is_file() {
             return Err(CoreError::BadInput {
@@ -115,10 +120,6 @@ impl Settings {
                 }
             }
         }
-        let device = cli
-            .model
-            .device()
-            .map_err(|e| CoreError::usage(e.to_string()))?;
         Ok(Settings {
             model_dir,
             device,
