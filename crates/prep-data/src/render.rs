@@ -127,7 +127,10 @@ impl Renderer {
             t.render(messages, true)
                 .map_err(|e| Rejection::new(Reason::TemplateError, e.to_string()))?
         };
-        let tokens = self.tokens(&text, true, self.max_prompt_tokens, "prompt")?;
+        // The model's template writes the special tokens it wants (as transformers'
+        // `apply_chat_template(tokenize=True)`, which adds none); plain and raw text get BOS.
+        let bos = self.mode != TemplateMode::Model;
+        let tokens = self.tokens(&text, bos, self.max_prompt_tokens, "prompt")?;
         Ok(Rendered { text, tokens })
     }
 

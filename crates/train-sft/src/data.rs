@@ -62,6 +62,7 @@ pub fn load(
             .all(|r| r.prompt_tokens.is_some() && r.completion_tokens.is_some());
     let eos = tok.eos_id().map(|e| e as i32);
     let chat = tok.chat()?;
+    let model_template = tok.chat_template.is_some();
     let mut data = SftData {
         train: Vec::new(),
         eval: Vec::new(),
@@ -91,11 +92,17 @@ pub fn load(
         let (prompt, mut completion) = match (&row.prompt_tokens, &row.completion_tokens) {
             (Some(p), Some(c)) if use_columns => (p.clone(), c.clone()),
             _ => {
-                let (prompt_text, completion_text) = texts(row, &chat).map_err(|m| bad(i, m))?;
-                (
-                    tok.encode(&prompt_text, true)?,
-                    tok.encode(&completion_text, false)?,
-                )
+                let (prompt_text, completion_text, rendered) =
+                    texts(row, &chat).map_err(|m| bad(i, m))?;
+                // A prompt the model's own chat template rendered holds the special tokens
+                // the model wants (transformers' apply_chat_template(tokenize=True) adds
+                // none, and prep-data's prompts are made the same way); plain text gets BOS.
+                let prompt = if rendered && model_template {
+                    tok.encode_rendered(&prompt_text)?
+                } else {
+                    tok.encode(&prompt_text, true)?
+                };
+                (prompt, tok.encode(&completion_text, false)?)
             }
         };
         if let Some(e) = eos {
@@ -140,14 +147,14 @@ pub fn load(
     Ok(data)
 }
 
-/// The prompt and completion text of a row. A row with an empty prompt and a message list
-/// is rendered with the chat template: every message before the last assistant turn is the
-/// prompt (with the generation prompt), the last assistant turn is the completion unless
-/// the completion column is set.
+/// The prompt and completion text of a row, and whether the prompt was rendered with the
+/// chat template. A row with an empty prompt and a message list is rendered: every message
+/// before the last assistant turn is the prompt (with the generation prompt), the last
+/// assistant turn is the completion unless the completion column is set.
 fn texts(
     row: &SftRow,
     chat: &rlhf_core::chat::ChatTemplate,
-) -> std::result::Result<(String, String), String> {
+) -> std::result::Result<(String, String, bool), String> {
     match &row.messages {
         Some(msgs) if row.prompt.is_empty() && !msgs.is_empty() => {
             let last_assistant = msgs.iter().rposition(|m| m.role == "assistant");
@@ -165,9 +172,9 @@ fn texts(
             } else {
                 row.completion.clone()
             };
-            Ok((prompt, completion))
+            Ok((prompt, completion, true))
         }
-        _ => Ok((row.prompt.clone(), row.completion.clone())),
+        _ => Ok((row.prompt.clone(), row.completion.clone(), false)),
     }
 }
 
@@ -222,12 +229,14 @@ mod tests {
             Message::new("user", "2+2?"),
             Message::new("assistant", "4"),
         ];
-        let (p, c) = texts(&sft_row("", "", Some(msgs.clone())), &chat).unwrap();
+        let (p, c, rendered) = texts(&sft_row("", "", Some(msgs.clone())), &chat).unwrap();
         assert_eq!(p, "User: hi\nAssistant: hello\nUser: 2+2?\nAssistant:");
         assert_eq!(c, "4");
+        assert!(rendered, "messages are rendered with the template");
         // A set prompt wins over the messages; a set completion wins over the last turn.
-        let (p, c) = texts(&sft_row("P", "C", Some(msgs.clone())), &chat).unwrap();
+        let (p, c, rendered_plain) = texts(&sft_row("P", "C", Some(msgs.clone())), &chat).unwrap();
         assert_eq!((p.as_str(), c.as_str()), ("P", "C"));
+        assert!(!rendered_plain, "a set prompt is plain text");
         let only_user = vec![Message::new("user", "hi")];
         let err = texts(&sft_row("", "", Some(only_user)), &chat).unwrap_err();
         assert!(err.contains("no assistant turn"), "{err}");
