@@ -48,6 +48,7 @@ test: build golden ## Run every test: unit, golden (vs transformers/peft), CLI, 
 	RLHF_PYTHON=$(PYTHON) RLHF_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) $(CARGO) test --release --workspace
 	bash tests/e2e.sh
 	bash tests/install.sh
+	bash tests/gpu_check.sh
 
 .PHONY: fuzz
 fuzz: setup ## Long property-based fuzz of every parser (20,000 cases a property; make test runs a short one)

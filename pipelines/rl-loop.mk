@@ -33,8 +33,11 @@ $(foreach i,$(shell seq 1 $(ITERATIONS)),$(eval $(call ITERATION,$(i),$(call ite
 
 # --- final: merge, held-out evaluation, report -------------------------------------
 
+# merge-adapter reads $(CONF)/merge.toml when there is one (e.g. `dtype = "bf16"` to merge
+# into the dtype the adapter was trained in: the base check compares weights as loaded)
+merge_args = $(if $(CONFIG),,$(if $(wildcard $(CONF)/merge.toml),--config $(CONF)/merge.toml))
 $(RUN)/final/merged/config.json: $(BASE)/config.json $(LAST)
-	$(TIME) merge-adapter $(BIN)/merge-adapter $(G) --model $(BASE) \
+	$(TIME) merge-adapter $(BIN)/merge-adapter $(G) $(merge_args) --model $(BASE) \
 	  --adapter $(patsubst %/,%,$(dir $(LAST))) --out $(RUN)/final/merged --verify
 
 $(RUN)/final/sft_rollouts.parquet: $(BASE)/config.json $(EVAL_PROMPTS) $(call conf,eval)

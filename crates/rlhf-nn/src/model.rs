@@ -294,23 +294,29 @@ impl Model {
     /// Content hash (16 hex) of the base weights, names and shapes; stable across runs.
     pub fn base_id(&self) -> String {
         self.base_id
-            .get_or_init(|| {
-                let mut h = blake3::Hasher::new();
-                let mut named = self.base_named_tensors();
-                named.sort_by(|a, b| a.0.cmp(&b.0));
-                for (name, t) in named {
-                    let t = t.detach().to_device(Device::Cpu).contiguous();
-                    h.update(name.as_bytes());
-                    h.update(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());
-                    let numel = t.numel();
-                    let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-                    if t.f_copy_data_u8(&mut buf, numel).is_ok() {
-                        h.update(&buf);
-                    }
-                }
-                h.finalize().to_hex()[..16].to_string()
-            })
+            .get_or_init(|| self.base_id_as(self.kind))
             .clone()
+    }
+
+    /// The base id this model's weights would have if loaded in `kind`: the weights cast
+    /// to `kind` and hashed as [`Model::base_id`] does. An adapter trained on a bfloat16
+    /// copy of a base records that copy's id; a float32 load of the same base gives it back
+    /// with `base_id_as(Kind::BFloat16)` (the cast rounds as loading in bfloat16 does).
+    pub fn base_id_as(&self, kind: Kind) -> String {
+        let mut h = blake3::Hasher::new();
+        let mut named = self.base_named_tensors();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in named {
+            let t = t.detach().to_device(Device::Cpu).to_kind(kind).contiguous();
+            h.update(name.as_bytes());
+            h.update(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());
+            let numel = t.numel();
+            let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+            if t.f_copy_data_u8(&mut buf, numel).is_ok() {
+                h.update(&buf);
+            }
+        }
+        h.finalize().to_hex()[..16].to_string()
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (transformers layout; tokenizer

@@ -4,6 +4,10 @@
 //!
 //! Tolerances: logits and scores within `logit_atol` (2e-4, float32, stated in
 //! reference.json); greedy tokens identical; merged weights within 1e-5.
+//!
+//! The models run on `RLHF_TEST_DEVICE` (default `cpu`; `cuda` on a GPU machine, see
+//! scripts/gpu-check.sh) with the same tolerances; results come back to the CPU to be
+//! compared with the references.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,12 @@ fn golden_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The device the models run on: `RLHF_TEST_DEVICE`, default cpu.
+fn device() -> Device {
+    let name = std::env::var("RLHF_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    rlhf_nn::parse_device(&name).unwrap_or_else(|e| panic!("RLHF_TEST_DEVICE: {e}"))
 }
 
 fn python() -> PathBuf {
@@ -73,7 +83,7 @@ impl Golden {
         self.meta["logit_atol"].as_f64().unwrap()
     }
     fn model(&self, name: &str) -> Model {
-        Model::load(&self.dir.join(name), Device::Cpu, Kind::Float).unwrap()
+        Model::load(&self.dir.join(name), device(), Kind::Float).unwrap()
     }
     fn ids(&self) -> (Tensor, Tensor) {
         (
@@ -108,10 +118,13 @@ impl Golden {
     }
 }
 
+/// The model's logits, computed on its device, returned on the CPU.
 fn logits(m: &Model, adapter: Option<&str>, ids: &Tensor, mask: &Tensor) -> Tensor {
     let _g = tch::no_grad_guard();
-    m.lm_logits(&m.forward(ids, mask, adapter, false).unwrap())
+    let (ids, mask) = (ids.to_device(m.device()), mask.to_device(m.device()));
+    m.lm_logits(&m.forward(&ids, &mask, adapter, false).unwrap())
         .unwrap()
+        .to_device(Device::Cpu)
 }
 
 /// Max |a - b| over positions where mask = 1.
@@ -181,7 +194,7 @@ fn sharded_and_unprefixed_checkpoints_load() {
 #[test]
 fn bf16_stays_close_to_f32() {
     let g = Golden::open();
-    let m = Model::load(&g.dir.join("llama_gqa"), Device::Cpu, Kind::BFloat16).unwrap();
+    let m = Model::load(&g.dir.join("llama_gqa"), device(), Kind::BFloat16).unwrap();
     let (ids, mask) = g.ids();
     let l = logits(&m, None, &ids, &mask);
     assert_eq!(l.kind(), Kind::BFloat16);
@@ -210,7 +223,11 @@ fn peft_adapters_load_here_and_merge_like_peft() {
             masked_diff(&unmerged, &logits(&m, None, &ids, &mask), &mask) < 1e-4,
             "{case}: merged != unmerged"
         );
-        let ours: HashMap<String, Tensor> = m.base_named_tensors().into_iter().collect();
+        let ours: HashMap<String, Tensor> = m
+            .base_named_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(Device::Cpu)))
+            .collect();
         let prefix = format!("{case}.merged.");
         let mut n = 0;
         for (k, want) in g.refs.iter().filter(|(k, _)| k.starts_with(&prefix)) {
@@ -233,9 +250,11 @@ fn peft_adapters_load_here_and_merge_like_peft() {
 fn sequence_classification_scores_match() {
     let g = Golden::open();
     let rows = g.rows();
-    let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
+    let batch = SeqBatch::new(&rows, 0, device()).unwrap();
     let m = g.model("llama_seqcls");
-    let s = last_token_scores(&m, None, &batch, false).unwrap();
+    let s = last_token_scores(&m, None, &batch, false)
+        .unwrap()
+        .to_device(Device::Cpu);
     let d = (&s - g.t("llama_seqcls.scores"))
         .abs()
         .max()
@@ -245,7 +264,9 @@ fn sequence_classification_scores_match() {
     let mut m = g.model("llama_gqa");
     m.load_adapter("rm", &g.dir.join("llama_seqcls_lora"))
         .unwrap();
-    let s = last_token_scores(&m, Some("rm"), &batch, false).unwrap();
+    let s = last_token_scores(&m, Some("rm"), &batch, false)
+        .unwrap()
+        .to_device(Device::Cpu);
     let d = (&s - g.t("llama_seqcls_lora.scores"))
         .abs()
         .max()
@@ -326,8 +347,10 @@ fn our_adapters_load_in_peft() {
         m.save_adapter("a", dir.path()).unwrap();
         let theirs = peft_output(&g, base, dir.path(), head);
         if head {
-            let batch = SeqBatch::new(&g.rows(), 0, Device::Cpu).unwrap();
-            let ours = last_token_scores(&m, Some("a"), &batch, false).unwrap();
+            let batch = SeqBatch::new(&g.rows(), 0, device()).unwrap();
+            let ours = last_token_scores(&m, Some("a"), &batch, false)
+                .unwrap()
+                .to_device(Device::Cpu);
             let d = (&ours - &theirs).abs().max().double_value(&[]);
             assert!(
                 d < g.atol(),

@@ -317,3 +317,20 @@ fn full_fine_tuning_reaches_every_base_leaf() {
         assert!(m.base_parameters().iter().all(|(_, t)| !t.requires_grad()));
     }
 }
+
+#[test]
+fn a_bf16_load_of_a_base_is_recognised_from_a_float32_load() {
+    let m = model("llama-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    m.save_pretrained(dir.path()).unwrap();
+    let f32_load = Model::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+    let bf16_load = Model::load(dir.path(), Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(f32_load.base_id(), m.base_id());
+    assert_ne!(
+        bf16_load.base_id(),
+        f32_load.base_id(),
+        "the id is of the weights as loaded"
+    );
+    assert_eq!(f32_load.base_id_as(Kind::BFloat16), bf16_load.base_id());
+    assert_eq!(f32_load.base_id_as(Kind::Float), f32_load.base_id());
+}
