@@ -120,7 +120,8 @@ fn adapt_tags(source: &str) -> std::result::Result<String, String> {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        let Some(end) = tag.find("%}") else {
+        // the tag closes after its opening `{%` (in `{%}` the `%}` overlaps the opening)
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             break;
         };
         let inner = &tag[2..end];
@@ -401,6 +402,15 @@ impl Write for BoundedOutput {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tag_whose_close_overlaps_its_open_is_an_error_not_a_panic() {
+        // found by tests/fuzz_chat.rs: `{%}` closes inside its own opening
+        for src in ["{%}", "{%}}{% else %}x{%", "a{%-}b", "{%%}"] {
+            assert!(ChatTemplate::new(src, "", "").is_err(), "{src}");
+        }
+        assert_eq!(adapt_tags("{%}x").unwrap(), "{%}x");
+    }
     use super::*;
 
     #[test]
