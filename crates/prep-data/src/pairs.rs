@@ -261,7 +261,9 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
                 )?;
                 continue;
             }
-            let diff = (sa - sb).abs() as f64;
+            // in f64: two finite f32 scores far apart (3e38 and -3e38) differ by more than
+            // f32 holds; the margin written is capped at f32::MAX, never inf
+            let diff = (f64::from(sa) - f64::from(sb)).abs();
             let tie = diff <= args.tie_threshold;
             if tie && args.drop_ties {
                 reject(
@@ -303,7 +305,7 @@ pub fn run(args: &PairsArgs, seed: u64) -> anyhow::Result<Summary> {
                 chosen: win.response.clone(),
                 rejected: lose.response.clone(),
                 label: if tie { 0.5 } else { 1.0 },
-                margin: Some(diff as f32),
+                margin: Some(diff.min(f64::from(f32::MAX)) as f32),
                 weight: 1.0,
                 // Salted: the prompts were already split with the plain hash upstream.
                 split: split_salted(&x.prompt_id, "pairs", args.eval_fraction).to_string(),

@@ -32,6 +32,23 @@ fn rollout(prompt_id: &str, k: i32, response: &str) -> RolloutRow {
 
 /// Rollouts of prompts a (3 samples), b (2, equal scores), c (1), d (score missing on one).
 fn fixture(dir: &Path) -> (String, String) {
+    fixture_with(
+        dir,
+        vec![
+            Some(-1.0),
+            Some(2.0),
+            Some(0.5),
+            Some(0.0),
+            Some(0.0),
+            Some(1.0),
+            Some(1.0),
+            None,
+        ],
+    )
+}
+
+/// The rollouts of [`fixture`] with the given gold scores.
+fn fixture_with(dir: &Path, gold: Vec<Option<f32>>) -> (String, String) {
     let rows = vec![
         rollout("a", 0, " bad"),
         rollout("a", 1, " great"),
@@ -41,16 +58,6 @@ fn fixture(dir: &Path) -> (String, String) {
         rollout("c", 0, " alone"),
         rollout("d", 0, " x"),
         rollout("d", 1, " y"),
-    ];
-    let gold = vec![
-        Some(-1.0),
-        Some(2.0),
-        Some(0.5),
-        Some(0.0),
-        Some(0.0),
-        Some(1.0),
-        Some(1.0),
-        None,
     ];
     let r = dir.join("rollouts.parquet");
     let s = dir.join("scores.parquet");
@@ -68,6 +75,31 @@ fn fixture(dir: &Path) -> (String, String) {
         r.to_string_lossy().into_owned(),
         s.to_string_lossy().into_owned(),
     )
+}
+
+#[test]
+fn scores_far_apart_give_a_finite_margin() {
+    let t = tempfile::tempdir().unwrap();
+    let big = Some(3.0e38f32);
+    let (r, s) = fixture_with(
+        t.path(),
+        vec![big, Some(-3.0e38), None, None, None, None, None, None],
+    );
+    let out = t.path().join("prefs.parquet");
+    let o = prep(&[
+        "pairs",
+        "--rollouts",
+        &r,
+        "--scores",
+        &s,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let p = read_records::<PreferenceRow>(&out).unwrap().0;
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].chosen.as_str(), p[0].label), (" bad", 1.0));
+    assert_eq!(p[0].margin, Some(f32::MAX), "capped, not inf");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use rlhf_core::parquet_io::Dataset;
 use rlhf_core::records::{RolloutRow, ScoresTable};
 use rlhf_core::resources::peak_rss_bytes;
 use rlhf_core::schema::Artifact;
+use rlhf_core::CoreError;
 
 use crate::combine::{response_length, CombineSpec, ENDED};
 use crate::groups::{Group, GroupReader};
@@ -109,6 +110,15 @@ impl Scorer<'_> {
             }
             self.spec
                 .push(&mut self.table, row, &rm_values, &rule_values);
+            if let Some(r) = self.table.reward.last().filter(|r| !r.is_finite()) {
+                // finite sources times the flags' weights: a usage error (exit 2)
+                anyhow::bail!(CoreError::usage(format!(
+                    "rollout `{}`: the weighted reward is {r} (finite sources {:?} times their \
+                     weights overflow f32)\n  hint: lower the reward-model (DIR:W) or rule weights",
+                    row.rollout_id,
+                    rm_values.iter().chain(&rule_values).collect::<Vec<_>>()
+                )));
+            }
             self.lengths.push(len);
             *self.finish.entry(row.finish_reason.clone()).or_default() += 1;
         }

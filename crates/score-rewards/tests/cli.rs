@@ -460,6 +460,11 @@ fn errors_exit_with_clear_messages() {
         (vec!["--rule", "length"], 2, "needs target=N"),
         (vec!["--rule", "gold", "--bogus"], 2, "--bogus"),
         (
+            vec!["--rule", "length:target=1,weight=3e38"],
+            2,
+            "the weighted reward is -inf",
+        ),
+        (
             vec!["--model", m.as_str(), "--reward-model", m.as_str()],
             3,
             "adapter_config.json",
