@@ -179,13 +179,16 @@ impl Lineage {
 }
 
 /// Flags that differ between the tasks of one run without changing what is computed: the
-/// shard, threads, logging and summaries. `true`: the flag takes a value.
-const PER_TASK_FLAGS: [(&str, bool); 11] = [
+/// shard, threads, logging, summaries and where metrics stream. `true`: the flag takes a
+/// value.
+const PER_TASK_FLAGS: [(&str, bool); 13] = [
     ("--shard-index", true),
     ("--num-shards", true),
     ("--threads", true),
     ("--log-format", true),
     ("--summary-json", true),
+    ("--live-metrics", true),
+    ("--tensorboard", true),
     ("--json", false),
     ("--no-progress", false),
     ("--verbose", false),
@@ -196,8 +199,9 @@ const PER_TASK_FLAGS: [(&str, bool); 11] = [
 
 /// Flags whose value is a path: the same data may be named in several ways (`./x`, an
 /// absolute path, another mount), and inputs are compared by content hash anyway.
-const PATH_FLAGS: [&str; 20] = [
+const PATH_FLAGS: [&str; 21] = [
     "--out",
+    "--in",
     "--out-dir",
     "--rejects",
     "--model",
@@ -306,6 +310,9 @@ mod tests {
             "--num-shards",
             "2",
             "--no-progress",
+            "--tensorboard",
+            "/runs/x/live/tb",
+            "--live-metrics=/elsewhere",
         ]);
         assert_eq!(a.run_key(), b.run_key());
         let c = with(&["--out", "o", "--iteration", "2", "--shard-index", "1"]);
