@@ -87,16 +87,11 @@ pub fn run(s: &Settings) -> Result<Summary> {
     let (_, raw_cfg) = rlhf_nn::peft::read_adapter_config(&s.adapter)?;
     let mut model = Model::load(&s.model, s.device, Kind::Float)
         .with_context(|| format!("loading the base {}", s.model.display()))?;
-    let mut base_id = model.base_id();
+    let base_id = model.base_id();
     // The merge loads the base in float32; an adapter trained on a bfloat16 load of it
     // records the id of that copy.
-    if let Some((recorded, _)) = base_check::recorded_base_id(&s.adapter)? {
-        if recorded != base_id && recorded == model.base_id_as(Kind::BFloat16) {
-            info!("the adapter was trained on a bfloat16 load of this base");
-            base_id = recorded;
-        }
-    }
-    match base_check::check_base(&s.adapter, &s.model, &base_id, s.force)
+    let bf16_id = || Some(model.base_id_as(Kind::BFloat16));
+    match base_check::check_base_or(&s.adapter, &s.model, &base_id, s.force, bf16_id)
         .context("the adapter was trained on another base (--force merges anyway)")?
     {
         BaseCheck::Match => info!("adapter was trained on this base (base_id {base_id})"),

@@ -55,10 +55,23 @@ pub enum BaseCheck {
 
 /// Compares the recorded hash with the base's; a mismatch is bad input unless `force`.
 pub fn check_base(adapter: &Path, base: &Path, actual: &str, force: bool) -> Result<BaseCheck> {
+    check_base_or(adapter, base, actual, force, || None)
+}
+
+/// [`check_base`] that also accepts the id `other` gives, computed only when the recorded
+/// hash differs from `actual` (merge-adapter: the id of a bfloat16 load of the base it
+/// loaded in float32).
+pub fn check_base_or(
+    adapter: &Path,
+    base: &Path,
+    actual: &str,
+    force: bool,
+    other: impl FnOnce() -> Option<String>,
+) -> Result<BaseCheck> {
     let Some((recorded, file)) = recorded_base_id(adapter)? else {
         return Ok(BaseCheck::Unrecorded);
     };
-    if recorded == actual {
+    if recorded == actual || other().is_some_and(|o| o == recorded) {
         return Ok(BaseCheck::Match);
     }
     if force {

@@ -84,10 +84,7 @@ impl LiveMetrics {
         if targets.parts_dir.is_none() && targets.tensorboard_dir.is_none() {
             return Ok(None);
         }
-        let mut key = format!("{}.iter{:03}", log.stage, log.iteration);
-        if !label.is_empty() {
-            key = format!("{key}.{label}");
-        }
+        let key = format!("{}.iter{:03}.{label}", log.stage, log.iteration);
         if let Some(dir) = &targets.parts_dir {
             std::fs::create_dir_all(dir).map_err(|e| CoreError::io("creating", dir, e))?;
             remove_matching(dir, &format!("{key}.part-"), ".parquet")?;
@@ -100,10 +97,7 @@ impl LiveMetrics {
             }
             None => None,
         };
-        let mut tag_prefix = format!("{}/iter{:03}", log.stage, log.iteration);
-        if !label.is_empty() {
-            tag_prefix = format!("{tag_prefix}/{label}");
-        }
+        let tag_prefix = format!("{}/iter{:03}/{label}", log.stage, log.iteration);
         let mut live = LiveMetrics {
             key,
             tag_prefix,
@@ -167,6 +161,11 @@ impl Stream {
     /// be made) fails the stage before it does any work.
     pub fn start(log: &MetricsLog, out: &Path) -> Result<Stream> {
         LiveMetrics::start(log, out).map(Stream)
+    }
+
+    /// True while metrics go somewhere: stages record progress rows only then.
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Sends the rows of `log` recorded since the last call; `finish`: write the last part

@@ -164,6 +164,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         let done = sink.summary();
         let rate = done.response_tokens as f64 / secs;
         bar.set_prefix(format!("{rate:.0} tok/s"));
+        if !live.is_active() {
+            continue;
+        }
         let step = done.rows as i64;
         progress.push(step, "sampling/rollouts", done.rows as f64);
         progress.push(

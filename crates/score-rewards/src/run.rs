@@ -49,26 +49,29 @@ struct Scorer<'a> {
 
 impl Scorer<'_> {
     /// Scores a batch of whole groups (one reward-model forward batch).
-    /// Records the rows scored so far and their mean reward, and streams them.
-    fn stream_progress(
-        &self,
-        progress: &mut Option<(MetricsLog, Stream)>,
-        start: std::time::Instant,
-        finish: bool,
-    ) {
-        let Some((log, live)) = progress else {
+    /// Records the rows scored since the last call and the running mean reward, and
+    /// streams them (nothing when no stream is open).
+    fn stream_progress(&self, progress: &mut Option<Progress>, finish: bool) {
+        let Some(p) = progress.as_mut().filter(|p| p.live.is_active()) else {
             return;
         };
         let rewards = &self.table.reward;
         let rows = rewards.len();
-        if rows > 0 && log.rows.last().map(|r| r.step) != Some(rows as i64) {
-            let mean = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rows as f64;
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            log.push(rows as i64, "scoring/rows", rows as f64);
-            log.push(rows as i64, "scoring/reward_mean", mean);
-            log.push(rows as i64, "scoring/rows_per_second", rows as f64 / secs);
+        if rows > p.summed {
+            p.reward_sum += rewards[p.summed..]
+                .iter()
+                .map(|&r| f64::from(r))
+                .sum::<f64>();
+            p.summed = rows;
+            let secs = p.start.elapsed().as_secs_f64().max(1e-9);
+            let step = rows as i64;
+            p.log.push(step, "scoring/rows", rows as f64);
+            p.log
+                .push(step, "scoring/reward_mean", p.reward_sum / rows as f64);
+            p.log
+                .push(step, "scoring/rows_per_second", rows as f64 / secs);
         }
-        live.update(log, finish);
+        p.live.update(&p.log, finish);
     }
 
     fn flush(&mut self, groups: &mut Vec<Group>) -> Result<()> {
@@ -125,6 +128,16 @@ impl Scorer<'_> {
         groups.clear();
         Ok(())
     }
+}
+
+/// Scoring progress streamed with `--live-metrics` / `--tensorboard`.
+struct Progress {
+    log: MetricsLog,
+    live: Stream,
+    start: std::time::Instant,
+    /// Sum of the first `summed` rewards of the table (the running mean's numerator).
+    reward_sum: f64,
+    summed: usize,
 }
 
 /// Runs the stage.
@@ -203,7 +216,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut pending_rows = 0usize;
     // progress streamed with --live-metrics / --tensorboard, at step = rows scored; the
     // iteration is the rollouts' (known at the first group)
-    let mut progress: Option<(MetricsLog, Stream)> = None;
+    let mut progress: Option<Progress> = None;
     while let Some(group) = reader.next_group()? {
         bar.inc(group.rows.len() as u64);
         if !settings.shard.owns(group.index) {
@@ -212,23 +225,29 @@ pub fn run(cli: &Cli) -> Result<()> {
         if progress.is_none() {
             let log = MetricsLog::new("score-rewards", group.rows[0].iteration);
             let live = Stream::start(&log, &settings.out_file)?;
-            progress = Some((log, live));
+            progress = Some(Progress {
+                log,
+                live,
+                start,
+                reward_sum: 0.0,
+                summed: 0,
+            });
         }
         if pack && !pending.is_empty() && pending_rows + group.rows.len() > settings.batch_size {
             scorer.flush(&mut pending)?;
             pending_rows = 0;
-            scorer.stream_progress(&mut progress, start, false);
+            scorer.stream_progress(&mut progress, false);
         }
         pending_rows += group.rows.len();
         pending.push(group);
         if !pack {
             scorer.flush(&mut pending)?;
             pending_rows = 0;
-            scorer.stream_progress(&mut progress, start, false);
+            scorer.stream_progress(&mut progress, false);
         }
     }
     scorer.flush(&mut pending)?;
-    scorer.stream_progress(&mut progress, start, true);
+    scorer.stream_progress(&mut progress, true);
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
 
