@@ -62,6 +62,10 @@ install: build ## Install into PREFIX (default ~/.local/perl-rlhf): bin/, the li
 demo: build ## Run the whole PERL loop on the embedded synthetic task (runs/demo)
 	$(MAKE) -f pipelines/demo.mk BIN=$(CURDIR)/$(BIN)
 
+.PHONY: demo-perl
+demo-perl: build ## PERL's table on the embedded task: LoRA vs full reward model and policy (runs/demo-perl)
+	$(MAKE) -f pipelines/demo-perl.mk BIN=$(CURDIR)/$(BIN)
+
 .PHONY: label
 label: build ## Label the demo's sampled pairs in the browser (label-pairs serve; runs/demo/labels); LABEL_FLAGS="--overlap 2 ..."
 	$(MAKE) -f pipelines/label.mk BIN=$(CURDIR)/$(BIN) label

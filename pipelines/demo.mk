@@ -18,6 +18,12 @@ BASE := $(SFT)
 PROMPTS := $(DATA)/prompts.parquet
 EVAL_PROMPTS := $(DATA)/eval_prompts.parquet
 RM := $(RUN)/rm
+# The demo's KL budget (nats per response to the SFT model): the report says whether the
+# final policy is within it and names the best iteration within it (ppo.toml's controller
+# targets 3 nats to stay under it)
+REPORT_FLAGS ?= --kl-budget 5
+# Extra flags of the reward model's training, e.g. --record-timings (pipelines/demo-perl.mk)
+RM_FLAGS ?=
 
 .PHONY: all
 all: $(RUN)/report/summary.json
@@ -49,8 +55,8 @@ $(DATA)/preferences.parquet: $(RUN)/pairs/rollouts.parquet $(RUN)/pairs/scores.p
 	  --rollouts $(RUN)/pairs/rollouts.parquet --scores $(RUN)/pairs/scores.parquet \
 	  --score-column gold --out $@
 
-$(RM)/adapter_config.json: $(SFT)/config.json $(DATA)/preferences.parquet $(call conf,rm)
-	$(TIME) train-rm-lora $(BIN)/train-rm-lora $(G) $(call args,rm) \
+$(RM)/metrics.parquet: $(SFT)/config.json $(DATA)/preferences.parquet $(call conf,rm)
+	$(TIME) train-rm-lora $(BIN)/train-rm-lora $(G) $(call args,rm) $(RM_FLAGS) \
 	  --model $(SFT) --preferences $(DATA)/preferences.parquet --out $(RM)
 
 include pipelines/rl-loop.mk

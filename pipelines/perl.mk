@@ -28,7 +28,7 @@ $(PREP)/preferences.parquet $(PREP)/prompts.parquet $(PREP)/eval_prompts.parquet
 	$(TIME) prep-data $(BIN)/prep-data convert $(G) $(call args,data) --format $(FORMAT) \
 	  --input $(DATA) --tokenizer $(MODEL) --out-dir $(PREP)
 
-$(RM)/adapter_config.json: $(PREP)/preferences.parquet $(call conf,rm)
+$(RM)/metrics.parquet: $(PREP)/preferences.parquet $(call conf,rm)
 	$(TIME) train-rm-lora $(BIN)/train-rm-lora $(G) $(call args,rm) \
 	  --model $(MODEL) --preferences $(PREP)/preferences.parquet --out $(RM)
 

@@ -4,6 +4,8 @@
 # RM (reward adapter folder, made by a rule of its own).
 
 LAST := $(RUN)/$(call iter,$(ITERATIONS))/policy/adapter_config.json
+# Extra flags of every ppo-update, e.g. --record-timings (pipelines/demo-perl.mk)
+PPO_FLAGS ?=
 
 # --- policy iterations: sample -> score -> update ----------------------------------
 
@@ -14,15 +16,25 @@ $(RUN)/$(2)/rollouts.parquet: $(BASE)/config.json $(PROMPTS) $(call conf,sample)
 	  $$(call args,sample) --model $(BASE) $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) \
 	  --prompts $(PROMPTS) --iteration $(1) --out $$@
 
-$(RUN)/$(2)/scores.parquet: $(RUN)/$(2)/rollouts.parquet $(RM)/adapter_config.json $(call conf,score)
+$(RUN)/$(2)/scores.parquet: $(RUN)/$(2)/rollouts.parquet $(RM)/metrics.parquet $(call conf,score)
 	$$(TIME) score-$(2) $(BIN)/score-rewards $$(G) $$(call args,score) \
 	  --model $(BASE) --reward-model $(RM) --rollouts $(RUN)/$(2)/rollouts.parquet --out $$@
 
 $(RUN)/$(2)/policy/adapter_config.json: $(RUN)/$(2)/rollouts.parquet $(RUN)/$(2)/scores.parquet $(call conf,ppo) $(3)
-	$$(TIME) ppo-$(2) $(BIN)/ppo-update $$(G) $$(call args,ppo) --model $(BASE) \
+	$$(TIME) ppo-$(2) $(BIN)/ppo-update $$(G) $$(call args,ppo) $(PPO_FLAGS) --model $(BASE) \
 	  $(if $(3),--adapter $(patsubst %/,%,$(dir $(3)))) --iteration $(1) \
 	  --rollouts $(RUN)/$(2)/rollouts.parquet --scores $(RUN)/$(2)/scores.parquet \
 	  --out $(RUN)/$(2)/policy
+
+# held-out evaluation of the updated policy (EVAL_EACH=1): the report's over-optimisation
+# figures, reward-vs-KL frontier and best iteration under the KL budget
+$(RUN)/$(2)/eval_rollouts.parquet: $(BASE)/config.json $(RUN)/$(2)/policy/adapter_config.json $(EVAL_PROMPTS) $(call conf,eval)
+	$$(TIME) eval-sample-$(2) $(BIN)/sample-rollouts $$(G) $$(call args,eval) --model $(BASE) \
+	  --adapter $(RUN)/$(2)/policy --prompts $(EVAL_PROMPTS) --iteration $(1) --out $$@
+
+$(RUN)/$(2)/eval_scores.parquet: $(RUN)/$(2)/eval_rollouts.parquet $(RM)/metrics.parquet $(call conf,score)
+	$$(TIME) eval-score-$(2) $(BIN)/score-rewards $$(G) $$(call args,score) \
+	  --model $(BASE) --reward-model $(RM) --rollouts $$< --out $$@
 
 .PHONY: $(2)
 $(2): $(RUN)/$(2)/policy/adapter_config.json
@@ -49,10 +61,16 @@ $(RUN)/final/policy_rollouts.parquet: $(BASE)/config.json $(LAST) $(EVAL_PROMPTS
 	  --adapter $(patsubst %/,%,$(dir $(LAST))) \
 	  --prompts $(EVAL_PROMPTS) --iteration $(ITERATIONS) --out $@
 
-$(RUN)/final/%_scores.parquet: $(RUN)/final/%_rollouts.parquet $(RM)/adapter_config.json $(call conf,score)
+$(RUN)/final/%_scores.parquet: $(RUN)/final/%_rollouts.parquet $(RM)/metrics.parquet $(call conf,score)
 	$(TIME) eval-score-$* $(BIN)/score-rewards $(G) $(call args,score) --model $(BASE) \
 	  --reward-model $(RM) --rollouts $< --out $@
 
-$(RUN)/report/summary.json: $(RUN)/final/merged/config.json $(RUN)/final/sft_scores.parquet $(RUN)/final/policy_scores.parquet
-	$(TIME) report $(BIN)/report $(G) --run-dir $(RUN) --out-dir $(RUN)/report
+# EVAL_EACH=1 (default): every iteration's policy is also evaluated on the held-out prompts
+# (a small sampling and scoring pass each); 0 evaluates only the final policy.
+EVAL_EACH ?= 1
+EACH_EVAL := $(if $(filter 1,$(EVAL_EACH)),$(foreach i,$(shell seq 1 $(ITERATIONS)),$(RUN)/$(call iter,$(i))/eval_scores.parquet))
+# REPORT_FLAGS: e.g. --kl-budget 5 (default: the adaptive KL controller's target)
+REPORT_FLAGS ?=
+$(RUN)/report/summary.json: $(RUN)/final/merged/config.json $(RUN)/final/sft_scores.parquet $(RUN)/final/policy_scores.parquet $(EACH_EVAL)
+	$(TIME) report $(BIN)/report $(G) $(REPORT_FLAGS) --run-dir $(RUN) --out-dir $(RUN)/report
 	@echo "report: $(RUN)/report/summary.md  (html: $(RUN)/report/summary.html)" >&2

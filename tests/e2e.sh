@@ -2,6 +2,7 @@
 # End-to-end tests of the whole chain (part of `make test`):
 #  1. the demo pipeline (pipelines/demo.mk) on a micro configuration: every stage runs,
 #     the report's summary.json holds the headline figures;
+#  1b. pipelines/demo-perl.mk on the same micro configuration: PERL's table, four arms;
 #  2. make caching: a rerun does nothing; touching the reward-model config reruns the
 #     reward model and what depends on it, not the data, model or SFT; then the stage
 #     contract case by case (tests/contract.sh) on the micro run;
@@ -35,7 +36,14 @@ for key in ["rm_eval_accuracy", "gold_win_rate_vs_sft", "kl_to_sft", "gold_rewar
     assert isinstance(v, (int, float)) and math.isfinite(v), (key, v)
 assert 0.0 <= s["rm_eval_accuracy"] <= 1.0
 assert 0.0 <= s["gold_win_rate_vs_sft"] <= 1.0
-print("e2e: summary", {k: s[k] for k in ["rm_eval_accuracy", "gold_win_rate_vs_sft", "kl_to_sft"]})
+# every iteration was evaluated on the held-out prompts (EVAL_EACH=1): the best
+# iteration is named and the final policy compared with it
+its = s["iterations"]
+assert len(its) == 2 and all(i["held_out"] and math.isfinite(i["held_out"]["kl_to_sft"]) for i in its), its
+b = s["best_iteration"]
+assert b and b["iteration"] in (1, 2) and b["final_within_noise"] in (True, False), b
+print("e2e: summary", {k: s[k] for k in ["rm_eval_accuracy", "gold_win_rate_vs_sft", "kl_to_sft"]},
+      "best iteration", b["iteration"])
 PYEOF
 # the stages streamed their metrics (pipelines pass --live-metrics/--tensorboard through
 # RLHF_LIVE_METRICS/RLHF_TENSORBOARD): TensorBoard's reader sees every row, step by step
@@ -44,6 +52,25 @@ for f in data/prompts.parquet sft/config.json rm/adapter_config.json iter-001/ro
          iter-002/policy/adapter_config.json final/merged/config.json report/summary.html; do
   [ -e "$run/$f" ] || fail "missing $f"
 done
+
+# --- 1b. the PERL table (pipelines/demo-perl.mk): full reward model and full policy ------
+echo "e2e: micro demo-perl in $tmp/perl-table" >&2
+make --no-print-directory -f pipelines/demo-perl.mk BIN="$BIN" RUN="$tmp/perl-table" CONF="$conf" \
+  ITERATIONS=2 THREADS=2 LIVE= >"$tmp/demo-perl.log" 2>&1 || { tail -50 "$tmp/demo-perl.log"; fail "demo-perl pipeline"; }
+"$PY" - "$tmp/perl-table/report/summary.json" <<'PYEOF' || fail "demo-perl summary.json"
+import json, sys
+p = json.load(open(sys.argv[1]))["perl"]
+for arm in ["rm_lora", "rm_full", "policy_lora", "policy_full"]:
+    v = p[arm]
+    assert v and v["quality"] is not None and v["peak_rss_bytes"] and v["seconds_per_step"], (arm, v)
+for stage in ["rm", "policy"]:
+    lora, full = p[stage + "_lora"], p[stage + "_full"]
+    assert full["trainable_params"] > 10 * lora["trainable_params"], (stage, lora, full)
+# the full policy's held-out KL comes from --ref-model (the SFT model), not from itself
+assert p["policy_full"]["kl_to_sft"] > 0, p["policy_full"]
+print("e2e: demo-perl", {a: round(p[a]["quality"], 3) for a in ["rm_lora", "rm_full", "policy_lora", "policy_full"]})
+PYEOF
+grep -q "PERL paper" "$tmp/perl-table/report/summary.md" || fail "demo-perl report has no side-by-side table"
 
 # --- 2. caching ----------------------------------------------------------------------
 "${mk[@]}" -q || fail "a rerun with everything built would run something"
@@ -64,7 +91,7 @@ one=$tmp/one.toml
 echo "# the micro demo in one file: a table per stage" >"$one"
 for f in "$conf"/*.toml; do printf '\n[%s]\n' "$(basename "$f" .toml)"; cat "$f"; done >>"$one"
 make --no-print-directory -f pipelines/demo.mk BIN="$BIN" RUN="$tmp/one" CONFIG="$one" ITERATIONS=2 THREADS=2 \
-  "$tmp/one/rm/adapter_config.json" >"$tmp/one.log" 2>&1 || { tail -30 "$tmp/one.log"; fail "demo with CONFIG=$one"; }
+  "$tmp/one/rm/metrics.parquet" >"$tmp/one.log" 2>&1 || { tail -30 "$tmp/one.log"; fail "demo with CONFIG=$one"; }
 cmp -s "$run/sft/model.safetensors" "$tmp/one/sft/model.safetensors" || fail "CONFIG=one file: other SFT weights"
 cmp -s "$run/rm/adapter_model.safetensors" "$tmp/one/rm/adapter_model.safetensors" || fail "CONFIG=one file: other reward adapter"
 echo "e2e: one TOML file (CONFIG=) gives the same SFT and reward-model weights as the per-stage files" >&2

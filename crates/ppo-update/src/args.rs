@@ -176,9 +176,20 @@ pub struct Cli {
     /// Target KL per sequence (nats) of the adaptive controller; absent = fixed beta.
     #[arg(long, value_name = "NATS")]
     pub kl_target: Option<f64>,
-    /// Horizon (rollouts) of the adaptive controller.
+    /// Horizon (rollouts) of the adaptive controller: beta changes by at most
+    /// 20% x rollouts / N per iteration.
     #[arg(long, default_value_t = 10000.0, value_name = "N")]
     pub kl_horizon: f64,
+    /// Floor of the adaptive controller's beta (needs --kl-target): beta rises while the KL
+    /// is over the target and falls back no lower than this, making the target a budget.
+    /// 0 = Ziegler's controller, which also lowers beta without bound under the target.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "BETA",
+        requires = "kl_target"
+    )]
+    pub kl_coef_min: f64,
     /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).
     #[arg(long, default_value = "k1", value_name = "K")]
     pub kl_estimator: KlEstimator,

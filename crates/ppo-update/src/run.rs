@@ -225,6 +225,9 @@ pub fn run(s: &Settings) -> Result<Summary> {
         m.push(end_step, &format!("iter/score/{name}_mean"), *v);
     }
     m.push(end_step, "iter/next_kl_coef", next_beta);
+    if let Some(t) = kl.target() {
+        m.push(end_step, "iter/kl_target", t);
+    }
     m.push(end_step, "iter/optimizer_steps", steps as f64);
     m.push(end_step, "run/trainable_params", policy_numel as f64);
     if let Some(n) = critic_numel {

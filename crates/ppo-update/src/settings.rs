@@ -195,10 +195,15 @@ impl Settings {
             ))
         })?;
         let kl = match cli.kl_target {
-            Some(t) => KlController::adaptive(cli.kl_coef, t, cli.kl_horizon),
+            Some(t) => KlController::adaptive(cli.kl_coef, t, cli.kl_horizon)
+                .and_then(|c| c.with_floor(cli.kl_coef_min)),
             None => KlController::fixed(cli.kl_coef),
         }
-        .map_err(|e| CoreError::usage(format!("{e} (--kl-coef, --kl-target, --kl-horizon)")))?;
+        .map_err(|e| {
+            CoreError::usage(format!(
+                "{e} (--kl-coef, --kl-target, --kl-horizon, --kl-coef-min)"
+            ))
+        })?;
         let lora = cli.train.lora.resolve()?;
         if cli.full && cli.train.lora.given() && !cli.algo.has_critic() {
             anyhow::bail!(CoreError::usage(format!(

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rlhf_core::CoreError;
 use serde::Serialize;
 
-use crate::run_dir::{Metrics, RunData, Sampled};
+use crate::run_dir::{Iteration, Metrics, RunData, Sampled};
 
 /// Metric names read from reward-model metrics, first present wins.
 pub const RM_EVAL_ACCURACY: [&str; 3] = ["eval_accuracy", "eval/accuracy", "eval_acc"];
@@ -30,13 +30,13 @@ pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// The proxy-reward column: `rm` when the scores have it, else `reward`.
+/// The proxy-reward column: `rm` (one reward model) or `rm_mean` (an ensemble) when the
+/// scores have it, else `reward`.
 pub fn proxy_column(s: &Sampled) -> &'static str {
-    if s.has_source("rm") {
-        "rm"
-    } else {
-        "reward"
-    }
+    ["rm", "rm_mean"]
+        .into_iter()
+        .find(|c| s.has_source(c))
+        .unwrap_or("reward")
 }
 
 /// Mean of a score column over rollouts that have a value.
@@ -63,6 +63,41 @@ pub fn mean_length(s: &Sampled) -> Option<f64> {
     mean(s.rollouts.iter().map(|r| r.response_tokens.len() as f64))
 }
 
+/// Policy metric: the KL coefficient beta an iteration trained with.
+pub const KL_COEF: &str = "iter/kl_coef";
+/// Policy metric: the adaptive KL controller's target (ppo-update --kl-target).
+pub const KL_TARGET: &str = "iter/kl_target";
+/// A final policy's gold reward counts as "within noise" of the best iteration's when the
+/// paired difference is no lower than this many standard errors below zero.
+pub const NOISE_SE: f64 = 2.0;
+
+/// Figures of one policy on the held-out prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    pub rollouts: usize,
+    pub proxy_reward: Option<f64>,
+    pub gold_reward: Option<f64>,
+    pub kl_to_sft: Option<f64>,
+    /// Gold win rate over the SFT model's held-out rollouts; null without the oracle or
+    /// without the SFT rollouts.
+    pub gold_win_rate_vs_sft: Option<f64>,
+}
+
+/// Held-out figures of `s`, judged against the SFT model's held-out rollouts `sft`.
+pub fn held_out(s: &Sampled, sft: Option<&Sampled>) -> Result<HeldOut> {
+    let gold_win_rate_vs_sft = match sft {
+        Some(sft) if judge_column(s, sft) == "gold" => Some(win_rate(s, sft)?.rate),
+        _ => None,
+    };
+    Ok(HeldOut {
+        rollouts: s.rollouts.len(),
+        proxy_reward: mean_score(s, proxy_column(s)),
+        gold_reward: mean_score(s, "gold"),
+        kl_to_sft: kl_to_ref(s),
+        gold_win_rate_vs_sft,
+    })
+}
+
 /// Figures of one policy iteration.
 #[derive(Debug, Clone, Serialize)]
 pub struct IterationFigures {
@@ -73,20 +108,135 @@ pub struct IterationFigures {
     pub gold_reward: Option<f64>,
     pub kl_to_sft: Option<f64>,
     pub response_length: Option<f64>,
+    /// The KL coefficient beta the iteration trained with (its policy metrics).
+    pub kl_coef: Option<f64>,
+    /// The iteration's updated policy on the held-out prompts (`iter-NNN/eval_*`).
+    pub held_out: Option<HeldOut>,
 }
 
-/// Computes the figures of one iteration's rollouts.
-pub fn iteration_figures(iteration: u32, s: &Sampled) -> IterationFigures {
+/// Computes the figures of one iteration's rollouts (None when it has none) and of its
+/// held-out evaluation.
+pub fn iteration_figures(
+    it: &Iteration,
+    sft: Option<&Sampled>,
+) -> Result<Option<IterationFigures>> {
+    let Some(s) = it.sampled.as_ref() else {
+        return Ok(None);
+    };
     let proxy = proxy_column(s);
-    IterationFigures {
-        iteration,
+    Ok(Some(IterationFigures {
+        iteration: it.number,
         rollouts: s.rollouts.len(),
         proxy_column: proxy,
         proxy_reward: mean_score(s, proxy),
         gold_reward: mean_score(s, "gold"),
         kl_to_sft: kl_to_ref(s),
         response_length: mean_length(s),
+        kl_coef: it.policy_metrics.as_ref().and_then(|m| m.last(KL_COEF)),
+        held_out: it.eval.as_ref().map(|e| held_out(e, sft)).transpose()?,
+    }))
+}
+
+/// Where the KL budget of a report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetSource {
+    /// `report --kl-budget`.
+    Flag,
+    /// The adaptive KL controller's target recorded by ppo-update (`iter/kl_target`).
+    ControllerTarget,
+}
+
+/// The KL budget: the flag, else the last controller target the iterations recorded.
+pub fn kl_budget(run: &RunData, flag: Option<f64>) -> Option<(f64, BudgetSource)> {
+    flag.map(|b| (b, BudgetSource::Flag)).or_else(|| {
+        run.iterations
+            .iter()
+            .rev()
+            .find_map(|it| it.policy_metrics.as_ref().and_then(|m| m.last(KL_TARGET)))
+            .map(|t| (t, BudgetSource::ControllerTarget))
+    })
+}
+
+/// The iteration whose policy scores best on the held-out prompts under the reward model
+/// (the proxy: what a user without an oracle can see) among those within the KL budget,
+/// and how the final policy compares with it under the gold oracle.
+#[derive(Debug, Clone, Serialize)]
+pub struct BestIteration {
+    pub iteration: u32,
+    pub held_out: HeldOut,
+    /// Mean over held-out rollouts paired by prompt_id and sample_index of the final
+    /// policy's gold reward minus the best iteration's; null without the oracle.
+    pub final_minus_best_gold: Option<f64>,
+    /// Standard error of that mean.
+    pub final_minus_best_gold_se: Option<f64>,
+    /// True when the difference is no lower than NOISE_SE standard errors below zero.
+    pub final_within_noise: Option<bool>,
+}
+
+/// Picks the best iteration under the budget (see [`BestIteration`]); None when no
+/// iteration has a held-out evaluation within the budget.
+pub fn best_iteration(
+    run: &RunData,
+    figures: &[IterationFigures],
+    budget: Option<f64>,
+) -> Result<Option<BestIteration>> {
+    let mut best: Option<(&IterationFigures, &HeldOut, f64)> = None;
+    for f in figures {
+        let Some(h) = &f.held_out else { continue };
+        let Some(proxy) = h.proxy_reward else {
+            continue;
+        };
+        let within = match (budget, h.kl_to_sft) {
+            (None, _) => true,
+            (Some(b), Some(kl)) => kl <= b,
+            (Some(_), None) => false,
+        };
+        if within && best.is_none_or(|(_, _, p)| proxy > p) {
+            best = Some((f, h, proxy));
+        }
     }
+    let Some((f, h, _)) = best else {
+        return Ok(None);
+    };
+    let best_eval = run
+        .iterations
+        .iter()
+        .find(|it| it.number == f.iteration)
+        .and_then(|it| it.eval.as_ref());
+    let diff = match (&run.final_policy, best_eval) {
+        (Some(fin), Some(b)) if fin.has_source("gold") && b.has_source("gold") => {
+            paired_difference(fin, b, "gold")?
+        }
+        _ => None,
+    };
+    Ok(Some(BestIteration {
+        iteration: f.iteration,
+        held_out: h.clone(),
+        final_minus_best_gold: diff.map(|d| d.0),
+        final_minus_best_gold_se: diff.map(|d| d.1),
+        final_within_noise: diff.map(|(mean, se)| mean >= -NOISE_SE * se),
+    }))
+}
+
+/// Mean and standard error of `a[column] - b[column]` over rollouts paired by prompt_id
+/// and sample_index; None without pairs.
+pub fn paired_difference(a: &Sampled, b: &Sampled, column: &str) -> Result<Option<(f64, f64)>> {
+    let diffs: Vec<f64> = pairs(a, b)?
+        .paired
+        .iter()
+        .map(|&(i, j)| Ok(f64::from(judged(a, i, column)?) - f64::from(judged(b, j, column)?)))
+        .collect::<Result<_>>()?;
+    let n = diffs.len() as f64;
+    let Some(mean) = mean(diffs.iter().copied()) else {
+        return Ok(None);
+    };
+    let var = if diffs.len() > 1 {
+        diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    Ok(Some((mean, (var / n).sqrt())))
 }
 
 /// Gold-judged comparison of a policy against SFT on the same prompts.
@@ -223,12 +373,15 @@ pub fn win_rate(policy: &Sampled, sft: &Sampled) -> Result<WinRate> {
 pub struct Variant {
     /// RM eval accuracy or policy gold win rate.
     pub quality: Option<f64>,
+    /// Policies: KL to the SFT model of the final policy on the held-out prompts.
+    pub kl_to_sft: Option<f64>,
+    pub trainable_params: Option<f64>,
     pub peak_rss_bytes: Option<f64>,
     pub seconds_per_step: Option<f64>,
 }
 
-/// LoRA against full tuning, for the reward model and the policy.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The PERL comparison: LoRA vs full tuning of the reward model and of the policy.
+#[derive(Debug, Clone, Serialize)]
 pub struct PerlTable {
     pub rm_lora: Variant,
     pub rm_full: Option<Variant>,
@@ -236,7 +389,11 @@ pub struct PerlTable {
     pub policy_full: Option<Variant>,
 }
 
-fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>) {
+/// Metric: trainable parameters of a training stage.
+pub const TRAINABLE_PARAMS: &str = "run/trainable_params";
+
+/// (peak RSS: maximum, seconds per step: mean, trainable parameters: last) over stages.
+fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>, Option<f64>) {
     let peak = metrics
         .iter()
         .filter_map(|m| m.first_present(&PEAK_MEMORY).and_then(|n| m.max(n)))
@@ -246,13 +403,16 @@ fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>) {
             .iter()
             .filter_map(|m| m.first_present(&STEP_TIME).and_then(|n| m.mean(n))),
     );
-    (peak, step)
+    let params = metrics.iter().rev().find_map(|m| m.last(TRAINABLE_PARAMS));
+    (peak, step, params)
 }
 
 fn rm_variant(m: &Metrics) -> Variant {
-    let (peak_rss_bytes, seconds_per_step) = resources(&[m]);
+    let (peak_rss_bytes, seconds_per_step, trainable_params) = resources(&[m]);
     Variant {
         quality: m.first_present(&RM_EVAL_ACCURACY).and_then(|n| m.last(n)),
+        kl_to_sft: None,
+        trainable_params,
         peak_rss_bytes,
         seconds_per_step,
     }
@@ -273,15 +433,17 @@ pub fn perl_table(run: &RunData, policy_win_rate: Option<f64>) -> Result<Option<
         .iter()
         .filter_map(|i| i.policy_metrics.as_ref())
         .collect();
-    let (peak, step) = resources(&lora_policy_metrics);
+    let (peak, step, params) = resources(&lora_policy_metrics);
     let policy_full = if run.final_full_policy.is_some() || !full_policy_metrics.is_empty() {
         let quality = match (&run.final_full_policy, &run.final_sft) {
             (Some(full), Some(sft)) => Some(win_rate(full, sft)?.rate),
             _ => None,
         };
-        let (peak_rss_bytes, seconds_per_step) = resources(&full_policy_metrics);
+        let (peak_rss_bytes, seconds_per_step, trainable_params) = resources(&full_policy_metrics);
         Some(Variant {
             quality,
+            kl_to_sft: run.final_full_policy.as_ref().and_then(kl_to_ref),
+            trainable_params,
             peak_rss_bytes,
             seconds_per_step,
         })
@@ -293,6 +455,8 @@ pub fn perl_table(run: &RunData, policy_win_rate: Option<f64>) -> Result<Option<
         rm_full: run.rm_full.as_ref().map(rm_variant),
         policy_lora: Variant {
             quality: policy_win_rate,
+            kl_to_sft: run.final_policy.as_ref().and_then(kl_to_ref),
+            trainable_params: params,
             peak_rss_bytes: peak,
             seconds_per_step: step,
         },
@@ -319,6 +483,15 @@ pub struct Summary {
     pub response_length_final: Option<f64>,
     /// Null until the final evaluation exists (partial report).
     pub win_rate: Option<WinRate>,
+    /// KL budget (nats per response): `report --kl-budget`, else the adaptive controller's
+    /// target; null when neither is set (fixed beta).
+    pub kl_budget: Option<f64>,
+    pub kl_budget_source: Option<BudgetSource>,
+    /// The final policy's held-out KL is at or under the budget.
+    pub kl_within_budget: Option<bool>,
+    /// The best iteration under the KL budget by held-out proxy reward; null when the
+    /// iterations have no held-out evaluation (iter-NNN/eval_*.parquet).
+    pub best_iteration: Option<BestIteration>,
     pub seconds_per_stage: Option<BTreeMap<String, f64>>,
     pub total_seconds: Option<f64>,
     pub iterations: Vec<IterationFigures>,
@@ -327,7 +500,7 @@ pub struct Summary {
 }
 
 /// Computes every figure of the report.
-pub fn summarise(run: &RunData) -> Result<Summary> {
+pub fn summarise(run: &RunData, kl_budget_flag: Option<f64>) -> Result<Summary> {
     let mut notes = run.notes.clone();
     let rm_eval_accuracy = match run
         .rm
@@ -366,11 +539,21 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
     if run.final_policy.is_some() && kl_to_sft.is_none() {
         notes.push("final/policy_rollouts.parquet has no ref_logprobs: kl_to_sft is null".into());
     }
-    let iterations: Vec<IterationFigures> = run
-        .iterations
-        .iter()
-        .filter_map(|it| it.sampled.as_ref().map(|s| iteration_figures(it.number, s)))
-        .collect();
+    let mut iterations = Vec::new();
+    for it in &run.iterations {
+        iterations.extend(iteration_figures(it, run.final_sft.as_ref())?);
+    }
+    let budget = kl_budget(run, kl_budget_flag);
+    let best = best_iteration(run, &iterations, budget.map(|b| b.0))?;
+    let held_out_count = iterations.iter().filter(|f| f.held_out.is_some()).count();
+    if !iterations.is_empty() && held_out_count == 0 {
+        notes.push("no iter-NNN/eval_*.parquet: the iterations were not evaluated on the held-out prompts, so no best iteration is named".into());
+    } else if held_out_count > 0 && best.is_none() {
+        notes.push(format!(
+            "no iteration's held-out KL is within the budget of {} nats: no best iteration",
+            budget.map_or("n/a".into(), |b| format!("{:.2}", b.0))
+        ));
+    }
     let (seconds_per_stage, total_seconds) = match &run.timings {
         Some(t) => (
             Some(t.iter().cloned().collect::<BTreeMap<_, _>>()),
@@ -394,6 +577,13 @@ pub fn summarise(run: &RunData) -> Result<Summary> {
         response_length_sft: sft.and_then(mean_length),
         response_length_final: policy.and_then(mean_length),
         win_rate,
+        kl_budget: budget.map(|b| b.0),
+        kl_budget_source: budget.map(|b| b.1),
+        kl_within_budget: match (budget, kl_to_sft) {
+            (Some((b, _)), Some(kl)) => Some(kl <= b),
+            _ => None,
+        },
+        best_iteration: best,
         seconds_per_stage,
         total_seconds,
         iterations,

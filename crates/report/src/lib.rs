@@ -2,11 +2,14 @@
 //! summary.html and summary.json with the headline figures. No libtorch, no system font.
 //!
 //! Figures: reward-model loss and accuracy over steps; per iteration the proxy reward
-//! (`rm` column of the scores, else `reward`), the gold reward (`gold`), the KL to the SFT
-//! model (mean over rollouts of sum_t(logprobs - ref_logprobs)) and the response length;
-//! the gold win rate of the final policy over SFT on held-out prompts (rollouts paired by
-//! prompt_id and sample_index, win 1, tie 0.5); examples; the PERL table (LoRA vs full)
-//! when the run has a full-tuning variant; seconds per stage from timings.jsonl.
+//! (`rm`, or an ensemble's `rm_mean`, else `reward`), the gold reward (`gold`), the KL to
+//! the SFT model (mean over rollouts of sum_t(logprobs - ref_logprobs)) and the response
+//! length, on the training rollouts and, where the run evaluated each iteration
+//! (`iter-NNN/eval_*`), on the held-out prompts; the reward-vs-KL frontier and the best
+//! iteration under the KL budget (over-optimisation); the gold win rate of the final
+//! policy over SFT on held-out prompts (rollouts paired by prompt_id and sample_index, win
+//! 1, tie 0.5); examples; the PERL table (LoRA vs full) when the run has a full-tuning
+//! variant; seconds per stage from timings.jsonl.
 
 pub mod document;
 pub mod figures;
@@ -32,6 +35,8 @@ pub struct Settings {
     pub examples: usize,
     /// Report a run in progress: what exists so far, missing parts as notes.
     pub partial: bool,
+    /// KL budget (nats per response); None = the adaptive controller's target, if any.
+    pub kl_budget: Option<f64>,
 }
 
 /// Reads the run folder, writes every output into `out_dir` (atomically, as one folder)
@@ -39,7 +44,7 @@ pub struct Settings {
 pub fn run(settings: &Settings) -> Result<Summary> {
     check_out_dir(settings)?;
     let run = RunData::load(&settings.run_dir, settings.partial)?;
-    let summary = figures::summarise(&run)?;
+    let summary = figures::summarise(&run, settings.kl_budget)?;
     let examples = figures::examples(&run, settings.examples)?;
 
     let out = AtomicDir::new(&settings.out_dir)
@@ -52,7 +57,7 @@ pub fn run(settings: &Settings) -> Result<Summary> {
         .iter()
         .map(|c| plots::render(c, out.path()))
         .collect::<Result<Vec<_>>>()?;
-    let it_charts = plots::iteration_charts(&summary.iterations)
+    let it_charts = plots::iteration_charts(&summary)
         .iter()
         .map(|c| plots::render(c, out.path()))
         .collect::<Result<Vec<_>>>()?;
@@ -174,7 +179,28 @@ fn build_document(
         win,
         vec![
             "KL to the SFT model (nats per response)".into(),
-            fmt(s.kl_to_sft, 3),
+            match (s.kl_budget, s.kl_within_budget) {
+                (Some(b), Some(ok)) => format!(
+                    "{} ({} the budget of {b:.2})",
+                    fmt(s.kl_to_sft, 3),
+                    if ok { "within" } else { "over" }
+                ),
+                _ => fmt(s.kl_to_sft, 3),
+            },
+        ],
+        vec![
+            "best iteration under the KL budget (held-out proxy reward)".into(),
+            s.best_iteration.as_ref().map_or_else(
+                || "n/a".into(),
+                |b| {
+                    format!(
+                        "{} (gold win rate over SFT {}, KL {})",
+                        b.iteration,
+                        percent(b.held_out.gold_win_rate_vs_sft),
+                        fmt(b.held_out.kl_to_sft, 3)
+                    )
+                },
+            ),
         ],
         vec![
             "gold reward: SFT -> final".into(),
@@ -224,24 +250,38 @@ fn build_document(
             .iterations
             .iter()
             .map(|f| {
+                let h = f.held_out.as_ref();
                 vec![
                     f.iteration.to_string(),
                     f.rollouts.to_string(),
+                    fmt(f.kl_coef, 4),
                     format!("{} ({})", fmt(f.proxy_reward, 4), f.proxy_column),
                     fmt(f.gold_reward, 4),
                     fmt(f.kl_to_sft, 3),
                     fmt(f.response_length, 1),
+                    fmt(h.and_then(|h| h.proxy_reward), 4),
+                    fmt(h.and_then(|h| h.gold_reward), 4),
+                    fmt(h.and_then(|h| h.kl_to_sft), 3),
+                    percent(h.and_then(|h| h.gold_win_rate_vs_sft)),
                 ]
             })
             .collect();
+        d.push(Block::Para(
+            "Proxy, gold, KL and length on the iteration's training rollouts (sampled by the policy before its update), then the updated policy on the held-out prompts (`iter-NNN/eval_*`), where the run evaluated each iteration.".into(),
+        ));
         d.push(Block::Table(
             [
                 "iteration",
                 "rollouts",
+                "beta",
                 "proxy reward",
                 "gold reward",
                 "KL to SFT",
                 "length",
+                "held-out proxy",
+                "held-out gold",
+                "held-out KL",
+                "gold win vs SFT",
             ]
             .map(String::from)
             .to_vec(),
@@ -249,6 +289,7 @@ fn build_document(
         ));
         d.blocks.extend(it_charts.into_iter().map(Block::Chart));
     }
+    over_optimisation_section(&mut d, s);
 
     d.push(Block::Heading(1, "Examples (held-out prompts)".into()));
     for e in examples {
@@ -284,6 +325,66 @@ fn build_document(
     d
 }
 
+fn over_optimisation_section(d: &mut Document, s: &Summary) {
+    let Some(b) = &s.best_iteration else { return };
+    d.push(Block::Heading(1, "Over-optimisation".into()));
+    let budget = s.kl_budget.map_or_else(
+        || "no KL budget (fixed beta, no --kl-budget)".into(),
+        |v| format!("a KL budget of {v:.2} nats"),
+    );
+    d.push(Block::Para(format!(
+        "Best iteration under {budget}, chosen by held-out proxy reward (what a user without an oracle sees): iteration {} with proxy {}, gold {}, KL {}, gold win rate over SFT {}.",
+        b.iteration,
+        fmt(b.held_out.proxy_reward, 4),
+        fmt(b.held_out.gold_reward, 4),
+        fmt(b.held_out.kl_to_sft, 3),
+        percent(b.held_out.gold_win_rate_vs_sft),
+    )));
+    if let (Some(diff), Some(se), Some(ok)) = (
+        b.final_minus_best_gold,
+        b.final_minus_best_gold_se,
+        b.final_within_noise,
+    ) {
+        d.push(Block::Para(format!(
+            "Final policy minus best iteration, held-out gold (paired by prompt and sample): {diff:+.4} (standard error {se:.4}): {}.",
+            if ok {
+                format!("within noise (not below -{} standard errors)", figures::NOISE_SE)
+            } else {
+                format!("the final policy is worse than its best iteration by more than {} standard errors: over-optimised; use iteration {}'s policy", figures::NOISE_SE, b.iteration)
+            }
+        )));
+    }
+}
+
+/// PERL's own findings (Sidahmed et al. 2024, arXiv 2403.10704), LoRA relative to full
+/// tuning, as the paper states them (TPUs, PaLM 2 models far larger than the demo's).
+const PAPER: [(&str, &str); 2] = [
+    (
+        "reward model",
+        "accuracy on par with full tuning; about 50% less peak memory; training 50% to 90% faster",
+    ),
+    (
+        "policy",
+        "win rate on par with full tuning; about 20% less peak memory; about 10% faster",
+    ),
+];
+
+fn ratio(lora: Option<f64>, full: Option<f64>) -> String {
+    match (lora, full) {
+        (Some(l), Some(f)) if f > 0.0 => format!("{:.0}% of full", 100.0 * l / f),
+        _ => "n/a".into(),
+    }
+}
+
+fn count(v: Option<f64>) -> String {
+    match v {
+        Some(n) if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        Some(n) if n >= 1e3 => format!("{:.1}k", n / 1e3),
+        Some(n) => format!("{n:.0}"),
+        None => "n/a".into(),
+    }
+}
+
 fn perl_section(d: &mut Document, p: &PerlTable) {
     d.push(Block::Heading(1, "PERL: LoRA vs full tuning".into()));
     let row = |stage: &str, variant: &str, quality: String, v: &Variant| {
@@ -291,6 +392,8 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
             stage.to_string(),
             variant.to_string(),
             quality,
+            fmt(v.kl_to_sft, 3),
+            count(v.trainable_params),
             mib(v.peak_rss_bytes),
             fmt(v.seconds_per_step, 3),
         ]
@@ -318,6 +421,8 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
             "stage",
             "tuning",
             "quality",
+            "KL to SFT",
+            "trainable parameters",
             "peak memory",
             "seconds per step",
         ]
@@ -326,6 +431,38 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
         rows,
     ));
     d.push(Block::Para(
-        "Quality: eval accuracy for the reward model, gold win rate over SFT for the policy. Memory and time come from the metrics the training stages record (run/peak_rss_bytes, run/seconds_per_step); n/a where a stage did not record them.".into(),
+        "Quality: eval accuracy for the reward model, gold win rate over SFT on the held-out prompts for the policy. Memory (peak RSS of the process) and time come from the metrics the training stages record with --record-timings (run/peak_rss_bytes, run/seconds_per_step); n/a where a stage did not record them.".into(),
     ));
+    let mut rows = Vec::new();
+    for ((stage, paper), (lora, full)) in PAPER.iter().zip([
+        (&p.rm_lora, p.rm_full.as_ref()),
+        (&p.policy_lora, p.policy_full.as_ref()),
+    ]) {
+        let Some(full) = full else { continue };
+        let points = match (lora.quality, full.quality) {
+            (Some(l), Some(f)) => format!("{:+.1} points", 100.0 * (l - f)),
+            _ => "n/a".into(),
+        };
+        rows.push(vec![
+            stage.to_string(),
+            points,
+            ratio(lora.peak_rss_bytes, full.peak_rss_bytes),
+            ratio(lora.seconds_per_step, full.seconds_per_step),
+            paper.to_string(),
+        ]);
+    }
+    if !rows.is_empty() {
+        d.push(Block::Table(
+            [
+                "stage",
+                "LoRA quality minus full",
+                "LoRA peak memory",
+                "LoRA time per step",
+                "PERL paper (LoRA vs full)",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+    }
 }

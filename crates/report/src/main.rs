@@ -12,7 +12,7 @@ use rlhf_core::cli::{self, GlobalArgs};
     name = "report",
     version,
     about,
-    long_about = "Reads a run folder and writes PNG and SVG plots, summary.md, a self-contained summary.html and summary.json (headline figures: rm_eval_accuracy, gold_win_rate_vs_sft, kl_to_sft, gold_reward_sft, gold_reward_final, seconds per stage). Does not need libtorch or a system font.\n\nThe run folder must hold rm/metrics.parquet and final/{sft,policy}_{rollouts,scores}.parquet (with --partial, a run in progress: what exists so far, the rest as notes and null figures, summary.json's `complete` false); iter-NNN/ folders, timings.jsonl and the full-tuning variants (rm-full/, final-full/, iter-NNN/policy-full/) are used when present."
+    long_about = "Reads a run folder and writes PNG and SVG plots, summary.md, a self-contained summary.html and summary.json (headline figures: rm_eval_accuracy, gold_win_rate_vs_sft, kl_to_sft, gold_reward_sft, gold_reward_final, seconds per stage). Does not need libtorch or a system font.\n\nThe run folder must hold rm/metrics.parquet and final/{sft,policy}_{rollouts,scores}.parquet (with --partial, a run in progress: what exists so far, the rest as notes and null figures, summary.json's `complete` false); iter-NNN/ folders (with eval_{rollouts,scores}.parquet: the over-optimisation figures, the reward-vs-KL frontier and the best iteration under the KL budget), timings.jsonl and the full-tuning variants (rm-full/, final-full/, iter-NNN/policy-full/) are used when present."
 )]
 struct Cli {
     /// Run folder written by a pipeline (e.g. runs/demo).
@@ -29,8 +29,21 @@ struct Cli {
     /// evaluation; missing parts become notes, their figures null, `complete` false.
     #[arg(long)]
     partial: bool,
+    /// KL budget in nats per response (KL to the SFT model): the report says whether the
+    /// final policy is within it and names the best iteration within it by held-out proxy
+    /// reward. Default: the adaptive KL controller's target (ppo-update --kl-target) when
+    /// the iterations recorded one.
+    #[arg(long, value_name = "NATS", value_parser = positive_nats)]
+    kl_budget: Option<f64>,
     #[command(flatten)]
     global: GlobalArgs,
+}
+
+fn positive_nats(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("expected a finite number of nats > 0, got `{v}`")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,6 +57,7 @@ fn main() -> ExitCode {
         run_dir: cli.run_dir.clone(),
         examples: cli.examples,
         partial: cli.partial,
+        kl_budget: cli.kl_budget,
     };
     let result = report::run(&settings).and_then(|summary| {
         match &summary.win_rate {

@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::figures::{
-    IterationFigures, EVAL_LOSS, RM_EVAL_ACCURACY, RM_TRAIN_ACCURACY, TRAIN_LOSS,
+    HeldOut, IterationFigures, Summary, EVAL_LOSS, RM_EVAL_ACCURACY, RM_TRAIN_ACCURACY, TRAIN_LOSS,
 };
 use crate::glyph_backend::GlyphBackend;
 use crate::run_dir::Metrics;
@@ -222,51 +222,126 @@ pub fn rm_charts(rm: &Metrics) -> Vec<Chart> {
     out
 }
 
-/// Per-iteration charts: proxy reward, gold reward, KL to SFT, response length.
-pub fn iteration_charts(its: &[IterationFigures]) -> Vec<Chart> {
+/// Per-iteration charts: proxy reward, gold reward, KL to SFT (against the budget),
+/// response length, each on the iteration's training rollouts and, where evaluated, on the
+/// held-out prompts; and the reward-vs-KL frontier on the held-out prompts.
+pub fn iteration_charts(s: &Summary) -> Vec<Chart> {
+    let its = &s.iterations;
     type Pick = fn(&IterationFigures) -> Option<f64>;
-    let specs: [(&str, &str, &str, Pick); 4] = [
+    type PickHeld = fn(&HeldOut) -> Option<f64>;
+    let specs: [(&str, &str, &str, Pick, Option<PickHeld>); 4] = [
         (
             "proxy_reward",
             "Proxy reward (reward model)",
             "mean reward",
             |f| f.proxy_reward,
+            Some(|h| h.proxy_reward),
         ),
         (
             "gold_reward",
             "Gold reward (oracle, never trained on)",
             "mean gold",
             |f| f.gold_reward,
+            Some(|h| h.gold_reward),
         ),
         (
             "kl_to_sft",
             "KL to the SFT model",
             "mean sum_t (logp - ref logp)",
             |f| f.kl_to_sft,
+            Some(|h| h.kl_to_sft),
         ),
-        ("response_length", "Response length", "mean tokens", |f| {
-            f.response_length
-        }),
+        (
+            "response_length",
+            "Response length",
+            "mean tokens",
+            |f| f.response_length,
+            None,
+        ),
     ];
-    specs
+    let at = |pick: &dyn Fn(&IterationFigures) -> Option<f64>| -> Vec<(f64, f64)> {
+        its.iter()
+            .filter_map(|f| pick(f).map(|v| (f64::from(f.iteration), v)))
+            .collect()
+    };
+    let mut charts: Vec<Chart> = specs
         .into_iter()
-        .filter_map(|(stem, title, y_label, pick)| {
-            let points: Vec<(f64, f64)> = its
-                .iter()
-                .filter_map(|f| pick(f).map(|v| (f64::from(f.iteration), v)))
-                .collect();
-            (!points.is_empty()).then(|| Chart {
+        .filter_map(|(stem, title, y_label, pick, held)| {
+            let train = at(&pick);
+            if train.is_empty() {
+                return None;
+            }
+            let mut series = vec![Series {
+                name: "training rollouts (sampled before the update)".into(),
+                points: train,
+            }];
+            if let Some(h) = held {
+                let points = at(&|f: &IterationFigures| f.held_out.as_ref().and_then(h));
+                if !points.is_empty() {
+                    series.push(Series {
+                        name: "held-out prompts (after the update)".into(),
+                        points,
+                    });
+                }
+            }
+            if stem == "kl_to_sft" {
+                if let (Some(b), Some(first), Some(last)) = (s.kl_budget, its.first(), its.last()) {
+                    series.push(Series {
+                        name: format!("KL budget ({b:.2})"),
+                        points: vec![
+                            (f64::from(first.iteration), b),
+                            (f64::from(last.iteration), b),
+                        ],
+                    });
+                }
+            }
+            Some(Chart {
                 stem: stem.into(),
                 title: title.into(),
                 x_label: "iteration".into(),
                 y_label: y_label.into(),
-                series: vec![Series {
-                    name: stem.into(),
-                    points,
-                }],
+                series,
             })
         })
-        .collect()
+        .collect();
+    charts.extend(frontier_chart(s));
+    charts
+}
+
+/// Gold and proxy reward against KL to SFT on the held-out prompts (Gao et al. 2023's
+/// over-optimisation frontier): the SFT model at KL 0, then each iteration's policy.
+pub fn frontier_chart(s: &Summary) -> Option<Chart> {
+    let held: Vec<&HeldOut> = s
+        .iterations
+        .iter()
+        .filter_map(|f| f.held_out.as_ref())
+        .collect();
+    if held.is_empty() {
+        return None;
+    }
+    let line = |name: &str, sft: Option<f64>, pick: fn(&HeldOut) -> Option<f64>| Series {
+        name: name.into(),
+        points: sft
+            .map(|v| (0.0, v))
+            .into_iter()
+            .chain(held.iter().filter_map(|h| Some((h.kl_to_sft?, pick(h)?))))
+            .collect(),
+    };
+    Some(Chart {
+        stem: "reward_vs_kl".into(),
+        title: "Reward against KL to SFT (held-out prompts)".into(),
+        x_label: "KL to SFT (nats per response)".into(),
+        y_label: "mean reward".into(),
+        series: vec![
+            line("gold (oracle)", s.gold_reward_sft, |h| h.gold_reward),
+            line("proxy (reward model)", s.proxy_reward_sft, |h| {
+                h.proxy_reward
+            }),
+        ]
+        .into_iter()
+        .filter(|l| !l.points.is_empty())
+        .collect(),
+    })
 }
 
 #[cfg(test)]

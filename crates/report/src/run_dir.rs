@@ -3,7 +3,8 @@
 //! Layout (see the README and pipelines/demo.mk):
 //! - essential: `rm/metrics.parquet`, `final/{sft,policy}_{rollouts,scores}.parquet`;
 //! - optional: `iter-NNN/{rollouts,scores}.parquet` and `iter-NNN/policy/metrics.parquet`,
-//!   `timings.jsonl`, and for the PERL comparison `rm-full/metrics.parquet`,
+//!   `iter-NNN/eval_{rollouts,scores}.parquet` (that iteration's policy on the held-out
+//!   prompts, for the over-optimisation figures), `timings.jsonl`, and for the PERL comparison `rm-full/metrics.parquet`,
 //!   `final-full/policy_{rollouts,scores}.parquet`, `iter-NNN/policy-full/metrics.parquet`.
 //!
 //! A missing essential part is bad input (exit 3) naming every missing path, unless the
@@ -153,6 +154,8 @@ pub struct Iteration {
     pub number: u32,
     pub name: String,
     pub sampled: Option<Sampled>,
+    /// The iteration's updated policy on the held-out prompts (`eval_*.parquet`).
+    pub eval: Option<Sampled>,
     pub policy_metrics: Option<Metrics>,
     pub full_policy_metrics: Option<Metrics>,
 }
@@ -352,8 +355,22 @@ fn read_iterations(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<Iteration>
                 None
             }
         };
+        let eval = match (
+            pick("eval_rollouts.parquet", "eval_rollouts"),
+            pick("eval_scores.parquet", "eval_scores"),
+        ) {
+            (r, s) if r.exists() && s.exists() => Some(Sampled::read(&r, &s)?),
+            (r, _) if r.exists() => {
+                notes.push(format!(
+                    "{name}: eval_rollouts without eval_scores, left out of the held-out figures"
+                ));
+                None
+            }
+            _ => None,
+        };
         out.push(Iteration {
             number,
+            eval,
             policy_metrics: optional_metrics(&it, "policy/metrics.parquet")?,
             full_policy_metrics: optional_metrics(&it, "policy-full/metrics.parquet")?,
             name,

@@ -336,6 +336,121 @@ fn report_on_a_synthetic_run() {
     }
 }
 
+/// Held-out evaluations of iterations 1 and 2 on the final evaluation's keys: iteration 1
+/// at KL 1.0 with proxy 0.5 and gold 0.1 above the final policy's, iteration 2 at KL 3.0
+/// with proxy 0.9 and the final policy's gold; iteration 2's controller target is 2.0.
+fn add_held_out(root: &Path) {
+    let final_gold = [0.9f32, 0.8, 0.5, 0.6, 0.4, 0.2, 1.0, 0.7];
+    let keys = [
+        ("p1", 0),
+        ("p1", 1),
+        ("p2", 0),
+        ("p2", 1),
+        ("p3", 0),
+        ("p3", 1),
+        ("p4", 0),
+        ("p4", 1),
+    ];
+    for (it, rm, gold_shift, lp) in [
+        (1u32, 0.5f32, 0.1f32, [-0.5f32, -1.5]),
+        (2, 0.9, 0.0, [0.5, -0.5]),
+    ] {
+        let d = root.join(format!("iter-{it:03}"));
+        let rows: Vec<(RolloutRow, f32, f32)> = keys
+            .iter()
+            .zip(final_gold)
+            .enumerate()
+            .map(|(k, (&(p, s), g))| {
+                (
+                    rollout(&format!("e{it}-{k}"), p, s, "held out", lp, [-1.0, -2.0]),
+                    rm,
+                    g + gold_shift,
+                )
+            })
+            .collect();
+        write_sampled(&d, "eval_rollouts.parquet", "eval_scores.parquet", &rows);
+    }
+    metrics(
+        &root.join("iter-002/policy/metrics.parquet"),
+        "ppo-update",
+        &[(1, "iter/kl_coef", 0.05), (1, "iter/kl_target", 2.0)],
+    );
+}
+
+#[test]
+fn over_optimisation_best_iteration_under_the_kl_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    build_run(&run);
+    add_held_out(&run);
+    let summary = |out: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let o = report(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+    };
+
+    // Budget from the controller's target (2.0): iteration 2 (KL 3) is over it, so the
+    // best is iteration 1, whose gold the final policy trails by 0.1 on every prompt.
+    let out = tmp.path().join("target");
+    let s = summary(&out, &[]);
+    close(&s["kl_budget"], 2.0);
+    assert_eq!(s["kl_budget_source"], "controller_target");
+    assert_eq!(s["kl_within_budget"], true, "final KL 12/9 <= 2");
+    let its = s["iterations"].as_array().unwrap();
+    close(&its[0]["held_out"]["kl_to_sft"], 1.0);
+    close(&its[1]["held_out"]["kl_to_sft"], 3.0);
+    close(&its[1]["held_out"]["proxy_reward"], 0.9);
+    close(&its[1]["kl_coef"], 0.05);
+    assert!(its[0]["kl_coef"].is_null());
+    // iteration 1's gold (final + 0.1) against SFT: 7 wins, 1 loss
+    close(&its[0]["held_out"]["gold_win_rate_vs_sft"], 0.875);
+    let b = &s["best_iteration"];
+    assert_eq!(b["iteration"], 1, "{b}");
+    close(&b["final_minus_best_gold"], -0.1);
+    assert!(b["final_minus_best_gold_se"].as_f64().unwrap() < 1e-6);
+    assert_eq!(b["final_within_noise"], false, "{b}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("Over-optimisation") && md.contains("over-optimised"),
+        "{md}"
+    );
+    let kl_svg = std::fs::read_to_string(out.join("kl_to_sft.svg")).unwrap();
+    assert!(kl_svg.contains("KL budget (2.00)") && kl_svg.contains("held-out prompts"));
+    let frontier = std::fs::read_to_string(out.join("reward_vs_kl.svg")).unwrap();
+    assert!(frontier.contains("gold (oracle)") && frontier.contains("<polyline"));
+
+    // A looser budget admits iteration 2 (higher proxy), whose gold equals the final's.
+    let out = tmp.path().join("flag");
+    let s = summary(&out, &["--kl-budget", "5"]);
+    assert_eq!(s["kl_budget_source"], "flag");
+    let b = &s["best_iteration"];
+    assert_eq!(b["iteration"], 2, "{b}");
+    close(&b["final_minus_best_gold"], 0.0);
+    assert_eq!(b["final_within_noise"], true);
+
+    // A budget no iteration meets: no best iteration, and the report says why.
+    let out = tmp.path().join("tight");
+    let s = summary(&out, &["--kl-budget", "0.5"]);
+    assert!(s["best_iteration"].is_null());
+    assert_eq!(s["kl_within_budget"], false);
+    assert!(s["notes"].to_string().contains("within the budget"));
+
+    let o = report(&["--run-dir", run.to_str().unwrap(), "--kl-budget", "-1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a negative budget is a usage error"
+    );
+}
+
 #[test]
 fn missing_run_folder_is_bad_input() {
     let tmp = tempfile::tempdir().unwrap();

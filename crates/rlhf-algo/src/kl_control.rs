@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! e = clip(KL / target - 1, -0.2, 0.2)
-//! beta <- beta * (1 + e * n_steps / horizon)
+//! beta <- max(floor, beta * (1 + e * n_steps / horizon))
 //! ```
+//!
+//! The floor (default 0, Ziegler's controller) makes the target a budget: beta rises while
+//! KL is over the target and, under it, falls back no lower than the floor, so a policy
+//! far under its budget is not pushed away from the reference by a vanishing penalty.
 //!
 //! The state is serialisable so that it persists across iterations (ppo-update writes it
 //! beside the adapter and reads it back on the next iteration).
@@ -22,7 +26,14 @@ pub enum KlController {
         value: f64,
         target: f64,
         horizon: f64,
+        /// beta never falls below this (0: no floor).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        floor: f64,
     },
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl KlController {
@@ -48,13 +59,49 @@ impl KlController {
             value: init,
             target,
             horizon,
+            floor: 0.0,
         })
+    }
+
+    /// An adaptive controller whose beta never falls below `floor` (starting at the larger
+    /// of `init` and `floor`); a fixed controller is returned unchanged when `floor` is 0.
+    pub fn with_floor(self, floor: f64) -> Result<KlController> {
+        if !(floor >= 0.0 && floor.is_finite()) {
+            return Err(AlgoError::Invalid(format!(
+                "KL coefficient floor must be a finite number >= 0, got {floor}"
+            )));
+        }
+        match self {
+            KlController::Adaptive {
+                value,
+                target,
+                horizon,
+                ..
+            } => Ok(KlController::Adaptive {
+                value: value.max(floor),
+                target,
+                horizon,
+                floor,
+            }),
+            fixed if floor == 0.0 => Ok(fixed),
+            KlController::Fixed { .. } => Err(AlgoError::Invalid(
+                "a KL coefficient floor needs the adaptive controller (a target KL)".into(),
+            )),
+        }
     }
 
     /// The current coefficient beta.
     pub fn value(&self) -> f64 {
         match self {
             KlController::Fixed { value } | KlController::Adaptive { value, .. } => *value,
+        }
+    }
+
+    /// The adaptive controller's target KL (nats per sequence); None when fixed.
+    pub fn target(&self) -> Option<f64> {
+        match self {
+            KlController::Fixed { .. } => None,
+            KlController::Adaptive { target, .. } => Some(*target),
         }
     }
 
@@ -65,11 +112,12 @@ impl KlController {
             value,
             target,
             horizon,
+            floor,
         } = self
         {
             if current_kl.is_finite() {
                 let error = (current_kl / *target - 1.0).clamp(-0.2, 0.2);
-                *value *= 1.0 + error * n_steps as f64 / *horizon;
+                *value = (*value * (1.0 + error * n_steps as f64 / *horizon)).max(*floor);
             }
         }
         self.value()
@@ -84,14 +132,16 @@ impl KlController {
                 KlController::Adaptive {
                     target: t1,
                     horizon: h1,
+                    floor: f1,
                     ..
                 },
                 KlController::Adaptive {
                     target: t2,
                     horizon: h2,
+                    floor: f2,
                     ..
                 },
-            ) => t1 == t2 && h1 == h2,
+            ) => t1 == t2 && h1 == h2 && f1 == f2,
             _ => false,
         }
     }
@@ -129,5 +179,30 @@ mod tests {
         assert!(!a.same_settings(&c));
         assert!(KlController::fixed(-1.0).is_err());
         assert!(KlController::adaptive(0.1, 0.0, 10.0).is_err());
+    }
+
+    #[test]
+    fn floor_holds_beta_under_the_budget_and_lets_it_rise_over_it() {
+        let mut c = KlController::adaptive(0.05, 4.0, 256.0)
+            .unwrap()
+            .with_floor(0.1)
+            .unwrap();
+        assert_eq!(c.value(), 0.1, "starts at the floor when init is below it");
+        // KL 1 (under the target): 0.1 * (1 - 0.2 * 2) = 0.06 -> held at the floor
+        assert_eq!(c.update(1.0, 512), 0.1);
+        // KL 8 (over): 0.1 * (1 + 0.2 * 2) = 0.14
+        assert!((c.update(8.0, 512) - 0.14).abs() < 1e-12);
+        // under again: 0.14 * 0.6 = 0.084 -> 0.1
+        assert_eq!(c.update(0.0, 512), 0.1);
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""floor":0.1"#), "{json}");
+        assert_eq!(serde_json::from_str::<KlController>(&json).unwrap(), c);
+        assert!(!c.same_settings(&KlController::adaptive(0.1, 4.0, 256.0).unwrap()));
+        assert!(KlController::fixed(0.1).unwrap().with_floor(0.1).is_err());
+        assert!(KlController::fixed(0.1).unwrap().with_floor(0.0).is_ok());
+        assert!(KlController::adaptive(0.1, 4.0, 1.0)
+            .unwrap()
+            .with_floor(-1.0)
+            .is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! sample-rollouts: sample K responses per prompt from the base model plus an optional
 //! policy adapter and write the rollouts artifact, with per-token sampling and reference
-//! log-probabilities, deterministic per seed whatever the batch size and sharding.
+//! log-probabilities (adapter off, or --ref-model), deterministic per seed whatever the batch size and sharding.
 
 pub mod output;
 pub mod prompts;
+pub mod reference;
 pub mod run;
 pub mod sampler;
 pub mod seeding;

@@ -1,6 +1,6 @@
 //! The sample-rollouts stage: validate flags, select and tokenize this shard's prompts,
-//! load the base once (with the policy adapter on it), sample batch by batch while
-//! streaming rows to the output, and log what was produced.
+//! load the base once (with the policy adapter on it) and --ref-model when given, sample
+//! batch by batch while streaming rows to the output, and log what was produced.
 
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use rlhf_nn::Model;
 
 use crate::output::{peak_rss_bytes, RolloutSink};
 use crate::prompts::{self, Filter};
+use crate::reference;
 use crate::sampler::{plan_batches, SampleContext};
 use crate::seeding;
 use crate::settings::{Cli, Settings};
@@ -55,14 +56,22 @@ pub fn run(cli: &Cli) -> Result<()> {
         selection.in_shard
     );
     let policy_id = seeding::policy_id(settings.adapter.as_deref())?;
+    if let Some(dir) = &settings.ref_model {
+        reference::check_compatible(&settings.model_dir, &tokenizer, dir)?;
+    }
 
     let mut model = Model::load(&settings.model_dir, settings.device, settings.kind)
         .with_context(|| format!("loading base model {}", settings.model_dir.display()))?;
-    prompts::check_lengths(
-        &jobs,
-        settings.max_new_tokens,
-        model.config().max_position_embeddings as usize,
-    )?;
+    let ref_model = match &settings.ref_model {
+        Some(dir) => Some(reference::load(dir, settings.device, settings.kind)?),
+        None => None,
+    };
+    let max_positions = std::iter::once(&model)
+        .chain(&ref_model)
+        .map(|m| m.config().max_position_embeddings)
+        .min()
+        .unwrap_or_default();
+    prompts::check_lengths(&jobs, settings.max_new_tokens, max_positions as usize)?;
     if let Some(dir) = &settings.adapter {
         rlhf_core::adapter_meta::check_trained_on(
             "--adapter",
@@ -97,6 +106,9 @@ pub fn run(cli: &Cli) -> Result<()> {
     if let Some(dir) = &settings.adapter {
         lineage.add_input("adapter", dir)?;
     }
+    if let Some(dir) = &settings.ref_model {
+        lineage.add_input("ref_model", dir)?;
+    }
     lineage.extra.insert(
         "sampling".into(),
         serde_json::json!({
@@ -117,6 +129,11 @@ pub fn run(cli: &Cli) -> Result<()> {
     lineage
         .extra
         .insert("base_id".into(), serde_json::json!(model.base_id()));
+    if let Some(r) = &ref_model {
+        lineage
+            .extra
+            .insert("ref_base_id".into(), serde_json::json!(r.base_id()));
+    }
     lineage.extra.insert(
         "prompts".into(),
         serde_json::json!({
@@ -139,6 +156,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         seed: settings.seed,
         policy_id,
         ref_logprobs: settings.ref_logprobs,
+        ref_model: ref_model.as_ref(),
     };
     let pack = settings.pack_prompts;
     let mut sink = RolloutSink::create(&settings.out_file, &lineage)?;

@@ -1,6 +1,6 @@
 //! Sampling one forward batch of prompts: K responses per prompt with the policy (base +
 //! adapter), then the reference log-probabilities of the same tokens with the adapter
-//! switched off (the same base in memory), assembled into rollout rows.
+//! switched off (the same base in memory) or from --ref-model, assembled into rollout rows.
 //!
 //! Batching and determinism: on CPU a forward batch is exactly the K samples of one prompt.
 //! Those K rows share the prompt, so prefill and every decode step have the same shapes
@@ -56,6 +56,8 @@ pub struct SampleContext<'a> {
     pub seed: u64,
     pub policy_id: String,
     pub ref_logprobs: bool,
+    /// The model that gives ref_logprobs (--ref-model); None: `model` with the adapter off.
+    pub ref_model: Option<&'a Model>,
 }
 
 impl SampleContext<'_> {
@@ -131,7 +133,8 @@ impl SampleContext<'_> {
         Ok(out)
     }
 
-    /// log p_ref(token) of every response token: the same base, adapter off, temperature 1.
+    /// log p_ref(token) of every response token at temperature 1: the same base with the
+    /// adapter off, or --ref-model (no adapter), through one and the same scoring call.
     fn reference_logprobs(
         &self,
         prompts: &[Vec<i32>],
@@ -142,9 +145,12 @@ impl SampleContext<'_> {
             .zip(gens)
             .map(|(p, g)| (p.as_slice(), g.tokens.as_slice()))
             .collect();
-        let batch = SeqBatch::new(&rows, self.tokenizer.pad_id as i32, self.model.device())?;
-        let lp = rlhf_nn::scoring::token_logprobs(self.model, None, &batch, false)
-            .context("reference log-probabilities (adapter off)")?;
+        let (model, what) = match self.ref_model {
+            Some(m) => (m, "reference log-probabilities (--ref-model)"),
+            None => (self.model, "reference log-probabilities (adapter off)"),
+        };
+        let batch = SeqBatch::new(&rows, self.tokenizer.pad_id as i32, model.device())?;
+        let lp = rlhf_nn::scoring::token_logprobs(model, None, &batch, false).context(what)?;
         Ok(batch.response_values(&lp)?)
     }
 }

@@ -20,8 +20,8 @@ use rlhf_nn::ModelArgs;
     long_about = "Sample K responses per prompt from the base model plus an optional policy \
 adapter (KV cache, temperature / top-k / top-p, EOS and stop strings) and write the rollouts \
 artifact: prompt and response text and tokens, per-token sampling log-probabilities, per-token \
-reference log-probabilities (the same base with the adapter switched off), finish reason, \
-policy id, iteration and seed.\n\n\
+reference log-probabilities (the same base with the adapter switched off, or --ref-model \
+for a fully fine-tuned policy), finish reason, policy id, iteration and seed.\n\n\
 Each sample's random stream is seeded from (--seed, --iteration, prompt id, sample index), and \
 on CPU the K samples of one prompt form one forward batch (unless --pack-prompts), so the rows \
 do not depend on --batch-size, on --num-shards or on the other prompts in the file.\n\n\
@@ -81,6 +81,14 @@ pub struct Cli {
     /// Skip the reference log-probabilities (the column is written as null).
     #[arg(long)]
     pub no_ref_logprobs: bool,
+    /// Reference model folder: ref_logprobs come from this model (loaded as a second,
+    /// frozen copy with the same --device and --dtype, no adapter) instead of --model with
+    /// --adapter switched off. Use it when --model is a fully fine-tuned policy (a
+    /// `ppo-update --full` output), which has no adapter to switch off: pass the model it
+    /// was tuned from (the SFT model, the --ref-model of ppo-update). It must have
+    /// --model's tokenizer and vocabulary size.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_ref_logprobs")]
+    pub ref_model: Option<PathBuf>,
     /// Use only the first M prompts (after --split), before sharding.
     #[arg(long, value_name = "M")]
     pub max_prompts: Option<usize>,
@@ -112,6 +120,8 @@ pub struct Settings {
     pub pack_prompts: bool,
     pub iteration: i32,
     pub ref_logprobs: bool,
+    /// The model folder that gives ref_logprobs (None: --model with the adapter off).
+    pub ref_model: Option<PathBuf>,
     pub max_prompts: Option<usize>,
     pub split: Option<String>,
     /// Where `--summary-json` goes (details: rows, response tokens, finish reasons,
@@ -183,6 +193,9 @@ impl Settings {
         if let Some(a) = &cli.adapter {
             inputs.push(("--adapter", a.as_path()));
         }
+        if let Some(r) = &cli.ref_model {
+            inputs.push(("--ref-model", r.as_path()));
+        }
         rlhf_core::paths::check_outputs(&[("--out", &cli.out)], &inputs)?;
         if cli.samples_per_prompt == 0 {
             bail!(CoreError::usage("--samples-per-prompt must be at least 1"));
@@ -208,6 +221,12 @@ impl Settings {
         if cli.max_prompts == Some(0) {
             bail!(CoreError::usage("--max-prompts must be at least 1"));
         }
+        if cli.ref_model.is_some() && cli.no_ref_logprobs {
+            // clap enforces this for the binary; kept for callers building a Cli by hand
+            bail!(CoreError::usage(
+                "--ref-model gives the reference log-probabilities that --no-ref-logprobs skips: pass one of them"
+            ));
+        }
         if let Some(s) = cli.stop.iter().find(|s| s.is_empty()) {
             bail!(CoreError::usage(format!(
                 "--stop `{s}`: stop strings must not be empty"
@@ -215,6 +234,9 @@ impl Settings {
         }
         let device = cli.model.device()?;
         check_model_dir(&cli.model.model)?;
+        if let Some(r) = &cli.ref_model {
+            check_model_dir(r).context("--ref-model")?;
+        }
         if let Some(a) = &cli.adapter {
             check_adapter_dir(a)?;
             rlhf_core::adapter_meta::check_kind(
@@ -244,6 +266,7 @@ impl Settings {
             pack_prompts: cli.pack_prompts || device.is_cuda(),
             iteration: cli.iteration,
             ref_logprobs: !cli.no_ref_logprobs,
+            ref_model: cli.ref_model.clone(),
             max_prompts: cli.max_prompts,
             split: cli.split.clone(),
             summary_json: cli.global.summary_json.clone(),
@@ -298,5 +321,32 @@ mod tests {
         let cli = Cli::try_parse_from(base).unwrap();
         let err = Settings::from_cli(&cli).unwrap_err().to_string();
         assert!(err.contains("config.json"), "{err}");
+    }
+
+    #[test]
+    fn ref_model_conflicts_with_no_ref_logprobs() {
+        let args = [
+            "sample-rollouts",
+            "--model",
+            "m",
+            "--prompts",
+            "p.parquet",
+            "--out",
+            "o.parquet",
+            "--ref-model",
+            "sft",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert_eq!(cli.ref_model.as_deref(), Some(Path::new("sft")));
+        let err = Cli::try_parse_from([&args[..], &["--no-ref-logprobs"]].concat()).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // A Cli built by hand is refused by the validation too.
+        let mut cli = cli;
+        cli.no_ref_logprobs = true;
+        let err = Settings::from_cli(&cli).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(CoreError::Usage(m)) if m.contains("--ref-model")),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! End-to-end tests of the sample-rollouts binary on a tiny random model: sharding,
 //! determinism across runs and batch sizes, reference log-probabilities against
-//! rlhf_nn::scoring, stop strings, and error exits.
+//! rlhf_nn::scoring (adapter off, and --ref-model), stop strings, and error exits.
 
 mod common;
 
@@ -12,7 +12,7 @@ use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::Model;
 use tch::{Device, Kind};
 
-use common::{prompts_file, random_adapter, run, tiny_model};
+use common::{prompts_file, random_adapter, run, tiny_model, tiny_model_with, tiny_vocab};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -33,20 +33,26 @@ impl Fixture {
         self.root.join(name).display().to_string()
     }
 
-    /// Runs with the common flags plus `extra`; panics unless it succeeds. Returns the rows
-    /// written (none for a sharded run: read the folder once every part is there).
+    /// Runs with the common flags (--adapter policy) plus `extra`; panics unless it
+    /// succeeds. Returns the rows written (none for a sharded run: read the folder once
+    /// every part is there).
     fn sample(&self, out: &str, extra: &[&str]) -> Vec<RolloutRow> {
+        self.sample_with(out, true, extra)
+    }
+
+    /// [`Fixture::sample`], with or without the policy adapter.
+    fn sample_with(&self, out: &str, adapter: bool, extra: &[&str]) -> Vec<RolloutRow> {
         let (model, prompts, policy, out) = (
             self.p("model"),
             self.p("prompts.parquet"),
             self.p("policy"),
             self.p(out),
         );
-        let mut args = vec![
-            "--model",
-            &model,
-            "--adapter",
-            &policy,
+        let mut args = vec!["--model", &model];
+        if adapter {
+            args.extend(["--adapter", &policy]);
+        }
+        args.extend([
             "--prompts",
             &prompts,
             "--out",
@@ -57,7 +63,7 @@ impl Fixture {
             "6",
             "--iteration",
             "2",
-        ];
+        ]);
         if !extra.contains(&"--seed") {
             args.extend(["--seed", "42"]);
         }
@@ -347,5 +353,161 @@ fn errors_exit_with_clear_messages() {
     let (code, _, err) = run(&[&base[..], &["--adapter", &f.p("model")]].concat());
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("adapter_config.json"), "{err}");
+    assert!(!Path::new(&out).exists(), "failed runs leave no output");
+}
+
+/// The f32 bit patterns of a row's ref_logprobs (bit-for-bit comparisons).
+fn ref_bits(r: &RolloutRow) -> Vec<u32> {
+    let lp = r.ref_logprobs.as_ref().expect("ref_logprobs written");
+    lp.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Without --adapter, --ref-model = --model runs the very scoring of the default path (the
+/// base, no adapter) on the same weights: the column is bit-identical, and so is the rest.
+#[test]
+fn ref_model_equal_to_model_gives_the_default_column_bit_for_bit() {
+    let f = Fixture::new(4);
+    let default = f.sample_with("default.parquet", false, &[]);
+    let model = f.p("model");
+    let same = f.sample_with("same.parquet", false, &["--ref-model", &model]);
+    assert_eq!(default.len(), 12);
+    assert_eq!(same.len(), default.len());
+    for (d, s) in default.iter().zip(&same) {
+        assert_eq!(d.rollout_id, s.rollout_id);
+        assert_eq!(d.response_tokens, s.response_tokens, "{}", d.rollout_id);
+        assert_eq!(ref_bits(d), ref_bits(s), "{}", d.rollout_id);
+        assert_eq!(
+            d.ref_logprobs.as_ref().unwrap().len(),
+            d.response_tokens.len()
+        );
+    }
+    assert_eq!(default, same, "only the lineage differs");
+    let lineage = read_lineage(&f.root.join("same.parquet")).unwrap().unwrap();
+    let roles: Vec<&str> = lineage.inputs.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(roles, ["prompts", "model", "ref_model"]);
+}
+
+/// With --ref-model = another model (same tokenizer, other weights) ref_logprobs are that
+/// model's log-probabilities of the sampled tokens, while sampling is unchanged; the
+/// reference is an input of the lineage, so another --ref-model is another run.
+#[test]
+fn ref_model_gives_that_models_logprobs_and_another_run_key() {
+    let f = Fixture::new(3);
+    tiny_model(&f.root.join("sft"), 23);
+    let (model, sft) = (f.p("model"), f.p("sft"));
+    let default = f.sample("default.parquet", &[]);
+    let rows = f.sample("sft.parquet", &["--ref-model", &sft]);
+    let on_model = f.sample("model.parquet", &["--ref-model", &model]);
+    assert_eq!(rows.len(), 9);
+    let reference = Model::load(&f.root.join("sft"), Device::Cpu, Kind::Float).unwrap();
+    let (mut max_ref, mut gap_policy, mut gap_default) = (0f32, 0f32, 0f32);
+    for ((r, d), m) in rows.iter().zip(&default).zip(&on_model) {
+        // A second copy of --model scores like --model with the adapter off.
+        assert_eq!(ref_bits(m), ref_bits(d), "{}", d.rollout_id);
+        assert_eq!(r.rollout_id, d.rollout_id);
+        assert_eq!(
+            r.response_tokens, d.response_tokens,
+            "sampling is unchanged"
+        );
+        assert_eq!(r.logprobs, d.logprobs);
+        let batch = SeqBatch::new(
+            &[(r.prompt_tokens.clone(), r.response_tokens.clone())],
+            1,
+            Device::Cpu,
+        )
+        .unwrap();
+        let lp = rlhf_nn::scoring::token_logprobs(&reference, None, &batch, false).unwrap();
+        let expected = &batch.response_values(&lp).unwrap()[0];
+        let got = r.ref_logprobs.as_ref().expect("ref_logprobs written");
+        let base = d.ref_logprobs.as_ref().expect("ref_logprobs written");
+        assert_eq!(got.len(), r.response_tokens.len());
+        for i in 0..got.len() {
+            max_ref = max_ref.max((got[i] - expected[i]).abs());
+            gap_policy = gap_policy.max((got[i] - r.logprobs[i]).abs());
+            gap_default = gap_default.max((got[i] - base[i]).abs());
+        }
+    }
+    assert!(
+        max_ref < 1e-4,
+        "ref_logprobs differ from --ref-model's log-probabilities by {max_ref}"
+    );
+    assert!(
+        gap_policy > 1e-2,
+        "ref_logprobs should differ from the policy's (gap {gap_policy})"
+    );
+    assert!(
+        gap_default > 1e-2,
+        "ref_logprobs should differ from the base's with the adapter off (gap {gap_default})"
+    );
+    let lineage = |name: &str| read_lineage(&f.root.join(name)).unwrap().unwrap();
+    let (with_sft, with_model) = (lineage("sft.parquet"), lineage("model.parquet"));
+    let roles: Vec<&str> = with_sft.inputs.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(roles, ["prompts", "model", "adapter", "ref_model"]);
+    assert!(with_sft.extra.contains_key("ref_base_id"));
+    assert_ne!(with_sft.run_key(), with_model.run_key());
+    let why = with_sft.run_difference(&with_model);
+    assert!(why.contains("ref_model"), "{why}");
+    assert_ne!(with_sft.run_key(), lineage("default.parquet").run_key());
+}
+
+#[test]
+fn ref_model_errors_exit_with_clear_messages() {
+    let f = Fixture::new(2);
+    let vocab = tiny_vocab();
+    tiny_model_with(
+        &f.root.join("other-tokenizer"),
+        11,
+        None,
+        Some(vocab as usize - 1),
+    );
+    tiny_model_with(&f.root.join("big-vocab"), 11, Some(vocab + 8), None);
+    let (model, prompts, out) = (f.p("model"), f.p("prompts.parquet"), f.p("o.parquet"));
+    let base = [
+        "--model",
+        model.as_str(),
+        "--prompts",
+        prompts.as_str(),
+        "--out",
+        out.as_str(),
+    ];
+
+    let other = f.p("other-tokenizer");
+    let (code, _, err) = run(&[&base[..], &["--ref-model", &other]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("tokenizer mismatch"), "{err}");
+    assert!(
+        err.contains(&other) && err.contains(&model),
+        "names both: {err}"
+    );
+
+    let big = f.p("big-vocab");
+    let (code, _, err) = run(&[&base[..], &["--ref-model", &big]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("vocabulary size mismatch"), "{err}");
+    assert!(
+        err.contains(&big) && err.contains(&format!("{}", vocab + 8)),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&[&base[..], &["--ref-model", &f.p("nope")]].concat());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("model folder not found"), "{err}");
+
+    let (code, _, err) = run(&[&base[..], &["--ref-model", &model, "--no-ref-logprobs"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--no-ref-logprobs"), "{err}");
+
+    let (code, _, err) = run(&[
+        "--model",
+        &model,
+        "--prompts",
+        &prompts,
+        "--ref-model",
+        &big,
+        "--out",
+        &big,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ref-model"), "{err}");
     assert!(!Path::new(&out).exists(), "failed runs leave no output");
 }

@@ -1,6 +1,6 @@
-//! score-rewards: score rollouts with reward-model adapters, rule rewards and the embedded
-//! task's oracle; write one scores row per rollout with each source in its own column and
-//! their weighted sum plus penalties as `reward`.
+//! score-rewards: score rollouts with reward models (LoRA adapters or fully tuned models),
+//! rule rewards and the embedded task's oracle; write one scores row per rollout with each
+//! source in its own column and their weighted sum plus penalties as `reward`.
 
 pub mod combine;
 pub mod groups;

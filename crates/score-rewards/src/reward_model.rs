@@ -1,11 +1,14 @@
-//! Reward models: one frozen base in memory with every reward adapter (LoRA + score head)
-//! attached under its own name; a rollout's raw score is the head value at its last token
-//! (`rlhf_nn::scoring::last_token_scores`), normalised with the constants train-rm-lora
-//! stored in the adapter's `rlhf_state.json`: `reward = (raw + reward_bias) * reward_scale`.
+//! Reward models, run by "engines": the shared base (`--model`) with every reward adapter
+//! (LoRA + score head) attached under its own name, plus one engine per fully tuned reward
+//! model (a *ForSequenceClassification folder, e.g. `train-rm-lora --full`) loaded from its
+//! own folder with its own tokenizer. A rollout's raw score is the head value at its last
+//! token (`rlhf_nn::scoring::last_token_scores`: the adapter's head, or a full model's base
+//! `score` head), normalised with the constants train-rm-lora stored in the folder's
+//! `rlhf_state.json`: `reward = (raw + reward_bias) * reward_scale`.
 //!
-//! Rollouts must carry the reward model's tokenizer (their lineage's tokenizer hash is
-//! compared with the base model's tokenizer.json); with `--retokenize` the prompt and
-//! response text are encoded again with the reward model's tokenizer instead.
+//! Each engine scores the rollouts' token ids when its tokenizer is the one their lineage
+//! records; otherwise they are refused, unless `--retokenize` has the prompt and response
+//! text encoded again with that engine's tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +21,12 @@ use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::Model;
 use tch::{Device, Kind};
 
-use crate::settings::{RewardModelSpec, Settings};
+use crate::settings::{RewardModelKind, RewardModelSpec, Settings};
 
-/// File name of the reward normalisation and training state in an adapter folder.
+/// File name of the reward normalisation and training state in a reward model folder.
 pub const STATE_FILE: &str = "rlhf_state.json";
 
-/// Normalisation constants of one reward adapter.
+/// Normalisation constants of one reward model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalisation {
     pub bias: f64,
@@ -47,7 +50,7 @@ impl Normalisation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardState {
     pub norm: Normalisation,
-    /// Hash of the tokenizer the adapter was trained with.
+    /// Hash of the tokenizer the reward model was trained with.
     pub tokenizer_hash: Option<String>,
     /// Content hash of the base weights it was trained on.
     pub base_id: Option<String>,
@@ -57,7 +60,7 @@ pub struct RewardState {
 
 impl RewardState {
     /// Reads `dir/rlhf_state.json`; a folder without one is used unnormalised (with a
-    /// warning), e.g. an adapter trained by another tool.
+    /// warning), e.g. an adapter or a model trained by another tool.
     pub fn read(dir: &Path) -> Result<RewardState> {
         let path = dir.join(STATE_FILE);
         if !path.is_file() {
@@ -106,135 +109,17 @@ impl RewardState {
     }
 }
 
-/// One attached reward adapter.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Adapter name inside the model.
-    pub name: String,
-    pub dir: PathBuf,
-    pub norm: Normalisation,
-}
-
-/// The base model with its reward adapters.
-pub struct RewardModels {
+/// One model in memory with the tokenizer its inputs are made with.
+struct Engine {
     model: Model,
     tokenizer: Tokenizer,
-    model_dir: PathBuf,
-    members: Vec<Member>,
+    /// The folder it was loaded from (the base, or the full reward model), for messages.
+    dir: PathBuf,
+    /// Encode the rollout text with `tokenizer` instead of scoring the rollouts' token ids.
     retokenize: bool,
-    device: Device,
 }
 
-impl RewardModels {
-    /// Checks tokenizers, loads the base once and attaches every reward adapter.
-    /// `rollouts_name`/`rollouts_tokenizer` describe the rollouts for error messages.
-    pub fn load(
-        settings: &Settings,
-        model_dir: &Path,
-        rollouts_name: &str,
-        rollouts_tokenizer: Option<&str>,
-    ) -> Result<RewardModels> {
-        let tokenizer = Tokenizer::from_dir(model_dir)?;
-        let model_name = format!("reward model base {} (tokenizer.json)", model_dir.display());
-        if settings.retokenize {
-            if rollouts_tokenizer.is_some_and(|h| h != tokenizer.hash()) {
-                tracing::info!("--retokenize: encoding rollout text with {model_name}");
-            }
-        } else {
-            match rollouts_tokenizer {
-                Some(h) => Lineage::check_tokenizer(rollouts_name, Some(h), &model_name, tokenizer.hash())
-                    .map_err(|e| anyhow::Error::new(e).context("refusing to score token ids made by another tokenizer (--retokenize encodes the text with the reward model's tokenizer instead)"))?,
-                None => tracing::warn!(
-                    "{rollouts_name} records no tokenizer; trusting its token ids (use --retokenize to encode the text)"
-                ),
-            }
-        }
-        let states = settings
-            .reward_models
-            .iter()
-            .map(|rm| RewardState::read(&rm.dir).map(|s| (rm, s)))
-            .collect::<Result<Vec<_>>>()?;
-        for (rm, s) in &states {
-            if s.full {
-                return Err(CoreError::BadInput {
-                    path: rm.dir.clone(),
-                    row: None,
-                    message:
-                        "a fully tuned reward model (train-rm-lora --full) is not an adapter; \
-                              score-rewards scores LoRA reward adapters on --model"
-                            .into(),
-                }
-                .into());
-            }
-            if let Some(h) = &s.tokenizer_hash {
-                Lineage::check_tokenizer(
-                    &format!("reward adapter {} ({STATE_FILE})", rm.dir.display()),
-                    Some(h),
-                    &model_name,
-                    tokenizer.hash(),
-                )
-                .context("the reward adapter was trained on a base with another tokenizer")?;
-            }
-        }
-        let mut model = Model::load(model_dir, settings.device, settings.kind)
-            .with_context(|| format!("loading base model {}", model_dir.display()))?;
-        let base_id = model.base_id();
-        let mut members = Vec::new();
-        for (k, (rm, s)) in states.iter().enumerate() {
-            if let Some(b) = &s.base_id {
-                if *b != base_id {
-                    return Err(CoreError::Mismatch {
-                        what: "base model",
-                        left_name: format!(
-                            "reward adapter {} ({STATE_FILE} base_id)",
-                            rm.dir.display()
-                        ),
-                        left: b.clone(),
-                        right_name: format!("--model {}", model_dir.display()),
-                        right: base_id.clone(),
-                        hint: "give the base model the reward adapter was trained on".into(),
-                    }
-                    .into());
-                }
-            }
-            let name = format!("reward{k}");
-            model
-                .load_adapter(&name, &rm.dir)
-                .with_context(|| format!("loading reward adapter {}", rm.dir.display()))?;
-            if !model.adapter_has_head(&name)? {
-                return Err(CoreError::BadInput {
-                    path: rm.dir.clone(),
-                    row: None,
-                    message: "the adapter has no score head: not a reward model".into(),
-                }
-                .into());
-            }
-            members.push(Member {
-                name,
-                dir: rm.dir.clone(),
-                norm: s.norm,
-            });
-        }
-        Ok(RewardModels {
-            device: settings.device,
-            model,
-            tokenizer,
-            model_dir: model_dir.to_path_buf(),
-            members,
-            retokenize: settings.retokenize,
-        })
-    }
-
-    /// The reward-model tokenizer hash (recorded in the scores lineage).
-    pub fn tokenizer_hash(&self) -> &str {
-        self.tokenizer.hash()
-    }
-
-    /// The members, in column order.
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-
+impl Engine {
     /// Token ids to score for a rollout.
     fn sequence(&self, row: &RolloutRow) -> Result<(Vec<i32>, Vec<i32>)> {
         if self.retokenize {
@@ -251,10 +136,8 @@ impl RewardModels {
         }
     }
 
-    /// Normalised scores of `rows` (one forward batch): `[member][row]`. `source` names the
-    /// rollouts in errors.
-    pub fn score(&self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
-        let _guard = tch::no_grad_guard();
+    /// One forward batch of `rows`, checked against the model's context and vocabulary.
+    fn batch(&self, rows: &[&RolloutRow], source: &Path) -> Result<SeqBatch> {
         let max = self.model.config().max_position_embeddings as usize;
         let vocab = self.model.config().vocab_size as i32;
         let mut seqs = Vec::with_capacity(rows.len());
@@ -268,7 +151,7 @@ impl RewardModels {
                         "rollout `{}` has {} tokens; the reward model {} takes 1 to {max}",
                         row.rollout_id,
                         p.len() + r.len(),
-                        self.model_dir.display()
+                        self.dir.display()
                     ),
                 }
                 .into());
@@ -278,20 +161,235 @@ impl RewardModels {
                     path: source.to_path_buf(),
                     row: None,
                     message: format!(
-                        "rollout `{}`: token id {t} is outside the reward model's vocabulary of \
-                         {vocab} (hint: --retokenize)",
-                        row.rollout_id
+                        "rollout `{}`: token id {t} is outside the vocabulary of {vocab} of the \
+                         reward model {} (hint: --retokenize)",
+                        row.rollout_id,
+                        self.dir.display()
                     ),
                 }
                 .into());
             }
             seqs.push((p, r));
         }
-        let batch = SeqBatch::new(&seqs, self.tokenizer.pad_id as i32, self.device)?;
+        Ok(SeqBatch::new(
+            &seqs,
+            self.tokenizer.pad_id as i32,
+            self.model.device(),
+        )?)
+    }
+}
+
+/// What the rollouts say about their tokens, for the tokenizer check of each engine.
+struct RolloutTokens<'a> {
+    /// The rollouts, named for messages.
+    name: &'a str,
+    /// Their lineage's tokenizer hash.
+    tokenizer: Option<&'a str>,
+    retokenize: bool,
+}
+
+impl RolloutTokens<'_> {
+    /// Whether a model with `tokenizer` (named `model_name`) must encode the rollout text
+    /// itself; an error when the token ids are another tokenizer's and --retokenize is off.
+    fn retokenize_for(&self, model_name: &str, tokenizer: &Tokenizer) -> Result<bool> {
+        match self.tokenizer {
+            Some(h) if self.retokenize && h != tokenizer.hash() => {
+                tracing::info!("--retokenize: encoding rollout text with {model_name}");
+                Ok(true)
+            }
+            Some(h) => {
+                Lineage::check_tokenizer(self.name, Some(h), model_name, tokenizer.hash())
+                    .map_err(|e| {
+                        anyhow::Error::new(e).context(
+                            "refusing to score token ids made by another tokenizer \
+                             (--retokenize encodes the text with the reward model's tokenizer \
+                             instead)",
+                        )
+                    })?;
+                Ok(false)
+            }
+            None if self.retokenize => Ok(true),
+            None => {
+                tracing::warn!(
+                    "{} records no tokenizer; trusting its token ids for {model_name} (use \
+                     --retokenize to encode the text)",
+                    self.name
+                );
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// One reward model: a column of the scores.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The engine that runs it (index into the engines).
+    engine: usize,
+    /// Adapter name inside the engine's model; None for a full model's own `score` head.
+    adapter: Option<String>,
+    pub dir: PathBuf,
+    pub kind: RewardModelKind,
+    pub norm: Normalisation,
+}
+
+/// Every reward model of a run, on their engines.
+pub struct RewardModels {
+    engines: Vec<Engine>,
+    members: Vec<Member>,
+}
+
+impl RewardModels {
+    /// Checks every tokenizer and normalisation file first, then loads the base once with
+    /// every reward adapter attached, and each full reward model from its folder.
+    /// `rollouts_name`/`rollouts_tokenizer` describe the rollouts for error messages.
+    pub fn load(
+        settings: &Settings,
+        rollouts_name: &str,
+        rollouts_tokenizer: Option<&str>,
+    ) -> Result<RewardModels> {
+        let rollouts = RolloutTokens {
+            name: rollouts_name,
+            tokenizer: rollouts_tokenizer,
+            retokenize: settings.retokenize,
+        };
+        let states = settings
+            .reward_models
+            .iter()
+            .map(|rm| RewardState::read(&rm.dir).map(|s| (rm, s)))
+            .collect::<Result<Vec<_>>>()?;
+
+        // The base and its tokenizer, when some reward model is an adapter.
+        let base = match &settings.model_dir {
+            Some(dir)
+                if states
+                    .iter()
+                    .any(|(rm, _)| rm.kind == RewardModelKind::Adapter) =>
+            {
+                let tokenizer = Tokenizer::from_dir(dir)?;
+                let name = format!("reward model base {} (tokenizer.json)", dir.display());
+                let retokenize = rollouts.retokenize_for(&name, &tokenizer)?;
+                Some((dir.clone(), tokenizer, name, retokenize))
+            }
+            _ => None,
+        };
+        // Cheap checks of every member before any weights load; full models' tokenizers
+        // (None for adapters, which use the base's).
+        let mut own_tokenizers = Vec::new();
+        for (rm, s) in &states {
+            let state_name = format!("reward model {} ({STATE_FILE})", rm.dir.display());
+            match rm.kind {
+                RewardModelKind::Adapter => {
+                    if s.full {
+                        return Err(CoreError::BadInput {
+                            path: rm.dir.clone(),
+                            row: None,
+                            message: format!(
+                                "{STATE_FILE} says `full: true`, but the folder holds an adapter \
+                                 (adapter_config.json) and no model config.json"
+                            ),
+                        }
+                        .into());
+                    }
+                    let Some((_, tokenizer, base_name, _)) = &base else {
+                        return Err(CoreError::usage(format!(
+                            "--reward-model {} is an adapter: it needs --model, the base model \
+                             folder it sits on",
+                            rm.dir.display()
+                        ))
+                        .into());
+                    };
+                    if let Some(h) = &s.tokenizer_hash {
+                        Lineage::check_tokenizer(&state_name, Some(h), base_name, tokenizer.hash())
+                            .context(
+                                "the reward adapter was trained on a base with another tokenizer",
+                            )?;
+                    }
+                    own_tokenizers.push(None);
+                }
+                RewardModelKind::Full => {
+                    let tokenizer = Tokenizer::from_dir(&rm.dir)?;
+                    let name = format!("reward model {} (tokenizer.json)", rm.dir.display());
+                    if let Some(h) = &s.tokenizer_hash {
+                        Lineage::check_tokenizer(&state_name, Some(h), &name, tokenizer.hash())
+                            .context(
+                                "the full reward model's tokenizer.json is not the tokenizer it \
+                                 was trained with",
+                            )?;
+                    }
+                    let retokenize = rollouts.retokenize_for(&name, &tokenizer)?;
+                    own_tokenizers.push(Some((tokenizer, retokenize)));
+                }
+            }
+        }
+
+        let mut engines = Vec::new();
+        if let Some((dir, tokenizer, _, retokenize)) = base {
+            let model = Model::load(&dir, settings.device, settings.kind)
+                .with_context(|| format!("loading base model {}", dir.display()))?;
+            engines.push(Engine {
+                model,
+                tokenizer,
+                dir,
+                retokenize,
+            });
+        }
+        let mut members = Vec::new();
+        for (k, ((rm, s), own)) in states.iter().zip(own_tokenizers).enumerate() {
+            let (engine, adapter) = match own {
+                None => {
+                    let name = format!("reward{k}");
+                    attach_adapter(&mut engines[0], &name, &rm.dir, s)?;
+                    (0, Some(name))
+                }
+                Some((tokenizer, retokenize)) => {
+                    engines.push(load_full(settings, &rm.dir, tokenizer, retokenize)?);
+                    (engines.len() - 1, None)
+                }
+            };
+            members.push(Member {
+                engine,
+                adapter,
+                dir: rm.dir.clone(),
+                kind: rm.kind,
+                norm: s.norm,
+            });
+        }
+        Ok(RewardModels { engines, members })
+    }
+
+    /// The reward models' tokenizer hash when they share one (recorded in the scores
+    /// lineage); None when they differ (possible only with --retokenize).
+    pub fn tokenizer_hash(&self) -> Option<&str> {
+        let first = self.engines.first()?.tokenizer.hash();
+        self.engines
+            .iter()
+            .all(|e| e.tokenizer.hash() == first)
+            .then_some(first)
+    }
+
+    /// The members, in column order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Normalised scores of `rows` (one forward batch per engine): `[member][row]`.
+    /// `source` names the rollouts in errors.
+    pub fn score(&self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
+        let _guard = tch::no_grad_guard();
+        let batches = self
+            .engines
+            .iter()
+            .map(|e| e.batch(rows, source))
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(self.members.len());
         for m in &self.members {
-            let raw =
-                rlhf_nn::scoring::last_token_scores(&self.model, Some(&m.name), &batch, false)?;
+            let raw = rlhf_nn::scoring::last_token_scores(
+                &self.engines[m.engine].model,
+                m.adapter.as_deref(),
+                &batches[m.engine],
+                false,
+            )?;
             let raw: Vec<f32> =
                 Vec::<f32>::try_from(raw.to_kind(Kind::Float).to_device(Device::Cpu))
                     .context("reading reward-model scores")?;
@@ -299,6 +397,67 @@ impl RewardModels {
         }
         Ok(out)
     }
+}
+
+/// Attaches the reward adapter in `dir` to the base engine as `name`, after checking the
+/// base it records; refuses an adapter without a score head.
+fn attach_adapter(base: &mut Engine, name: &str, dir: &Path, state: &RewardState) -> Result<()> {
+    if let Some(b) = &state.base_id {
+        let base_id = base.model.base_id();
+        if *b != base_id {
+            return Err(CoreError::Mismatch {
+                what: "base model",
+                left_name: format!("reward adapter {} ({STATE_FILE} base_id)", dir.display()),
+                left: b.clone(),
+                right_name: format!("--model {}", base.dir.display()),
+                right: base_id,
+                hint: "give the base model the reward adapter was trained on".into(),
+            }
+            .into());
+        }
+    }
+    base.model
+        .load_adapter(name, dir)
+        .with_context(|| format!("loading reward adapter {}", dir.display()))?;
+    if !base.model.adapter_has_head(name)? {
+        return Err(CoreError::BadInput {
+            path: dir.to_path_buf(),
+            row: None,
+            message: "the adapter has no score head: not a reward model".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Loads a fully tuned reward model folder as its own engine; refuses one whose weights
+/// hold no `score.weight`.
+fn load_full(
+    settings: &Settings,
+    dir: &Path,
+    tokenizer: Tokenizer,
+    retokenize: bool,
+) -> Result<Engine> {
+    let model = Model::load(dir, settings.device, settings.kind)
+        .with_context(|| format!("loading reward model {}", dir.display()))?;
+    let has_score = model
+        .base_named_tensors()
+        .iter()
+        .any(|(n, _)| n == "score.weight");
+    if !has_score {
+        return Err(CoreError::BadInput {
+            path: dir.to_path_buf(),
+            row: None,
+            message: "the model has no `score.weight` (its score head): not a reward model".into(),
+        }
+        .into());
+    }
+    Ok(Engine {
+        model,
+        tokenizer,
+        dir: dir.to_path_buf(),
+        retokenize,
+    })
 }
 
 /// Reward-model specs in column order (for callers that only need names and weights).

@@ -160,14 +160,14 @@ pub fn run(cli: &Cli) -> Result<()> {
             _ => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
-    let rms = match &settings.model_dir {
-        Some(dir) => Some(RewardModels::load(
+    let rms = if settings.reward_models.is_empty() {
+        None
+    } else {
+        Some(RewardModels::load(
             &settings,
-            dir,
             &rollouts_name,
             rollouts_tokenizer.as_deref(),
-        )?),
-        None => None,
+        )?)
     };
     let spec = CombineSpec {
         rm: reward_model::columns(&settings.reward_models),
@@ -194,7 +194,8 @@ pub fn run(cli: &Cli) -> Result<()> {
     }
     let tokenizer = rms
         .as_ref()
-        .map(|m| m.tokenizer_hash().to_string())
+        .and_then(|m| m.tokenizer_hash())
+        .map(String::from)
         .or(rollouts_tokenizer);
     let mut lineage = lineage.with_tokenizer(tokenizer);
 

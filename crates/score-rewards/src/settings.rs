@@ -13,15 +13,19 @@ use rlhf_nn::args::Dtype;
 
 use crate::rules::Rule;
 
-/// Score rollouts with reward adapters and rule rewards; write one scores row per rollout.
+/// Score rollouts with reward models and rule rewards; write one scores row per rollout.
 #[derive(Debug, Parser)]
 #[command(
     name = "score-rewards",
     version,
     about,
-    long_about = "Score rollouts with reward-model adapters (their stored normalisation applied), \
+    long_about = "Score rollouts with reward models (their stored normalisation applied), \
 rule rewards and the embedded task's oracle, each written to its own column, and write their \
 weighted sum plus penalties as `reward` (what training uses) with the penalties in `penalty`.\n\n\
+Reward models: LoRA reward adapters (PEFT SEQ_CLS, LoRA + score head) on the base --model, \
+all attached to one copy of it, and fully tuned *ForSequenceClassification model folders \
+(train-rm-lora --full, or saved by transformers) with their own weights and tokenizer; an \
+ensemble may mix both. --model is needed only for adapters.\n\n\
 Columns: `rm` for one reward model; `rm_0`, `rm_1`, ..., `rm_mean` and `rm_std` for an \
 ensemble (several --reward-model flags, or an ensemble folder with ensemble.json); one column \
 per --rule (its kind, or name=...).\n\n\
@@ -45,13 +49,16 @@ pub struct Cli {
     /// shard's part file.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
-    /// Reward adapter folder (LoRA + score head, with rlhf_state.json), optionally with a
-    /// weight: DIR or DIR:W. Repeat for an ensemble; an ensemble folder (ensemble.json)
-    /// expands to its members. With several members give a weight to all or to none
-    /// (none: `reward` gets rm_mean).
+    /// Reward model folder, optionally with a weight: DIR or DIR:W. Either a reward adapter
+    /// (LoRA + score head, on --model) or a fully tuned *ForSequenceClassification model
+    /// folder (train-rm-lora --full, or saved by transformers), each normalised by its
+    /// rlhf_state.json when it has one. Repeat for an ensemble (adapters and full models
+    /// may mix); an ensemble folder (ensemble.json) expands to its members. With several
+    /// members give a weight to all or to none (none: `reward` gets rm_mean).
     #[arg(long = "reward-model", value_name = "DIR[:W]")]
     pub reward_models: Vec<String>,
-    /// Base model folder the reward adapters sit on (needed with --reward-model).
+    /// Base model folder the reward adapters sit on (needed when a --reward-model is an
+    /// adapter; full reward models bring their own weights and tokenizer).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Compute device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N.
@@ -77,8 +84,9 @@ pub struct Cli {
     /// a pessimistic reward for uncertain members.
     #[arg(long, default_value_t = 0.0, value_name = "C")]
     pub rm_std_penalty: f32,
-    /// Re-tokenize prompt and response text with the reward model's tokenizer instead of
-    /// refusing rollouts made with another tokenizer.
+    /// Re-tokenize prompt and response text with a reward model's tokenizer instead of
+    /// refusing rollouts made with another tokenizer (reward models whose tokenizer is the
+    /// rollouts' keep scoring the rollouts' token ids).
     #[arg(long)]
     pub retokenize: bool,
     /// Sequences per reward-model forward batch on CUDA, and on CPU with --pack-prompts
@@ -96,10 +104,32 @@ pub struct Cli {
     pub shard: ShardArgs,
 }
 
+/// What a reward model folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardModelKind {
+    /// A PEFT SEQ_CLS adapter (LoRA + score head) on the base --model.
+    Adapter,
+    /// A fully tuned *ForSequenceClassification model folder with its own tokenizer.
+    Full,
+}
+
+impl RewardModelKind {
+    /// A folder with config.json and no adapter_config.json is a full model; anything else
+    /// is taken for an adapter (and refused later when adapter_config.json is missing).
+    pub fn of(dir: &Path) -> RewardModelKind {
+        if !dir.join("adapter_config.json").is_file() && dir.join("config.json").is_file() {
+            RewardModelKind::Full
+        } else {
+            RewardModelKind::Adapter
+        }
+    }
+}
+
 /// One reward model (an ensemble has several).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardModelSpec {
     pub dir: PathBuf,
+    pub kind: RewardModelKind,
     /// Weight in `reward`.
     pub weight: f32,
     /// Output column (`rm` or `rm_K`).
@@ -180,6 +210,59 @@ pub fn expand_ensemble(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// Checks that a full reward model folder is a one-label *ForSequenceClassification model
+/// with a tokenizer (config.json only; the weights are checked when they load).
+pub fn check_full_folder(dir: &Path) -> Result<()> {
+    let bad = |message: String| -> anyhow::Error {
+        CoreError::BadInput {
+            path: dir.to_path_buf(),
+            row: None,
+            message,
+        }
+        .into()
+    };
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| CoreError::BadInput {
+        path: path.clone(),
+        row: None,
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let archs = cfg.get("architectures").cloned().unwrap_or_default();
+    let seqcls = archs.as_array().is_some_and(|a| {
+        a.iter()
+            .filter_map(|x| x.as_str())
+            .any(|x| x.ends_with("ForSequenceClassification"))
+    });
+    if !seqcls {
+        return Err(bad(format!(
+            "not a reward model: config.json's architectures are {archs}, expected a \
+             *ForSequenceClassification model (a `score` head); a reward adapter would have \
+             `adapter_config.json`\n  hint: give a folder written by train-rm-lora (with or \
+             without --full)"
+        )));
+    }
+    let labels = match cfg.get("num_labels").and_then(|x| x.as_u64()) {
+        Some(n) => Some(n as usize),
+        None => cfg
+            .get("id2label")
+            .and_then(|x| x.as_object())
+            .map(|m| m.len()),
+    };
+    if let Some(n) = labels.filter(|&n| n != 1) {
+        return Err(bad(format!(
+            "config.json gives the score head {n} labels; a reward model has one"
+        )));
+    }
+    if !dir.join("tokenizer.json").is_file() {
+        return Err(bad(
+            "a full reward model needs its tokenizer: `tokenizer.json` is missing".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Columns no rule may take.
 const RESERVED: [&str; 5] = ["rollout_id", "reward", "penalty", "rm_mean", "rm_std"];
 
@@ -221,6 +304,7 @@ impl Settings {
             .into_iter()
             .enumerate()
             .map(|(k, (dir, w))| RewardModelSpec {
+                kind: RewardModelKind::of(&dir),
                 dir,
                 weight: w.unwrap_or(1.0 / n as f32),
                 column: if n == 1 {
@@ -250,16 +334,29 @@ impl Settings {
                 "--rm-std-penalty needs an ensemble (two or more reward models)"
             ));
         }
-        let model_dir = match (&cli.model, n) {
-            (None, 0) => None,
-            (None, _) => bail!(CoreError::usage(
-                "--reward-model needs --model, the base model folder the adapters sit on"
-            )),
-            (Some(m), 0) => {
-                tracing::warn!("--model {} is not used without --reward-model", m.display());
+        let adapter = reward_models
+            .iter()
+            .find(|rm| rm.kind == RewardModelKind::Adapter);
+        let model_dir = match (&cli.model, adapter) {
+            (None, None) => None,
+            (None, Some(rm)) => bail!(CoreError::usage(format!(
+                "--reward-model {} needs --model, the base model folder the adapter sits on \
+                 (a fully tuned reward model, a folder with config.json and no \
+                 adapter_config.json, needs none)",
+                rm.dir.display()
+            ))),
+            (Some(m), None) => {
+                if n == 0 {
+                    tracing::warn!("--model {} is not used without --reward-model", m.display());
+                } else {
+                    tracing::warn!(
+                        "--model {} is not used: every --reward-model is a full model",
+                        m.display()
+                    );
+                }
                 None
             }
-            (Some(m), _) => Some(m.clone()),
+            (Some(m), Some(_)) => Some(m.clone()),
         };
         if let Some(m) = &model_dir {
             for f in ["config.json", "tokenizer.json"] {
@@ -274,19 +371,27 @@ impl Settings {
             }
         }
         for rm in &reward_models {
-            if !rm.dir.join("adapter_config.json").is_file() {
-                return Err(CoreError::BadInput {
-                    path: rm.dir.clone(),
-                    row: None,
-                    message: "not a reward adapter folder: `adapter_config.json` is missing".into(),
+            match rm.kind {
+                RewardModelKind::Adapter => {
+                    if !rm.dir.join("adapter_config.json").is_file() {
+                        return Err(CoreError::BadInput {
+                            path: rm.dir.clone(),
+                            row: None,
+                            message: "not a reward model folder: neither a reward adapter \
+                                      (`adapter_config.json` is missing) nor a full model \
+                                      (`config.json` is missing)"
+                                .into(),
+                        }
+                        .into());
+                    }
+                    rlhf_core::adapter_meta::check_kind(
+                        "--reward-model",
+                        &rm.dir,
+                        rlhf_core::adapter_meta::AdapterKind::Reward,
+                    )?;
                 }
-                .into());
+                RewardModelKind::Full => check_full_folder(&rm.dir)?,
             }
-            rlhf_core::adapter_meta::check_kind(
-                "--reward-model",
-                &rm.dir,
-                rlhf_core::adapter_meta::AdapterKind::Reward,
-            )?;
         }
         let mut inputs = vec![("--rollouts", cli.rollouts.as_path())];
         if let Some(m) = &cli.model {

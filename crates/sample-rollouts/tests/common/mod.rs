@@ -17,13 +17,34 @@ use tch::{Device, Kind};
 /// A tiny random Llama (llama-tiny preset) saved with its tokenizer in `dir`; returns the
 /// in-memory model too.
 pub fn tiny_model(dir: &Path, seed: u64) -> Model {
+    tiny_model_with(dir, seed, None, None)
+}
+
+/// The preset's vocabulary size (model rows and tokenizer words of [`tiny_model`]).
+pub fn tiny_vocab() -> i64 {
+    ModelConfig::preset("llama-tiny").unwrap().vocab_size
+}
+
+/// Like [`tiny_model`], with `vocab_size` embedding rows and a word tokenizer of
+/// `tokenizer_vocab` words instead of the preset's (None: the preset's); a different
+/// tokenizer size gives a tokenizer with another content hash.
+pub fn tiny_model_with(
+    dir: &Path,
+    seed: u64,
+    vocab_size: Option<i64>,
+    tokenizer_vocab: Option<usize>,
+) -> Model {
     let mut cfg = ModelConfig::preset("llama-tiny").unwrap();
     // Larger weights than the default init give peaked, seed-dependent distributions, so
     // sampling bugs show up as different tokens rather than near-uniform noise.
     cfg.initializer_range = 0.2;
+    let words = tokenizer_vocab.unwrap_or(cfg.vocab_size as usize);
+    if let Some(v) = vocab_size {
+        cfg.vocab_size = v;
+    }
     let model = Model::random(&cfg, Device::Cpu, Kind::Float, seed).unwrap();
     model.save_pretrained(dir).unwrap();
-    write_word_tokenizer(dir, cfg.vocab_size as usize);
+    write_word_tokenizer(dir, words);
     model
 }
 
