@@ -66,8 +66,9 @@ for arm in ["rm_lora", "rm_full", "policy_lora", "policy_full"]:
 for stage in ["rm", "policy"]:
     lora, full = p[stage + "_lora"], p[stage + "_full"]
     assert full["trainable_params"] > 10 * lora["trainable_params"], (stage, lora, full)
-# the full policy's held-out KL comes from --ref-model (the SFT model), not from itself
-assert p["policy_full"]["kl_to_sft"] > 0, p["policy_full"]
+# the full policy's held-out KL comes from --ref-model (the SFT model): taken from the
+# policy itself it would be exactly 0 (a micro run's sampled estimate may be < 0)
+assert p["policy_full"]["kl_to_sft"] != 0.0, p["policy_full"]
 print("e2e: demo-perl", {a: round(p[a]["quality"], 3) for a in ["rm_lora", "rm_full", "policy_lora", "policy_full"]})
 PYEOF
 grep -q "PERL paper" "$tmp/perl-table/report/summary.md" || fail "demo-perl report has no side-by-side table"

@@ -183,12 +183,7 @@ pub struct Cli {
     /// Floor of the adaptive controller's beta (needs --kl-target): beta rises while the KL
     /// is over the target and falls back no lower than this, making the target a budget.
     /// 0 = Ziegler's controller, which also lowers beta without bound under the target.
-    #[arg(
-        long,
-        default_value_t = 0.0,
-        value_name = "BETA",
-        requires = "kl_target"
-    )]
+    #[arg(long, default_value_t = 0.0, value_name = "BETA")]
     pub kl_coef_min: f64,
     /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).
     #[arg(long, default_value = "k1", value_name = "K")]

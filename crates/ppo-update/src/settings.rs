@@ -197,7 +197,7 @@ impl Settings {
         let kl = match cli.kl_target {
             Some(t) => KlController::adaptive(cli.kl_coef, t, cli.kl_horizon)
                 .and_then(|c| c.with_floor(cli.kl_coef_min)),
-            None => KlController::fixed(cli.kl_coef),
+            None => KlController::fixed(cli.kl_coef).and_then(|c| c.with_floor(cli.kl_coef_min)),
         }
         .map_err(|e| {
             CoreError::usage(format!(

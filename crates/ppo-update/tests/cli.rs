@@ -83,6 +83,22 @@ fn usage_errors_exit_2_and_bad_model_exits_3() {
         "dpo",
     ]);
     assert_eq!(code, 2, "{err}");
+    // a floor on beta needs the adaptive controller (0, what run_config.toml records
+    // for a fixed beta, is accepted)
+    let (code, err) = ppo_update(&[
+        "--model",
+        s(&w.model),
+        "--rollouts",
+        s(&r),
+        "--scores",
+        s(&sc),
+        "--out",
+        s(&out),
+        "--kl-coef-min",
+        "0.1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kl-coef-min"), "{err}");
     let (code, err) = ppo_update(&[
         "--model",
         s(&w.model),

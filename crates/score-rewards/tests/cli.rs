@@ -127,36 +127,12 @@ fn reward_adapter_scores_equal_peft_and_are_normalised() {
     );
     let names: Vec<&str> = t.sources.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["rm"]);
-    let seqs: Vec<Vec<i32>> = f
-        .rows
-        .iter()
-        .map(|r| {
-            r.prompt_tokens
-                .iter()
-                .chain(&r.response_tokens)
-                .copied()
-                .collect()
-        })
-        .collect();
-    let input = f.root.join("peft_in.json");
-    let script = f.root.join("peft_scores.py");
-    std::fs::write(&script, PEFT_SCRIPT).unwrap();
-    std::fs::write(
-        &input,
-        serde_json::json!({"model": f.p("model"), "adapter": f.p("rm"), "seqs": seqs}).to_string(),
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::python())
-        .arg(&script)
-        .arg(&input)
-        .output()
-        .expect("the Python reference runs");
-    assert!(
-        out.status.success(),
-        "peft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let theirs = common::python_reference(
+        &f.root,
+        "peft_scores",
+        PEFT_SCRIPT,
+        serde_json::json!({"model": f.p("model"), "adapter": f.p("rm"), "seqs": common::sequences(&f.rows)}),
     );
-    let theirs: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(theirs.len(), f.rows.len());
     let rm = t.source("rm").unwrap();
     let mut max_diff = 0f64;

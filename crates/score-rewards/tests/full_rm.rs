@@ -465,35 +465,12 @@ print(json.dumps(out))
 #[test]
 fn folders_written_by_transformers_score_as_transformers_does() {
     let f = Fixture::new();
-    let seqs: Vec<Vec<i32>> = f
-        .rows
-        .iter()
-        .map(|r| {
-            r.prompt_tokens
-                .iter()
-                .chain(&r.response_tokens)
-                .copied()
-                .collect()
-        })
-        .collect();
-    let (script, input) = (f.root.join("hf.py"), f.root.join("hf.json"));
-    std::fs::write(&script, TRANSFORMERS_SCRIPT).unwrap();
-    std::fs::write(
-        &input,
-        serde_json::json!({"full": f.p("full"), "out": f.p("hf"), "seqs": seqs}).to_string(),
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::python())
-        .arg(&script)
-        .arg(&input)
-        .output()
-        .expect("the Python reference runs");
-    assert!(
-        out.status.success(),
-        "transformers failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let theirs = common::python_reference(
+        &f.root,
+        "hf",
+        TRANSFORMERS_SCRIPT,
+        serde_json::json!({"full": f.p("full"), "out": f.p("hf"), "seqs": common::sequences(&f.rows)}),
     );
-    let theirs: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!f.root.join("hf/rlhf_state.json").exists());
     let (code, stderr) = f.run(
         "rollouts.parquet",

@@ -120,3 +120,43 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
     rlhf_testkit::run(bin, &[args, &fixed].concat())
 }
+
+/// Prompt + response token ids of each rollout (what a reward model scores).
+pub fn sequences(rows: &[RolloutRow]) -> Vec<Vec<i32>> {
+    rows.iter()
+        .map(|r| {
+            r.prompt_tokens
+                .iter()
+                .chain(&r.response_tokens)
+                .copied()
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs a Python reference `script` (written to `dir/name.py`) on `input` (written to
+/// `dir/name.json`) and returns the numbers it prints as a JSON list.
+pub fn python_reference(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    input: serde_json::Value,
+) -> Vec<f64> {
+    let (script_path, input_path) = (
+        dir.join(format!("{name}.py")),
+        dir.join(format!("{name}.json")),
+    );
+    std::fs::write(&script_path, script).unwrap();
+    std::fs::write(&input_path, input.to_string()).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(&script_path)
+        .arg(&input_path)
+        .output()
+        .expect("the Python reference runs");
+    assert!(
+        out.status.success(),
+        "{name}.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
