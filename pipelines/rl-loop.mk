@@ -1,7 +1,9 @@
-# The RL loop shared by the pipelines: N x (sample-rollouts -> score-rewards -> ppo-update),
-# then merge, held-out evaluation of the base (adapter off) and the final policy, report.
-# The including file sets RUN, CONF, BASE (frozen model folder), PROMPTS, EVAL_PROMPTS and
-# RM (reward adapter folder, made by a rule of its own).
+# The RL loop shared by the pipelines: N x (sample-rollouts -> score-rewards -> ppo-update,
+# then the updated policy on the held-out prompts), then merge, held-out evaluation of the
+# base (adapter off) and the final policy, report. The including file sets RUN, CONF, BASE
+# (frozen model folder), PROMPTS, EVAL_PROMPTS and RM (reward model folder: an adapter, an
+# ensemble or a full model; a rule of its own makes $(RM)/metrics.parquet: the folder is
+# written as a whole, so that file stands for all of it).
 
 LAST := $(RUN)/$(call iter,$(ITERATIONS))/policy/adapter_config.json
 # Extra flags of every ppo-update, e.g. --record-timings (pipelines/demo-perl.mk)
