@@ -52,6 +52,8 @@ pub type StopFn<'a> = &'a (dyn Fn(usize, &[i32]) -> bool + 'a);
 
 /// Generates one continuation per prompt. `seeds[i]` seeds sequence i. `pad_id` fills the
 /// left padding (masked out). `adapter` None samples from the base (reference policy).
+/// All prompts share one prefill; see [`generate_groups`] for outputs that do not depend on
+/// the batch.
 pub fn generate(
     model: &Model,
     adapter: Option<&str>,
@@ -60,6 +62,98 @@ pub fn generate(
     params: &SamplingParams,
     pad_id: i32,
     stop: Option<StopFn>,
+) -> Result<Vec<Generation>> {
+    run(model, adapter, prompts, seeds, params, pad_id, stop, None)
+}
+
+/// Rows up to which [`generate_groups`] is batch-invariant for a model of `kind` on `device`:
+/// `Some` where the CPU decode kernels run (f32 on an x86-64 CPU with AVX-512F or AVX2+FMA,
+/// kernels not turned off), `None` elsewhere (libtorch's products round differently for
+/// different numbers of rows).
+pub fn batch_invariant_rows(kind: Kind, device: Device) -> Option<usize> {
+    (crate::decode_kernels::simd().is_some() && kind == Kind::Float && device == Device::Cpu)
+        .then_some(crate::decode_kernels::gemm::MAX_ROWS as usize)
+}
+
+/// [`generate`] for prompts in groups of `group` consecutive rows (the K samples of one prompt;
+/// the last group may be shorter): each group is prefilled as a batch of its own, with the
+/// shapes it would have alone, and the decode steps run every row together with the CPU decode
+/// kernels from one row on (GPT-2 too), whose products, attention, norms and sampling compute
+/// each row in the same order whatever the other rows hold (a left pad adds exact zeros). Up
+/// to [`batch_invariant_rows`] rows, each row's tokens and log-probs are then the same bits
+/// whichever other groups share the call: the groups of a prompt file can be packed into few
+/// batches without changing a byte of the output.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_groups(
+    model: &Model,
+    adapter: Option<&str>,
+    prompts: &[Vec<i32>],
+    seeds: &[u64],
+    params: &SamplingParams,
+    pad_id: i32,
+    stop: Option<StopFn>,
+    group: usize,
+) -> Result<Vec<Generation>> {
+    if group == 0 {
+        return Err(NnError::Argument("generate: group of 0 rows".into()));
+    }
+    run(
+        model,
+        adapter,
+        prompts,
+        seeds,
+        params,
+        pad_id,
+        stop,
+        Some(group),
+    )
+}
+
+/// Left-pads `prompts` to their longest: (ids, mask) row-major (rows, width), and the width.
+fn left_padded(prompts: &[Vec<i32>], pad_id: i32) -> (Vec<i64>, Vec<i64>, usize) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = vec![pad_id as i64; prompts.len() * width];
+    let mut mask = vec![0i64; prompts.len() * width];
+    for (i, p) in prompts.iter().enumerate() {
+        let off = width - p.len();
+        for (j, &t) in p.iter().enumerate() {
+            ids[i * width + off + j] = t as i64;
+            mask[i * width + off + j] = 1;
+        }
+    }
+    (ids, mask, width)
+}
+
+/// Prefills `prompts` (one batch) into a cache of `max_new_tokens` spare positions; returns the
+/// cache and the logits of each row's next token.
+fn prefill(
+    model: &Model,
+    adapter: Option<&str>,
+    prompts: &[Vec<i32>],
+    pad_id: i32,
+    max_new_tokens: usize,
+) -> Result<(KvCache, Tensor)> {
+    let (ids, mask, width) = left_padded(prompts, pad_id);
+    let (b, w) = (prompts.len() as i64, width as i64);
+    let device = model.device();
+    let mut cache = KvCache::new(model, b, w + max_new_tokens as i64);
+    let input = Tensor::from_slice(&ids).view([b, w]).to_device(device);
+    let m = Tensor::from_slice(&mask).view([b, w]).to_device(device);
+    let hidden = model.prefill(&input, &m, &mut cache, adapter)?;
+    let logits = model.lm_logits(&hidden.select(1, 0))?;
+    Ok((cache, logits))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &Model,
+    adapter: Option<&str>,
+    prompts: &[Vec<i32>],
+    seeds: &[u64],
+    params: &SamplingParams,
+    pad_id: i32,
+    stop: Option<StopFn>,
+    group: Option<usize>,
 ) -> Result<Vec<Generation>> {
     let _guard = tch::no_grad_guard();
     params.validate().map_err(NnError::Argument)?;
@@ -95,15 +189,6 @@ pub fn generate(
         )));
     }
     let device = model.device();
-    let mut ids = vec![pad_id as i64; b * width];
-    let mut mask = vec![0i64; b * width];
-    for (i, p) in prompts.iter().enumerate() {
-        let off = width - p.len();
-        for (j, &t) in p.iter().enumerate() {
-            ids[i * width + off + j] = t as i64;
-            mask[i * width + off + j] = 1;
-        }
-    }
     let mut rngs: Vec<_> = seeds
         .iter()
         .map(|&s| crate::rng::rng_for(s, "sample"))
@@ -118,25 +203,35 @@ pub fn generate(
     if params.max_new_tokens == 0 {
         return Ok(out);
     }
-    let mut cache = KvCache::new(model, b as i64, cap);
-    let input = Tensor::from_slice(&ids)
-        .view([b as i64, width as i64])
-        .to_device(device);
-    let m = Tensor::from_slice(&mask)
-        .view([b as i64, width as i64])
-        .to_device(device);
     // The CPU decode kernels on every thread: for a Llama model from the prefill on where they
     // have kernels for its many rows (AVX-512), else from the first decode step; for GPT-2
-    // from the first decode step, from 8 sequences (see `decode_kernels`).
+    // from the first decode step, from 8 sequences, or from one in groups (see
+    // `decode_kernels`).
     use crate::decode_kernels::{prefill_kernels, DecodeThreads};
     let llama = cfg.arch == crate::config::Arch::Llama;
-    let scope = || match llama {
+    let scope = || match llama || group.is_some() {
         true => DecodeThreads::enter_fused(b as i64, model.kind(), device),
         false => DecodeThreads::enter(b as i64, model.kind(), device),
     };
     let mut threads = (llama && prefill_kernels()).then(scope);
-    let hidden = model.prefill(&input, &m, &mut cache, adapter)?;
-    let mut logits = model.lm_logits(&hidden.select(1, 0))?;
+    let max_new = params.max_new_tokens;
+    let (mut cache, mut logits) = match group {
+        Some(g) if g < b => {
+            // Each group alone, then one cache with every group left-padded to the longest.
+            let mut parts = Vec::with_capacity(b.div_ceil(g));
+            let mut heads = Vec::with_capacity(parts.capacity());
+            for rows in prompts.chunks(g) {
+                let (part, logits) = prefill(model, adapter, rows, pad_id, max_new)?;
+                parts.push(part);
+                heads.push(logits);
+            }
+            (
+                KvCache::join(model, &parts, cap)?,
+                Tensor::f_cat(&heads, 0)?,
+            )
+        }
+        _ => prefill(model, adapter, prompts, pad_id, max_new)?,
+    };
     let threads = threads.get_or_insert_with(scope);
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = (0..b).collect();
@@ -213,4 +308,121 @@ pub fn generate(
         logits = model.lm_logits(&hidden.select(1, 0))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind};
+
+    use super::*;
+    use crate::decode_kernels::paths;
+    use crate::lora::LoraConfig;
+    use crate::ModelConfig;
+
+    /// A random model with adapter "p" on every linear, B non-zero (it changes the outputs).
+    fn model(preset: &str) -> Model {
+        let cfg = ModelConfig::preset(preset).unwrap();
+        let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap();
+        let lora = LoraConfig {
+            target_modules: vec!["all-linear".into()],
+            ..LoraConfig::default_for(cfg.arch)
+        };
+        model.add_adapter("p", &lora, None, 6).unwrap();
+        let _g = tch::no_grad_guard();
+        for mut t in model.adapter_parameters("p").unwrap() {
+            let noise = t.randn_like() * 0.2;
+            t.copy_(&noise);
+        }
+        model
+    }
+
+    /// Each row's tokens, log-prob bits and finish reason.
+    fn bits(gens: &[Generation]) -> Vec<(Vec<i32>, Vec<u32>, FinishReason)> {
+        gens.iter()
+            .map(|g| {
+                let lp = g.logprobs.iter().map(|x| x.to_bits()).collect();
+                (g.tokens.clone(), lp, g.finish)
+            })
+            .collect()
+    }
+
+    /// generate_groups gives each group's rows the same bits whether the group runs alone or
+    /// packed with groups of other prompt lengths (left padding in the joined cache), in any
+    /// order, with rows ending early (EOS) and dropped from the batch: on every SIMD path, for
+    /// Llama and GPT-2, with and without an adapter, greedy and sampled.
+    #[test]
+    fn packed_groups_give_the_bits_of_each_group_alone() {
+        let k = 3;
+        let lens = [3usize, 9, 1, 6];
+        for preset in ["llama-tiny", "gpt2-tiny"] {
+            let m = model(preset);
+            let vocab = m.config().vocab_size as i32;
+            let mut prompts = Vec::new();
+            let mut seeds = Vec::new();
+            for (g, &len) in lens.iter().enumerate() {
+                let p: Vec<i32> = (0..len as i32)
+                    .map(|j| (j * 37 + g as i32 * 11 + 5) % vocab)
+                    .collect();
+                for s in 0..k {
+                    prompts.push(p.clone());
+                    seeds.push((g * 10 + s) as u64);
+                }
+            }
+            let ran = paths::for_each("packed_groups_give_the_bits_of_each_group_alone", |path| {
+                for (adapter, temperature) in [(Some("p"), 1.0), (None, 0.0)] {
+                    let mut params = SamplingParams {
+                        max_new_tokens: 10,
+                        temperature,
+                        ..Default::default()
+                    };
+                    // An EOS that some rows draw before the end, so rows leave the batch.
+                    let first = generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k)
+                        .unwrap();
+                    params.eos_ids = vec![first[1].tokens[2], first[7].tokens[4]];
+                    let packed = bits(
+                        &generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k)
+                            .unwrap(),
+                    );
+                    assert!(
+                        packed.iter().any(|r| r.2 == FinishReason::Eos)
+                            && packed.iter().any(|r| r.2 == FinishReason::Length)
+                    );
+                    let what =
+                        format!("{preset} {path:?} adapter {adapter:?} temperature {temperature}");
+                    for (g, rows) in prompts.chunks(k).enumerate() {
+                        let alone = generate_groups(
+                            &m,
+                            adapter,
+                            rows,
+                            &seeds[g * k..(g + 1) * k],
+                            &params,
+                            0,
+                            None,
+                            k,
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            bits(&alone),
+                            packed[g * k..(g + 1) * k],
+                            "{what}: group {g} alone vs packed"
+                        );
+                    }
+                    // Two groups per call, in reverse order.
+                    let order: Vec<usize> = (0..lens.len()).rev().collect();
+                    for pair in order.chunks(2) {
+                        let rows: Vec<usize> =
+                            pair.iter().flat_map(|&g| g * k..(g + 1) * k).collect();
+                        let p: Vec<Vec<i32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
+                        let s: Vec<u64> = rows.iter().map(|&i| seeds[i]).collect();
+                        let two = bits(
+                            &generate_groups(&m, adapter, &p, &s, &params, 0, None, k).unwrap(),
+                        );
+                        let want: Vec<_> = rows.iter().map(|&i| packed[i].clone()).collect();
+                        assert_eq!(two, want, "{what}: groups {pair:?}");
+                    }
+                }
+            });
+            assert!(ran > 0 || std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some());
+        }
+    }
 }

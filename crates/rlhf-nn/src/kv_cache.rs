@@ -41,6 +41,37 @@ impl KvCache {
         }
     }
 
+    /// The rows of `parts` in order, in one cache of `capacity` positions: each part's cached
+    /// tokens end where the longest part's do (left padding, masked and zero), with their
+    /// masks and next positions, so decoding continues each row as its own part would.
+    pub(crate) fn join(model: &Model, parts: &[KvCache], capacity: i64) -> Result<KvCache> {
+        let batch = parts.iter().map(|p| p.batch).sum();
+        let len = parts.iter().map(|p| p.len).max().unwrap_or(0);
+        if len > capacity {
+            return Err(NnError::Argument(format!(
+                "KV cache capacity {capacity} below the {len} cached tokens of a part"
+            )));
+        }
+        let mut out = KvCache::new(model, batch, capacity);
+        let mut row = 0;
+        for p in parts {
+            let (b, off) = (p.batch, len - p.len);
+            for (dst, src) in out.k.iter().zip(&p.k).chain(out.v.iter().zip(&p.v)) {
+                dst.narrow(0, row, b)
+                    .narrow(2, off, p.len)
+                    .f_copy_(&src.narrow(2, 0, p.len))?;
+            }
+            out.mask
+                .narrow(0, row, b)
+                .narrow(1, off, p.len)
+                .f_copy_(&p.mask.narrow(1, 0, p.len))?;
+            out.next_pos.narrow(0, row, b).f_copy_(&p.next_pos)?;
+            row += b;
+        }
+        out.len = len;
+        Ok(out)
+    }
+
     /// Tokens cached per row (pads included).
     pub fn len(&self) -> i64 {
         self.len

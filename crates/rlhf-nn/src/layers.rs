@@ -134,10 +134,10 @@ impl Linear {
         } else {
             xin
         };
-        let delta = xin
-            .linear::<Tensor>(&pair.a, None)
-            .linear::<Tensor>(&pair.b, None)
-            * adapter.scale;
+        // The decode kernels' products inside a decode scope (each row computed alike whatever
+        // the batch), libtorch's everywhere else.
+        use crate::decode_kernels::gemm::linear;
+        let delta = linear(&linear(&xin, &pair.a, None), &pair.b, None) * adapter.scale;
         let kind = y.kind();
         y + delta.to_kind(kind)
     }

@@ -158,15 +158,15 @@ pub fn run(cli: &Cli) -> Result<()> {
         ref_logprobs: settings.ref_logprobs,
         ref_model: ref_model.as_ref(),
     };
-    let pack = settings.pack_prompts;
     let mut sink = RolloutSink::create(&settings.out_file, &lineage)?;
     let bar = rlhf_core::progress::bar(jobs.len() as u64, "sampling");
     let start = Instant::now();
-    let batches = plan_batches(
-        jobs.len(),
-        settings.samples_per_prompt,
-        settings.batch_size,
-        pack,
+    let batches = plan_batches(jobs.len(), settings.samples_per_prompt, settings.batch_rows);
+    tracing::info!(
+        batches = batches.len(),
+        rows = settings.batch_rows,
+        batch_invariant = settings.batch_invariant,
+        "forward batches of whole prompts"
     );
     let forward_batches = batches.len();
     // progress streamed with --live-metrics / --tensorboard, at step = rollouts written
@@ -213,6 +213,10 @@ pub fn run(cli: &Cli) -> Result<()> {
     if let Some(m) = details.as_object_mut() {
         m.insert("sampling_seconds".into(), serde_json::json!(secs));
         m.insert("forward_batches".into(), serde_json::json!(forward_batches));
+        m.insert(
+            "batch_invariant".into(),
+            serde_json::json!(settings.batch_invariant),
+        );
         m.insert(
             "response_tokens_per_second".into(),
             serde_json::json!(summary.response_tokens as f64 / secs.max(1e-9)),

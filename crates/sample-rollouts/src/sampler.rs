@@ -2,15 +2,16 @@
 //! adapter), then the reference log-probabilities of the same tokens with the adapter
 //! switched off (the same base in memory) or from --ref-model, assembled into rollout rows.
 //!
-//! Batching and determinism: on CPU a forward batch is exactly the K samples of one prompt.
-//! Those K rows share the prompt, so prefill and every decode step have the same shapes
-//! whatever --batch-size, the shard or the neighbouring prompts are; libtorch's CPU kernels
-//! then give bit-identical results, and each sample's seeded random stream does the rest.
-//! (Packing several prompts changes the matrix shapes, and MKL's results for a row depend
-//! on the number of rows, so packed batches would not reproduce unpacked ones bit for bit.)
-//! On CUDA, and on CPU with --pack-prompts, whole prompts are packed up to --batch-size
-//! sequences for throughput, and a row's numbers then depend on its neighbours within float
-//! rounding.
+//! Batching and determinism: whole prompts are packed up to the settings' batch rows. Each
+//! prompt's K samples are prefilled as a batch of their own and then decode with the other
+//! prompts' ([`generate_groups`]); on a CPU with the decode kernels every row of a decode step
+//! is computed in the same order whatever shares the batch, and the reference log-probs are
+//! scored one prompt at a time (libtorch's products round differently for different numbers
+//! of rows), so a row is the same bytes whatever --batch-size, the shard or the neighbouring
+//! prompts are; each sample's seeded random stream does the rest. Where the kernels do not
+//! run, a CPU batch is one prompt for the same reason (unless --pack-prompts); on CUDA whole
+//! prompts are packed and scored together for throughput, and a row's numbers then depend on
+//! its neighbours within float rounding.
 
 use std::ops::Range;
 
@@ -18,25 +19,16 @@ use anyhow::{Context, Result};
 use rlhf_core::records::RolloutRow;
 use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::batch::SeqBatch;
-use rlhf_nn::generate::{generate, Generation, SamplingParams, StopFn};
+use rlhf_nn::generate::{generate_groups, Generation, SamplingParams, StopFn};
 use rlhf_nn::Model;
 
 use crate::prompts::PromptJob;
 use crate::seeding::{rollout_id, sample_seed};
 
-/// Splits `n` prompts into forward batches of whole prompts: one prompt per batch when
-/// `pack` is false, else as many as fit in `batch_size` sequences (at least one).
-pub fn plan_batches(
-    n: usize,
-    samples_per_prompt: usize,
-    batch_size: usize,
-    pack: bool,
-) -> Vec<Range<usize>> {
-    let per_batch = if pack {
-        (batch_size / samples_per_prompt.max(1)).max(1)
-    } else {
-        1
-    };
+/// Splits `n` prompts into forward batches of whole prompts: as many as fit in `batch_rows`
+/// sequences of `samples_per_prompt` each, at least one.
+pub fn plan_batches(n: usize, samples_per_prompt: usize, batch_rows: usize) -> Vec<Range<usize>> {
+    let per_batch = (batch_rows / samples_per_prompt.max(1)).max(1);
     (0..n)
         .step_by(per_batch)
         .map(|start| start..(start + per_batch).min(n))
@@ -85,7 +77,7 @@ impl SampleContext<'_> {
         } else {
             Some(&stop)
         };
-        let gens: Vec<Generation> = generate(
+        let gens: Vec<Generation> = generate_groups(
             self.model,
             self.adapter,
             &prompts,
@@ -93,6 +85,7 @@ impl SampleContext<'_> {
             &self.params,
             pad,
             stop_fn,
+            k,
         )
         .context("sampling")?;
         anyhow::ensure!(
@@ -101,10 +94,17 @@ impl SampleContext<'_> {
             gens.len(),
             prompts.len()
         );
-        let refs = if self.ref_logprobs {
+        let refs = if !self.ref_logprobs {
+            None
+        } else if self.model.device().is_cuda() {
             Some(self.reference_logprobs(&prompts, &gens)?)
         } else {
-            None
+            // one prompt at a time: the same shapes whatever the batch
+            let mut all = Vec::with_capacity(prompts.len());
+            for (p, g) in prompts.chunks(k).zip(gens.chunks(k)) {
+                all.extend(self.reference_logprobs(p, g)?);
+            }
+            Some(all)
         };
         let mut out = Vec::with_capacity(jobs.len());
         for (j, job) in jobs.iter().enumerate() {
@@ -160,11 +160,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_batches_are_single_prompts_and_cuda_batches_pack() {
-        assert_eq!(plan_batches(3, 4, 64, false), vec![0..1, 1..2, 2..3]);
-        assert_eq!(plan_batches(5, 4, 8, true), vec![0..2, 2..4, 4..5]);
+    fn batches_hold_whole_prompts() {
+        assert_eq!(plan_batches(3, 4, 4), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan_batches(5, 4, 8), vec![0..2, 2..4, 4..5]);
+        assert_eq!(plan_batches(5, 4, 11), vec![0..2, 2..4, 4..5]);
         // A prompt with more samples than the batch still gets one batch of its own.
-        assert_eq!(plan_batches(2, 16, 8, true), vec![0..1, 1..2]);
-        assert!(plan_batches(0, 4, 8, true).is_empty());
+        assert_eq!(plan_batches(2, 16, 8), vec![0..1, 1..2]);
+        assert!(plan_batches(0, 4, 8).is_empty());
     }
 }

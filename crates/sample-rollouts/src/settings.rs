@@ -22,9 +22,12 @@ adapter (KV cache, temperature / top-k / top-p, EOS and stop strings) and write 
 artifact: prompt and response text and tokens, per-token sampling log-probabilities, per-token \
 reference log-probabilities (the same base with the adapter switched off, or --ref-model \
 for a fully fine-tuned policy), finish reason, policy id, iteration and seed.\n\n\
-Each sample's random stream is seeded from (--seed, --iteration, prompt id, sample index), and \
-on CPU the K samples of one prompt form one forward batch (unless --pack-prompts), so the rows \
-do not depend on --batch-size, on --num-shards or on the other prompts in the file.\n\n\
+Each sample's random stream is seeded from (--seed, --iteration, prompt id, sample index). On \
+an x86-64 CPU with AVX2+FMA or AVX-512 (f32 models), whole prompts are packed up to --batch-size \
+sequences (at most 32) and every row is computed in the same order whatever else is in its \
+batch; on other CPUs each prompt's K samples form one forward batch (unless --pack-prompts). \
+Either way the rows do not depend on --batch-size, on --num-shards or on the other prompts in \
+the file.\n\n\
 Exit codes: 0 success, 1 failure, 2 usage, 3 bad input data, 130/143 stopped by SIGINT/SIGTERM (trainers after a checkpoint)."
 )]
 pub struct Cli {
@@ -63,16 +66,19 @@ pub struct Cli {
     /// Repeat the flag or give several values.
     #[arg(long, value_name = "STR", num_args = 1.., action = clap::ArgAction::Append)]
     pub stop: Vec<String>,
-    /// Sequences per forward batch on CUDA, and on CPU with --pack-prompts: whole prompts
-    /// (K samples each) are packed up to this many sequences. Otherwise, on CPU, each
-    /// prompt's K samples are one forward batch whatever this says, which keeps CPU outputs
-    /// byte-identical across batch sizes and shards.
+    /// Sequences per forward batch: whole prompts (K samples each) are packed up to this many
+    /// (a prompt with more samples gets a batch of its own). On a CPU with the decode kernels
+    /// (x86-64 with AVX2+FMA or AVX-512, f32) at most 32, where each row's numbers do not
+    /// depend on its batch, so outputs are byte-identical across batch sizes and shards. On
+    /// other CPUs each prompt's K samples are one batch whatever this says (see
+    /// --pack-prompts); on CUDA it is used as given.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
-    /// Pack several prompts per forward batch on CPU too (up to --batch-size sequences):
-    /// faster, but a row's log-probabilities then depend on its batch neighbours within
-    /// float rounding (about 1e-6), so outputs are no longer byte-identical across
-    /// --batch-size and --num-shards, and a rounding difference can change a sampled token.
+    /// Pack prompts up to --batch-size sequences where that is not byte-identical: on a CPU
+    /// without the decode kernels (or bf16), and above 32 sequences on one with them. Faster
+    /// there, but a row's log-probabilities then depend on its batch neighbours within float
+    /// rounding (about 1e-6), so outputs are no longer byte-identical across --batch-size and
+    /// --num-shards, and a rounding difference can change a sampled token.
     #[arg(long)]
     pub pack_prompts: bool,
     /// Policy iteration recorded in every row (also part of each sample's seed).
@@ -115,9 +121,11 @@ pub struct Settings {
     pub top_k: usize,
     pub top_p: f64,
     pub stop: Vec<String>,
-    pub batch_size: usize,
-    /// Several prompts per forward batch (CUDA, or --pack-prompts).
-    pub pack_prompts: bool,
+    /// Sequences per forward batch (whole prompts; a prompt with more samples is one batch).
+    pub batch_rows: usize,
+    /// Whether a row's numbers are independent of its batch (the CPU decode kernels), so any
+    /// packing gives the same bytes.
+    pub batch_invariant: bool,
     pub iteration: i32,
     pub ref_logprobs: bool,
     /// The model folder that gives ref_logprobs (None: --model with the adapter off).
@@ -249,6 +257,15 @@ impl Settings {
             .with_context(|| format!("--prompts {}", cli.prompts.display()))?;
         let out_file = shard.output_for(&cli.out)?;
         check_writable(&out_file)?;
+        // Whole prompts per batch: up to what keeps rows independent of their batch where the
+        // decode kernels run, up to --batch-size on CUDA or with --pack-prompts, else one.
+        let k = cli.samples_per_prompt;
+        let invariant = rlhf_nn::generate::batch_invariant_rows(cli.model.kind(), device);
+        let batch_rows = match invariant {
+            _ if cli.pack_prompts || device.is_cuda() => cli.batch_size,
+            Some(max) => cli.batch_size.min(max),
+            None => k,
+        };
         Ok(Settings {
             model_dir: cli.model.model.clone(),
             device,
@@ -262,8 +279,8 @@ impl Settings {
             top_k: cli.top_k,
             top_p: cli.top_p,
             stop: cli.stop.clone(),
-            batch_size: cli.batch_size,
-            pack_prompts: cli.pack_prompts || device.is_cuda(),
+            batch_rows,
+            batch_invariant: invariant.is_some_and(|max| batch_rows <= max),
             iteration: cli.iteration,
             ref_logprobs: !cli.no_ref_logprobs,
             ref_model: cli.ref_model.clone(),

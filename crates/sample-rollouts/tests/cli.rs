@@ -57,8 +57,6 @@ impl Fixture {
             &prompts,
             "--out",
             &out,
-            "--samples-per-prompt",
-            "3",
             "--max-new-tokens",
             "6",
             "--iteration",
@@ -66,6 +64,9 @@ impl Fixture {
         ]);
         if !extra.contains(&"--seed") {
             args.extend(["--seed", "42"]);
+        }
+        if !extra.contains(&"--samples-per-prompt") {
+            args.extend(["--samples-per-prompt", "3"]);
         }
         args.extend(extra);
         let (code, _, stderr) = run(&args);
@@ -142,8 +143,8 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
         "same flags: same bytes"
     );
     assert_eq!(a, again);
-    // On CPU without --pack-prompts each prompt is one forward batch whatever --batch-size
-    // says, so the rows are identical (the summary counts the batches run).
+    // --batch-size 1 still runs whole prompts, one a batch (the summary counts the batches
+    // run), and the rows are identical.
     let summary = f.p("b-summary.json");
     let b1 = f.sample(
         "b.parquet",
@@ -169,50 +170,81 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
     assert_eq!(roles, ["prompts", "model", "adapter"]);
 }
 
-/// --pack-prompts puts several prompts in one forward batch on the CPU (left-padded to the
-/// longest): the rows equal the one-prompt-per-batch rows within float rounding (the same
-/// tokens; log-probabilities within 1e-4), whatever --batch-size.
+/// Whole prompts packed into one forward batch (prompts of different lengths, left-padded)
+/// give the rows of one prompt per batch byte for byte on a CPU with the decode kernels:
+/// tokens, log-probs and reference log-probs, at any --batch-size. Elsewhere each prompt is
+/// one batch whatever --batch-size says.
 #[test]
-fn packed_prompts_match_one_prompt_batches_within_rounding() {
+fn packed_prompts_give_the_rows_of_one_prompt_batches() {
     let f = Fixture::new(5);
-    let alone = f.sample("alone.parquet", &[]);
-    for (batch, batches) in [("6", 3), ("15", 1)] {
+    let alone_summary = f.p("alone.json");
+    let alone = f.sample(
+        "alone.parquet",
+        &["--batch-size", "3", "--summary-json", &alone_summary],
+    );
+    assert_eq!(rlhf_testkit::forward_batches(&alone_summary), 5);
+    let kernels = rlhf_nn::generate::batch_invariant_rows(Kind::Float, Device::Cpu).is_some();
+    if !kernels {
+        eprintln!(
+            "SKIPPED packed_prompts_give_the_rows_of_one_prompt_batches (packing): this CPU has no decode kernels; checking one prompt per batch only"
+        );
+    }
+    for (batch, packed_batches) in [("6", 3), ("15", 1), ("64", 1)] {
         let summary = f.p(&format!("packed-{batch}.json"));
         let out = format!("packed-{batch}.parquet");
-        let packed = f.sample(
-            &out,
+        let packed = f.sample(&out, &["--batch-size", batch, "--summary-json", &summary]);
+        let want = if kernels { packed_batches } else { 5 };
+        assert_eq!(
+            rlhf_testkit::forward_batches(&summary),
+            want,
+            "--batch-size {batch}: 3 samples a prompt, whole prompts a batch"
+        );
+        assert_eq!(
+            packed, alone,
+            "--batch-size {batch}: rows differ from one prompt a batch"
+        );
+    }
+}
+
+/// --pack-prompts packs where rows are not independent of their batch (here 40 sequences, over
+/// the kernels' 32): the rows equal the one-prompt-per-batch rows within float rounding (the
+/// same tokens; log-probabilities within 1e-4).
+#[test]
+fn pack_prompts_past_the_invariant_size_matches_within_rounding() {
+    let f = Fixture::new(5);
+    let k = ["--samples-per-prompt", "8"];
+    let alone = f.sample("alone.parquet", &[&k[..], &["--batch-size", "8"]].concat());
+    let summary = f.p("packed.json");
+    let packed = f.sample(
+        "packed.parquet",
+        &[
+            &k[..],
             &[
                 "--pack-prompts",
                 "--batch-size",
-                batch,
+                "40",
                 "--summary-json",
                 &summary,
             ],
-        );
-        assert_eq!(
-            rlhf_testkit::forward_batches(&summary),
-            batches,
-            "--batch-size {batch}: 3 samples a prompt, whole prompts a batch"
-        );
-        assert_eq!(packed.len(), alone.len());
-        let mut worst = 0f32;
-        for (p, a) in packed.iter().zip(&alone) {
-            assert_eq!(p.rollout_id, a.rollout_id);
-            assert_eq!(p.response_tokens, a.response_tokens, "{}", p.rollout_id);
-            let refs = p
-                .ref_logprobs
-                .iter()
-                .flatten()
-                .zip(a.ref_logprobs.iter().flatten());
-            for (x, y) in p.logprobs.iter().zip(&a.logprobs).chain(refs) {
-                worst = worst.max((x - y).abs());
-            }
+        ]
+        .concat(),
+    );
+    assert_eq!(rlhf_testkit::forward_batches(&summary), 1);
+    assert_eq!(packed.len(), alone.len());
+    let mut worst = 0f32;
+    for (p, a) in packed.iter().zip(&alone) {
+        assert_eq!(p.rollout_id, a.rollout_id);
+        assert_eq!(p.response_tokens, a.response_tokens, "{}", p.rollout_id);
+        let refs = p
+            .ref_logprobs
+            .iter()
+            .flatten()
+            .zip(a.ref_logprobs.iter().flatten());
+        for (x, y) in p.logprobs.iter().zip(&a.logprobs).chain(refs) {
+            worst = worst.max((x - y).abs());
         }
-        assert!(
-            worst < 1e-4,
-            "--batch-size {batch}: log-probs differ by {worst}"
-        );
     }
+    assert!(worst < 1e-4, "log-probs differ by {worst}");
 }
 
 #[test]
