@@ -40,6 +40,8 @@ pub struct Summary {
     pub score_mean: f64,
     pub kl_ref: f64,
     pub seconds: f64,
+    /// Peak resident memory of the process (Linux VmHWM), as the other stages report it.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 fn check_tokens(model: &Model, data: &Data, s: &Settings) -> Result<()> {
@@ -298,5 +300,6 @@ pub fn run(s: &Settings) -> Result<Summary> {
         score_mean: metric("score_mean"),
         kl_ref: metric("kl_ref"),
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }

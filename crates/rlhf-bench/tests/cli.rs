@@ -114,3 +114,26 @@ fn quick_ppo_lora_vs_full_reports_each_figure_against_full_tuning() {
     let fraction = get("lora_memory_fraction")["value"].as_f64().unwrap();
     assert!(fraction > 0.0 && fraction.is_finite());
 }
+
+/// The RL-loop case end to end on the small preset, without the TRL reference: the three
+/// stage binaries run for two iterations (the second continues the first's adapter) and the
+/// case reports completion tokens per second, seconds per iteration and peak memory.
+#[test]
+fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let o = bench()
+        .args(["--quick", "--threads", "1", "--cases", "rl_loop", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rl_loop", "rl_loop_iteration", "rl_loop_peak_rss"]);
+    for c in cases {
+        assert!(c["value"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["reference"].is_null(), "no Python, no reference: {c}");
+    }
+}

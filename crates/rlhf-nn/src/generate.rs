@@ -125,7 +125,8 @@ fn left_padded(prompts: &[Vec<i32>], pad_id: i32) -> (Vec<i64>, Vec<i64>, usize)
 }
 
 /// Prefills `prompts` (one batch) into a cache of `max_new_tokens` spare positions; returns the
-/// cache and the logits of each row's next token.
+/// cache and the logits of each row's next token. Rows that all hold one prompt (the K
+/// samples of a prompt) are prefilled once and the cache row copied.
 fn prefill(
     model: &Model,
     adapter: Option<&str>,
@@ -133,6 +134,12 @@ fn prefill(
     pad_id: i32,
     max_new_tokens: usize,
 ) -> Result<(KvCache, Tensor)> {
+    if prompts.len() > 1 && prompts.iter().all(|p| *p == prompts[0]) {
+        let (mut cache, logits) = prefill(model, adapter, &prompts[..1], pad_id, max_new_tokens)?;
+        let rows = Tensor::zeros([prompts.len() as i64], (Kind::Int64, model.device()));
+        cache.select_rows(&rows);
+        return Ok((cache, logits.index_select(0, &rows)));
+    }
     let (ids, mask, width) = left_padded(prompts, pad_id);
     let (b, w) = (prompts.len() as i64, width as i64);
     let device = model.device();

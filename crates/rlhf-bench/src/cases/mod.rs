@@ -4,6 +4,7 @@
 
 mod matmul_fp32;
 mod ppo_lora_vs_full;
+mod rl_loop;
 mod rm_lora_vs_full;
 mod rollouts;
 mod sampling;
@@ -19,6 +20,7 @@ static REGISTRY: &[&dyn Case] = &[
     &ppo_lora_vs_full::PpoLoraVsFull,
     &rollouts::Rollouts,
     &sampling::Sampling,
+    &rl_loop::RlLoop,
 ];
 
 /// Every case, in run order.

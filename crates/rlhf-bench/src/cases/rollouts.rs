@@ -24,7 +24,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use super::support::{p, run_bin, strings, write_synthetic, Scratch};
+use super::support::{p, prepare_model, run_bin, strings, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -54,32 +54,6 @@ fn sizes(quick: bool) -> Sizes {
             max_new_tokens: 32,
         }
     }
-}
-
-/// Writes the corpus and prompts, and makes the bench model with init-model.
-fn prepare(dir: &Path, s: &Sizes, threads: &str) -> Result<()> {
-    write_synthetic(dir, s.prompts)?;
-    run_bin(
-        "init-model",
-        &strings(&[
-            "--text-file",
-            &p(&dir.join("sft.parquet")),
-            "--preset",
-            s.preset,
-            "--vocab-size",
-            "2048",
-            "--out",
-            &p(&dir.join("model")),
-            "--seed",
-            "0",
-            "--threads",
-            threads,
-            "--no-progress",
-            "-q",
-        ]),
-        false,
-    )?;
-    Ok(())
 }
 
 /// Runs sample-rollouts on the first `prompts` prompts; returns its JSON summary.
@@ -142,7 +116,7 @@ impl Case for Rollouts {
         let threads = ctx.threads.to_string();
         let scratch = Scratch::new("rollouts")?;
         let dir = scratch.path();
-        prepare(dir, &s, &threads)?;
+        prepare_model(dir, s.prompts, s.preset, &threads)?;
         let mut out = Vec::new();
 
         let ours = sample(dir, &s, s.prompts, "rollouts.parquet", &threads)?;

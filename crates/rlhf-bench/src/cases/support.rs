@@ -114,3 +114,31 @@ pub(super) fn write_synthetic(dir: &Path, prompts: usize) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Writes the embedded task's corpus and prompts ([`write_synthetic`]) and makes the bench
+/// model `dir/model` with init-model: `preset` (`small`, `30m`, ...), a 2048-token BPE trained
+/// on the corpus, random weights.
+pub(super) fn prepare_model(dir: &Path, prompts: usize, preset: &str, threads: &str) -> Result<()> {
+    write_synthetic(dir, prompts)?;
+    run_bin(
+        "init-model",
+        &strings(&[
+            "--text-file",
+            &p(&dir.join("sft.parquet")),
+            "--preset",
+            preset,
+            "--vocab-size",
+            "2048",
+            "--out",
+            &p(&dir.join("model")),
+            "--seed",
+            "0",
+            "--threads",
+            threads,
+            "--no-progress",
+            "-q",
+        ]),
+        false,
+    )?;
+    Ok(())
+}
