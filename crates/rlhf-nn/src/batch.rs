@@ -111,6 +111,23 @@ impl SeqBatch {
         })
     }
 
+    /// (b,) i64: the position transformers' *ForSequenceClassification reads a row's score at
+    /// when the model's `pad_token_id` is `pad`: the last token that is not `pad` (so a
+    /// response ending in an EOS that is also the pad token is scored before it), or the
+    /// first position when every token is `pad`.
+    pub fn last_non_pad_index(&self, pad: i64) -> Result<Tensor> {
+        let w = self.input_ids.size()[1] as usize;
+        let ids = Vec::<i64>::try_from(self.input_ids.to_device(Device::Cpu).view([-1]))?;
+        let last: Vec<i64> = (0..self.len())
+            .map(|i| {
+                let len = self.prompt_lens[i] + self.response_lens[i];
+                let row = &ids[i * w..i * w + len];
+                row.iter().rposition(|&t| t != pad).unwrap_or(0) as i64
+            })
+            .collect();
+        Ok(Tensor::from_slice(&last).to_device(self.input_ids.device()))
+    }
+
     /// Rows.
     pub fn len(&self) -> usize {
         self.prompt_lens.len()
@@ -168,5 +185,22 @@ mod tests {
             vec![vec![1., 2., 3.], vec![6.]]
         );
         assert!(SeqBatch::new(&[(vec![], vec![1])], 0, Device::Cpu).is_err());
+    }
+
+    /// transformers' rule for the score position: the last token that is not the pad id,
+    /// skipping a trailing EOS that doubles as pad, never the right padding.
+    #[test]
+    fn last_non_pad_index_skips_trailing_pad_ids() {
+        let rows = [
+            (vec![5, 6], vec![7, 2]),    // ends in 2 (= pad = EOS)
+            (vec![5], vec![7, 8]),       // no pad id: the last token
+            (vec![2, 2], vec![2]),       // only pad ids: position 0
+            (vec![5, 2], vec![7, 2, 2]), // a pad id inside counts as a token before 7
+        ];
+        let b = SeqBatch::new(&rows, 2, Device::Cpu).unwrap();
+        let got = Vec::<i64>::try_from(&b.last_non_pad_index(2).unwrap()).unwrap();
+        assert_eq!(got, vec![2, 2, 0, 2]);
+        let other = Vec::<i64>::try_from(&b.last_non_pad_index(99).unwrap()).unwrap();
+        assert_eq!(other, Vec::<i64>::try_from(&b.last_index).unwrap());
     }
 }

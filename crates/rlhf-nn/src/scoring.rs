@@ -96,8 +96,10 @@ pub fn token_values(
     model.head(adapter, &hidden.narrow(1, 0, l - 1))
 }
 
-/// Head value at each row's last token (b,) f32: a reward model's score (transformers'
-/// *ForSequenceClassification reads the last non-pad token the same way).
+/// Head value at each row's last token (b,) f32: a reward model's score. Where the model's
+/// config names a `pad_token_id`, the last token that is not it, as transformers'
+/// *ForSequenceClassification reads it (a response ending in an EOS that doubles as the pad
+/// token is scored at the token before; training and scoring both go through here).
 pub fn last_token_scores(
     model: &Model,
     adapter: Option<&str>,
@@ -107,7 +109,11 @@ pub fn last_token_scores(
     let _guard = grad_mode(train);
     let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     let h = hidden.size()[2];
-    let idx = batch.last_index.view([-1, 1, 1]).expand([-1, 1, h], false);
+    let last = match model.config().pad_token_id {
+        Some(pad) => batch.last_non_pad_index(pad)?,
+        None => batch.last_index.shallow_clone(),
+    };
+    let idx = last.view([-1, 1, 1]).expand([-1, 1, h], false);
     let last = hidden.gather(1, &idx, false); // (b, 1, h)
     Ok(model.head(adapter, &last)?.squeeze_dim(1))
 }

@@ -455,8 +455,8 @@ model = AutoModelForSequenceClassification.from_pretrained(a["full"], dtype=torc
 model.save_pretrained(a["out"])
 for f in ("tokenizer.json", "tokenizer_config.json"):
     shutil.copy(os.path.join(a["full"], f), a["out"])
-# one sequence per call: the last token, where score-rewards reads the score
-model.config.pad_token_id = None
+# one sequence per call, pad_token_id as saved: transformers scores the last token that is
+# not the pad id (before a trailing EOS when the two are one token), as score-rewards must
 with torch.no_grad():
     out = [float(model(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in a["seqs"]]
 print(json.dumps(out))
