@@ -68,7 +68,17 @@ pub(crate) fn simd() -> Option<Simd> {
         if std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some() {
             return None;
         }
-        cpu_paths().first().copied()
+        let cpu = cpu_paths();
+        // RLHF_DECODE_KERNELS=avx2 runs the AVX2 kernels on an AVX-512 CPU (to measure them
+        // where no AVX2-only machine is at hand); a path the CPU lacks is ignored.
+        let wanted = match std::env::var("RLHF_DECODE_KERNELS").as_deref() {
+            Ok("avx2") => Some(Simd::Avx2),
+            Ok("avx512") => Some(Simd::Avx512),
+            _ => None,
+        };
+        wanted
+            .filter(|p| cpu.contains(p))
+            .or_else(|| cpu.first().copied())
     })
 }
 
