@@ -76,13 +76,15 @@ pub fn batch_invariant_rows(kind: Kind, device: Device) -> Option<usize> {
 }
 
 /// [`generate`] for prompts in groups of `group` consecutive rows (the K samples of one prompt;
-/// the last group may be shorter): each group is prefilled as a batch of its own, with the
-/// shapes it would have alone, and the decode steps run every row together with the CPU decode
-/// kernels from one row on (GPT-2 too), whose products, attention, norms and sampling compute
-/// each row in the same order whatever the other rows hold (a left pad adds exact zeros). Up
-/// to [`batch_invariant_rows`] rows, each row's tokens and log-probs are then the same bits
-/// whichever other groups share the call: the groups of a prompt file can be packed into few
-/// batches without changing a byte of the output.
+/// the last group may be shorter), at most `max_rows` rows decoding at once (at least one
+/// group): each group is prefilled as a batch of its own, with the shapes it would have alone,
+/// and joins the batch as soon as finished rows leave room for it (continuous refill); the
+/// decode steps run every row together with the CPU decode kernels from one row on (GPT-2
+/// too), whose products, attention, norms and sampling compute each row in the same order
+/// whatever the other rows hold (a left pad adds exact zeros). Up to
+/// [`batch_invariant_rows`] rows, each row's tokens and log-probs are then the same bits
+/// whichever other groups share the call and whatever `max_rows` is: the groups of a prompt
+/// file can be packed without changing a byte of the output.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_groups(
     model: &Model,
@@ -93,19 +95,14 @@ pub fn generate_groups(
     pad_id: i32,
     stop: Option<StopFn>,
     group: usize,
+    max_rows: usize,
 ) -> Result<Vec<Generation>> {
     if group == 0 {
         return Err(NnError::Argument("generate: group of 0 rows".into()));
     }
+    let grouping = Some((group, max_rows));
     run(
-        model,
-        adapter,
-        prompts,
-        seeds,
-        params,
-        pad_id,
-        stop,
-        Some(group),
+        model, adapter, prompts, seeds, params, pad_id, stop, grouping,
     )
 }
 
@@ -151,6 +148,56 @@ fn prefill(
     Ok((cache, logits))
 }
 
+/// Rows of a grouped generation waiting for room in the batch: ranges of sequence indices.
+type Pending<'a> = std::iter::Peekable<&'a mut dyn Iterator<Item = std::ops::Range<usize>>>;
+
+/// What admits waiting groups into the batch: each prefilled alone ([`prefill`]), then joined
+/// to the rows decoding so far.
+struct Room<'a> {
+    model: &'a Model,
+    adapter: Option<&'a str>,
+    prompts: &'a [Vec<i32>],
+    pad_id: i32,
+    max_new: usize,
+    max_rows: usize,
+}
+
+impl Room<'_> {
+    /// Whether the next waiting group fits beside the `active` rows (any group fits an empty
+    /// batch).
+    fn fits(&self, pending: &mut Pending, active: &[usize]) -> bool {
+        pending
+            .peek()
+            .is_some_and(|g| active.is_empty() || active.len() + g.len() <= self.max_rows)
+    }
+
+    /// Admits the waiting groups that fit, in order: the cache and next-token logits of
+    /// `current`'s rows then theirs (their sequence indices appended to `active`).
+    fn admit(
+        &self,
+        pending: &mut Pending,
+        current: Option<(KvCache, Tensor)>,
+        active: &mut Vec<usize>,
+    ) -> Result<Option<(KvCache, Tensor)>> {
+        let (mut parts, mut heads): (Vec<KvCache>, Vec<Tensor>) = current.into_iter().unzip();
+        while self.fits(pending, active) {
+            let g = pending.next().expect("peeked");
+            let rows = &self.prompts[g.clone()];
+            let (part, logits) =
+                prefill(self.model, self.adapter, rows, self.pad_id, self.max_new)?;
+            parts.push(part);
+            heads.push(logits);
+            active.extend(g);
+        }
+        if parts.len() <= 1 {
+            return Ok(parts.pop().zip(heads.pop()));
+        }
+        let len = parts.iter().map(KvCache::len).max().unwrap_or(0);
+        let joined = KvCache::join(self.model, &parts, len + self.max_new as i64)?;
+        Ok(Some((joined, Tensor::f_cat(&heads, 0)?)))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     model: &Model,
@@ -160,7 +207,7 @@ fn run(
     params: &SamplingParams,
     pad_id: i32,
     stop: Option<StopFn>,
-    group: Option<usize>,
+    grouping: Option<(usize, usize)>,
 ) -> Result<Vec<Generation>> {
     let _guard = tch::no_grad_guard();
     params.validate().map_err(NnError::Argument)?;
@@ -210,40 +257,48 @@ fn run(
     if params.max_new_tokens == 0 {
         return Ok(out);
     }
+    // Groups of rows prefilled together, and how many rows decode at once: every group of a
+    // grouped call waits its turn and joins the batch when there is room for it.
+    let (group, max_rows) = match grouping {
+        Some((g, m)) => (g, m.max(g)),
+        None => (b, b),
+    };
+    let mut groups = (0..b).step_by(group).map(|s| s..(s + group).min(b));
+    let mut pending: Pending = (&mut groups as &mut dyn Iterator<Item = _>).peekable();
+    let rows_at_once = max_rows.min(b);
     // The CPU decode kernels on every thread: for a Llama model from the prefill on where they
     // have kernels for its many rows (AVX-512), else from the first decode step; for GPT-2
     // from the first decode step, from 8 sequences, or from one in groups (see
-    // `decode_kernels`).
+    // `decode_kernels`). A prefill outside the scope (later groups' too) runs on libtorch's
+    // threads.
     use crate::decode_kernels::{prefill_kernels, DecodeThreads};
     let llama = cfg.arch == crate::config::Arch::Llama;
-    let scope = || match llama || group.is_some() {
-        true => DecodeThreads::enter_fused(b as i64, model.kind(), device),
-        false => DecodeThreads::enter(b as i64, model.kind(), device),
+    let scope = || match llama || grouping.is_some() {
+        true => DecodeThreads::enter_fused(rows_at_once as i64, model.kind(), device),
+        false => DecodeThreads::enter(rows_at_once as i64, model.kind(), device),
     };
-    let mut threads = (llama && prefill_kernels()).then(scope);
+    let prefill_in_scope = llama && prefill_kernels();
+    let mut threads = prefill_in_scope.then(scope);
     let max_new = params.max_new_tokens;
-    let (mut cache, mut logits) = match group {
-        Some(g) if g < b => {
-            // Each group alone, then one cache with every group left-padded to the longest.
-            let mut parts = Vec::with_capacity(b.div_ceil(g));
-            let mut heads = Vec::with_capacity(parts.capacity());
-            for rows in prompts.chunks(g) {
-                let (part, logits) = prefill(model, adapter, rows, pad_id, max_new)?;
-                parts.push(part);
-                heads.push(logits);
-            }
-            (
-                KvCache::join(model, &parts, cap)?,
-                Tensor::f_cat(&heads, 0)?,
-            )
-        }
-        _ => prefill(model, adapter, prompts, pad_id, max_new)?,
+    let room = Room {
+        model,
+        adapter,
+        prompts,
+        pad_id,
+        max_new,
+        max_rows,
     };
-    let threads = threads.get_or_insert_with(scope);
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
-    let mut active: Vec<usize> = (0..b).collect();
-    let mut slot: Vec<Option<usize>> = (0..b).map(Some).collect();
-    for step in 0..params.max_new_tokens {
+    let mut active: Vec<usize> = Vec::with_capacity(rows_at_once);
+    let (mut cache, mut logits) = room
+        .admit(&mut pending, None, &mut active)?
+        .expect("a first group");
+    let mut slot: Vec<Option<usize>> = vec![None; b];
+    for (r, &seq) in active.iter().enumerate() {
+        slot[seq] = Some(r);
+    }
+    let mut threads = threads.take().unwrap_or_else(scope);
+    loop {
         let rows = active.len();
         // Read in place (a contiguous f32 CPU tensor no one else holds), else copied.
         let host = logits
@@ -292,27 +347,42 @@ fn run(
                 g.finish = FinishReason::Eos;
             } else if stop.is_some_and(|f| f(seq, &g.tokens)) {
                 g.finish = FinishReason::Stop;
-            } else {
+            } else if g.tokens.len() < max_new {
                 keep.push(r as i64);
                 next.push(tok as i64);
             }
         }
-        if keep.is_empty() || step + 1 == params.max_new_tokens {
+        if keep.is_empty() && pending.peek().is_none() {
             break;
         }
-        if keep.len() < rows {
-            cache.select_rows(&Tensor::from_slice(&keep).to_device(device));
-            active = keep.iter().map(|&r| active[r as usize]).collect();
-            slot.fill(None);
-            for (r, &seq) in active.iter().enumerate() {
-                slot[seq] = Some(r);
+        let mut current = None;
+        if !keep.is_empty() {
+            if keep.len() < rows {
+                cache.select_rows(&Tensor::from_slice(&keep).to_device(device));
             }
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+            let n = active.len() as i64;
+            let input = Tensor::from_slice(&next).view([n, 1]).to_device(device);
+            let ones = Tensor::ones([n, 1], (Kind::Int64, device));
+            let hidden = model.forward_cached(&input, &ones, &mut cache, adapter)?;
+            current = Some((cache, model.lm_logits(&hidden.select(1, 0))?));
+        } else {
+            active.clear();
         }
-        let n = active.len() as i64;
-        let input = Tensor::from_slice(&next).view([n, 1]).to_device(device);
-        let ones = Tensor::ones([n, 1], (Kind::Int64, device));
-        let hidden = model.forward_cached(&input, &ones, &mut cache, adapter)?;
-        logits = model.lm_logits(&hidden.select(1, 0))?;
+        // Room for the next group: it joins (prefilled where the first groups were).
+        if room.fits(&mut pending, &active) && !prefill_in_scope {
+            drop(threads);
+            let joined = room.admit(&mut pending, current, &mut active)?;
+            threads = scope();
+            current = joined;
+        } else if room.fits(&mut pending, &active) {
+            current = room.admit(&mut pending, current, &mut active)?;
+        }
+        (cache, logits) = current.expect("rows to decode");
+        slot.fill(None);
+        for (r, &seq) in active.iter().enumerate() {
+            slot[seq] = Some(r);
+        }
     }
     Ok(out)
 }
@@ -355,8 +425,9 @@ mod tests {
 
     /// generate_groups gives each group's rows the same bits whether the group runs alone or
     /// packed with groups of other prompt lengths (left padding in the joined cache), in any
-    /// order, with rows ending early (EOS) and dropped from the batch: on every SIMD path, for
-    /// Llama and GPT-2, with and without an adapter, greedy and sampled.
+    /// order, all at once or joining as rows end early (EOS) and leave the batch (continuous
+    /// refill): on every SIMD path, for Llama and GPT-2, with and without an adapter, greedy
+    /// and sampled.
     #[test]
     fn packed_groups_give_the_bits_of_each_group_alone() {
         let k = 3;
@@ -383,11 +454,12 @@ mod tests {
                         ..Default::default()
                     };
                     // An EOS that some rows draw before the end, so rows leave the batch.
-                    let first = generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k)
-                        .unwrap();
+                    let first =
+                        generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k, 32)
+                            .unwrap();
                     params.eos_ids = vec![first[1].tokens[2], first[7].tokens[4]];
                     let packed = bits(
-                        &generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k)
+                        &generate_groups(&m, adapter, &prompts, &seeds, &params, 0, None, k, 32)
                             .unwrap(),
                     );
                     assert!(
@@ -406,6 +478,7 @@ mod tests {
                             0,
                             None,
                             k,
+                            k,
                         )
                         .unwrap();
                         assert_eq!(
@@ -413,6 +486,17 @@ mod tests {
                             packed[g * k..(g + 1) * k],
                             "{what}: group {g} alone vs packed"
                         );
+                    }
+                    // Continuous refill: at most one, one and a bit, or two groups decoding
+                    // at once, the next joining as rows finish.
+                    for max_rows in [k, k + 1, 2 * k] {
+                        let refilled = bits(
+                            &generate_groups(
+                                &m, adapter, &prompts, &seeds, &params, 0, None, k, max_rows,
+                            )
+                            .unwrap(),
+                        );
+                        assert_eq!(refilled, packed, "{what}: at most {max_rows} rows at once");
                     }
                     // Two groups per call, in reverse order.
                     let order: Vec<usize> = (0..lens.len()).rev().collect();
@@ -422,7 +506,7 @@ mod tests {
                         let p: Vec<Vec<i32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
                         let s: Vec<u64> = rows.iter().map(|&i| seeds[i]).collect();
                         let two = bits(
-                            &generate_groups(&m, adapter, &p, &s, &params, 0, None, k).unwrap(),
+                            &generate_groups(&m, adapter, &p, &s, &params, 0, None, k, 32).unwrap(),
                         );
                         let want: Vec<_> = rows.iter().map(|&i| packed[i].clone()).collect();
                         assert_eq!(two, want, "{what}: groups {pair:?}");

@@ -177,11 +177,16 @@ pub fn assert_resumed_from(stderr: &[u8], step: u64) {
 }
 
 /// `details.forward_batches` of a stage's `--summary-json` file: how many forward batches
-/// sample-rollouts or score-rewards ran.
+/// score-rewards ran.
 pub fn forward_batches(summary: &str) -> u64 {
+    summary_detail(summary, "forward_batches")
+}
+
+/// `details.<key>` (a whole number) of a stage's `--summary-json` file.
+pub fn summary_detail(summary: &str, key: &str) -> u64 {
     let text = std::fs::read_to_string(summary).unwrap_or_else(|e| panic!("{summary}: {e}"));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["details"]["forward_batches"]
+    v["details"][key]
         .as_u64()
-        .unwrap_or_else(|| panic!("{summary} has no details.forward_batches"))
+        .unwrap_or_else(|| panic!("{summary} has no whole number details.{key}"))
 }

@@ -16,7 +16,7 @@ use rlhf_nn::Model;
 use crate::output::{peak_rss_bytes, RolloutSink};
 use crate::prompts::{self, Filter};
 use crate::reference;
-use crate::sampler::{plan_batches, SampleContext};
+use crate::sampler::{plan_windows, SampleContext};
 use crate::seeding;
 use crate::settings::{Cli, Settings};
 
@@ -152,6 +152,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         params,
         stop: settings.stop.clone(),
         samples_per_prompt: settings.samples_per_prompt,
+        batch_rows: settings.batch_rows,
         iteration: settings.iteration,
         seed: settings.seed,
         policy_id,
@@ -161,18 +162,18 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut sink = RolloutSink::create(&settings.out_file, &lineage)?;
     let bar = rlhf_core::progress::bar(jobs.len() as u64, "sampling");
     let start = Instant::now();
-    let batches = plan_batches(jobs.len(), settings.samples_per_prompt, settings.batch_rows);
+    let windows = plan_windows(jobs.len(), settings.samples_per_prompt, settings.batch_rows);
     tracing::info!(
-        batches = batches.len(),
-        rows = settings.batch_rows,
+        windows = windows.len(),
+        batch_rows = settings.batch_rows,
         batch_invariant = settings.batch_invariant,
-        "forward batches of whole prompts"
+        "whole prompts decoding together, refilled as rows finish"
     );
-    let forward_batches = batches.len();
+    let window_count = windows.len();
     // progress streamed with --live-metrics / --tensorboard, at step = rollouts written
     let mut progress = MetricsLog::new("sample-rollouts", settings.iteration);
     let mut live = Stream::start(&progress, &settings.out_file)?;
-    for range in batches {
+    for range in windows {
         let n = range.len() as u64;
         for rows in ctx.sample(&jobs[range])? {
             sink.push_prompt(rows)?;
@@ -212,7 +213,8 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut details = summary.to_json();
     if let Some(m) = details.as_object_mut() {
         m.insert("sampling_seconds".into(), serde_json::json!(secs));
-        m.insert("forward_batches".into(), serde_json::json!(forward_batches));
+        m.insert("windows".into(), serde_json::json!(window_count));
+        m.insert("batch_rows".into(), serde_json::json!(settings.batch_rows));
         m.insert(
             "batch_invariant".into(),
             serde_json::json!(settings.batch_invariant),

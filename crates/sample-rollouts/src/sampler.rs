@@ -1,17 +1,18 @@
-//! Sampling one forward batch of prompts: K responses per prompt with the policy (base +
-//! adapter), then the reference log-probabilities of the same tokens with the adapter
-//! switched off (the same base in memory) or from --ref-model, assembled into rollout rows.
+//! Sampling one window of prompts: K responses per prompt with the policy (base + adapter),
+//! then the reference log-probabilities of the same tokens with the adapter switched off (the
+//! same base in memory) or from --ref-model, assembled into rollout rows.
 //!
-//! Batching and determinism: whole prompts are packed up to the settings' batch rows. Each
-//! prompt's K samples are prefilled as a batch of their own and then decode with the other
-//! prompts' ([`generate_groups`]); on a CPU with the decode kernels every row of a decode step
-//! is computed in the same order whatever shares the batch, and the reference log-probs are
-//! scored one prompt at a time (libtorch's products round differently for different numbers
-//! of rows), so a row is the same bytes whatever --batch-size, the shard or the neighbouring
-//! prompts are; each sample's seeded random stream does the rest. Where the kernels do not
-//! run, a CPU batch is one prompt for the same reason (unless --pack-prompts); on CUDA whole
-//! prompts are packed and scored together for throughput, and a row's numbers then depend on
-//! its neighbours within float rounding.
+//! Batching and determinism: whole prompts decode together, up to the settings' batch rows at
+//! once, the next prompt of the window joining as soon as finished rows leave room for its K
+//! samples. Each prompt's K samples are prefilled as a batch of their own and then decode with
+//! the other prompts' ([`generate_groups`]); on a CPU with the decode kernels every row of a
+//! decode step is computed in the same order whatever shares the batch, and the reference
+//! log-probs are scored one prompt at a time (libtorch's products round differently for
+//! different numbers of rows), so a row is the same bytes whatever --batch-size, the shard or
+//! the neighbouring prompts are; each sample's seeded random stream does the rest. Where the
+//! kernels do not run, a CPU batch is one prompt for the same reason (unless --pack-prompts);
+//! on CUDA whole prompts are packed and scored together for throughput, and a row's numbers
+//! then depend on its neighbours within float rounding.
 
 use std::ops::Range;
 
@@ -25,17 +26,23 @@ use rlhf_nn::Model;
 use crate::prompts::PromptJob;
 use crate::seeding::{rollout_id, sample_seed};
 
-/// Splits `n` prompts into forward batches of whole prompts: as many as fit in `batch_rows`
-/// sequences of `samples_per_prompt` each, at least one.
-pub fn plan_batches(n: usize, samples_per_prompt: usize, batch_rows: usize) -> Vec<Range<usize>> {
+/// Forward batches' worth of prompts sampled in one call: rows that finish early leave room
+/// for the next prompts of the window (continuous refill), and the window's rows are written
+/// when it ends.
+pub const WINDOW_BATCHES: usize = 8;
+
+/// Splits `n` prompts into windows of whole prompts: [`WINDOW_BATCHES`] times as many as fit
+/// in `batch_rows` sequences of `samples_per_prompt` each (at least one per batch).
+pub fn plan_windows(n: usize, samples_per_prompt: usize, batch_rows: usize) -> Vec<Range<usize>> {
     let per_batch = (batch_rows / samples_per_prompt.max(1)).max(1);
+    let per_window = per_batch * WINDOW_BATCHES;
     (0..n)
-        .step_by(per_batch)
-        .map(|start| start..(start + per_batch).min(n))
+        .step_by(per_window)
+        .map(|start| start..(start + per_window).min(n))
         .collect()
 }
 
-/// What stays the same for every batch of a run.
+/// What stays the same for every window of a run.
 pub struct SampleContext<'a> {
     pub model: &'a Model,
     pub tokenizer: &'a Tokenizer,
@@ -44,6 +51,8 @@ pub struct SampleContext<'a> {
     pub params: SamplingParams,
     pub stop: Vec<String>,
     pub samples_per_prompt: usize,
+    /// Most sequences decoding at once (whole prompts; at least one).
+    pub batch_rows: usize,
     pub iteration: i32,
     pub seed: u64,
     pub policy_id: String,
@@ -53,7 +62,8 @@ pub struct SampleContext<'a> {
 }
 
 impl SampleContext<'_> {
-    /// Samples the prompts of one forward batch; returns each prompt's K rows.
+    /// Samples the prompts of one window, at most `batch_rows` sequences decoding at once;
+    /// returns each prompt's K rows.
     pub fn sample(&self, jobs: &[PromptJob]) -> Result<Vec<Vec<RolloutRow>>> {
         let _guard = tch::no_grad_guard();
         let k = self.samples_per_prompt;
@@ -86,6 +96,7 @@ impl SampleContext<'_> {
             pad,
             stop_fn,
             k,
+            self.batch_rows,
         )
         .context("sampling")?;
         anyhow::ensure!(
@@ -160,12 +171,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_hold_whole_prompts() {
-        assert_eq!(plan_batches(3, 4, 4), vec![0..1, 1..2, 2..3]);
-        assert_eq!(plan_batches(5, 4, 8), vec![0..2, 2..4, 4..5]);
-        assert_eq!(plan_batches(5, 4, 11), vec![0..2, 2..4, 4..5]);
-        // A prompt with more samples than the batch still gets one batch of its own.
-        assert_eq!(plan_batches(2, 16, 8), vec![0..1, 1..2]);
-        assert!(plan_batches(0, 4, 8).is_empty());
+    fn windows_hold_whole_prompts() {
+        let w = WINDOW_BATCHES;
+        assert_eq!(plan_windows(3, 4, 4), vec![0..3]);
+        assert_eq!(
+            plan_windows(2 * w + 1, 4, 4),
+            vec![0..w, w..2 * w, 2 * w..2 * w + 1]
+        );
+        assert_eq!(
+            plan_windows(5 * w, 4, 11),
+            vec![0..2 * w, 2 * w..4 * w, 4 * w..5 * w]
+        );
+        // A prompt with more samples than the batch still gets a batch of its own.
+        assert_eq!(plan_windows(w + 1, 16, 8), vec![0..w, w..w + 1]);
+        assert!(plan_windows(0, 4, 8).is_empty());
     }
 }

@@ -143,19 +143,15 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
         "same flags: same bytes"
     );
     assert_eq!(a, again);
-    // --batch-size 1 still runs whole prompts, one a batch (the summary counts the batches
-    // run), and the rows are identical.
+    // --batch-size 1 still decodes whole prompts (3 samples at once), and the rows are
+    // identical.
     let summary = f.p("b-summary.json");
     let b1 = f.sample(
         "b.parquet",
         &["--batch-size", "1", "--summary-json", &summary],
     );
     assert_eq!(a, b1, "--batch-size 1 and 4 give identical rows");
-    assert_eq!(
-        rlhf_testkit::forward_batches(&summary),
-        5,
-        "one batch per prompt"
-    );
+    assert_eq!(rlhf_testkit::summary_detail(&summary, "batch_rows"), 1);
     let other = f.sample("c.parquet", &["--seed", "43"]);
     assert_ne!(
         a.iter().map(|r| &r.response_tokens).collect::<Vec<_>>(),
@@ -170,10 +166,10 @@ fn same_seed_same_bytes_and_batch_size_does_not_change_rows() {
     assert_eq!(roles, ["prompts", "model", "adapter"]);
 }
 
-/// Whole prompts packed into one forward batch (prompts of different lengths, left-padded)
-/// give the rows of one prompt per batch byte for byte on a CPU with the decode kernels:
-/// tokens, log-probs and reference log-probs, at any --batch-size. Elsewhere each prompt is
-/// one batch whatever --batch-size says.
+/// Whole prompts decoding together (prompts of different lengths, left-padded; the next
+/// prompt joining as rows finish) give the rows of one prompt at a time byte for byte on a CPU
+/// with the decode kernels: tokens, log-probs and reference log-probs, at any --batch-size.
+/// Elsewhere each prompt decodes alone whatever --batch-size says.
 #[test]
 fn packed_prompts_give_the_rows_of_one_prompt_batches() {
     let f = Fixture::new(5);
@@ -182,23 +178,29 @@ fn packed_prompts_give_the_rows_of_one_prompt_batches() {
         "alone.parquet",
         &["--batch-size", "3", "--summary-json", &alone_summary],
     );
-    assert_eq!(rlhf_testkit::forward_batches(&alone_summary), 5);
+    assert_eq!(
+        rlhf_testkit::summary_detail(&alone_summary, "batch_rows"),
+        3
+    );
     let kernels = rlhf_nn::generate::batch_invariant_rows(Kind::Float, Device::Cpu).is_some();
     if !kernels {
         eprintln!(
-            "SKIPPED packed_prompts_give_the_rows_of_one_prompt_batches (packing): this CPU has no decode kernels; checking one prompt per batch only"
+            "SKIPPED packed_prompts_give_the_rows_of_one_prompt_batches (packing): this CPU has no decode kernels; checking one prompt at a time only"
         );
     }
-    for (batch, packed_batches) in [("6", 3), ("15", 1), ("64", 1)] {
+    // 5 prompts x 3 samples: 4 rows decode one prompt at a time, refilled as rows finish; 6
+    // two; 15 and 64 (32 at most) all five.
+    for (batch, rows) in [("4", 4), ("6", 6), ("15", 15), ("64", 32)] {
         let summary = f.p(&format!("packed-{batch}.json"));
         let out = format!("packed-{batch}.parquet");
         let packed = f.sample(&out, &["--batch-size", batch, "--summary-json", &summary]);
-        let want = if kernels { packed_batches } else { 5 };
+        let want = if kernels { rows } else { 3 };
         assert_eq!(
-            rlhf_testkit::forward_batches(&summary),
+            rlhf_testkit::summary_detail(&summary, "batch_rows"),
             want,
-            "--batch-size {batch}: 3 samples a prompt, whole prompts a batch"
+            "--batch-size {batch}"
         );
+        assert_eq!(rlhf_testkit::summary_detail(&summary, "windows"), 1);
         assert_eq!(
             packed, alone,
             "--batch-size {batch}: rows differ from one prompt a batch"
@@ -229,7 +231,7 @@ fn pack_prompts_past_the_invariant_size_matches_within_rounding() {
         ]
         .concat(),
     );
-    assert_eq!(rlhf_testkit::forward_batches(&summary), 1);
+    assert_eq!(rlhf_testkit::summary_detail(&summary, "batch_rows"), 40);
     assert_eq!(packed.len(), alone.len());
     let mut worst = 0f32;
     for (p, a) in packed.iter().zip(&alone) {
