@@ -43,10 +43,26 @@ impl KvCache {
 
     /// The rows of `parts` in order, in one cache of `capacity` positions: each part's cached
     /// tokens end where the longest part's do (left padding, masked and zero), with their
-    /// masks and next positions, so decoding continues each row as its own part would.
+    /// masks and next positions, so decoding continues each row as its own part would. Leading
+    /// positions that are padding in every row of a part are left out (a left pad only adds
+    /// exact zeros to a row's attention), so the joined cache is as long as its longest row,
+    /// however long its rows have been decoding.
     pub(crate) fn join(model: &Model, parts: &[KvCache], capacity: i64) -> Result<KvCache> {
         let batch = parts.iter().map(|p| p.batch).sum();
-        let len = parts.iter().map(|p| p.len).max().unwrap_or(0);
+        // Per part: the first position that is a token in some row.
+        let starts = parts
+            .iter()
+            .map(|p| {
+                let any = Vec::<i64>::try_from(p.mask().sum_dim_intlist(0, false, Kind::Int64))?;
+                Ok(any.iter().position(|&n| n > 0).unwrap_or(any.len()) as i64)
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        let len = parts
+            .iter()
+            .zip(&starts)
+            .map(|(p, s)| p.len - s)
+            .max()
+            .unwrap_or(0);
         if len > capacity {
             return Err(NnError::Argument(format!(
                 "KV cache capacity {capacity} below the {len} cached tokens of a part"
@@ -54,17 +70,18 @@ impl KvCache {
         }
         let mut out = KvCache::new(model, batch, capacity);
         let mut row = 0;
-        for p in parts {
-            let (b, off) = (p.batch, len - p.len);
+        for (p, &start) in parts.iter().zip(&starts) {
+            let (b, used) = (p.batch, p.len - start);
+            let off = len - used;
             for (dst, src) in out.k.iter().zip(&p.k).chain(out.v.iter().zip(&p.v)) {
                 dst.narrow(0, row, b)
-                    .narrow(2, off, p.len)
-                    .f_copy_(&src.narrow(2, 0, p.len))?;
+                    .narrow(2, off, used)
+                    .f_copy_(&src.narrow(2, start, used))?;
             }
             out.mask
                 .narrow(0, row, b)
-                .narrow(1, off, p.len)
-                .f_copy_(&p.mask.narrow(1, 0, p.len))?;
+                .narrow(1, off, used)
+                .f_copy_(&p.mask.narrow(1, start, used))?;
             out.next_pos.narrow(0, row, b).f_copy_(&p.next_pos)?;
             row += b;
         }
