@@ -3,11 +3,11 @@
 # file runs in `make test` (tests/e2e.sh). Per-stage flags live in $(CONF)/<stage>.toml (or, with CONFIG=FILE.toml, its [<stage>] tables),
 # so touching one config reruns only what depends on it.
 #
-#   make -f pipelines/demo.mk BIN=target/release RUN=runs/demo ITERATIONS=8
+#   make -f pipelines/demo.mk BIN=target/release RUN=runs/demo ITERATIONS=12
 #   make -f pipelines/demo.mk iter-002        # up to a given iteration
 
 RUN ?= runs/demo
-ITERATIONS ?= 8
+ITERATIONS ?= 12
 CONF ?= pipelines/demo
 include pipelines/common.mk
 
