@@ -4,7 +4,7 @@
 # stage recording its time per step and peak memory (--record-timings). The report prints
 # the four arms side by side with the paper's findings (its "PERL: LoRA vs full tuning").
 #
-#   make -f pipelines/demo-perl.mk BIN=target/release RUN=runs/demo-perl ITERATIONS=8
+#   make -f pipelines/demo-perl.mk BIN=target/release RUN=runs/demo-perl ITERATIONS=12
 #
 # Full-tuning flags: $(CONF)/rm-full.toml and $(CONF)/ppo-full.toml (complete flag sets:
 # full tuning takes no --lora-* flags and a smaller learning rate).
