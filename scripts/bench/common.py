@@ -37,3 +37,15 @@ def emit(result):
     """Prints the result object as the last stdout line."""
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+def peak_rss_bytes():
+    """This process's peak resident memory (Linux VmHWM), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -25,18 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit  # noqa: E402
-
-
-def peak_rss_bytes():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+from common import emit, peak_rss_bytes  # noqa: E402
 
 
 def main():

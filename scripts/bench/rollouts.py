@@ -25,20 +25,9 @@ import time
 import pyarrow.parquet as pq
 import torch
 
-from common import emit
+from common import emit, peak_rss_bytes
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def peak_rss_bytes():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def special_ids(model_dir):

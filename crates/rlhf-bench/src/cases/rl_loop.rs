@@ -27,7 +27,7 @@ use rlhf_core::parquet_io::{read_records, write_records};
 use rlhf_core::records::PromptRow;
 use rlhf_core::schema::Artifact;
 
-use super::support::{p, prepare_model, run_bin, strings, Scratch};
+use super::support::{num, p, prepare_model, run_bin, strings, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -83,12 +83,6 @@ fn split_prompts(dir: &Path, s: &Sizes) -> Result<()> {
         write_records(&it.join("prompts.parquet"), chunk, &lineage())?;
     }
     Ok(())
-}
-
-fn num(v: &serde_json::Value, field: &str, what: &str) -> Result<f64> {
-    v.get(field)
-        .and_then(serde_json::Value::as_f64)
-        .with_context(|| format!("{what} summary has no number `{field}`: {v}"))
 }
 
 /// What our loop did: completion tokens, seconds per iteration, the largest peak RSS.

@@ -22,9 +22,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
-use super::support::{p, prepare_model, run_bin, strings, Scratch};
+use super::support::{num, p, prepare_model, run_bin, strings, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -94,12 +94,6 @@ fn sample(
         ]),
         true,
     )
-}
-
-fn num(v: &serde_json::Value, field: &str, what: &str) -> Result<f64> {
-    v.get(field)
-        .and_then(serde_json::Value::as_f64)
-        .with_context(|| format!("{what} summary has no number `{field}`: {v}"))
 }
 
 impl Case for Rollouts {

@@ -142,3 +142,10 @@ pub(super) fn prepare_model(dir: &Path, prompts: usize, preset: &str, threads: &
     )?;
     Ok(())
 }
+
+/// A number in a stage's `--summary-json` details (`what` names the stage in the error).
+pub(super) fn num(v: &serde_json::Value, field: &str, what: &str) -> Result<f64> {
+    v.get(field)
+        .and_then(serde_json::Value::as_f64)
+        .with_context(|| format!("{what} summary has no number `{field}`: {v}"))
+}
