@@ -53,7 +53,8 @@ impl KvCache {
         let starts = parts
             .iter()
             .map(|p| {
-                let any = Vec::<i64>::try_from(p.mask().sum_dim_intlist(0, false, Kind::Int64))?;
+                let any = p.mask().sum_dim_intlist(0, false, Kind::Int64);
+                let any = Vec::<i64>::try_from(any.to_device(Device::Cpu))?;
                 Ok(any.iter().position(|&n| n > 0).unwrap_or(any.len()) as i64)
             })
             .collect::<Result<Vec<i64>>>()?;
