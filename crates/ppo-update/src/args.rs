@@ -9,6 +9,16 @@ use rlhf_algo::trainer_args::TrainerArgs;
 use rlhf_core::cli::GlobalArgs;
 use rlhf_nn::ModelArgs;
 
+/// Which KL the adaptive controller reads (--kl-control-on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlControlOn {
+    /// The rollouts' KL under the policy that sampled them.
+    Rollouts,
+    /// The updated policy's KL on the same rollouts.
+    Updated,
+}
+
 /// The policy-gradient algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +195,12 @@ pub struct Cli {
     /// 0 = Ziegler's controller, which also lowers beta without bound under the target.
     #[arg(long, default_value_t = 0.0, value_name = "BETA")]
     pub kl_coef_min: f64,
+    /// What the adaptive controller reads: `rollouts`, the KL of the iteration's rollouts
+    /// under the policy that sampled them (Ziegler et al.; one iteration behind the update),
+    /// or `updated`, the KL of the updated policy to the reference on the same rollouts (one
+    /// more forward pass over them after the update), which sees this update's drift at once.
+    #[arg(long, default_value = "rollouts", value_name = "KL")]
+    pub kl_control_on: KlControlOn,
     /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).
     #[arg(long, default_value = "k1", value_name = "K")]
     pub kl_estimator: KlEstimator,

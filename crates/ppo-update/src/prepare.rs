@@ -142,6 +142,26 @@ fn stats(prefix: &str, x: &Tensor, mask: &Tensor, out: &mut Vec<(String, f64)>) 
     out.push((format!("{prefix}_max"), masked_max));
 }
 
+/// Mean per-sequence KL (k1) of the policy now on the models (after the update) to the
+/// reference on the iteration's rollouts: the input of `--kl-control-on updated`.
+pub fn updated_kl(
+    models: &Models,
+    examples: &[Example],
+    prep: &Prepared,
+    s: &Settings,
+) -> Result<f64> {
+    let _guard = tch::no_grad_guard();
+    if examples.is_empty() {
+        return Ok(0.0);
+    }
+    let (new, _, _) = score_all(models, examples, s.micro_batch_size, true, false, false)
+        .context("log-probabilities of the rollouts under the updated policy")?;
+    let (new_t, mask) = pad(&new.unwrap_or_default());
+    let (ref_t, _) = pad(&prep.ref_logp);
+    let kl = kl_per_token(&new_t, &ref_t, KlEstimator::K1) * &mask;
+    Ok(scalar(&masked_row_sum(&kl, &mask).mean(tch::Kind::Float)))
+}
+
 /// Runs phase 1 with the KL coefficient `beta` of this iteration.
 ///
 /// `sampled_by_this_policy`: the rollouts name no other sampling policy than this one, so

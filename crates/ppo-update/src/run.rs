@@ -15,9 +15,10 @@ use rlhf_core::metrics::MetricsLog;
 use rlhf_core::schema::Artifact;
 use rlhf_nn::Model;
 
+use crate::args::KlControlOn;
 use crate::data::{self, Data};
 use crate::models::{self, save_full_policy, Loaded};
-use crate::prepare::{prepare, CRITIC};
+use crate::prepare::{prepare, updated_kl, CRITIC};
 use crate::settings::Settings;
 use crate::state::{
     TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
@@ -218,7 +219,15 @@ pub fn run(s: &Settings) -> Result<Summary> {
     let end_step = (base_step + steps) as i64;
 
     // iteration-level metrics, recorded at the iteration's last step
-    let next_beta = kl.update(prep.kl_seq_mean, data.examples.len() as u64);
+    let kl_input = match s.kl_control_on {
+        KlControlOn::Rollouts => prep.kl_seq_mean,
+        KlControlOn::Updated => {
+            let kl = updated_kl(&models, &data.examples, &prep, s)?;
+            metrics.push(end_step, "iter/kl_updated", kl);
+            kl
+        }
+    };
+    let next_beta = kl.update(kl_input, data.examples.len() as u64);
     let m = &mut metrics;
     for (name, v) in &prep.metrics {
         m.push(end_step, &format!("iter/{name}"), *v);

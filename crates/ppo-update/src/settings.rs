@@ -11,7 +11,7 @@ use rlhf_algo::schedule::Schedule;
 use rlhf_core::CoreError;
 use tch::{Device, Kind};
 
-use crate::args::{Algo, Cli};
+use crate::args::{Algo, Cli, KlControlOn};
 
 /// Everything ppo-update needs, checked.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -57,6 +57,7 @@ pub struct Settings {
     pub grpo_eps: f64,
     /// The controller as configured by the flags (its state may come from --adapter).
     pub kl: KlController,
+    pub kl_control_on: KlControlOn,
     pub kl_estimator: KlEstimator,
     pub recompute_ref: bool,
     pub recompute_old_logprobs: bool,
@@ -204,6 +205,11 @@ impl Settings {
                 "{e} (--kl-coef, --kl-target, --kl-horizon, --kl-coef-min)"
             ))
         })?;
+        if cli.kl_control_on == KlControlOn::Updated && cli.kl_target.is_none() {
+            anyhow::bail!(CoreError::usage(
+                "--kl-control-on updated steers the adaptive controller: it needs --kl-target"
+            ));
+        }
         let lora = cli.train.lora.resolve()?;
         if cli.full && cli.train.lora.given() && !cli.algo.has_critic() {
             anyhow::bail!(CoreError::usage(format!(
@@ -256,6 +262,7 @@ impl Settings {
             entropy_coef: cli.entropy_coef,
             grpo_eps: cli.grpo_eps,
             kl,
+            kl_control_on: cli.kl_control_on,
             kl_estimator: cli.kl_estimator,
             recompute_ref: cli.recompute_ref,
             recompute_old_logprobs: cli.recompute_old_logprobs,

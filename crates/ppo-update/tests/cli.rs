@@ -99,6 +99,21 @@ fn usage_errors_exit_2_and_bad_model_exits_3() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--kl-coef-min"), "{err}");
+    // so does reading the updated policy's KL
+    let (code, err) = ppo_update(&[
+        "--model",
+        s(&w.model),
+        "--rollouts",
+        s(&r),
+        "--scores",
+        s(&sc),
+        "--out",
+        s(&out),
+        "--kl-control-on",
+        "updated",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kl-target"), "{err}");
     let (code, err) = ppo_update(&[
         "--model",
         s(&w.model),

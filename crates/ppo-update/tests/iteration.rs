@@ -281,3 +281,50 @@ fn the_samplers_logprobs_are_taken_only_when_they_are_this_policys() {
     assert_eq!(metric(&m, "iter/old_logprobs_from_sampler"), 0.0);
     assert!(metric(&m, "iter/sampler_logprob_abs_diff") > 1e-4);
 }
+
+/// `--kl-control-on updated`: the controller reads the updated policy's KL on the rollouts.
+/// A fresh adapter samples exactly the reference (the rollouts' KL is 0, so the default
+/// controller lowers beta), but one update moves the policy: its KL is over the tiny target,
+/// so beta rises by the clipped 20% x 8 rollouts / horizon 100.
+#[test]
+fn kl_control_on_the_updated_policy_sees_this_update() {
+    let w = World::new();
+    let (r, sc) = w.rollouts("it1", None, 4, 2, false);
+    let out = w.path("updated");
+    let a = [
+        "--model",
+        s(&w.model),
+        "--rollouts",
+        s(&r),
+        "--scores",
+        s(&sc),
+        "--out",
+        s(&out),
+        "--algo",
+        "rloo",
+        "--learning-rate",
+        "1e-2",
+        "--minibatch-size",
+        "4",
+        "--kl-coef",
+        "0.1",
+        "--kl-target",
+        "0.000001",
+        "--kl-horizon",
+        "100",
+        "--kl-control-on",
+        "updated",
+    ];
+    run(&a).unwrap();
+    let m = metrics(&out);
+    assert!(
+        metric(&m, "iter/kl_updated") > 1e-6,
+        "the update moved the policy"
+    );
+    let st = TrainingState::read(&out).unwrap().unwrap();
+    assert!(
+        (st.kl_controller.value() - 0.1016).abs() < 1e-12,
+        "{:?}",
+        st.kl_controller
+    );
+}
