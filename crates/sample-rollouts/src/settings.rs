@@ -66,10 +66,11 @@ pub struct Cli {
     /// Repeat the flag or give several values.
     #[arg(long, value_name = "STR", num_args = 1.., action = clap::ArgAction::Append)]
     pub stop: Vec<String>,
-    /// Sequences per forward batch: whole prompts (K samples each) are packed up to this many
-    /// (a prompt with more samples gets a batch of its own). On a CPU with the decode kernels
-    /// (x86-64 with AVX2+FMA or AVX-512, f32) at most 32, where each row's numbers do not
-    /// depend on its batch, so outputs are byte-identical across batch sizes and shards. On
+    /// Most sequences decoding at once: whole prompts (K samples each), the next prompt's
+    /// samples joining as soon as finished rows leave room (a prompt with more samples decodes
+    /// alone). On a CPU with the decode kernels (x86-64 with AVX2+FMA or AVX-512, f32) at
+    /// most 32, where each row's numbers do not depend on its batch, so outputs are
+    /// byte-identical across batch sizes and shards. On
     /// other CPUs each prompt's K samples are one batch whatever this says (see
     /// --pack-prompts); on CUDA it is used as given.
     #[arg(long, default_value_t = 64, value_name = "B")]
