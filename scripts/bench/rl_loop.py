@@ -9,9 +9,9 @@ Usage:
 Each step takes the next P prompts of FILE (a prompts Parquet file, its `prompt` text, in
 order), samples K completions of each (temperature 1, no top-k/top-p, EOS stops), rewards
 them with the rule score-rewards computes for `length:target=W,unit=words`
-(-|words - W| / W), and takes one optimiser step (GRPO, KL to the base with the adapter off,
-weight B). Prints {"seconds_steps", "completion_tokens", "peak_rss_bytes", versions} on its
-last stdout line; the caller times the whole process (interpreter start, imports and model
+(-|words - W| / W), and takes one optimiser step (GRPO's loss, KL to the base with the adapter
+off, weight B). Prints {"seconds_steps", "step_seconds" (each step's wall time),
+"completion_tokens", "peak_rss_bytes", versions} on its last stdout line; the caller times the whole process (interpreter start, imports and model
 loading included), as it does the Rust binaries. Float32, CPU.
 """
 
@@ -80,6 +80,7 @@ def main():
         top_k=0,
         beta=a.beta,
         num_iterations=1,
+        loss_type="grpo",
         learning_rate=a.learning_rate,
         lr_scheduler_type="constant",
         max_steps=a.steps,
@@ -109,12 +110,25 @@ def main():
         processing_class=tokenizer,
         peft_config=lora,
     )
+    step_seconds = []
+
+    class StepTimes(transformers.TrainerCallback):
+        """Wall time of each optimiser step (generation, reward, reference and update)."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step_seconds.append(time.perf_counter() - self.t)
+
+    trainer.add_callback(StepTimes())
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     emit(
         {
             "seconds_steps": seconds,
+            "step_seconds": step_seconds,
             "steps": a.steps,
             "completion_tokens": tokens["completion"],
             "peak_rss_bytes": peak_rss_bytes(),

@@ -84,36 +84,26 @@ fn usage_errors_exit_2_and_bad_model_exits_3() {
     ]);
     assert_eq!(code, 2, "{err}");
     // a floor on beta needs the adaptive controller (0, what run_config.toml records
-    // for a fixed beta, is accepted)
-    let (code, err) = ppo_update(&[
-        "--model",
-        s(&w.model),
-        "--rollouts",
-        s(&r),
-        "--scores",
-        s(&sc),
-        "--out",
-        s(&out),
-        "--kl-coef-min",
-        "0.1",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--kl-coef-min"), "{err}");
-    // so does reading the updated policy's KL
-    let (code, err) = ppo_update(&[
-        "--model",
-        s(&w.model),
-        "--rollouts",
-        s(&r),
-        "--scores",
-        s(&sc),
-        "--out",
-        s(&out),
-        "--kl-control-on",
-        "updated",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--kl-target"), "{err}");
+    // for a fixed beta, is accepted), and so does reading the updated policy's KL
+    for (flag, value, named) in [
+        ("--kl-coef-min", "0.1", "--kl-coef-min"),
+        ("--kl-control-on", "updated", "--kl-target"),
+    ] {
+        let (code, err) = ppo_update(&[
+            "--model",
+            s(&w.model),
+            "--rollouts",
+            s(&r),
+            "--scores",
+            s(&sc),
+            "--out",
+            s(&out),
+            flag,
+            value,
+        ]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(named), "{flag}: {err}");
+    }
     let (code, err) = ppo_update(&[
         "--model",
         s(&w.model),

@@ -148,11 +148,8 @@ fn prefill(
     Ok((cache, logits))
 }
 
-/// Rows of a grouped generation waiting for room in the batch: ranges of sequence indices.
-type Pending<'a> = std::iter::Peekable<&'a mut dyn Iterator<Item = std::ops::Range<usize>>>;
-
-/// What admits waiting groups into the batch: each prefilled alone ([`prefill`]), then joined
-/// to the rows decoding so far.
+/// The groups waiting for room in the batch (ranges of sequence indices, in order) and what
+/// admits them: each prefilled alone ([`prefill`]), then joined to the rows decoding so far.
 struct Room<'a> {
     model: &'a Model,
     adapter: Option<&'a str>,
@@ -160,28 +157,28 @@ struct Room<'a> {
     pad_id: i32,
     max_new: usize,
     max_rows: usize,
+    waiting: std::collections::VecDeque<std::ops::Range<usize>>,
 }
 
 impl Room<'_> {
     /// Whether the next waiting group fits beside the `active` rows (any group fits an empty
     /// batch).
-    fn fits(&self, pending: &mut Pending, active: &[usize]) -> bool {
-        pending
-            .peek()
+    fn fits(&self, active: &[usize]) -> bool {
+        self.waiting
+            .front()
             .is_some_and(|g| active.is_empty() || active.len() + g.len() <= self.max_rows)
     }
 
     /// Admits the waiting groups that fit, in order: the cache and next-token logits of
     /// `current`'s rows then theirs (their sequence indices appended to `active`).
     fn admit(
-        &self,
-        pending: &mut Pending,
+        &mut self,
         current: Option<(KvCache, Tensor)>,
         active: &mut Vec<usize>,
     ) -> Result<Option<(KvCache, Tensor)>> {
         let (mut parts, mut heads): (Vec<KvCache>, Vec<Tensor>) = current.into_iter().unzip();
-        while self.fits(pending, active) {
-            let g = pending.next().expect("peeked");
+        while self.fits(active) {
+            let g = self.waiting.pop_front().expect("a waiting group");
             let rows = &self.prompts[g.clone()];
             let (part, logits) =
                 prefill(self.model, self.adapter, rows, self.pad_id, self.max_new)?;
@@ -263,8 +260,6 @@ fn run(
         Some((g, m)) => (g, m.max(g)),
         None => (b, b),
     };
-    let mut groups = (0..b).step_by(group).map(|s| s..(s + group).min(b));
-    let mut pending: Pending = (&mut groups as &mut dyn Iterator<Item = _>).peekable();
     let rows_at_once = max_rows.min(b);
     // The CPU decode kernels on every thread: for a Llama model from the prefill on where they
     // have kernels for its many rows (AVX-512), else from the first decode step; for GPT-2
@@ -278,26 +273,28 @@ fn run(
         false => DecodeThreads::enter(rows_at_once as i64, model.kind(), device),
     };
     let prefill_in_scope = llama && prefill_kernels();
-    let mut threads = prefill_in_scope.then(scope);
+    let threads = prefill_in_scope.then(scope);
     let max_new = params.max_new_tokens;
-    let room = Room {
+    let mut room = Room {
         model,
         adapter,
         prompts,
         pad_id,
         max_new,
         max_rows,
+        waiting: (0..b)
+            .step_by(group)
+            .map(|s| s..(s + group).min(b))
+            .collect(),
     };
     // active[r] = sequence index of cache row r; slot[seq] = its row while it is active.
     let mut active: Vec<usize> = Vec::with_capacity(rows_at_once);
-    let (mut cache, mut logits) = room
-        .admit(&mut pending, None, &mut active)?
-        .expect("a first group");
+    let (mut cache, mut logits) = room.admit(None, &mut active)?.expect("a first group");
     let mut slot: Vec<Option<usize>> = vec![None; b];
     for (r, &seq) in active.iter().enumerate() {
         slot[seq] = Some(r);
     }
-    let mut threads = threads.take().unwrap_or_else(scope);
+    let mut threads = threads.unwrap_or_else(scope);
     loop {
         let rows = active.len();
         // Read in place (a contiguous f32 CPU tensor no one else holds), else copied.
@@ -352,7 +349,7 @@ fn run(
                 next.push(tok as i64);
             }
         }
-        if keep.is_empty() && pending.peek().is_none() {
+        if keep.is_empty() && room.waiting.is_empty() {
             break;
         }
         let mut current = None;
@@ -369,14 +366,16 @@ fn run(
         } else {
             active.clear();
         }
-        // Room for the next group: it joins (prefilled where the first groups were).
-        if room.fits(&mut pending, &active) && !prefill_in_scope {
-            drop(threads);
-            let joined = room.admit(&mut pending, current, &mut active)?;
-            threads = scope();
-            current = joined;
-        } else if room.fits(&mut pending, &active) {
-            current = room.admit(&mut pending, current, &mut active)?;
+        // Room for the next group: it joins, prefilled where the first groups were (outside
+        // the scope, on libtorch's threads, unless the prefill has kernels).
+        if room.fits(&active) {
+            if prefill_in_scope {
+                current = room.admit(current, &mut active)?;
+            } else {
+                drop(threads);
+                current = room.admit(current, &mut active)?;
+                threads = scope();
+            }
         }
         (cache, logits) = current.expect("rows to decode");
         slot.fill(None);

@@ -105,17 +105,20 @@ impl SampleContext<'_> {
             gens.len(),
             prompts.len()
         );
-        let refs = if !self.ref_logprobs {
-            None
-        } else if self.model.device().is_cuda() {
-            Some(self.reference_logprobs(&prompts, &gens)?)
-        } else {
-            // one prompt at a time: the same shapes whatever the batch
+        let refs = if self.ref_logprobs {
+            // one prompt at a time on the CPU (the same shapes whatever the batch), on CUDA
+            // as many whole prompts as decode at once
+            let rows = match self.model.device().is_cuda() {
+                true => (self.batch_rows / k).max(1) * k,
+                false => k,
+            };
             let mut all = Vec::with_capacity(prompts.len());
-            for (p, g) in prompts.chunks(k).zip(gens.chunks(k)) {
+            for (p, g) in prompts.chunks(rows).zip(gens.chunks(rows)) {
                 all.extend(self.reference_logprobs(p, g)?);
             }
             Some(all)
+        } else {
+            None
         };
         let mut out = Vec::with_capacity(jobs.len());
         for (j, job) in jobs.iter().enumerate() {

@@ -12,9 +12,9 @@
 //! - `rl_loop`: completion tokens per second of the whole loop, wall clock from the first
 //!   process start to the last exit (every process start and model load included), against
 //!   the TRL process's (interpreter start, imports and model loading included).
-//! - `rl_loop_iteration`: seconds per iteration once running (lower is better): ours, the
-//!   median over iterations after the first of the three processes' wall time; TRL's, its
-//!   training loop's time over its steps.
+//! - `rl_loop_iteration`: seconds per iteration once running (lower is better), the median
+//!   over iterations after the first on both sides: ours, the three processes' wall time;
+//!   TRL's, each optimiser step's (generation, reward, reference and update).
 //! - `rl_loop_peak_rss`: the largest peak RSS of our three processes against the TRL
 //!   process's.
 
@@ -209,6 +209,12 @@ fn run_ours(dir: &Path, s: &Sizes, threads: &str) -> Result<Ours> {
     Ok(ours)
 }
 
+/// The median of `v` without its first element (unless it is the only one): the time of an
+/// iteration once running.
+fn after_first(v: &[f64]) -> f64 {
+    median(v[1.min(v.len().saturating_sub(1))..].to_vec())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -238,7 +244,7 @@ impl Case for RlLoop {
         let start = Instant::now();
         let ours = run_ours(dir, &s, &threads)?;
         let wall = start.elapsed().as_secs_f64();
-        let steady = median(ours.seconds[1.min(ours.seconds.len() - 1)..].to_vec());
+        let steady = after_first(&ours.seconds);
         let work = format!(
             "{} iterations of {} prompts x {} completions, <= {} tokens, {}, GRPO, LoRA r{LORA_RANK} on {LORA_TARGETS}",
             s.iterations, s.prompts, s.samples, s.max_new_tokens, s.preset
@@ -287,7 +293,17 @@ impl Case for RlLoop {
             let theirs_wall = start.elapsed().as_secs_f64();
             let version = v.get("trl_version").and_then(|x| x.as_str()).unwrap_or("?");
             let tokens = python::number(&v, "completion_tokens", "rl_loop.py")?;
-            let steps = python::number(&v, "seconds_steps", "rl_loop.py")?;
+            let steps: Vec<f64> = v
+                .get("step_seconds")
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(
+                steps.len() == s.iterations,
+                "rl_loop.py timed {} steps of {}: {v}",
+                steps.len(),
+                s.iterations
+            );
             let reference = format!("TRL {version} GRPOTrainer + peft, {work}");
             m_loop = m_loop.against(
                 &format!("{reference}, whole process"),
@@ -295,8 +311,8 @@ impl Case for RlLoop {
                 true,
             );
             m_iter = m_iter.against(
-                &format!("{reference}, training loop"),
-                steps / s.iterations as f64,
+                &format!("{reference}, one step"),
+                after_first(&steps),
                 false,
             );
             if let Ok(rss) = python::number(&v, "peak_rss_bytes", "rl_loop.py") {
