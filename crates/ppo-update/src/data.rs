@@ -289,6 +289,7 @@ mod tests {
             iteration: 1,
             sample_index: 0,
             prompt: "p".into(),
+            messages: None,
             response: "r".into(),
             prompt_tokens: vec![1, 2],
             response_tokens: vec![3, 4],

@@ -19,6 +19,7 @@ fn rollout(prompt_id: &str, k: i32, response: &str) -> RolloutRow {
         iteration: 0,
         sample_index: k,
         prompt: format!("User: review the {prompt_id}.\nAssistant:"),
+        messages: None,
         response: response.into(),
         prompt_tokens: vec![1, 2],
         response_tokens: vec![3, k + 10],

@@ -28,6 +28,7 @@ fn rollout(
         iteration: 0,
         sample_index: sample,
         prompt: format!("User: tell me about {prompt}\nAssistant:"),
+        messages: None,
         response: response.into(),
         prompt_tokens: vec![1, 2, 3],
         response_tokens: vec![4, 5],

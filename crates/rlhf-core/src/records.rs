@@ -161,6 +161,7 @@ records! {
         iteration: i32 => "Policy iteration the sample belongs to.",
         sample_index: i32 => "Index of the sample among the K of its prompt.",
         prompt: String => "Prompt text.",
+        messages: Option<Vec<Message>> => "The prompt as chat messages, when it came as a conversation (the prompts' `messages`).",
         response: String => "Decoded response text (special tokens removed).",
         prompt_tokens: Vec<i32> => "Prompt token ids as fed to the model.",
         response_tokens: Vec<i32> => "Sampled token ids (the EOS token included when sampled).",

@@ -69,6 +69,7 @@ fn rollouts() -> Vec<RolloutRow> {
                 iteration: 1,
                 sample_index: i % 4,
                 prompt: "User: hi\nAssistant:".into(),
+                messages: None,
                 response: "x".repeat(n),
                 prompt_tokens: vec![5, 6, 7],
                 response_tokens: (0..n as i32).collect(),

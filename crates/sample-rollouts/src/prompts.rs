@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rlhf_core::error::CoreError;
 use rlhf_core::parquet_io::Dataset;
-use rlhf_core::records::{PromptRow, Record};
+use rlhf_core::records::{Message, PromptRow, Record};
 use rlhf_core::schema::Artifact;
 use rlhf_core::shard::Shard;
 use rlhf_core::tokenizer::Tokenizer;
@@ -21,6 +21,8 @@ pub struct PromptJob {
     pub index: usize,
     pub prompt_id: String,
     pub prompt: String,
+    /// The prompt as chat messages, when it came as a conversation (copied to the rollouts).
+    pub messages: Option<Vec<Message>>,
     pub tokens: Vec<i32>,
     /// File and 0-based row it was read from (for error messages).
     pub file: PathBuf,
@@ -135,6 +137,7 @@ pub fn load(
                 index,
                 prompt_id: row.prompt_id,
                 prompt: row.prompt,
+                messages: row.messages,
                 tokens,
                 file: path.clone(),
                 row: here,

@@ -132,6 +132,7 @@ impl SampleContext<'_> {
                     iteration: self.iteration,
                     sample_index: s as i32,
                     prompt: job.prompt.clone(),
+                    messages: job.messages.clone(),
                     response: self.tokenizer.decode(&g.tokens)?,
                     prompt_tokens: job.tokens.clone(),
                     response_tokens: g.tokens.clone(),

@@ -84,6 +84,18 @@ fn sorted(mut rows: Vec<RolloutRow>) -> Vec<RolloutRow> {
 }
 
 #[test]
+fn rollouts_carry_their_prompts_messages() {
+    let f = Fixture::new(4);
+    let rows = f.sample("r.parquet", &[]);
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        let i: usize = r.prompt_id[1..].parse().unwrap();
+        assert_eq!(r.messages, common::prompt_messages(i), "{}", r.prompt_id);
+    }
+    assert!(rows.iter().any(|r| r.messages.is_some()));
+}
+
+#[test]
 fn shards_together_equal_the_unsharded_run() {
     let f = Fixture::new(7);
     let whole = f.sample("whole.parquet", &[]);

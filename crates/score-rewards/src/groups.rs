@@ -145,6 +145,7 @@ pub(crate) mod tests {
             iteration: 1,
             sample_index: k,
             prompt: format!("Write a review of the {prompt_id}."),
+            messages: None,
             response: response.into(),
             prompt_tokens: vec![1, 2, 3],
             response_tokens: tokens,

@@ -7,15 +7,24 @@
 //! `rlhf_state.json`: `reward = (raw + reward_bias) * reward_scale`.
 //!
 //! Each engine scores the rollouts' token ids when its tokenizer is the one their lineage
-//! records; otherwise they are refused, unless `--retokenize` has the prompt and response
-//! text encoded again with that engine's tokenizer.
+//! records; otherwise they are refused, unless `--retokenize` has the engine encode the
+//! rollout text again itself ([`TextInput`]): a rollout whose prompt came as chat messages
+//! (the rollouts' `messages`, copied from the prompts by sample-rollouts) is rendered with the reward model's own chat template as
+//! `messages + [{"role": "assistant", "content": response}]` and tokenized as transformers'
+//! `apply_chat_template(conversation, tokenize=True)` does, which is what off-the-shelf
+//! reward models are trained on; without messages, or when the reward model's folder has no
+//! chat template, the prompt text (as rendered for the policy) and the response are encoded
+//! (with EOS when the response ended by it). Which way each reward model went is recorded
+//! per column in the lineage and the run summary (`retokenized`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rlhf_core::chat::ChatTemplate;
 use rlhf_core::error::CoreError;
 use rlhf_core::lineage::Lineage;
-use rlhf_core::records::RolloutRow;
+use rlhf_core::records::{Message, RolloutRow};
 use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::Model;
@@ -109,40 +118,160 @@ impl RewardState {
     }
 }
 
+/// How a reward model that encodes the rollout text itself (`--retokenize`) made a
+/// rollout's token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TextInput {
+    /// The prompt's chat messages plus the response as the assistant's turn, rendered with
+    /// the reward model's chat template.
+    ChatTemplate,
+    /// The rollout's prompt text (rendered for the policy) and response text.
+    PromptText,
+}
+
+impl TextInput {
+    /// Its name in the lineage and the run summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            TextInput::ChatTemplate => "chat_template",
+            TextInput::PromptText => "prompt_text",
+        }
+    }
+}
+
+/// What an engine scores.
+enum Input {
+    /// The rollouts' own token ids.
+    RolloutTokens,
+    /// The rollout text, encoded with the engine's tokenizer; conversations are rendered with
+    /// `chat`, the chat template of the engine's folder, when it has one.
+    Text { chat: Option<Box<ChatTemplate>> },
+}
+
+impl Input {
+    /// Encoding the rollout text with `tokenizer` (whose folder's chat template, if any,
+    /// renders conversations); `name` names the reward model in the log and in errors.
+    fn text(tokenizer: &Tokenizer, name: &str) -> Result<Input> {
+        if tokenizer.chat_template.is_none() {
+            tracing::info!(
+                "--retokenize: {name} has no chat template; encoding the rollouts' prompt text \
+                 (as rendered for the policy) and response with its tokenizer"
+            );
+            return Ok(Input::Text { chat: None });
+        }
+        let chat = tokenizer
+            .chat()
+            .with_context(|| format!("{name}: reading its chat template"))?;
+        tracing::info!(
+            "--retokenize: {name}: rendering each prompt's chat messages and the response with \
+             its chat template (rollouts without `messages`: their prompt text and response)"
+        );
+        Ok(Input::Text {
+            chat: Some(Box::new(chat)),
+        })
+    }
+}
+
+/// The token ids a model scores for one rollout: `prompt ++ response`, read at its last token.
+struct Sequence {
+    prompt: Vec<i32>,
+    response: Vec<i32>,
+    /// How the text was encoded; None for the rollouts' own ids.
+    text: Option<TextInput>,
+}
+
 /// One model in memory with the tokenizer its inputs are made with.
 struct Engine {
     model: Model,
     tokenizer: Tokenizer,
     /// The folder it was loaded from (the base, or the full reward model), for messages.
     dir: PathBuf,
-    /// Encode the rollout text with `tokenizer` instead of scoring the rollouts' token ids.
-    retokenize: bool,
+    input: Input,
+    /// Rollouts scored by each way of encoding their text (empty for [`Input::RolloutTokens`]).
+    text_inputs: BTreeMap<TextInput, usize>,
 }
 
 impl Engine {
-    /// Token ids to score for a rollout.
-    fn sequence(&self, row: &RolloutRow) -> Result<(Vec<i32>, Vec<i32>)> {
-        if self.retokenize {
-            let p = self.tokenizer.encode(&row.prompt, true)?;
-            let mut r = self.tokenizer.encode(&row.response, false)?;
-            if row.finish_reason == "eos" {
-                if let Some(e) = self.tokenizer.eos_id() {
-                    r.push(e as i32);
-                }
-            }
-            Ok((p, r))
-        } else {
-            Ok((row.prompt_tokens.clone(), row.response_tokens.clone()))
+    fn new(model: Model, tokenizer: Tokenizer, dir: PathBuf, input: Input) -> Engine {
+        Engine {
+            model,
+            tokenizer,
+            dir,
+            input,
+            text_inputs: BTreeMap::new(),
         }
     }
 
+    /// Token ids to score for a rollout (read from `source`, named in errors).
+    fn sequence(&self, row: &RolloutRow, source: &Path) -> Result<Sequence> {
+        match (&self.input, &row.messages) {
+            (Input::RolloutTokens, _) => Ok(Sequence {
+                prompt: row.prompt_tokens.clone(),
+                response: row.response_tokens.clone(),
+                text: None,
+            }),
+            // The whole conversation is one "prompt": only its last token is scored, and the
+            // template decides what follows the response (an end-of-turn token, no EOS).
+            (Input::Text { chat: Some(chat) }, Some(messages)) => Ok(Sequence {
+                prompt: self.conversation_ids(chat, messages, row, source)?,
+                response: Vec::new(),
+                text: Some(TextInput::ChatTemplate),
+            }),
+            (Input::Text { .. }, _) => {
+                let prompt = self.tokenizer.encode(&row.prompt, true)?;
+                let mut response = self.tokenizer.encode(&row.response, false)?;
+                if row.finish_reason == "eos" {
+                    if let Some(e) = self.tokenizer.eos_id() {
+                        response.push(e as i32);
+                    }
+                }
+                Ok(Sequence {
+                    prompt,
+                    response,
+                    text: Some(TextInput::PromptText),
+                })
+            }
+        }
+    }
+
+    /// `messages` with the response as the assistant's turn, rendered with `chat` and
+    /// tokenized as `apply_chat_template(conversation, tokenize=True)` does (no special token
+    /// added: the template writes BOS when the model wants one).
+    fn conversation_ids(
+        &self,
+        chat: &ChatTemplate,
+        messages: &[Message],
+        row: &RolloutRow,
+        source: &Path,
+    ) -> Result<Vec<i32>> {
+        let mut conversation = messages.to_vec();
+        conversation.push(Message::new("assistant", &row.response));
+        let text = chat.render(&conversation, false).with_context(|| {
+            format!(
+                "rollout `{}` of {}: the chat template of the reward model {} does not render \
+                 its conversation",
+                row.rollout_id,
+                source.display(),
+                self.dir.display()
+            )
+        })?;
+        Ok(self.tokenizer.encode_rendered(&text)?)
+    }
+
     /// One forward batch of `rows`, checked against the model's context and vocabulary.
-    fn batch(&self, rows: &[&RolloutRow], source: &Path) -> Result<SeqBatch> {
+    fn batch(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<SeqBatch> {
         let max = self.model.config().max_position_embeddings as usize;
         let vocab = self.model.config().vocab_size as i32;
         let mut seqs = Vec::with_capacity(rows.len());
         for row in rows {
-            let (p, r) = self.sequence(row)?;
+            let Sequence {
+                prompt: p,
+                response: r,
+                text,
+            } = self.sequence(row, source)?;
+            if let Some(t) = text {
+                *self.text_inputs.entry(t).or_default() += 1;
+            }
             if p.len() + r.len() > max || p.len() + r.len() == 0 {
                 return Err(CoreError::BadInput {
                     path: source.to_path_buf(),
@@ -189,13 +318,13 @@ struct RolloutTokens<'a> {
 }
 
 impl RolloutTokens<'_> {
-    /// Whether a model with `tokenizer` (named `model_name`) must encode the rollout text
-    /// itself; an error when the token ids are another tokenizer's and --retokenize is off.
-    fn retokenize_for(&self, model_name: &str, tokenizer: &Tokenizer) -> Result<bool> {
+    /// What a model with `tokenizer` (named `model_name`) scores: the rollouts' token ids, or
+    /// their text encoded with `tokenizer`; an error when the token ids are another
+    /// tokenizer's and --retokenize is off.
+    fn input_for(&self, model_name: &str, tokenizer: &Tokenizer) -> Result<Input> {
         match self.tokenizer {
             Some(h) if self.retokenize && h != tokenizer.hash() => {
-                tracing::info!("--retokenize: encoding rollout text with {model_name}");
-                Ok(true)
+                Input::text(tokenizer, model_name)
             }
             Some(h) => {
                 Lineage::check_tokenizer(self.name, Some(h), model_name, tokenizer.hash())
@@ -206,16 +335,16 @@ impl RolloutTokens<'_> {
                              instead)",
                         )
                     })?;
-                Ok(false)
+                Ok(Input::RolloutTokens)
             }
-            None if self.retokenize => Ok(true),
+            None if self.retokenize => Input::text(tokenizer, model_name),
             None => {
                 tracing::warn!(
                     "{} records no tokenizer; trusting its token ids for {model_name} (use \
                      --retokenize to encode the text)",
                     self.name
                 );
-                Ok(false)
+                Ok(Input::RolloutTokens)
             }
         }
     }
@@ -228,6 +357,8 @@ pub struct Member {
     engine: usize,
     /// Adapter name inside the engine's model; None for a full model's own `score` head.
     adapter: Option<String>,
+    /// Its scores column.
+    pub column: String,
     pub dir: PathBuf,
     pub kind: RewardModelKind,
     pub norm: Normalisation,
@@ -268,8 +399,8 @@ impl RewardModels {
             {
                 let tokenizer = Tokenizer::from_dir(dir)?;
                 let name = format!("reward model base {} (tokenizer.json)", dir.display());
-                let retokenize = rollouts.retokenize_for(&name, &tokenizer)?;
-                Some((dir.clone(), tokenizer, name, retokenize))
+                let input = rollouts.input_for(&name, &tokenizer)?;
+                Some((dir.clone(), tokenizer, name, input))
             }
             _ => None,
         };
@@ -317,22 +448,17 @@ impl RewardModels {
                                  was trained with",
                             )?;
                     }
-                    let retokenize = rollouts.retokenize_for(&name, &tokenizer)?;
-                    own_tokenizers.push(Some((tokenizer, retokenize)));
+                    let input = rollouts.input_for(&name, &tokenizer)?;
+                    own_tokenizers.push(Some((tokenizer, input)));
                 }
             }
         }
 
         let mut engines = Vec::new();
-        if let Some((dir, tokenizer, _, retokenize)) = base {
+        if let Some((dir, tokenizer, _, input)) = base {
             let model = Model::load(&dir, settings.device, settings.kind)
                 .with_context(|| format!("loading base model {}", dir.display()))?;
-            engines.push(Engine {
-                model,
-                tokenizer,
-                dir,
-                retokenize,
-            });
+            engines.push(Engine::new(model, tokenizer, dir, input));
         }
         let mut members = Vec::new();
         for (k, ((rm, s), own)) in states.iter().zip(own_tokenizers).enumerate() {
@@ -342,14 +468,15 @@ impl RewardModels {
                     attach_adapter(&mut engines[0], &name, &rm.dir, s)?;
                     (0, Some(name))
                 }
-                Some((tokenizer, retokenize)) => {
-                    engines.push(load_full(settings, &rm.dir, tokenizer, retokenize)?);
+                Some((tokenizer, input)) => {
+                    engines.push(load_full(settings, &rm.dir, tokenizer, input)?);
                     (engines.len() - 1, None)
                 }
             };
             members.push(Member {
                 engine,
                 adapter,
+                column: rm.column.clone(),
                 dir: rm.dir.clone(),
                 kind: rm.kind,
                 norm: s.norm,
@@ -373,13 +500,24 @@ impl RewardModels {
         &self.members
     }
 
+    /// For each reward model that encodes the rollout text itself (--retokenize), its
+    /// column and the number of rollouts it encoded each way, in column order; reward models
+    /// scoring the rollouts' own token ids are left out.
+    pub fn text_inputs(&self) -> Vec<(&str, &BTreeMap<TextInput, usize>)> {
+        self.members
+            .iter()
+            .map(|m| (m.column.as_str(), &self.engines[m.engine].text_inputs))
+            .filter(|(_, counts)| !counts.is_empty())
+            .collect()
+    }
+
     /// Normalised scores of `rows` (one forward batch per engine): `[member][row]`.
     /// `source` names the rollouts in errors.
-    pub fn score(&self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
+    pub fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
         let _guard = tch::no_grad_guard();
         let batches = self
             .engines
-            .iter()
+            .iter_mut()
             .map(|e| e.batch(rows, source))
             .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(self.members.len());
@@ -436,7 +574,7 @@ fn load_full(
     settings: &Settings,
     dir: &Path,
     tokenizer: Tokenizer,
-    retokenize: bool,
+    input: Input,
 ) -> Result<Engine> {
     let model = Model::load(dir, settings.device, settings.kind)
         .with_context(|| format!("loading reward model {}", dir.display()))?;
@@ -452,12 +590,7 @@ fn load_full(
         }
         .into());
     }
-    Ok(Engine {
-        model,
-        tokenizer,
-        dir: dir.to_path_buf(),
-        retokenize,
-    })
+    Ok(Engine::new(model, tokenizer, dir.to_path_buf(), input))
 }
 
 /// Reward-model specs in column order (for callers that only need names and weights).

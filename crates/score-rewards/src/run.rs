@@ -16,7 +16,7 @@ use rlhf_core::CoreError;
 
 use crate::combine::{response_length, CombineSpec, ENDED};
 use crate::groups::{Group, GroupReader};
-use crate::reward_model::{self, RewardModels};
+use crate::reward_model::{self, RewardModels, TextInput};
 use crate::rules::{References, RowView, RuleKind};
 use crate::settings::{Cli, Settings};
 use crate::stats::{column_stats, ColumnStats};
@@ -80,7 +80,7 @@ impl Scorer<'_> {
             return Ok(());
         }
         self.batches += 1;
-        let rm: Vec<Vec<f32>> = match &self.rms {
+        let rm: Vec<Vec<f32>> = match &mut self.rms {
             Some(m) => m.score(&rows, &self.settings.rollouts)?,
             None => Vec::new(),
         };
@@ -259,7 +259,13 @@ pub fn run(cli: &Cli) -> Result<()> {
         .get("eos_penalised_rows")
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    report(&stats, penalised, rows, &settings.out_file);
+    report(
+        &stats,
+        scorer.rms.as_ref(),
+        penalised,
+        rows,
+        &settings.out_file,
+    );
     tracing::info!(
         "scored {rows} rollouts in {secs:.1}s ({:.1} sequences/s)",
         rows as f64 / secs.max(1e-9)
@@ -336,11 +342,68 @@ fn summarise(
         "shard".into(),
         serde_json::json!({"index": settings.shard.index, "count": settings.shard.count}),
     );
+    if let Some(rms) = &s.rms {
+        m.extend(retokenized(rms));
+    }
     (stats, m)
 }
 
-fn report(stats: &BTreeMap<String, ColumnStats>, penalised: u64, rows: usize, out: &Path) {
+/// How the reward models that encoded the rollout text themselves (--retokenize) made their
+/// inputs, by column: `retokenized` gives `chat_template` or `prompt_text` (`mixed` when the
+/// rollouts went both ways), `retokenized_rows` the number of rollouts each way. Nothing
+/// when every reward model scored the rollouts' own token ids.
+fn retokenized(rms: &RewardModels) -> BTreeMap<String, serde_json::Value> {
+    let used = rms.text_inputs();
+    if used.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut ways = serde_json::Map::new();
+    let mut rows = serde_json::Map::new();
+    for (column, counts) in used {
+        let way = match counts.keys().collect::<Vec<_>>()[..] {
+            [only] => only.name(),
+            _ => "mixed",
+        };
+        ways.insert(column.into(), way.into());
+        rows.insert(
+            column.into(),
+            counts
+                .iter()
+                .map(|(t, n)| (t.name().to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+    }
+    BTreeMap::from([
+        ("retokenized".to_string(), ways.into()),
+        ("retokenized_rows".to_string(), rows.into()),
+    ])
+}
+
+fn report(
+    stats: &BTreeMap<String, ColumnStats>,
+    rms: Option<&RewardModels>,
+    penalised: u64,
+    rows: usize,
+    out: &Path,
+) {
     tracing::info!("wrote {rows} scores to {}", out.display());
+    for (column, counts) in rms.map(RewardModels::text_inputs).unwrap_or_default() {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(t, n)| {
+                let how = match t {
+                    TextInput::ChatTemplate => "rendered with its chat template",
+                    TextInput::PromptText => "encoded as prompt text + response",
+                };
+                format!("{n} rollouts {how}")
+            })
+            .collect();
+        tracing::info!(
+            "reward model `{column}` (--retokenize): {}",
+            parts.join(", ")
+        );
+    }
     for (name, st) in stats {
         tracing::info!("{}", st.line(name));
     }

@@ -84,9 +84,15 @@ pub struct Cli {
     /// a pessimistic reward for uncertain members.
     #[arg(long, default_value_t = 0.0, value_name = "C")]
     pub rm_std_penalty: f32,
-    /// Re-tokenize prompt and response text with a reward model's tokenizer instead of
-    /// refusing rollouts made with another tokenizer (reward models whose tokenizer is the
-    /// rollouts' keep scoring the rollouts' token ids).
+    /// Re-tokenize the rollout text with a reward model's own tokenizer instead of refusing
+    /// rollouts made with another tokenizer (reward models whose tokenizer is the rollouts'
+    /// keep scoring the rollouts' token ids). A rollout whose prompt came as chat messages
+    /// (the rollouts' `messages` column) is rendered with the reward model's chat template:
+    /// the messages plus the response as the assistant's turn, as transformers'
+    /// `apply_chat_template(..., tokenize=True)` makes it; without messages, or when the
+    /// reward model's folder has no chat template, its prompt text (as rendered for the
+    /// policy) and response are encoded. The summary and lineage record which, per column
+    /// (`retokenized`: chat_template, prompt_text or mixed).
     #[arg(long)]
     pub retokenize: bool,
     /// Sequences per reward-model forward batch on CUDA, and on CPU with --pack-prompts

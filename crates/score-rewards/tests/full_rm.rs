@@ -482,11 +482,12 @@ fn folders_written_by_transformers_score_as_transformers_does() {
     let t = ScoresTable::read(&f.root.join("hf.parquet")).unwrap().0;
     let rm = column(&t, "rm");
     assert_eq!(rm.len(), theirs.len());
-    for (i, (ours, want)) in rm.iter().zip(&theirs).enumerate() {
-        // float32 on different kernels, scores O(1)
-        assert!(
-            (*ours as f64 - want).abs() < 2e-4,
-            "row {i}: {ours} vs transformers {want}"
-        );
-    }
+    let err = rm
+        .iter()
+        .zip(&theirs)
+        .map(|(ours, want)| (*ours as f64 - want).abs())
+        .fold(0.0, f64::max);
+    eprintln!("max |score-rewards - transformers|: {err:.2e}");
+    // float32 on different kernels, scores O(1)
+    assert!(err < 1e-4, "{rm:?} vs transformers {theirs:?}");
 }

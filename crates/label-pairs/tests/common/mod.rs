@@ -61,6 +61,7 @@ pub fn write_rollouts(path: &Path, responses: &[&[&str]]) {
                 iteration: 0,
                 sample_index: k as i32,
                 prompt: format!("User: question {p}\nAssistant:"),
+                messages: None,
                 response: text.to_string(),
                 prompt_tokens: vec![5, 6, p as i32],
                 response_tokens: vec![7 + k as i32, 1],

@@ -132,6 +132,7 @@ impl World {
                 iteration: 1,
                 sample_index: s as i32,
                 prompt: String::new(),
+                messages: None,
                 response: String::new(),
                 prompt_tokens: all_prompts[j].clone(),
                 response_tokens: g.tokens.clone(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rlhf_core::lineage::Lineage;
 use rlhf_core::parquet_io::write_records;
-use rlhf_core::records::PromptRow;
+use rlhf_core::records::{Message, PromptRow};
 use rlhf_core::schema::Artifact;
 use rlhf_nn::{LoraConfig, Model, ModelConfig};
 use rlhf_testkit::{randomize_adapter, write_word_tokenizer, Redraw};
@@ -63,7 +63,14 @@ pub fn random_adapter(
     model.save_adapter(name, dir).unwrap();
 }
 
-/// Writes a prompts file of `n` prompts (`w{i} w{i+1} ...`), tokens null.
+/// The user turn of prompt `i` of [`prompts_file`] (even prompts come as chat messages).
+pub fn prompt_messages(i: usize) -> Option<Vec<Message>> {
+    i.is_multiple_of(2)
+        .then(|| vec![Message::new("user", &format!("question {i}"))])
+}
+
+/// Writes a prompts file of `n` prompts (`w{i} w{i+1} ...`; even ones with
+/// [`prompt_messages`]), tokens null.
 pub fn prompts_file(path: &Path, n: usize) {
     let rows: Vec<PromptRow> = (0..n)
         .map(|i| PromptRow {
@@ -72,7 +79,7 @@ pub fn prompts_file(path: &Path, n: usize) {
                 .map(|j| format!("w{}", 10 + i * 3 + j))
                 .collect::<Vec<_>>()
                 .join(" "),
-            messages: None,
+            messages: prompt_messages(i),
             prompt_tokens: None,
             split: if i % 5 == 4 {
                 "eval".into()

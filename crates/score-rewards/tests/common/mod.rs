@@ -93,6 +93,7 @@ pub fn rollouts(n_prompts: usize, k: usize) -> Vec<RolloutRow> {
                 iteration: 1,
                 sample_index: s as i32,
                 prompt: prompt.clone(),
+                messages: None,
                 response,
                 prompt_tokens: prompt_tokens.clone(),
                 response_tokens: tokens,
