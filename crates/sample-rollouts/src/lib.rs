@@ -2,6 +2,7 @@
 //! policy adapter and write the rollouts artifact, with per-token sampling and reference
 //! log-probabilities (adapter off, or --ref-model), deterministic per seed whatever the batch size and sharding.
 
+pub mod eos;
 pub mod output;
 pub mod prompts;
 pub mod reference;

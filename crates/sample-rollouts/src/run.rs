@@ -13,6 +13,7 @@ use rlhf_core::tokenizer::Tokenizer;
 use rlhf_nn::generate::SamplingParams;
 use rlhf_nn::Model;
 
+use crate::eos;
 use crate::output::{peak_rss_bytes, RolloutSink};
 use crate::prompts::{self, Filter};
 use crate::reference;
@@ -83,9 +84,18 @@ pub fn run(cli: &Cli) -> Result<()> {
             .load_adapter(POLICY, dir)
             .with_context(|| format!("loading policy adapter {}", dir.display()))?;
     }
-    let eos_ids: Vec<i32> = tokenizer.eos_id().map(|e| e as i32).into_iter().collect();
+    let eos_ids = eos::response_end_ids(
+        &tokenizer,
+        &settings.model_dir,
+        &model.config().eos_token_ids,
+    )?;
     if eos_ids.is_empty() {
-        tracing::warn!("the tokenizer has no EOS token: every response runs to --max-new-tokens or a --stop string");
+        tracing::warn!("neither the tokenizer nor the model has an EOS token: every response runs to --max-new-tokens or a --stop string");
+    } else {
+        tracing::info!(
+            ?eos_ids,
+            "responses end at these tokens (the tokenizer's EOS and the model's eos_token_id)"
+        );
     }
     let params = SamplingParams {
         max_new_tokens: settings.max_new_tokens,

@@ -49,7 +49,9 @@ pub struct Cli {
     /// Responses sampled per prompt (K).
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub samples_per_prompt: usize,
-    /// Most tokens generated per response (the EOS token included).
+    /// Most tokens generated per response (the EOS token included). A response ends at the
+    /// tokenizer's EOS or at any `eos_token_id` of the model's generation_config.json
+    /// (config.json without one), as transformers' generate.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 samples greedily.
@@ -62,8 +64,9 @@ pub struct Cli {
     /// to p; 1.0 turns it off.
     #[arg(long, default_value_t = 1.0, value_name = "P")]
     pub top_p: f64,
-    /// Stop strings: a response ends (finish_reason `stop`) once its text contains one.
-    /// Repeat the flag or give several values.
+    /// Stop strings: a response ends (finish_reason `stop`) once its text contains one, at
+    /// the token that completes it; that token and the text stay as generated (the stop
+    /// string is not trimmed). Repeat the flag or give several values.
     #[arg(long, value_name = "STR", num_args = 1.., action = clap::ArgAction::Append)]
     pub stop: Vec<String>,
     /// Most sequences decoding at once: whole prompts (K samples each), the next prompt's
