@@ -10,7 +10,7 @@
 #  3. the micro demo pipeline on the device, in f32 and in bf16 (every model stage gets
 #     --device and --dtype from its config file), each to its report;
 #  4. timing: sample-rollouts vs transformers `generate` on the same random-weight model
-#     with the shapes of SmolLM2-135M and Qwen2.5-0.5B (vocabulary: the demo tokenizer's),
+#     with the configs of SmolLM2-135M and Qwen2.5-0.5B (scripts/bench/scale_model.py),
 #     batch sizes a GPU user picks, f32 and bf16.
 # Results: OUT/results.json in the format of `make bench` ({"machine", "cases"}) plus each
 # step's log in OUT/. `--device cpu --quick` runs the same steps small on the CPU: make test
@@ -90,35 +90,13 @@ for dtype in f32 bf16; do
 done
 
 # --- 4. timing: sample-rollouts vs transformers generate ---------------------------------
-tok=$out/demo-f32/sft
 prompts=$out/demo-f32/data/prompts.parquet
-if [ "$quick" = 1 ]; then shapes="tiny"; batches="8"; new=16; else shapes="smollm2-135m qwen2.5-0.5b"; batches="32 256"; new=128; fi
+if [ "$quick" = 1 ]; then shapes="smollm2-135m"; batches="8"; new=16; else shapes="smollm2-135m qwen2.5-0.5b"; batches="32 256"; new=128; fi
 for shape in $shapes; do
   model=$out/model-$shape
-  "$PY" - "$shape" "$tok" "$model" <<'PYEOF'
-import shutil, sys
-from pathlib import Path
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-from tokenizers import Tokenizer
-shape, tok, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-vocab = Tokenizer.from_file(str(tok / "tokenizer.json")).get_vocab_size()
-common = dict(vocab_size=vocab, tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5)
-if shape == "smollm2-135m":  # the published config's shapes, the demo's vocabulary
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, **common))
-elif shape == "qwen2.5-0.5b":
-    model = Qwen2ForCausalLM(Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                         num_attention_heads=14, num_key_value_heads=2, rope_theta=1000000.0, **common))
-else:  # tiny, for --quick
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, **common))
-torch.manual_seed(0)
-model.save_pretrained(out, safe_serialization=True)
-for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]:
-    if (tok / f).is_file():
-        shutil.copy(tok / f, out / f)
-PYEOF
+  # the published config (vocabulary included), random weights; --quick: 2 layers
+  "$PY" scripts/bench/scale_model.py --size "$shape" --out "$model" $([ "$quick" = 1 ] && echo --layers 2) >/dev/null ||
+    fail "writing the $shape model"
   for dtype in f32 bf16; do
     for b in $batches; do
       k=$(( b > 8 ? 8 : b ))

@@ -15,7 +15,7 @@ import json, math, sys
 r = json.load(open(sys.argv[1]))
 names = {c["name"] for c in r["cases"]}
 want = {"micro_demo_seconds_f32", "micro_demo_seconds_bf16",
-        "sampling_tiny_f32_b8", "sampling_tiny_bf16_b8"}
+        "sampling_smollm2-135m_f32_b8", "sampling_smollm2-135m_bf16_b8"}
 assert want <= names, f"missing cases: {sorted(want - names)}"
 for c in r["cases"]:
     assert math.isfinite(c["value"]) and c["value"] > 0, c

@@ -137,3 +137,56 @@ fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
         assert!(c["reference"].is_null(), "no Python, no reference: {c}");
     }
 }
+
+/// `--quick --cases scale`: the SmolLM2 config cut to 2 layers, written by transformers,
+/// goes through every stage (LoRA and --full) and each reports seconds and peak RSS. Needs
+/// RLHF_PYTHON (the model folder is transformers'); without it the case must fail saying so.
+#[test]
+fn quick_scale_runs_every_stage_on_a_transformers_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let mut c = bench();
+    c.args(["--quick", "--threads", "1", "--cases", "scale", "--out"])
+        .arg(&out);
+    let Some(python) = std::env::var_os("RLHF_PYTHON") else {
+        let o = c.output().unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("needs RLHF_PYTHON"), "{err}");
+        panic!("RLHF_PYTHON is not set: the scale case cannot run (make test sets it)");
+    };
+    let o = c.env("RLHF_PYTHON", python).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let value = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no case {name}: {cases:?}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let size = "scale.smollm2-135m-2layers";
+    // 2 layers of SmolLM2's width with its 49,152-token tied embedding
+    assert_eq!(value(&format!("{size}.parameters")), 35_392_320.0);
+    for stage in [
+        "sample", "rm_lora", "rm_full", "score", "ppo_lora", "ppo_full",
+    ] {
+        assert!(value(&format!("{size}.{stage}.seconds")) > 0.0, "{stage}");
+        assert!(value(&format!("{size}.{stage}.peak_rss")) > 0.05, "{stage}");
+    }
+    for stage in ["rm_lora", "rm_full", "ppo_lora", "ppo_full"] {
+        assert!(
+            value(&format!("{size}.{stage}.seconds_per_step")) > 0.0,
+            "{stage}"
+        );
+    }
+    // full tuning holds AdamW's moments (and for ppo a reference copy): more memory
+    assert!(
+        value(&format!("{size}.rm_full.peak_rss")) > value(&format!("{size}.rm_lora.peak_rss"))
+    );
+    assert!(
+        value(&format!("{size}.ppo_full.peak_rss")) > value(&format!("{size}.ppo_lora.peak_rss"))
+    );
+}

@@ -8,7 +8,9 @@ use crate::batch::SeqBatch;
 use crate::error::Result;
 use crate::Model;
 
-/// What one forward pass produced; each per-position tensor is (b, L-1) f32.
+/// What one forward pass produced; each per-position tensor is (b, L-1) f32. Log-probs and
+/// entropies are computed from the batch's first response position on (the shortest prompt's
+/// last token) and are 0 before it: read them at response positions (`response_mask`).
 pub struct Outputs {
     /// log p(next token).
     pub logprobs: Tensor,
@@ -37,15 +39,24 @@ pub fn forward_outputs(
     let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     let l = hidden.size()[1];
     let h = hidden.narrow(1, 0, l - 1);
-    let logits = model.lm_logits(&h)?.to_kind(Kind::Float);
+    // Logits only from the batch's first response position: at a 256-token prompt and a
+    // 150k vocabulary the prompt positions' logits (and their softmax and gradients) would
+    // be most of an update's memory, and nothing reads them.
+    let start = response_window_start(batch).min(l - 1);
+    let window = h.narrow(1, start, l - 1 - start);
+    let logits = model.lm_logits(&window)?.to_kind(Kind::Float);
     let lse = logits.logsumexp([-1], false);
+    let targets = batch.targets.narrow(1, start, l - 1 - start);
     let picked = logits
-        .gather(-1, &batch.targets.unsqueeze(-1), false)
+        .gather(-1, &targets.unsqueeze(-1), false)
         .squeeze_dim(-1);
-    let logprobs = picked - &lse;
+    let logprobs = left_zeros(picked - &lse, start);
     let entropy = if entropy {
         let p = logits.softmax(-1, Kind::Float);
-        Some(&lse - (p * &logits).sum_dim_intlist(-1, false, Kind::Float))
+        Some(left_zeros(
+            &lse - (p * &logits).sum_dim_intlist(-1, false, Kind::Float),
+            start,
+        ))
     } else {
         None
     };
@@ -59,6 +70,21 @@ pub fn forward_outputs(
         entropy,
         values,
     })
+}
+
+/// The first position (of the L-1 next-token positions) that predicts a response token in
+/// any row: the shortest prompt's last token.
+fn response_window_start(batch: &SeqBatch) -> i64 {
+    batch.prompt_lens.iter().copied().min().unwrap_or(1).max(1) as i64 - 1
+}
+
+/// `x` (b, n) with `start` zero columns before it: (b, start + n).
+fn left_zeros(x: Tensor, start: i64) -> Tensor {
+    if start == 0 {
+        return x;
+    }
+    let zeros = Tensor::zeros([x.size()[0], start], (x.kind(), x.device()));
+    Tensor::cat(&[zeros, x], 1)
 }
 
 /// log p(next token) at every position (b, L-1).

@@ -334,3 +334,42 @@ fn a_bf16_load_of_a_base_is_recognised_from_a_float32_load() {
     assert_eq!(f32_load.base_id_as(Kind::BFloat16), bf16_load.base_id());
     assert_eq!(f32_load.base_id_as(Kind::Float), f32_load.base_id());
 }
+
+#[test]
+fn response_logprobs_and_entropies_equal_the_full_softmax() {
+    use rlhf_nn::scoring::forward_outputs;
+    for preset in ["llama-tiny", "gpt2-tiny"] {
+        let m = model(preset);
+        // prompts of 4, 2 and 6 tokens: the logits start at the shortest prompt's last token
+        let rows = vec![
+            (vec![5, 9, 17, 3], vec![4, 8, 1]),
+            (vec![7, 2], vec![11, 12, 13, 14]),
+            (vec![1, 2, 3, 4, 5, 6], vec![30]),
+        ];
+        let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
+        let out = forward_outputs(&m, None, &batch, false, true, false).unwrap();
+        let _g = tch::no_grad_guard();
+        let hidden = m
+            .forward(&batch.input_ids, &batch.attention_mask, None, false)
+            .unwrap();
+        let l = hidden.size()[1];
+        let logits = m.lm_logits(&hidden.narrow(1, 0, l - 1)).unwrap();
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let want = logp
+            .gather(-1, &batch.targets.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        let want_entropy = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
+        let mask = &batch.response_mask;
+        assert_eq!(out.logprobs.size(), want.size(), "{preset}");
+        let d = max_diff(&(&out.logprobs * mask), &(&want * mask));
+        assert!(d < 1e-5, "{preset}: log-probs differ by {d}");
+        let e = out.entropy.unwrap();
+        let d = max_diff(&(&e * mask), &(&want_entropy * mask));
+        assert!(d < 1e-5, "{preset}: entropies differ by {d}");
+        // every response position was computed (none left at the zero fill)
+        let zero_at_response = (out.logprobs.eq(0.0).to_kind(Kind::Float) * mask)
+            .sum(Kind::Float)
+            .double_value(&[]);
+        assert_eq!(zero_at_response, 0.0, "{preset}");
+    }
+}

@@ -8,6 +8,7 @@ mod rl_loop;
 mod rm_lora_vs_full;
 mod rollouts;
 mod sampling;
+mod scale;
 mod support;
 
 use crate::Case;
@@ -21,6 +22,7 @@ static REGISTRY: &[&dyn Case] = &[
     &rollouts::Rollouts,
     &sampling::Sampling,
     &rl_loop::RlLoop,
+    &scale::Scale,
 ];
 
 /// Every case, in run order.

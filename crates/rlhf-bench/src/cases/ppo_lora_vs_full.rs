@@ -27,10 +27,10 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use rlhf_core::metrics::MetricsLog;
 
-use super::support::{keep, p, strings, write_synthetic, Scratch};
+use super::support::{fastest_step, keep, p, strings, write_synthetic, Scratch};
 use crate::{Case, Context, Measurement};
 
 /// Runs a workspace binary with `args`, failing with its stderr.
@@ -210,27 +210,8 @@ fn update(dir: &Path, plan: &Plan, algo: &str, full: bool, threads: &str) -> Res
 fn read_figures(out: &Path) -> Result<RunFigures> {
     let log = MetricsLog::read(&out.join("metrics.parquet"), "ppo-update", 1)?;
     let get = |m: &str| log.last(m).with_context(|| format!("metric {m} missing"));
-    let mut steps: Vec<(i64, f64)> = log
-        .rows
-        .iter()
-        .filter(|r| r.metric == "run/seconds_per_step")
-        .map(|r| (r.step, r.value))
-        .collect();
-    steps.sort_by_key(|&(s, _)| s);
-    if steps.is_empty() {
-        bail!("{}: no run/seconds_per_step recorded", out.display());
-    }
-    let after_warmup = if steps.len() > 1 {
-        &steps[1..]
-    } else {
-        &steps[..]
-    };
-    let seconds_per_step = after_warmup
-        .iter()
-        .map(|&(_, v)| v)
-        .fold(f64::INFINITY, f64::min);
     Ok(RunFigures {
-        seconds_per_step,
+        seconds_per_step: fastest_step(&log, out)?,
         peak_rss_gib: get("run/peak_rss_bytes")? / (1u64 << 30) as f64,
         trainable: get("run/trainable_params")?,
     })

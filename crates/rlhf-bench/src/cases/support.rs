@@ -1,8 +1,10 @@
 //! What several cases share: running the workspace binaries, their work folders, and the
 //! embedded task's data as input files.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use rlhf_core::lineage::Lineage;
@@ -87,6 +89,76 @@ pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_j
     Ok(summary["details"].clone())
 }
 
+/// A finished process: its summary details, wall time and peak resident memory.
+pub(super) struct Measured {
+    /// The `details` of the JSON summary on stdout's last line (Null when there is none).
+    pub details: serde_json::Value,
+    /// Wall time from spawn to exit.
+    pub seconds: f64,
+    /// The child's own peak RSS (`wait4`'s ru_maxrss), in bytes.
+    pub peak_rss_bytes: f64,
+}
+
+/// Runs a workspace binary like [`run_bin`] and measures it as a whole process: wall time and
+/// the child's peak RSS, which covers stages that record no memory figure themselves.
+pub(super) fn run_measured(name: &str, args: &[String]) -> Result<Measured> {
+    let bin = binary(name)?;
+    let start = Instant::now();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut stderr = child.stderr.take().context("no stderr pipe")?;
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .context("no stdout pipe")?
+        .read_to_string(&mut stdout)
+        .with_context(|| format!("reading {name}'s output"))?;
+    let (code, maxrss) = wait_with_peak_rss(child.id())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let stderr = err.join().unwrap_or_default();
+    if code != Some(0) {
+        bail!("{name} failed (exit {code:?}):\n{stderr}");
+    }
+    let details = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map_or(serde_json::Value::Null, |v| v["details"].clone());
+    Ok(Measured {
+        details,
+        seconds,
+        peak_rss_bytes: maxrss as f64,
+    })
+}
+
+/// Waits for child `pid` and returns its exit code (None when a signal ended it) and its peak
+/// RSS in bytes (Linux reports ru_maxrss in KiB).
+#[allow(unsafe_code)]
+fn wait_with_peak_rss(pid: u32) -> Result<(Option<i32>, u64)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for (std's Child is never waited on
+    // here); wait4 writes only into the two locals it is given.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).context("waiting for a stage");
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Ok((code, usage.ru_maxrss.max(0) as u64 * 1024))
+}
+
 pub(super) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -141,6 +213,25 @@ pub(super) fn prepare_model(dir: &Path, prompts: usize, preset: &str, threads: &
         false,
     )?;
     Ok(())
+}
+
+/// The fastest `run/seconds_per_step` after the first step (warm-up) in a run's metrics
+/// (`--record-timings`); interference from other processes only slows steps down. `out`
+/// names the run in the error.
+pub(super) fn fastest_step(log: &rlhf_core::metrics::MetricsLog, out: &Path) -> Result<f64> {
+    let mut steps: Vec<(i64, f64)> = log
+        .rows
+        .iter()
+        .filter(|r| r.metric == "run/seconds_per_step")
+        .map(|r| (r.step, r.value))
+        .collect();
+    steps.sort_by_key(|&(s, _)| s);
+    let skip = usize::from(steps.len() > 1);
+    steps[skip..]
+        .iter()
+        .map(|&(_, v)| v)
+        .reduce(f64::min)
+        .with_context(|| format!("{}: no run/seconds_per_step recorded", out.display()))
 }
 
 /// A number in a stage's `--summary-json` details (`what` names the stage in the error).
