@@ -1,7 +1,8 @@
 //! Off-the-shelf reward models with `--retokenize`: *ForSequenceClassification folders
 //! written by transformers (Qwen2 with a byte-level BPE tokenizer and a ChatML template,
 //! Llama with a BOS-adding tokenizer and a template that writes BOS itself, GPT-2 with the
-//! ChatML template on a tokenizer without BOS), none with the policy's tokenizer, score
+//! ChatML template on a tokenizer without BOS, Llama on a SentencePiece-style tokenizer with
+//! byte fallback and a template that writes BOS), none with the policy's tokenizer, score
 //! rollouts whose prompts came as chat messages exactly as transformers scores
 //! `apply_chat_template(messages + [assistant], tokenize=True)`. Rollouts without messages,
 //! and reward models without a chat template, fall back to the prompt text; the summary and
@@ -23,10 +24,12 @@ use common::{rollouts, run, tiny_model};
 
 const QWEN_TEMPLATE: &str = include_str!("../../../tests/fixtures/chat_templates/qwen25.jinja");
 const LLAMA_TEMPLATE: &str = include_str!("../../../tests/fixtures/chat_templates/gemma2.jinja");
+const MISTRAL_TEMPLATE: &str = include_str!("../../../tests/fixtures/chat_templates/mistral.jinja");
 
 /// Builds the two reward model folders with transformers (tokenizers trained here with the
 /// `tokenizers` library, random weights with random biases) and prints each one's score of
-/// every conversation, one sequence per call: Qwen2's scores, then Llama's, then GPT-2's.
+/// every conversation, one sequence per call: Qwen2's scores, then Llama's, GPT-2's and the
+/// SentencePiece-style Llama's.
 const TRANSFORMERS_SCRIPT: &str = r#"
 import json, os, sys, torch
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -85,6 +88,24 @@ def build(name, cls, cfg_cls, bos, special, template, seed):
     AutoTokenizer.from_pretrained(out).save_pretrained(out)
     return out
 
+def build_spm(name, template, seed):
+    """SentencePiece-style tokenizer (Metaspace, byte fallback, <s> by the post-processor and
+    add_bos_token) from scripts/chat_golden.py, a template that writes BOS itself."""
+    sys.path.insert(0, a["scripts"])
+    import chat_golden
+    out = os.path.join(a["root"], name)
+    tok, toks, extra = chat_golden.families()["spm_bos"]
+    chat_golden.save(tok, toks, extra, out, template)
+    fast = AutoTokenizer.from_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, num_labels=1, initializer_range=0.2,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    LlamaForSequenceClassification(cfg).eval().save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
 folders = [
     build("qwen", Qwen2ForSequenceClassification, Qwen2Config, None,
           dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"), a["qwen_template"], 11),
@@ -93,6 +114,7 @@ folders = [
                pad_token="<|endoftext|>"), a["llama_template"], 12),
     build("gpt2", GPT2ForSequenceClassification, GPT2Config, None,
           dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"), a["qwen_template"], 13),
+    build_spm("spm", a["mistral_template"], 14),
 ]
 scores = []
 for folder in folders:
@@ -138,7 +160,7 @@ struct Fixture {
     root: PathBuf,
     rows: Vec<RolloutRow>,
     messages: Vec<Vec<Message>>,
-    /// transformers' scores of every rollout: Qwen2's, then Llama's, then GPT-2's.
+    /// transformers' scores of every rollout: Qwen2's, then Llama's, GPT-2's, `spm`'s.
     theirs: Vec<f64>,
 }
 
@@ -173,10 +195,12 @@ impl Fixture {
                 "root": root.display().to_string(),
                 "qwen_template": QWEN_TEMPLATE,
                 "llama_template": LLAMA_TEMPLATE,
+                "mistral_template": MISTRAL_TEMPLATE,
+                "scripts": concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts"),
                 "conversations": pairs,
             }),
         );
-        assert_eq!(theirs.len(), 3 * rows.len());
+        assert_eq!(theirs.len(), 4 * rows.len());
         let f = Fixture {
             _dir: dir,
             root,
@@ -294,18 +318,22 @@ fn conversations_are_rendered_with_each_reward_models_own_chat_template() {
     let f = Fixture::new();
     let n = f.rows.len();
     let (qwen_hf, rest) = f.theirs.split_at(n);
-    let (llama_hf, gpt2_hf) = rest.split_at(n);
+    let (llama_hf, rest) = rest.split_at(n);
+    let (gpt2_hf, spm_hf) = rest.split_at(n);
 
-    // GPT-2 (ChatML template on a byte-level tokenizer without BOS)
-    let (t, details, _) = f.score("messages.parquet", &["gpt2"]);
-    let gpt2 = column(&t, "rm");
-    let err = max_abs_diff(&gpt2, gpt2_hf);
-    eprintln!("max |score-rewards - transformers| for GPT-2: {err:.2e}");
-    assert!(err < 1e-4, "GPT-2 {gpt2:?} vs transformers {gpt2_hf:?}");
-    assert_eq!(
-        details["retokenized"],
-        serde_json::json!({"rm": "chat_template"})
-    );
+    // GPT-2 (ChatML template on a byte-level tokenizer without BOS), and a Llama on a
+    // SentencePiece-style tokenizer whose Mistral-style template writes BOS itself
+    for (folder, theirs) in [("gpt2", gpt2_hf), ("spm", spm_hf)] {
+        let (t, details, _) = f.score("messages.parquet", &[folder]);
+        let ours = column(&t, "rm");
+        let err = max_abs_diff(&ours, theirs);
+        eprintln!("max |score-rewards - transformers| for {folder}: {err:.2e}");
+        assert!(err < 1e-4, "{folder} {ours:?} vs transformers {theirs:?}");
+        assert_eq!(
+            details["retokenized"],
+            serde_json::json!({"rm": "chat_template"})
+        );
+    }
 
     let (t, details, stderr) = f.score("messages.parquet", &["qwen", "llama"]);
     assert!(
