@@ -71,17 +71,9 @@ pub fn response_end_ids(
 mod tests {
     use super::*;
 
+    /// `<unk>` 0, `</s>` 1 (the EOS), `w2`, `w3`.
     fn word_tokenizer(dir: &Path) -> Tokenizer {
-        let json = r#"{"version":"1.0","truncation":null,"padding":null,
-"added_tokens":[{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
-"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-"model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":1,"a":2,"b":3},"unk_token":"<unk>"}}"#;
-        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-        std::fs::write(
-            dir.join("tokenizer_config.json"),
-            r#"{"eos_token": "</s>"}"#,
-        )
-        .unwrap();
+        rlhf_testkit::write_word_tokenizer(dir, 4);
         Tokenizer::from_dir(dir).unwrap()
     }
 

@@ -9,7 +9,8 @@
 //! Each engine scores the rollouts' token ids when its tokenizer is the one their lineage
 //! records; otherwise they are refused, unless `--retokenize` has the engine encode the
 //! rollout text again itself ([`TextInput`]): a rollout whose prompt came as chat messages
-//! (the rollouts' `messages`, copied from the prompts by sample-rollouts) is rendered with the reward model's own chat template as
+//! (the rollouts' `messages`, copied from the prompts by sample-rollouts) is rendered with
+//! the reward model's own chat template as
 //! `messages + [{"role": "assistant", "content": response}]` and tokenized as transformers'
 //! `apply_chat_template(conversation, tokenize=True)` does, which is what off-the-shelf
 //! reward models are trained on; without messages, or when the reward model's folder has no
@@ -135,6 +136,14 @@ impl TextInput {
         match self {
             TextInput::ChatTemplate => "chat_template",
             TextInput::PromptText => "prompt_text",
+        }
+    }
+
+    /// What it did, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TextInput::ChatTemplate => "rendered with its chat template",
+            TextInput::PromptText => "encoded as prompt text + response",
         }
     }
 }

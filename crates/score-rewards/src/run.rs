@@ -16,7 +16,7 @@ use rlhf_core::CoreError;
 
 use crate::combine::{response_length, CombineSpec, ENDED};
 use crate::groups::{Group, GroupReader};
-use crate::reward_model::{self, RewardModels, TextInput};
+use crate::reward_model::{self, RewardModels};
 use crate::rules::{References, RowView, RuleKind};
 use crate::settings::{Cli, Settings};
 use crate::stats::{column_stats, ColumnStats};
@@ -391,13 +391,7 @@ fn report(
     for (column, counts) in rms.map(RewardModels::text_inputs).unwrap_or_default() {
         let parts: Vec<String> = counts
             .iter()
-            .map(|(t, n)| {
-                let how = match t {
-                    TextInput::ChatTemplate => "rendered with its chat template",
-                    TextInput::PromptText => "encoded as prompt text + response",
-                };
-                format!("{n} rollouts {how}")
-            })
+            .map(|(t, n)| format!("{n} rollouts {}", t.describe()))
             .collect();
         tracing::info!(
             "reward model `{column}` (--retokenize): {}",

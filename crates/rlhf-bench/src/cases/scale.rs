@@ -263,6 +263,10 @@ fn run_stages(dir: &Path, plan: &Plan, threads: &str) -> Result<Vec<(&'static st
                 seconds_per_step: Some(step),
             },
         ));
+        // the full model is big and nothing reads it; the LoRA one scores the rollouts
+        if full && !keep() {
+            let _ = std::fs::remove_dir_all(&out);
+        }
     }
     let score = run_measured(
         "score-rewards",

@@ -78,15 +78,21 @@ pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_j
     if !json {
         return Ok(serde_json::Value::Null);
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    summary_details(&String::from_utf8_lossy(&out.stdout))
+        .map_err(|last| anyhow::anyhow!("{name} printed no JSON summary: {last:?}"))
+}
+
+/// The `details` of the JSON summary on the last non-empty line of `stdout`; that line
+/// when it is not JSON.
+fn summary_details(stdout: &str) -> std::result::Result<serde_json::Value, String> {
     let last = stdout
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
-    let summary: serde_json::Value = serde_json::from_str(last)
-        .with_context(|| format!("{name} printed no JSON summary: {last:?}"))?;
-    Ok(summary["details"].clone())
+    serde_json::from_str::<serde_json::Value>(last)
+        .map(|v| v["details"].clone())
+        .map_err(|_| last.to_string())
 }
 
 /// A finished process: its summary details, wall time and peak resident memory.
@@ -129,14 +135,8 @@ pub(super) fn run_measured(name: &str, args: &[String]) -> Result<Measured> {
     if code != Some(0) {
         bail!("{name} failed (exit {code:?}):\n{stderr}");
     }
-    let details = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map_or(serde_json::Value::Null, |v| v["details"].clone());
     Ok(Measured {
-        details,
+        details: summary_details(&stdout).unwrap_or(serde_json::Value::Null),
         seconds,
         peak_rss_bytes: maxrss as f64,
     })
