@@ -11,7 +11,7 @@ use rlhf_algo::optim::{AdamW, AdamWConfig};
 use rlhf_algo::step_loop::StepLoop;
 use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
-use rlhf_core::metrics::MetricsLog;
+use rlhf_core::metrics::{MetricsLog, TRAINED_STATE_BYTES};
 use rlhf_core::schema::Artifact;
 use rlhf_nn::Model;
 
@@ -148,6 +148,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
         }
     }
     let policy_numel = opt.policy.numel();
+    let policy_state_bytes = opt.policy.trained_state_bytes();
     let critic_numel = opt.critic.as_ref().map(AdamW::numel);
     let base_step = prev_state
         .as_ref()
@@ -240,7 +241,26 @@ pub fn run(s: &Settings) -> Result<Summary> {
         m.push(end_step, "iter/kl_target", t);
     }
     m.push(end_step, "iter/optimizer_steps", steps as f64);
+    if s.kl_max.is_some() {
+        // the steps --kl-max skipped (their rows survive a resume with the checkpoint's metrics)
+        let gated: f64 = m
+            .rows
+            .iter()
+            .filter(|r| r.metric == "train/kl_gated")
+            .map(|r| r.value)
+            .sum();
+        m.push(end_step, "iter/kl_gated_steps", gated);
+        if gated > 0.0 {
+            tracing::info!(
+                skipped = gated,
+                steps,
+                kl_max = s.kl_max,
+                "--kl-max skipped optimiser steps: the policy reached the KL limit"
+            );
+        }
+    }
     m.push(end_step, "run/trainable_params", policy_numel as f64);
+    m.push(end_step, TRAINED_STATE_BYTES, policy_state_bytes as f64);
     if let Some(n) = critic_numel {
         m.push(end_step, "run/critic_trainable_params", n as f64);
     }

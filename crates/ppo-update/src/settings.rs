@@ -62,6 +62,9 @@ pub struct Settings {
     pub recompute_ref: bool,
     pub recompute_old_logprobs: bool,
     pub tis_cap: f64,
+    /// --kl-max (absent from fingerprints without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_max: Option<f64>,
     /// The shared checkpoint flags (not part of the fingerprint).
     #[serde(skip)]
     pub checkpoint: rlhf_algo::checkpoint::CheckpointArgs,
@@ -170,6 +173,13 @@ impl Settings {
         check_range("--entropy-coef", cli.entropy_coef, 0.0, f64::MAX)?;
         check_range("--grpo-eps", cli.grpo_eps, 0.0, f64::MAX)?;
         check_range("--tis-cap", cli.tis_cap, 0.0, f64::MAX)?;
+        if let Some(m) = cli.kl_max {
+            if !(m > 0.0 && m.is_finite()) {
+                anyhow::bail!(CoreError::usage(format!(
+                    "--kl-max must be a positive number of nats per response, got {m}"
+                )));
+            }
+        }
         if cli.algo == Algo::Reinforce {
             check_range(
                 "--kl-coef (reinforce weights score by 1 - beta)",
@@ -267,6 +277,7 @@ impl Settings {
             recompute_ref: cli.recompute_ref,
             recompute_old_logprobs: cli.recompute_old_logprobs,
             tis_cap: cli.tis_cap,
+            kl_max: cli.kl_max,
             checkpoint: cli.train.checkpoint.clone(),
             record_timings: cli.record_timings,
             seed: cli.global.seed,

@@ -90,6 +90,20 @@ fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> 
         .collect()
 }
 
+/// KL(pi || pi_ref) per response of the current policy, estimated on rollouts sampled by
+/// the old policy: the mean of log pi/pi_ref over the rollouts weighted by pi/pi_old
+/// (self-normalised importance sampling). `rows`: per micro-batch, (log pi/pi_old,
+/// log pi/pi_ref) summed over each response.
+pub fn importance_weighted_kl(rows: &[(Tensor, Tensor)]) -> f64 {
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let log_w = Tensor::cat(&rows.iter().map(|r| &r.0).collect::<Vec<_>>(), 0);
+    let kl = Tensor::cat(&rows.iter().map(|r| &r.1).collect::<Vec<_>>(), 0);
+    let w = log_w.softmax(0, tch::Kind::Double);
+    (w * kl).sum(tch::Kind::Double).double_value(&[])
+}
+
 /// The rows `idx` of a ragged per-rollout vector.
 fn pick<'a>(v: &'a [Vec<f32>], idx: &[usize]) -> Vec<&'a [f32]> {
     idx.iter().map(|&i| v[i].as_slice()).collect()
@@ -136,6 +150,8 @@ impl Steps for Update<'_> {
         let started = Instant::now();
         let mb_tokens: usize = mb.iter().map(|&i| examples[i].response_tokens.len()).sum();
         let mut sums = StepSums::default();
+        // per rollout: log pi_current/pi_old and log pi_current/pi_ref summed over the response
+        let mut gate_rows: Vec<(Tensor, Tensor)> = Vec::new();
         opt.policy.zero_grad();
         if let Some(c) = opt.critic.as_mut() {
             c.zero_grad();
@@ -190,6 +206,12 @@ impl Steps for Update<'_> {
             ensure_finite_named("policy loss", loss_v, step)?;
             (loss * weight).backward();
             let kl_ref = tch::no_grad(|| scalar(&masked_mean(&(logp.detach() - &ref_t), mask)));
+            if s.kl_max.is_some() {
+                tch::no_grad(|| {
+                    let sum = |t: Tensor| (t * mask).sum_dim_intlist(1, false, tch::Kind::Double);
+                    gate_rows.push((sum(logp.detach() - &old), sum(logp.detach() - &ref_t)));
+                });
+            }
             sums.tokens += micro_tokens as f64;
             let w = micro_tokens as f64;
             sums.policy_loss += loss_v * w;
@@ -223,8 +245,22 @@ impl Steps for Update<'_> {
                 sums.value_clip_frac += vl.clip_frac * vweight;
             }
         }
+        let at = (step + 1) as i64;
+        let gated = match s.kl_max {
+            Some(max) => {
+                let kl = importance_weighted_kl(&gate_rows);
+                metrics.push(at, "train/kl_ref_is", kl);
+                metrics.push(at, "train/kl_gated", f64::from(u8::from(kl > max)));
+                kl > max
+            }
+            None => false,
+        };
         let gn = opt.policy.clip_grad_norm(s.max_grad_norm);
-        opt.policy.step(lr);
+        if gated {
+            opt.policy.zero_grad();
+        } else {
+            opt.policy.step(lr);
+        }
         let mut critic_gn = None;
         if let Some(c) = opt.critic.as_mut() {
             let g = c.clip_grad_norm(s.max_grad_norm);
@@ -240,7 +276,6 @@ impl Steps for Update<'_> {
         let secs = started.elapsed().as_secs_f64();
         let t = sums.tokens.max(1.0);
         let m = metrics;
-        let at = (step + 1) as i64;
         m.push(at, "train/policy_loss", sums.policy_loss / t);
         m.push(at, "train/entropy", sums.entropy / t);
         m.push(at, "train/approx_kl", sums.approx_kl / t);

@@ -84,10 +84,13 @@ fn usage_errors_exit_2_and_bad_model_exits_3() {
     ]);
     assert_eq!(code, 2, "{err}");
     // a floor on beta needs the adaptive controller (0, what run_config.toml records
-    // for a fixed beta, is accepted), and so does reading the updated policy's KL
+    // for a fixed beta, is accepted), and so does reading the updated policy's KL; a KL
+    // limit is a positive number of nats
     for (flag, value, named) in [
         ("--kl-coef-min", "0.1", "--kl-coef-min"),
         ("--kl-control-on", "updated", "--kl-target"),
+        ("--kl-max", "0", "--kl-max"),
+        ("--kl-max", "nan", "--kl-max"),
     ] {
         let (code, err) = ppo_update(&[
             "--model",

@@ -166,6 +166,8 @@ fn full_iteration_moves_base_weights_and_writes_a_loadable_model_folder() {
         .map(|(_, t)| t.numel() as i64)
         .sum();
     assert_eq!(metric(&m, "run/trainable_params"), numel as f64);
+    // f32 weights, gradients and two AdamW moments of every trained weight
+    assert_eq!(metric(&m, "run/trained_state_bytes"), 16.0 * numel as f64);
     assert!(metric(&m, "run/critic_trainable_params") > 0.0);
     // the critic adapter sits on the reference copy
     let critic: serde_json::Value = serde_json::from_str(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{adapter_tensors, run, s, World};
+use common::{adapter_tensors, run, s, score_with, World};
 use ppo_update::state::{TrainingState, METRICS_FILE};
 use rlhf_core::records::MetricRow;
 
@@ -327,4 +327,98 @@ fn kl_control_on_the_updated_policy_sees_this_update() {
         "{:?}",
         st.kl_controller
     );
+}
+
+fn kl_max_run(
+    w: &World,
+    name: &str,
+    adapter: Option<&std::path::Path>,
+    data: (&std::path::Path, &std::path::Path),
+    kl_max: Option<f64>,
+) -> std::path::PathBuf {
+    let out = w.path(name);
+    let limit = kl_max.map(|k| k.to_string());
+    let mut a = vec![
+        "--model",
+        s(&w.model),
+        "--rollouts",
+        s(data.0),
+        "--scores",
+        s(data.1),
+        "--out",
+        s(&out),
+        "--algo",
+        "rloo",
+        "--kl-coef",
+        "0",
+        "--learning-rate",
+        "5e-2",
+        "--epochs",
+        "6",
+        "--minibatch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+    ];
+    if let Some(d) = adapter {
+        a.extend(["--adapter", s(d)]);
+    }
+    if let Some(l) = &limit {
+        a.extend(["--kl-max", l.as_str()]);
+    }
+    run(&a).unwrap();
+    out
+}
+
+/// --kl-max: a policy already over the limit takes no step (its adapter is unchanged), and
+/// the first estimate is its KL on its own samples (equal importance weights); an update
+/// that would overshoot the limit is held near it.
+#[test]
+fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
+    let w = World::new();
+    let drifted = w.drifted_adapter("drifted", 0.15);
+    let (r, sc) = w.rollouts("it1", Some(&drifted), 4, 2, false);
+    let kl = w.kl_to_ref(&drifted, &r);
+    assert!(kl > 0.05, "the fixture should drift: KL {kl}");
+    let over = kl_max_run(&w, "over", Some(&drifted), (&r, &sc), Some(kl / 2.0));
+    let m = metrics(&over);
+    let first = m
+        .iter()
+        .find(|x| x.metric == "train/kl_ref_is")
+        .map(|x| x.value)
+        .unwrap();
+    assert!((first - kl).abs() < 1e-3 * kl.max(1.0), "{first} vs {kl}");
+    assert_eq!(metric(&m, "iter/kl_gated_steps"), 6.0);
+    for ((n, before), (_, after)) in adapter_tensors(&drifted)
+        .iter()
+        .zip(&adapter_tensors(&over))
+    {
+        assert!(
+            before.equal(after),
+            "{n} changed although every step was over --kl-max"
+        );
+    }
+
+    // from a fresh adapter: free, the update drifts to kl_free; limited to a quarter of it,
+    // some steps are skipped and the policy ends closer to the reference
+    // rewards that differ within every prompt's group, so RLOO has a gradient
+    let (r0, _) = w.rollouts("it0", None, 4, 2, false);
+    let sc0 = score_with(&w, "it0-varied", &r0, |row| {
+        (row.response_tokens[0] % 5) as f32 / 4.0 + row.sample_index as f32 * 0.1
+    });
+    // KL(policy || reference) measured on the policy's own samples
+    let kl_of = |a: &std::path::Path, name: &str| {
+        let (own, _) = w.rollouts(name, Some(a), 8, 4, false);
+        w.kl_to_ref(a, &own)
+    };
+    let free = kl_max_run(&w, "free", None, (&r0, &sc0), None);
+    let kl_free = kl_of(&free, "s-free");
+    assert!(kl_free > 0.05, "the update should drift: KL {kl_free}");
+    let held = kl_max_run(&w, "held", None, (&r0, &sc0), Some(kl_free / 4.0));
+    let m = metrics(&held);
+    let gated = metric(&m, "iter/kl_gated_steps");
+    assert!(gated > 0.0 && gated < 6.0, "{gated} of 6 steps skipped");
+    let kl_held = kl_of(&held, "s-held");
+    eprintln!("--kl-max {}: {gated} of 6 steps skipped, KL {kl_held} (free: {kl_free})", kl_free / 4.0);
+    assert!(kl_held < 0.6 * kl_free, "held {kl_held} vs free {kl_free}");
 }

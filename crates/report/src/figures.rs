@@ -376,6 +376,8 @@ pub struct Variant {
     /// Policies: KL to the SFT model of the final policy on the held-out prompts.
     pub kl_to_sft: Option<f64>,
     pub trainable_params: Option<f64>,
+    /// Weights, gradients and AdamW moments of the trained parameters (run/trained_state_bytes).
+    pub trained_state_bytes: Option<f64>,
     pub peak_rss_bytes: Option<f64>,
     pub seconds_per_step: Option<f64>,
 }
@@ -391,9 +393,20 @@ pub struct PerlTable {
 
 /// Metric: trainable parameters of a training stage.
 pub const TRAINABLE_PARAMS: &str = "run/trainable_params";
+pub use rlhf_core::metrics::TRAINED_STATE_BYTES;
 
-/// (peak RSS: maximum, seconds per step: mean, trainable parameters: last) over stages.
-fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>, Option<f64>) {
+/// What the training stages record about their resources, over one arm's stages.
+struct Resources {
+    /// Peak RSS: the maximum.
+    peak: Option<f64>,
+    /// Seconds per step: the mean.
+    step: Option<f64>,
+    /// Trainable parameters and trained-state bytes: the last stage's.
+    params: Option<f64>,
+    state_bytes: Option<f64>,
+}
+
+fn resources(metrics: &[&Metrics]) -> Resources {
     let peak = metrics
         .iter()
         .filter_map(|m| m.first_present(&PEAK_MEMORY).and_then(|n| m.max(n)))
@@ -403,19 +416,31 @@ fn resources(metrics: &[&Metrics]) -> (Option<f64>, Option<f64>, Option<f64>) {
             .iter()
             .filter_map(|m| m.first_present(&STEP_TIME).and_then(|n| m.mean(n))),
     );
-    let params = metrics.iter().rev().find_map(|m| m.last(TRAINABLE_PARAMS));
-    (peak, step, params)
+    let last = |name: &str| metrics.iter().rev().find_map(|m| m.last(name));
+    Resources {
+        peak,
+        step,
+        params: last(TRAINABLE_PARAMS),
+        state_bytes: last(TRAINED_STATE_BYTES),
+    }
+}
+
+impl Variant {
+    fn new(quality: Option<f64>, kl_to_sft: Option<f64>, r: Resources) -> Variant {
+        Variant {
+            quality,
+            kl_to_sft,
+            trainable_params: r.params,
+            trained_state_bytes: r.state_bytes,
+            peak_rss_bytes: r.peak,
+            seconds_per_step: r.step,
+        }
+    }
 }
 
 fn rm_variant(m: &Metrics) -> Variant {
-    let (peak_rss_bytes, seconds_per_step, trainable_params) = resources(&[m]);
-    Variant {
-        quality: m.first_present(&RM_EVAL_ACCURACY).and_then(|n| m.last(n)),
-        kl_to_sft: None,
-        trainable_params,
-        peak_rss_bytes,
-        seconds_per_step,
-    }
+    let quality = m.first_present(&RM_EVAL_ACCURACY).and_then(|n| m.last(n));
+    Variant::new(quality, None, resources(&[m]))
 }
 
 /// The PERL table, when the run has a full-tuning variant of either stage.
@@ -433,33 +458,27 @@ pub fn perl_table(run: &RunData, policy_win_rate: Option<f64>) -> Result<Option<
         .iter()
         .filter_map(|i| i.policy_metrics.as_ref())
         .collect();
-    let (peak, step, params) = resources(&lora_policy_metrics);
     let policy_full = if run.final_full_policy.is_some() || !full_policy_metrics.is_empty() {
         let quality = match (&run.final_full_policy, &run.final_sft) {
             (Some(full), Some(sft)) => Some(win_rate(full, sft)?.rate),
             _ => None,
         };
-        let (peak_rss_bytes, seconds_per_step, trainable_params) = resources(&full_policy_metrics);
-        Some(Variant {
+        Some(Variant::new(
             quality,
-            kl_to_sft: run.final_full_policy.as_ref().and_then(kl_to_ref),
-            trainable_params,
-            peak_rss_bytes,
-            seconds_per_step,
-        })
+            run.final_full_policy.as_ref().and_then(kl_to_ref),
+            resources(&full_policy_metrics),
+        ))
     } else {
         None
     };
     Ok(Some(PerlTable {
         rm_lora: run.rm.as_ref().map(rm_variant).unwrap_or_default(),
         rm_full: run.rm_full.as_ref().map(rm_variant),
-        policy_lora: Variant {
-            quality: policy_win_rate,
-            kl_to_sft: run.final_policy.as_ref().and_then(kl_to_ref),
-            trainable_params: params,
-            peak_rss_bytes: peak,
-            seconds_per_step: step,
-        },
+        policy_lora: Variant::new(
+            policy_win_rate,
+            run.final_policy.as_ref().and_then(kl_to_ref),
+            resources(&lora_policy_metrics),
+        ),
         policy_full,
     }))
 }

@@ -130,7 +130,14 @@ fn percent(v: Option<f64>) -> String {
 fn mib(v: Option<f64>) -> String {
     v.map_or_else(
         || "n/a".into(),
-        |v| format!("{:.0} MiB", v / (1024.0 * 1024.0)),
+        |v| {
+            let m = v / (1024.0 * 1024.0);
+            if m < 10.0 {
+                format!("{m:.1} MiB")
+            } else {
+                format!("{m:.0} MiB")
+            }
+        },
     )
 }
 
@@ -395,6 +402,7 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
             quality,
             fmt(v.kl_to_sft, 3),
             count(v.trainable_params),
+            mib(v.trained_state_bytes),
             mib(v.peak_rss_bytes),
             fmt(v.seconds_per_step, 3),
         ]
@@ -424,6 +432,7 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
             "quality",
             "KL to SFT",
             "trainable parameters",
+            "trained state",
             "peak memory",
             "seconds per step",
         ]
@@ -432,7 +441,7 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
         rows,
     ));
     d.push(Block::Para(
-        "Quality: eval accuracy for the reward model, gold win rate over SFT on the held-out prompts for the policy. Memory (peak RSS of the process) and time come from the metrics the training stages record with --record-timings (run/peak_rss_bytes, run/seconds_per_step); n/a where a stage did not record them.".into(),
+        "Quality: eval accuracy for the reward model, gold win rate over SFT on the held-out prompts for the policy. Trained state: the weights, gradients and AdamW moments of the trained parameters (run/trained_state_bytes), the memory that grows with what is tuned. Peak memory (peak RSS of the whole process, which also holds the frozen model, activations and libtorch) and time come from the metrics the training stages record with --record-timings (run/peak_rss_bytes, run/seconds_per_step); n/a where a stage did not record them.".into(),
     ));
     let mut rows = Vec::new();
     for ((stage, paper), (lora, full)) in PAPER.iter().zip([
@@ -447,6 +456,7 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
         rows.push(vec![
             stage.to_string(),
             points,
+            ratio(lora.trained_state_bytes, full.trained_state_bytes),
             ratio(lora.peak_rss_bytes, full.peak_rss_bytes),
             ratio(lora.seconds_per_step, full.seconds_per_step),
             paper.to_string(),
@@ -457,6 +467,7 @@ fn perl_section(d: &mut Document, p: &PerlTable) {
             [
                 "stage",
                 "LoRA quality minus full",
+                "LoRA trained state",
                 "LoRA peak memory",
                 "LoRA time per step",
                 "PERL paper (LoRA vs full)",

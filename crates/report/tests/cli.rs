@@ -162,6 +162,7 @@ fn build_run(root: &Path) {
             (4, "eval/accuracy", 0.875),
             (4, "peak_rss_bytes", 100.0 * 1048576.0),
             (4, "run/seconds_per_step", 0.25),
+            (4, "run/trained_state_bytes", 0.5 * 1048576.0),
         ],
     );
     metrics(
@@ -170,6 +171,7 @@ fn build_run(root: &Path) {
         &[
             (4, "eval_accuracy", 0.9),
             (4, "peak_rss_bytes", 300.0 * 1048576.0),
+            (4, "run/trained_state_bytes", 20.0 * 1048576.0),
         ],
     );
     for (it, rm, gold) in [(1u32, 0.2f32, 0.3f32), (2, 0.6, 0.5)] {
@@ -269,6 +271,11 @@ fn report_on_a_synthetic_run() {
     close(&its[0]["response_length"], 2.0);
     close(&s["perl"]["rm_full"]["quality"], 0.9);
     close(&s["perl"]["rm_lora"]["peak_rss_bytes"], 100.0 * 1048576.0);
+    close(
+        &s["perl"]["rm_lora"]["trained_state_bytes"],
+        0.5 * 1048576.0,
+    );
+    assert!(s["perl"]["policy_lora"]["trained_state_bytes"].is_null());
     close(&s["perl"]["policy_lora"]["quality"], 0.75);
     close(
         &s["perl"]["policy_lora"]["peak_rss_bytes"],
@@ -303,6 +310,11 @@ fn report_on_a_synthetic_run() {
     );
     assert!(!md.contains("p3/0"), "only 2 examples asked for");
     assert!(md.contains("PERL"));
+    // trained state 0.5 of 20 MiB (2.5%); peak memory 100 of 300 MiB
+    assert!(
+        md.contains("| 0.5 MiB | 100 MiB |") && md.contains("| 2% of full | 33% of full |"),
+        "{md}"
+    );
     let html = std::fs::read_to_string(out.join("summary.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 6);
     assert!(

@@ -126,6 +126,18 @@ impl AdamW {
         self.slots.iter().map(|s| s.param.numel()).sum()
     }
 
+    /// Bytes training holds for the optimised parameters: the weights, their gradients
+    /// (counted at the weights' size whether or not a backward pass has run) and the two
+    /// moments. What grows with the number of trained parameters (PERL's memory argument),
+    /// unlike the frozen weights and the process's fixed footprint.
+    pub fn trained_state_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        self.slots
+            .iter()
+            .map(|s| 2 * bytes(&s.param) + bytes(&s.exp_avg) + bytes(&s.exp_avg_sq))
+            .sum()
+    }
+
     /// Zeroes every parameter's gradient.
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {
@@ -327,6 +339,15 @@ mod tests {
         // = -1.92176050 (torch.optim.AdamW gives the same to 1e-7)
         assert!((v[1] + 1.921_760_50).abs() < 1e-6, "{v:?}");
         assert_eq!(opt.step_count(), 2);
+    }
+
+    #[test]
+    fn trained_state_bytes_counts_weights_gradients_and_both_moments() {
+        let w = Tensor::zeros([3, 4], (Kind::BFloat16, tch::Device::Cpu)).set_requires_grad(true);
+        let b = param(&[1.0, 2.0]);
+        let opt = AdamW::new(vec![("w".into(), w), ("b".into(), b)], cfg());
+        // bf16 weight: 12 x (2 weight + 2 gradient + 4 + 4 moments); f32 bias: 2 x 16
+        assert_eq!(opt.trained_state_bytes(), 12 * 12 + 2 * 16);
     }
 
     #[test]

@@ -8,6 +8,10 @@ use crate::lineage::Lineage;
 use crate::parquet_io::{read_records, write_records};
 use crate::records::MetricRow;
 
+/// Metric of the training stages: bytes of the trained parameters' weights, gradients and
+/// AdamW moments (what grows with the number of trained parameters; the report's PERL table).
+pub const TRAINED_STATE_BYTES: &str = "run/trained_state_bytes";
+
 /// Metrics of one stage run.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsLog {

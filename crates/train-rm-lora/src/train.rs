@@ -286,10 +286,12 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         eval_every: cfg.eval_every as u64,
         schedule: &schedule,
     };
+    let opt = AdamW::new(params, cfg.adamw);
+    let trained_state_bytes = opt.trained_state_bytes();
     let mut task = MemberSteps {
         rm,
         job,
-        opt: AdamW::new(params, cfg.adamw),
+        opt,
         stream,
     };
     let mut finished = steps_loop.run(&mut task, MetricsLog::new("train-rm-lora", iteration))?;
@@ -307,6 +309,11 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         info!(eval_loss = loss, figures = ?eval, "final eval");
     }
     log.push(end, "run/trainable_params", trainable_params as f64);
+    log.push(
+        end,
+        rlhf_core::metrics::TRAINED_STATE_BYTES,
+        trained_state_bytes as f64,
+    );
     if let Some(secs) = seconds_per_step {
         info!(seconds_per_step = secs, "timing");
         if cfg.record_timings {

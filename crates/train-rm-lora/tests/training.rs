@@ -71,7 +71,13 @@ fn lora_learns_the_separable_task_and_normalises() {
         losses[0]
     );
     assert!(last_metric(&metrics, "eval/ece").is_some());
-    assert!(last_metric(&metrics, "run/trainable_params").unwrap() > 0.0);
+    let params = last_metric(&metrics, "run/trainable_params").unwrap();
+    assert!(params > 0.0);
+    // f32 weights, gradients and two AdamW moments: 16 bytes a trained parameter
+    assert_eq!(
+        last_metric(&metrics, "run/trained_state_bytes").unwrap(),
+        16.0 * params
+    );
     assert!(last_metric(&metrics, "run/peak_rss_bytes").unwrap() > 1e6);
     for f in [
         "adapter_config.json",
@@ -137,6 +143,10 @@ fn full_tuning_learns_on_the_same_code_path() {
     let acc = last_metric(&metrics, "eval/accuracy").unwrap();
     assert!(acc >= 0.9, "eval accuracy {acc}");
     let full_params = last_metric(&metrics, "run/trainable_params").unwrap();
+    assert_eq!(
+        last_metric(&metrics, "run/trained_state_bytes").unwrap(),
+        16.0 * full_params
+    );
     let cfg = rlhf_nn::ModelConfig::preset("llama-tiny").unwrap();
     assert!(
         full_params > 0.9 * (cfg.hidden_size * cfg.intermediate_size * 3 * cfg.num_layers) as f64,
