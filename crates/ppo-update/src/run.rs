@@ -243,19 +243,18 @@ pub fn run(s: &Settings) -> Result<Summary> {
     m.push(end_step, "iter/optimizer_steps", steps as f64);
     if s.kl_max.is_some() {
         // the steps --kl-max skipped (their rows survive a resume with the checkpoint's metrics)
-        let gated: f64 = m
+        let skipped = m
             .rows
             .iter()
-            .filter(|r| r.metric == "train/kl_gated")
-            .map(|r| r.value)
-            .sum();
-        m.push(end_step, "iter/kl_gated_steps", gated);
-        if gated > 0.0 {
+            .filter(|r| r.metric == crate::update::KL_STOPPED)
+            .count();
+        m.push(end_step, "iter/kl_max_skipped_steps", skipped as f64);
+        if skipped > 0 {
             tracing::info!(
-                skipped = gated,
+                skipped,
                 steps,
                 kl_max = s.kl_max,
-                "--kl-max skipped optimiser steps: the policy reached the KL limit"
+                "--kl-max stopped the update: the policy reached the KL limit"
             );
         }
     }

@@ -90,6 +90,10 @@ fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> 
         .collect()
 }
 
+/// Metric: 1 at each optimiser step --kl-max skipped (from the step whose estimate passed
+/// the limit to the end of the update).
+pub const KL_STOPPED: &str = "train/kl_stopped";
+
 /// KL(pi || pi_ref) per response of the current policy, estimated on rollouts sampled by
 /// the old policy: the mean of log pi/pi_ref over the rollouts weighted by pi/pi_old
 /// (self-normalised importance sampling). `rows`: per micro-batch, (log pi/pi_old,
@@ -148,6 +152,17 @@ impl Steps for Update<'_> {
         let step = self.base_step + k;
         let device = models.device();
         let started = Instant::now();
+        let at = (step + 1) as i64;
+        // --kl-max stopped this update at an earlier step (the rows come back with a
+        // checkpoint's metrics, so a resumed run stops where an uninterrupted one does)
+        if s.kl_max.is_some() && metrics.rows.iter().any(|r| r.metric == KL_STOPPED) {
+            metrics.push(at, KL_STOPPED, 1.0);
+            return Ok(StepReport {
+                loss: 0.0,
+                grad_norm: 0.0,
+                tokens: 0,
+            });
+        }
         let mb_tokens: usize = mb.iter().map(|&i| examples[i].response_tokens.len()).sum();
         let mut sums = StepSums::default();
         // per rollout: log pi_current/pi_old and log pi_current/pi_ref summed over the response
@@ -245,22 +260,33 @@ impl Steps for Update<'_> {
                 sums.value_clip_frac += vl.clip_frac * vweight;
             }
         }
-        let at = (step + 1) as i64;
-        let gated = match s.kl_max {
+        let stop = match s.kl_max {
             Some(max) => {
                 let kl = importance_weighted_kl(&gate_rows);
                 metrics.push(at, "train/kl_ref_is", kl);
-                metrics.push(at, "train/kl_gated", f64::from(u8::from(kl > max)));
                 kl > max
             }
             None => false,
         };
-        let gn = opt.policy.clip_grad_norm(s.max_grad_norm);
-        if gated {
+        if stop {
+            metrics.push(at, KL_STOPPED, 1.0);
+            tracing::info!(
+                step = at,
+                kl_estimate = metrics.rows.last().map(|r| r.value),
+                "--kl-max reached: this step and the rest of the update are skipped"
+            );
             opt.policy.zero_grad();
-        } else {
-            opt.policy.step(lr);
+            if let Some(c) = opt.critic.as_mut() {
+                c.zero_grad();
+            }
+            return Ok(StepReport {
+                loss: sums.policy_loss / sums.tokens.max(1.0),
+                grad_norm: 0.0,
+                tokens: 0,
+            });
         }
+        let gn = opt.policy.clip_grad_norm(s.max_grad_norm);
+        opt.policy.step(lr);
         let mut critic_gn = None;
         if let Some(c) = opt.critic.as_mut() {
             let g = c.clip_grad_norm(s.max_grad_norm);

@@ -335,7 +335,8 @@ fn kl_max_run(
     adapter: Option<&std::path::Path>,
     data: (&std::path::Path, &std::path::Path),
     kl_max: Option<f64>,
-) -> std::path::PathBuf {
+    extra: &[&str],
+) -> anyhow::Result<std::path::PathBuf> {
     let out = w.path(name);
     let limit = kl_max.map(|k| k.to_string());
     let mut a = vec![
@@ -366,21 +367,22 @@ fn kl_max_run(
     if let Some(l) = &limit {
         a.extend(["--kl-max", l.as_str()]);
     }
-    run(&a).unwrap();
-    out
+    a.extend(extra);
+    run(&a)?;
+    Ok(out)
 }
 
 /// --kl-max: a policy already over the limit takes no step (its adapter is unchanged), and
 /// the first estimate is its KL on its own samples (equal importance weights); an update
-/// that would overshoot the limit is held near it.
+/// that would overshoot the limit stops on the way.
 #[test]
-fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
+fn kl_max_stops_the_update_at_the_limit() {
     let w = World::new();
     let drifted = w.drifted_adapter("drifted", 0.15);
     let (r, sc) = w.rollouts("it1", Some(&drifted), 4, 2, false);
     let kl = w.kl_to_ref(&drifted, &r);
     assert!(kl > 0.05, "the fixture should drift: KL {kl}");
-    let over = kl_max_run(&w, "over", Some(&drifted), (&r, &sc), Some(kl / 2.0));
+    let over = kl_max_run(&w, "over", Some(&drifted), (&r, &sc), Some(kl / 2.0), &[]).unwrap();
     let m = metrics(&over);
     let first = m
         .iter()
@@ -388,7 +390,7 @@ fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
         .map(|x| x.value)
         .unwrap();
     assert!((first - kl).abs() < 1e-3 * kl.max(1.0), "{first} vs {kl}");
-    assert_eq!(metric(&m, "iter/kl_gated_steps"), 6.0);
+    assert_eq!(metric(&m, "iter/kl_max_skipped_steps"), 6.0);
     for ((n, before), (_, after)) in adapter_tensors(&drifted)
         .iter()
         .zip(&adapter_tensors(&over))
@@ -400,7 +402,7 @@ fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
     }
 
     // from a fresh adapter: free, the update drifts to kl_free; limited to a quarter of it,
-    // some steps are skipped and the policy ends closer to the reference
+    // the update stops after a step or more and the policy ends closer to the reference
     // rewards that differ within every prompt's group, so RLOO has a gradient
     let (r0, _) = w.rollouts("it0", None, 4, 2, false);
     let sc0 = score_with(&w, "it0-varied", &r0, |row| {
@@ -411,14 +413,50 @@ fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
         let (own, _) = w.rollouts(name, Some(a), 8, 4, false);
         w.kl_to_ref(a, &own)
     };
-    let free = kl_max_run(&w, "free", None, (&r0, &sc0), None);
+    let free = kl_max_run(&w, "free", None, (&r0, &sc0), None, &[]).unwrap();
     let kl_free = kl_of(&free, "s-free");
     assert!(kl_free > 0.05, "the update should drift: KL {kl_free}");
-    let held = kl_max_run(&w, "held", None, (&r0, &sc0), Some(kl_free / 4.0));
+    let held = kl_max_run(&w, "held", None, (&r0, &sc0), Some(kl_free / 4.0), &[]).unwrap();
     let m = metrics(&held);
-    let gated = metric(&m, "iter/kl_gated_steps");
-    assert!(gated > 0.0 && gated < 6.0, "{gated} of 6 steps skipped");
+    let skipped = metric(&m, "iter/kl_max_skipped_steps");
+    assert!(
+        skipped > 0.0 && skipped < 6.0,
+        "{skipped} of 6 steps skipped"
+    );
     let kl_held = kl_of(&held, "s-held");
-    eprintln!("--kl-max {}: {gated} of 6 steps skipped, KL {kl_held} (free: {kl_free})", kl_free / 4.0);
+    eprintln!(
+        "--kl-max {}: {skipped} of 6 steps skipped, KL {kl_held} (free: {kl_free})",
+        kl_free / 4.0
+    );
     assert!(kl_held < 0.6 * kl_free, "held {kl_held} vs free {kl_free}");
+
+    // interrupted after 5 steps (a checkpoint at each) and resumed: the same stop
+    let stopped = kl_max_run(
+        &w,
+        "held-resumed",
+        None,
+        (&r0, &sc0),
+        Some(kl_free / 4.0),
+        &["--checkpoint-every", "1", "--stop-after-steps", "5"],
+    );
+    assert!(stopped.is_err());
+    let resumed = kl_max_run(
+        &w,
+        "held-resumed",
+        None,
+        (&r0, &sc0),
+        Some(kl_free / 4.0),
+        &["--resume"],
+    )
+    .unwrap();
+    for ((n, a), (_, b)) in adapter_tensors(&held)
+        .iter()
+        .zip(&adapter_tensors(&resumed))
+    {
+        assert!(a.equal(b), "{n} differs after a resume");
+    }
+    assert_eq!(
+        metric(&metrics(&resumed), "iter/kl_max_skipped_steps"),
+        skipped
+    );
 }
