@@ -66,6 +66,9 @@ for arm in ["rm_lora", "rm_full", "policy_lora", "policy_full"]:
 for stage in ["rm", "policy"]:
     lora, full = p[stage + "_lora"], p[stage + "_full"]
     assert full["trainable_params"] > 10 * lora["trainable_params"], (stage, lora, full)
+    # weights, gradients and two AdamW moments in f32: 16 bytes a trained parameter
+    for v in (lora, full):
+        assert v["trained_state_bytes"] == 16 * v["trainable_params"], (stage, v)
 # the full policy's held-out KL comes from --ref-model (the SFT model): taken from the
 # policy itself it would be exactly 0 (a micro run's sampled estimate may be < 0)
 assert p["policy_full"]["kl_to_sft"] != 0.0, p["policy_full"]

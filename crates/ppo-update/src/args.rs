@@ -203,11 +203,12 @@ pub struct Cli {
     pub kl_control_on: KlControlOn,
     /// A hard KL limit (nats per response) within the update: before each optimiser step the
     /// policy's KL to the reference is estimated on the step's minibatch (importance-weighted
-    /// from the rollouts' sampling policy to the current one, self-normalised), and once the
-    /// estimate is over this the step and the rest of the update are skipped (early
-    /// stopping; metrics train/kl_ref_is, train/kl_stopped, iter/kl_max_skipped_steps). A
-    /// resumed run stops where an uninterrupted one does. Unlike the controller, which reacts
-    /// an iteration later, it stops an update that overshoots. Absent = no limit.
+    /// from the rollouts' sampling policy to the current one, self-normalised), and the step
+    /// is skipped while the estimate is over this (metrics train/kl_ref_is,
+    /// train/kl_skipped, iter/kl_max_skipped_steps). Each decision depends only on the
+    /// weights and the minibatch, so a resumed run skips what an uninterrupted one does.
+    /// Unlike the controller, which reacts an iteration later, it holds back an update that
+    /// overshoots. Absent = no limit.
     #[arg(long, value_name = "NATS")]
     pub kl_max: Option<f64>,
     /// Per-token KL estimator in the reward penalty (GRPO's loss term always uses k3).

@@ -246,7 +246,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
         let skipped = m
             .rows
             .iter()
-            .filter(|r| r.metric == crate::update::KL_STOPPED)
+            .filter(|r| r.metric == crate::update::KL_SKIPPED)
             .count();
         m.push(end_step, "iter/kl_max_skipped_steps", skipped as f64);
         if skipped > 0 {
@@ -254,7 +254,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
                 skipped,
                 steps,
                 kl_max = s.kl_max,
-                "--kl-max stopped the update: the policy reached the KL limit"
+                "--kl-max skipped optimiser steps: the policy reached the KL limit"
             );
         }
     }

@@ -90,9 +90,8 @@ fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> 
         .collect()
 }
 
-/// Metric: 1 at each optimiser step --kl-max skipped (from the step whose estimate passed
-/// the limit to the end of the update).
-pub const KL_STOPPED: &str = "train/kl_stopped";
+/// Metric: 1 at each optimiser step --kl-max skipped.
+pub const KL_SKIPPED: &str = "train/kl_skipped";
 
 /// KL(pi || pi_ref) per response of the current policy, estimated on rollouts sampled by
 /// the old policy: the mean of log pi/pi_ref over the rollouts weighted by pi/pi_old
@@ -153,16 +152,6 @@ impl Steps for Update<'_> {
         let device = models.device();
         let started = Instant::now();
         let at = (step + 1) as i64;
-        // --kl-max stopped this update at an earlier step (the rows come back with a
-        // checkpoint's metrics, so a resumed run stops where an uninterrupted one does)
-        if s.kl_max.is_some() && metrics.rows.iter().any(|r| r.metric == KL_STOPPED) {
-            metrics.push(at, KL_STOPPED, 1.0);
-            return Ok(StepReport {
-                loss: 0.0,
-                grad_norm: 0.0,
-                tokens: 0,
-            });
-        }
         let mb_tokens: usize = mb.iter().map(|&i| examples[i].response_tokens.len()).sum();
         let mut sums = StepSums::default();
         // per rollout: log pi_current/pi_old and log pi_current/pi_ref summed over the response
@@ -260,7 +249,7 @@ impl Steps for Update<'_> {
                 sums.value_clip_frac += vl.clip_frac * vweight;
             }
         }
-        let stop = match s.kl_max {
+        let skip = match s.kl_max {
             Some(max) => {
                 let kl = importance_weighted_kl(&gate_rows);
                 metrics.push(at, "train/kl_ref_is", kl);
@@ -268,13 +257,10 @@ impl Steps for Update<'_> {
             }
             None => false,
         };
-        if stop {
-            metrics.push(at, KL_STOPPED, 1.0);
-            tracing::info!(
-                step = at,
-                kl_estimate = metrics.rows.last().map(|r| r.value),
-                "--kl-max reached: this step and the rest of the update are skipped"
-            );
+        if skip {
+            // the policy is over the limit: no update from this minibatch (a later one whose
+            // estimate is under the limit may still step)
+            metrics.push(at, KL_SKIPPED, 1.0);
             opt.policy.zero_grad();
             if let Some(c) = opt.critic.as_mut() {
                 c.zero_grad();

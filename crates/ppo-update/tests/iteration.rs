@@ -374,9 +374,9 @@ fn kl_max_run(
 
 /// --kl-max: a policy already over the limit takes no step (its adapter is unchanged), and
 /// the first estimate is its KL on its own samples (equal importance weights); an update
-/// that would overshoot the limit stops on the way.
+/// that would overshoot the limit is held back, and a resumed run skips the same steps.
 #[test]
-fn kl_max_stops_the_update_at_the_limit() {
+fn kl_max_skips_the_steps_of_a_policy_over_the_limit() {
     let w = World::new();
     let drifted = w.drifted_adapter("drifted", 0.15);
     let (r, sc) = w.rollouts("it1", Some(&drifted), 4, 2, false);
@@ -402,7 +402,7 @@ fn kl_max_stops_the_update_at_the_limit() {
     }
 
     // from a fresh adapter: free, the update drifts to kl_free; limited to a quarter of it,
-    // the update stops after a step or more and the policy ends closer to the reference
+    // some steps are skipped and the policy ends closer to the reference
     // rewards that differ within every prompt's group, so RLOO has a gradient
     let (r0, _) = w.rollouts("it0", None, 4, 2, false);
     let sc0 = score_with(&w, "it0-varied", &r0, |row| {
@@ -430,7 +430,7 @@ fn kl_max_stops_the_update_at_the_limit() {
     );
     assert!(kl_held < 0.6 * kl_free, "held {kl_held} vs free {kl_free}");
 
-    // interrupted after 5 steps (a checkpoint at each) and resumed: the same stop
+    // interrupted after 5 steps (a checkpoint at each) and resumed: the same steps skipped
     let stopped = kl_max_run(
         &w,
         "held-resumed",
