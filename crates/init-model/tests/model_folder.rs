@@ -127,7 +127,7 @@ fn our_logits(dir: &Path, ids: &[i32]) -> Vec<f32> {
     let mask = input.ones_like();
     let _g = tch::no_grad_guard();
     let hidden = model.forward(&input, &mask, None, false).unwrap();
-    let logits = model.lm_logits(&hidden).unwrap().view([-1]);
+    let logits = model.lm_logits(&hidden, None, false).unwrap().view([-1]);
     Vec::<f32>::try_from(&logits).unwrap()
 }
 

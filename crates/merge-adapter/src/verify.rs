@@ -39,7 +39,7 @@ pub fn outputs(
     let _guard = tch::no_grad_guard();
     let hidden = model.forward(&inputs.0, &inputs.1, adapter, false)?;
     let out = match kind {
-        OutputKind::CausalLm => model.lm_logits(&hidden)?,
+        OutputKind::CausalLm => model.lm_logits(&hidden, adapter, false)?,
         OutputKind::SequenceClassification => model.head(adapter, &hidden)?,
     };
     Ok(out.to_kind(Kind::Float).to_device(Device::Cpu))

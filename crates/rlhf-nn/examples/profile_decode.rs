@@ -95,9 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let h = Tensor::randn([batch, cfg.hidden_size], (Kind::Float, Device::Cpu));
     time("decode step: LM head", 50, || {
-        let _ = model.lm_logits(&h).expect("logits");
+        let _ = model.lm_logits(&h, None, false).expect("logits");
     });
-    let logits = Vec::<f32>::try_from(model.lm_logits(&h)?.contiguous().view([-1]))?;
+    let logits = Vec::<f32>::try_from(model.lm_logits(&h, None, false)?.contiguous().view([-1]))?;
     let mut rng = rlhf_nn::rng::rng_for(1, "profile");
     time("decode step: sampling every row (CPU)", 50, || {
         for row in logits.chunks(vocab) {

@@ -25,6 +25,7 @@ impl Model {
                 message: "already attached".into(),
             });
         }
+        self.check_lm_head_target(cfg)?;
         let device = self.device();
         let mut pairs = Vec::new();
         let mut any = false;
@@ -80,6 +81,19 @@ impl Model {
                 head,
             },
         );
+        Ok(())
+    }
+
+    /// An adapter may target `lm_head` only where the head is a module of its own: a head
+    /// tied to the input embedding would change the embedding too when merged.
+    pub(crate) fn check_lm_head_target(&self, cfg: &LoraConfig) -> Result<()> {
+        if cfg.targets_lm_head() && !self.has_untied_lm_head() {
+            return Err(NnError::Argument(
+                "LoRA target `lm_head`: this model has no LM head of its own (tie_word_embeddings \
+                 is true, or it is a sequence-classification checkpoint); leave lm_head out"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

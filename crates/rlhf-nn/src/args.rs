@@ -125,8 +125,10 @@ pub struct LoraArgs {
     #[arg(long, value_name = "P")]
     pub lora_dropout: Option<f64>,
     /// Modules that get LoRA, comma-separated, matched on the last parts of their names as
-    /// PEFT does; `all-linear` for every linear layer of the blocks [default: q_proj,v_proj
-    /// for Llama-family models, c_attn for GPT-2]. Also accepted as --target-modules.
+    /// PEFT does; `all-linear` for every linear layer of the blocks; `lm_head` for the output
+    /// layer of a model whose head is not tied to its input embedding (e.g.
+    /// `all-linear,lm_head`) [default: q_proj,v_proj for Llama-family models, c_attn for
+    /// GPT-2]. Also accepted as --target-modules.
     #[arg(
         long,
         value_delimiter = ',',

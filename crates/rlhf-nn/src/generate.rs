@@ -144,7 +144,7 @@ fn prefill(
     let input = Tensor::from_slice(&ids).view([b, w]).to_device(device);
     let m = Tensor::from_slice(&mask).view([b, w]).to_device(device);
     let hidden = model.prefill(&input, &m, &mut cache, adapter)?;
-    let logits = model.lm_logits(&hidden.select(1, 0))?;
+    let logits = model.lm_logits(&hidden.select(1, 0), adapter, false)?;
     Ok((cache, logits))
 }
 
@@ -362,7 +362,10 @@ fn run(
             let input = Tensor::from_slice(&next).view([n, 1]).to_device(device);
             let ones = Tensor::ones([n, 1], (Kind::Int64, device));
             let hidden = model.forward_cached(&input, &ones, &mut cache, adapter)?;
-            current = Some((cache, model.lm_logits(&hidden.select(1, 0))?));
+            current = Some((
+                cache,
+                model.lm_logits(&hidden.select(1, 0), adapter, false)?,
+            ));
         } else {
             active.clear();
         }
@@ -395,12 +398,17 @@ mod tests {
     use crate::lora::LoraConfig;
     use crate::ModelConfig;
 
-    /// A random model with adapter "p" on every linear, B non-zero (it changes the outputs).
+    /// A random model with adapter "p" on every linear (the LM head too where it is untied),
+    /// B non-zero (it changes the outputs).
     fn model(preset: &str) -> Model {
         let cfg = ModelConfig::preset(preset).unwrap();
         let mut model = Model::random(&cfg, Device::Cpu, Kind::Float, 5).unwrap();
+        let mut targets = vec!["all-linear".to_string()];
+        if model.has_untied_lm_head() {
+            targets.push(crate::LM_HEAD.into());
+        }
         let lora = LoraConfig {
-            target_modules: vec!["all-linear".into()],
+            target_modules: targets,
             ..LoraConfig::default_for(cfg.arch)
         };
         model.add_adapter("p", &lora, None, 6).unwrap();

@@ -41,7 +41,7 @@ pub use config::{Arch, ModelConfig};
 pub use error::NnError;
 pub use kv_cache::KvCache;
 pub use lora::{HeadKind, LoraConfig};
-pub use model::Model;
+pub use model::{Model, LM_HEAD};
 
 /// True when an error in a cause chain is bad input (a model or adapter folder that cannot be
 /// used, bad arguments): the classifier for `rlhf_core::cli::finish`.

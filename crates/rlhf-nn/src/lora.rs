@@ -20,8 +20,9 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// lora_dropout, applied to the adapter input in training forwards only.
     pub dropout: f64,
-    /// Module names (matched on the last path components, as PEFT does), or the single entry
-    /// `all-linear` for every linear layer of the blocks (not the LM head).
+    /// Module names (matched on the last path components, as PEFT does); `all-linear` for
+    /// every linear layer of the blocks (not the LM head, as in PEFT); `lm_head` for the LM
+    /// head of a model whose head is not tied to the input embedding.
     pub target_modules: Vec<String>,
     /// rsLoRA: scale alpha / sqrt(r) instead of alpha / r.
     pub use_rslora: bool,
@@ -78,12 +79,21 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// True when the module at HF path `name` is targeted (`all-linear` matches everything
-    /// it is asked about; the caller only asks about block linears).
+    /// True when the module at HF path `name` is targeted (`all-linear` matches every block
+    /// linear, not the LM head `lm_head`, which is targeted only by name).
     pub fn targets(&self, name: &str) -> bool {
+        self.target_modules.iter().any(|t| {
+            (t == "all-linear" && name != crate::model::LM_HEAD)
+                || name == t
+                || name.ends_with(&format!(".{t}"))
+        })
+    }
+
+    /// True when `lm_head` is among the targets.
+    pub fn targets_lm_head(&self) -> bool {
         self.target_modules
             .iter()
-            .any(|t| t == "all-linear" || name == t || name.ends_with(&format!(".{t}")))
+            .any(|t| t == crate::model::LM_HEAD)
     }
 }
 

@@ -19,6 +19,9 @@ use crate::loader::Loader;
 use crate::lora::{Adapter, Head, HeadKind};
 use crate::weights::{write_json, write_safetensors, Checkpoint};
 
+/// The module name of an untied LM head (a LoRA target: `--lora-targets all-linear,lm_head`).
+pub const LM_HEAD: &str = "lm_head";
+
 pub(crate) enum Body {
     Llama(Llama),
     Gpt2(Gpt2),
@@ -28,8 +31,9 @@ pub(crate) enum Body {
 pub struct Model {
     pub(crate) cfg: ModelConfig,
     pub(crate) body: Body,
-    /// `lm_head.weight` (vocab, hidden) when not tied to the input embedding.
-    lm_head: Option<Tensor>,
+    /// The LM head `lm_head` (weight (vocab, hidden)) when not tied to the input embedding:
+    /// the last of the model's linears, so an adapter may target it (`lm_head`).
+    lm_head: Option<Linear>,
     /// `score.weight` (1, hidden) of a *ForSequenceClassification checkpoint (f32).
     pub(crate) base_head: Option<Tensor>,
     /// HF module path of each linear, by id.
@@ -154,7 +158,7 @@ impl Model {
                 "model dtype {kind:?}: expected f32 or bf16"
             )));
         }
-        let (body, module_names) = {
+        let (body, mut module_names) = {
             let (canon, probe) = match cfg.arch {
                 Arch::Llama => ("model.", "embed_tokens.weight"),
                 Arch::Gpt2 => ("transformer.", "wte.weight"),
@@ -176,7 +180,16 @@ impl Model {
             None
         } else {
             match ck.take_opt("lm_head.weight", &[v, h])? {
-                Some(t) => Some(place(t, kind)),
+                Some(t) => {
+                    module_names.push(LM_HEAD.to_string());
+                    Some(Linear {
+                        id: module_names.len() - 1,
+                        name: LM_HEAD.to_string(),
+                        weight: place(t, kind),
+                        bias: None,
+                        conv1d: false,
+                    })
+                }
                 None if base_head.is_some() => None,
                 None => {
                     return Err(NnError::MissingTensor {
@@ -221,11 +234,14 @@ impl Model {
         self.kind
     }
 
+    /// Every linear an adapter may target, by id: the blocks', then the untied LM head.
     pub(crate) fn linears(&self) -> Vec<&Linear> {
-        match &self.body {
+        let mut v = match &self.body {
             Body::Llama(m) => m.linears(),
             Body::Gpt2(m) => m.linears(),
-        }
+        };
+        v.extend(self.lm_head.as_ref());
+        v
     }
 
     /// True when the base has an LM head (false for a *ForSequenceClassification checkpoint
@@ -241,8 +257,8 @@ impl Model {
             Body::Llama(m) => m.named_tensors("model.", &mut out),
             Body::Gpt2(m) => m.named_tensors("transformer.", &mut out),
         }
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".into(), w.shallow_clone()));
+        if let Some(l) = &self.lm_head {
+            out.push(("lm_head.weight".into(), l.weight.shallow_clone()));
         }
         if let Some(w) = &self.base_head {
             out.push(("score.weight".into(), w.shallow_clone()));
@@ -274,8 +290,8 @@ impl Model {
                 out.extend(rest.into_iter().filter(|(n, _)| !linear.contains(n)));
             }
         }
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".into(), w.shallow_clone()));
+        if let Some(l) = &self.lm_head {
+            out.push(("lm_head.weight".into(), l.weight.shallow_clone()));
         }
         if let Some(w) = &self.base_head {
             out.push(("score.weight".into(), w.shallow_clone()));
@@ -436,10 +452,13 @@ impl Model {
         }
     }
 
-    /// LM logits (b, s, vocab) in the model kind from hidden states (b, s, hidden).
-    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// LM logits (b, s, vocab) in the model kind from hidden states (b, s, hidden), with the
+    /// LoRA of `adapter` on the head where it targets `lm_head` (None = base = reference
+    /// policy); `train` enables its dropout, as in [`Model::forward`].
+    pub fn lm_logits(&self, hidden: &Tensor, adapter: Option<&str>, train: bool) -> Result<Tensor> {
+        let ctx = self.ctx(adapter, train)?;
         let w = match (&self.lm_head, &self.body) {
-            (Some(w), _) => w,
+            (Some(l), _) => return Ok(l.forward(hidden, ctx)),
             (None, _) if !self.cfg.tie_word_embeddings => {
                 return Err(NnError::Argument(
                     "this model has no LM head (a sequence-classification checkpoint): it can score, not generate"
@@ -450,6 +469,12 @@ impl Model {
             (None, Body::Gpt2(m)) => &m.wte,
         };
         Ok(crate::decode_kernels::gemm::linear(hidden, w, None))
+    }
+
+    /// True when the LM head is a module of its own (`lm_head`, not tied to the input
+    /// embedding), which an adapter may then target.
+    pub fn has_untied_lm_head(&self) -> bool {
+        self.lm_head.is_some()
     }
 
     /// Scalar head values (b, s) in f32 at every position: the adapter's head, or with

@@ -102,6 +102,8 @@ impl Model {
             });
         }
         let (cfg, raw) = read_adapter_config(dir)?;
+        self.check_lm_head_target(&cfg)
+            .map_err(|e| bad(&dir.join("adapter_config.json"), e.to_string()))?;
         let file = dir.join("adapter_model.safetensors");
         if !file.is_file() {
             if dir.join("adapter_model.bin").is_file() {

@@ -44,7 +44,9 @@ pub fn forward_outputs(
     // be most of an update's memory, and nothing reads them.
     let start = response_window_start(batch).min(l - 1);
     let window = h.narrow(1, start, l - 1 - start);
-    let logits = model.lm_logits(&window)?.to_kind(Kind::Float);
+    let logits = model
+        .lm_logits(&window, adapter, train)?
+        .to_kind(Kind::Float);
     let lse = logits.logsumexp([-1], false);
     let targets = batch.targets.narrow(1, start, l - 1 - start);
     let picked = logits

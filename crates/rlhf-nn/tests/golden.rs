@@ -122,9 +122,13 @@ impl Golden {
 fn logits(m: &Model, adapter: Option<&str>, ids: &Tensor, mask: &Tensor) -> Tensor {
     let _g = tch::no_grad_guard();
     let (ids, mask) = (ids.to_device(m.device()), mask.to_device(m.device()));
-    m.lm_logits(&m.forward(&ids, &mask, adapter, false).unwrap())
-        .unwrap()
-        .to_device(Device::Cpu)
+    m.lm_logits(
+        &m.forward(&ids, &mask, adapter, false).unwrap(),
+        adapter,
+        false,
+    )
+    .unwrap()
+    .to_device(Device::Cpu)
 }
 
 /// Max |a - b| over positions where mask = 1.
@@ -329,6 +333,7 @@ fn our_adapters_load_in_peft() {
             vec!["q_proj", "v_proj", "o_proj", "up_proj"],
             false,
         ),
+        ("llama_gqa", vec!["q_proj", "down_proj", "lm_head"], false),
         ("gpt2", vec!["c_attn", "c_fc"], false),
         ("llama_gqa", vec!["q_proj", "v_proj"], true),
     ] {

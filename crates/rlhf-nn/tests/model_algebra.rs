@@ -23,8 +23,12 @@ fn ids() -> (Tensor, Tensor) {
 fn logits(m: &Model, adapter: Option<&str>) -> Tensor {
     let _g = tch::no_grad_guard();
     let (ids, mask) = ids();
-    m.lm_logits(&m.forward(&ids, &mask, adapter, false).unwrap())
-        .unwrap()
+    m.lm_logits(
+        &m.forward(&ids, &mask, adapter, false).unwrap(),
+        adapter,
+        false,
+    )
+    .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -61,6 +65,7 @@ fn lora(targets: &[&str]) -> LoraConfig {
 fn fresh_adapter_is_the_base_exactly_and_merge_matches() {
     for (preset, targets) in [
         ("llama-tiny", vec!["all-linear"]),
+        ("llama-tiny", vec!["all-linear", "lm_head"]),
         ("qwen2-tiny", vec!["q_proj", "v_proj"]),
         ("gpt2-tiny", vec!["c_attn", "c_fc"]),
     ] {
@@ -108,6 +113,88 @@ fn fresh_adapter_is_the_base_exactly_and_merge_matches() {
             "{preset}: save/load changed logits"
         );
     }
+}
+
+#[test]
+fn lm_head_lora_is_applied_wherever_logits_are_made() {
+    // `all-linear` leaves the LM head alone (as PEFT does); `lm_head` names it.
+    let mut m = model("llama-tiny");
+    m.add_adapter("blocks", &lora(&["all-linear"]), None, 1)
+        .unwrap();
+    m.add_adapter("head", &lora(&["lm_head"]), None, 1).unwrap();
+    let names = |a: &str| -> Vec<String> {
+        m.adapter_named_parameters(a)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert!(names("blocks").iter().all(|n| !n.starts_with("lm_head")));
+    assert_eq!(
+        names("head"),
+        ["lm_head.lora_A.weight", "lm_head.lora_B.weight"]
+    );
+    perturb(&m, "head");
+    let base = logits(&m, None);
+    let adapted = logits(&m, Some("head"));
+    assert!(
+        max_diff(&base, &adapted) > 1e-3,
+        "the head's LoRA has no effect"
+    );
+    // Log-probs for training and the cached decode of sampling both see it.
+    let batch = SeqBatch::new(&[(vec![5, 9, 17], vec![3, 44])], 0, Device::Cpu).unwrap();
+    let lp = token_logprobs(&m, Some("head"), &batch, false).unwrap();
+    let lp0 = token_logprobs(&m, None, &batch, false).unwrap();
+    assert!(max_diff(&lp, &lp0) > 1e-4);
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let prompt = vec![5, 9, 17];
+    let out = generate(
+        &m,
+        Some("head"),
+        std::slice::from_ref(&prompt),
+        &[0],
+        &params,
+        0,
+        None,
+    )
+    .unwrap()
+    .remove(0);
+    let _g = tch::no_grad_guard();
+    let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    for (k, &tok) in out.tokens.iter().enumerate() {
+        let n = seq.len() as i64;
+        let ids = Tensor::from_slice(&seq).view([1, n]);
+        let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
+        let hidden = m.forward(&ids, &mask, Some("head"), false).unwrap();
+        let l = m
+            .lm_logits(&hidden, Some("head"), false)
+            .unwrap()
+            .select(1, n - 1);
+        assert_eq!(
+            l.argmax(-1, false).int64_value(&[0]),
+            tok as i64,
+            "step {k}"
+        );
+        let want = l
+            .log_softmax(-1, Kind::Float)
+            .double_value(&[0, tok as i64]);
+        assert!((want - out.logprobs[k] as f64).abs() < 1e-4, "step {k}");
+        seq.push(tok as i64);
+    }
+    // A head tied to the input embedding cannot take its own LoRA.
+    let mut tied = model("qwen2-tiny");
+    let err = tied
+        .add_adapter("p", &lora(&["q_proj", "lm_head"]), None, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lm_head") && err.contains("tie_word_embeddings"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,7 +247,7 @@ fn kv_cache_greedy_matches_full_forward_and_padding() {
                 let ids = Tensor::from_slice(&seq).view([1, n]);
                 let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
                 let l = m
-                    .lm_logits(&m.forward(&ids, &mask, None, false).unwrap())
+                    .lm_logits(&m.forward(&ids, &mask, None, false).unwrap(), None, false)
                     .unwrap()
                     .select(1, n - 1);
                 assert_eq!(
@@ -353,7 +440,9 @@ fn response_logprobs_and_entropies_equal_the_full_softmax() {
             .forward(&batch.input_ids, &batch.attention_mask, None, false)
             .unwrap();
         let l = hidden.size()[1];
-        let logits = m.lm_logits(&hidden.narrow(1, 0, l - 1)).unwrap();
+        let logits = m
+            .lm_logits(&hidden.narrow(1, 0, l - 1), None, false)
+            .unwrap();
         let logp = logits.log_softmax(-1, Kind::Float);
         let want = logp
             .gather(-1, &batch.targets.unsqueeze(-1), false)

@@ -82,7 +82,9 @@ pub fn completion_nll_sum(
         .narrow(1, 0, s - 1)
         .reshape([b * (s - 1), h])
         .index_select(0, &batch.positions);
-    let logits = model.lm_logits(&picked)?.to_kind(Kind::Float);
+    let logits = model
+        .lm_logits(&picked, adapter, train)?
+        .to_kind(Kind::Float);
     Ok(logits.cross_entropy_loss::<Tensor>(&batch.targets, None, Reduction::Sum, -100, 0.0))
 }
 

@@ -13,7 +13,7 @@ fn logits(model: &rlhf_nn::Model, adapter: Option<&str>, ids: &[i32]) -> Vec<f32
     let hidden = model
         .forward(&input, &input.ones_like(), adapter, false)
         .unwrap();
-    Vec::<f32>::try_from(&model.lm_logits(&hidden).unwrap().view([-1])).unwrap()
+    Vec::<f32>::try_from(&model.lm_logits(&hidden, adapter, false).unwrap().view([-1])).unwrap()
 }
 
 fn check(arch: &str) {

@@ -96,7 +96,7 @@ fn loss_counts_completion_tokens_only() {
         .forward(&batch.input_ids, &batch.attention_mask, None, false)
         .unwrap();
     let logp = model
-        .lm_logits(&hidden)
+        .lm_logits(&hidden, None, false)
         .unwrap()
         .log_softmax(-1, Kind::Float);
     let (mut completion_only, mut all_positions) = (0.0, 0.0);

@@ -84,7 +84,11 @@ fn without_cache(model: &Model, prompts: &[Vec<i32>], new: usize) -> Result<f64>
         let ids = Tensor::from_slice(&flat).view([batch, n]);
         let mask = Tensor::ones([batch, n], (Kind::Int64, Device::Cpu));
         let h = model.forward(&ids, &mask, None, false)?;
-        let next = Vec::<i64>::try_from(model.lm_logits(&h.select(1, n - 1))?.argmax(-1, false))?;
+        let next = Vec::<i64>::try_from(
+            model
+                .lm_logits(&h.select(1, n - 1), None, false)?
+                .argmax(-1, false),
+        )?;
         for (s, t) in seqs.iter_mut().zip(next) {
             s.push(t);
         }
