@@ -9,7 +9,9 @@
 # 0.759 / 0.721 / 0.745, gold gain 0.84 / 0.68 / 0.75 (see the issue notes); with the KL
 # budget of pipelines/demo/ppo.toml (2026-12-03) seed 0 gave 0.956, 0.772, gain 0.99, KL 2.56; with
 # its learning rate halved to 1e-3 (12 iterations, 2026-12-03, THREADS=1) iteration 3 of seeds
-# 0, 1, 2 gave win rate 0.741 / 0.696 / 0.811, gold gain 1.00 / 0.81 / 1.00. A policy update
+# 0, 1, 2 gave win rate 0.741 / 0.696 / 0.811, gold gain 1.00 / 0.81 / 1.00; with LoRA on the
+# LM head too at 5e-4 (2026-12-04, THREADS=2) seed 0 gave 0.956, 0.826, gain 1.18, KL 1.00, and
+# iteration 3 of a 12-iteration run 0.844 / 0.716 / 0.783 on seeds 0, 1, 2. A policy update
 # with the advantage's sign flipped (ppo-update) gave win rate 0.228 and a gold gain of -0.96 and
 # failed here; a reward-model loss with chosen and rejected swapped (rm_loss.rs) gave RM accuracy
 # 0.034, win rate 0.219 and a gold gain of -1.02 and failed too.
