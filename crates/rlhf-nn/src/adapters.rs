@@ -11,6 +11,8 @@ impl Model {
     /// Attaches a fresh adapter: A uniform(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming-uniform
     /// bound), B zero, so the adapter starts equal to the base. `head` adds a scalar head
     /// (Score: normal std 1/sqrt(hidden); Value: zeros). Draws come from `seed` on the CPU.
+    /// Every named target must select a module. An adapter with a head never reads the LM
+    /// head's output, so `lm_head` is left out of its targets (logged).
     pub fn add_adapter(
         &mut self,
         name: &str,
@@ -25,7 +27,38 @@ impl Model {
                 message: "already attached".into(),
             });
         }
+        let mut cfg = cfg.clone();
+        if head.is_some() && cfg.targets_lm_head() {
+            cfg.target_modules.retain(|t| t != crate::model::LM_HEAD);
+            tracing::warn!(
+                adapter = name,
+                "LoRA target lm_head left out: an adapter with a score or value head never uses the LM head"
+            );
+            if cfg.target_modules.is_empty() {
+                return Err(NnError::Argument(format!(
+                    "adapter {name}: lm_head is its only LoRA target, and an adapter with a score or value head never uses the LM head; name other modules"
+                )));
+            }
+        }
+        let cfg = &cfg;
         self.check_lm_head_target(cfg)?;
+        let unmatched: Vec<&String> = cfg
+            .target_modules
+            .iter()
+            .filter(|t| {
+                *t != "all-linear"
+                    && !self
+                        .linears()
+                        .iter()
+                        .any(|l| l.name == **t || l.name.ends_with(&format!(".{t}")))
+            })
+            .collect();
+        if !unmatched.is_empty() {
+            return Err(NnError::Argument(format!(
+                "LoRA target modules {unmatched:?} match no linear layer of this model; available: {}",
+                self.module_kinds().join(", ")
+            )));
+        }
         let device = self.device();
         let mut pairs = Vec::new();
         let mut any = false;

@@ -222,7 +222,11 @@ impl LoraArgs {
             rank: self.rank(),
             alpha: self.alpha(),
             dropout: self.lora_dropout.unwrap_or(0.0),
-            targets: self.lora_targets.clone(),
+            targets: self
+                .lora_targets
+                .iter()
+                .map(|t| t.trim().to_string())
+                .collect(),
             rslora: self.rslora,
         })
     }

@@ -122,16 +122,18 @@ fn lm_head_lora_is_applied_wherever_logits_are_made() {
     m.add_adapter("blocks", &lora(&["all-linear"]), None, 1)
         .unwrap();
     m.add_adapter("head", &lora(&["lm_head"]), None, 1).unwrap();
-    let names = |a: &str| -> Vec<String> {
+    let names = |m: &Model, a: &str| -> Vec<String> {
         m.adapter_named_parameters(a)
             .unwrap()
             .into_iter()
             .map(|(n, _)| n)
             .collect()
     };
-    assert!(names("blocks").iter().all(|n| !n.starts_with("lm_head")));
+    assert!(names(&m, "blocks")
+        .iter()
+        .all(|n| !n.starts_with("lm_head")));
     assert_eq!(
-        names("head"),
+        names(&m, "head"),
         ["lm_head.lora_A.weight", "lm_head.lora_B.weight"]
     );
     perturb(&m, "head");
@@ -185,6 +187,35 @@ fn lm_head_lora_is_applied_wherever_logits_are_made() {
         assert!((want - out.logprobs[k] as f64).abs() < 1e-4, "step {k}");
         seq.push(tok as i64);
     }
+    // An adapter with a score or value head never reads the LM head: lm_head is left out.
+    m.add_adapter(
+        "critic",
+        &lora(&["q_proj", "lm_head"]),
+        Some(HeadKind::Value),
+        1,
+    )
+    .unwrap();
+    assert!(names(&m, "critic")
+        .iter()
+        .all(|n| !n.starts_with("lm_head")));
+    assert_eq!(
+        m.adapter_config("critic").unwrap().target_modules,
+        ["q_proj"]
+    );
+    let err = m
+        .add_adapter("rm", &lora(&["lm_head"]), Some(HeadKind::Score), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only LoRA target"), "{err}");
+    // A named target that selects nothing is an error, not a silently smaller adapter.
+    let err = m
+        .add_adapter("typo", &lora(&["all-linear", "lm-head"]), None, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lm-head") && err.contains("available"),
+        "{err}"
+    );
     // A head tied to the input embedding cannot take its own LoRA.
     let mut tied = model("qwen2-tiny");
     let err = tied
