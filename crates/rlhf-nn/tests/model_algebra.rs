@@ -51,6 +51,40 @@ fn perturb(m: &Model, name: &str) {
     }
 }
 
+/// Each greedy token (and its log-prob) equals the argmax of a full forward over the prompt
+/// and the tokens before it (no cache), with `adapter` on the blocks and the LM head.
+fn greedy_is_argmax_of_full_forwards(
+    m: &Model,
+    adapter: Option<&str>,
+    prompt: &[i32],
+    tokens: &[i32],
+    logprobs: &[f32],
+    what: &str,
+) {
+    let _g = tch::no_grad_guard();
+    let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    for (k, &tok) in tokens.iter().enumerate() {
+        let n = seq.len() as i64;
+        let ids = Tensor::from_slice(&seq).view([1, n]);
+        let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
+        let hidden = m.forward(&ids, &mask, adapter, false).unwrap();
+        let l = m
+            .lm_logits(&hidden, adapter, false)
+            .unwrap()
+            .select(1, n - 1);
+        assert_eq!(
+            l.argmax(-1, false).int64_value(&[0]),
+            tok as i64,
+            "{what}: step {k}"
+        );
+        let lp = l
+            .log_softmax(-1, Kind::Float)
+            .double_value(&[0, tok as i64]);
+        assert!((lp - logprobs[k] as f64).abs() < 1e-4, "{what}: step {k}");
+        seq.push(tok as i64);
+    }
+}
+
 fn lora(targets: &[&str]) -> LoraConfig {
     LoraConfig {
         r: 4,
@@ -165,28 +199,14 @@ fn lm_head_lora_is_applied_wherever_logits_are_made() {
     )
     .unwrap()
     .remove(0);
-    let _g = tch::no_grad_guard();
-    let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-    for (k, &tok) in out.tokens.iter().enumerate() {
-        let n = seq.len() as i64;
-        let ids = Tensor::from_slice(&seq).view([1, n]);
-        let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
-        let hidden = m.forward(&ids, &mask, Some("head"), false).unwrap();
-        let l = m
-            .lm_logits(&hidden, Some("head"), false)
-            .unwrap()
-            .select(1, n - 1);
-        assert_eq!(
-            l.argmax(-1, false).int64_value(&[0]),
-            tok as i64,
-            "step {k}"
-        );
-        let want = l
-            .log_softmax(-1, Kind::Float)
-            .double_value(&[0, tok as i64]);
-        assert!((want - out.logprobs[k] as f64).abs() < 1e-4, "step {k}");
-        seq.push(tok as i64);
-    }
+    greedy_is_argmax_of_full_forwards(
+        &m,
+        Some("head"),
+        &prompt,
+        &out.tokens,
+        &out.logprobs,
+        "head",
+    );
     // An adapter with a score or value head never reads the LM head: lm_head is left out.
     m.add_adapter(
         "critic",
@@ -271,27 +291,8 @@ fn kv_cache_greedy_matches_full_forward_and_padding() {
                 "{preset}: padding changed greedy output"
             );
             // Without the cache: argmax of a full forward, token by token.
-            let _g = tch::no_grad_guard();
-            let mut seq: Vec<i64> = p.iter().map(|&t| t as i64).collect();
-            for (k, &tok) in batched[i].tokens.iter().enumerate() {
-                let n = seq.len() as i64;
-                let ids = Tensor::from_slice(&seq).view([1, n]);
-                let mask = Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
-                let l = m
-                    .lm_logits(&m.forward(&ids, &mask, None, false).unwrap(), None, false)
-                    .unwrap()
-                    .select(1, n - 1);
-                assert_eq!(
-                    l.argmax(-1, false).int64_value(&[0]),
-                    tok as i64,
-                    "{preset}: step {k}"
-                );
-                let lp = l
-                    .log_softmax(-1, Kind::Float)
-                    .double_value(&[0, tok as i64]);
-                assert!((lp - batched[i].logprobs[k] as f64).abs() < 1e-4);
-                seq.push(tok as i64);
-            }
+            let b = &batched[i];
+            greedy_is_argmax_of_full_forwards(&m, None, p, &b.tokens, &b.logprobs, preset);
         }
     }
 }
