@@ -11,7 +11,7 @@ use rlhf_algo::optim::{AdamW, AdamWConfig};
 use rlhf_algo::step_loop::StepLoop;
 use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
-use rlhf_core::metrics::{MetricsLog, TRAINED_STATE_BYTES};
+use rlhf_core::metrics::{MetricsLog, TRAINABLE_PARAMS, TRAINED_STATE_BYTES};
 use rlhf_core::schema::Artifact;
 use rlhf_nn::Model;
 
@@ -258,7 +258,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
             );
         }
     }
-    m.push(end_step, "run/trainable_params", policy_numel as f64);
+    m.push(end_step, TRAINABLE_PARAMS, policy_numel as f64);
     m.push(end_step, TRAINED_STATE_BYTES, policy_state_bytes as f64);
     if let Some(n) = critic_numel {
         m.push(end_step, "run/critic_trainable_params", n as f64);

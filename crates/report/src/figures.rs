@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use rlhf_core::metrics::{TRAINABLE_PARAMS, TRAINED_STATE_BYTES};
 use rlhf_core::CoreError;
 use serde::Serialize;
 
@@ -390,10 +391,6 @@ pub struct PerlTable {
     pub policy_lora: Variant,
     pub policy_full: Option<Variant>,
 }
-
-/// Metric: trainable parameters of a training stage.
-pub const TRAINABLE_PARAMS: &str = "run/trainable_params";
-pub use rlhf_core::metrics::TRAINED_STATE_BYTES;
 
 /// What the training stages record about their resources, over one arm's stages.
 struct Resources {

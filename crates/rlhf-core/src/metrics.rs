@@ -8,6 +8,9 @@ use crate::lineage::Lineage;
 use crate::parquet_io::{read_records, write_records};
 use crate::records::MetricRow;
 
+/// Metric of the training stages: the number of trained parameters.
+pub const TRAINABLE_PARAMS: &str = "run/trainable_params";
+
 /// Metric of the training stages: bytes of the trained parameters' weights, gradients and
 /// AdamW moments (what grows with the number of trained parameters; the report's PERL table).
 pub const TRAINED_STATE_BYTES: &str = "run/trained_state_bytes";

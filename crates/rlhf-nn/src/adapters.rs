@@ -42,16 +42,12 @@ impl Model {
         }
         let cfg = &cfg;
         self.check_lm_head_target(cfg)?;
+        // every named target selects a module (so the adapter targets at least one)
+        let linears = self.linears();
         let unmatched: Vec<&String> = cfg
             .target_modules
             .iter()
-            .filter(|t| {
-                *t != "all-linear"
-                    && !self
-                        .linears()
-                        .iter()
-                        .any(|l| l.name == **t || l.name.ends_with(&format!(".{t}")))
-            })
+            .filter(|t| !linears.iter().any(|l| LoraConfig::selects(t, &l.name)))
             .collect();
         if !unmatched.is_empty() {
             return Err(NnError::Argument(format!(
@@ -61,10 +57,8 @@ impl Model {
         }
         let device = self.device();
         let mut pairs = Vec::new();
-        let mut any = false;
-        for lin in self.linears() {
+        for lin in linears {
             if cfg.targets(&lin.name) {
-                any = true;
                 let (inp, out) = (lin.in_features(), lin.out_features());
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = crate::rng::uniform_tensor(
@@ -81,13 +75,6 @@ impl Model {
             } else {
                 pairs.push(None);
             }
-        }
-        if !any {
-            return Err(NnError::Argument(format!(
-                "LoRA target modules {:?} match no linear layer; available: {}",
-                cfg.target_modules,
-                self.module_kinds().join(", ")
-            )));
         }
         let head = head.map(|kind| {
             let h = self.cfg.hidden_size;

@@ -82,11 +82,14 @@ impl LoraConfig {
     /// True when the module at HF path `name` is targeted (`all-linear` matches every block
     /// linear, not the LM head `lm_head`, which is targeted only by name).
     pub fn targets(&self, name: &str) -> bool {
-        self.target_modules.iter().any(|t| {
-            (t == "all-linear" && name != crate::model::LM_HEAD)
-                || name == t
-                || name.ends_with(&format!(".{t}"))
-        })
+        self.target_modules.iter().any(|t| Self::selects(t, name))
+    }
+
+    /// True when the one target entry `target` selects the module at HF path `name`.
+    pub fn selects(target: &str, name: &str) -> bool {
+        (target == "all-linear" && name != crate::model::LM_HEAD)
+            || name == target
+            || name.ends_with(&format!(".{target}"))
     }
 
     /// True when `lm_head` is among the targets.

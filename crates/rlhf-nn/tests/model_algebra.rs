@@ -85,6 +85,13 @@ fn greedy_is_argmax_of_full_forwards(
     }
 }
 
+/// The error of attaching a fresh adapter on `targets` (it must be refused).
+fn add_error(m: &mut Model, targets: &[&str], head: Option<HeadKind>) -> String {
+    m.add_adapter("refused", &lora(targets), head, 1)
+        .unwrap_err()
+        .to_string()
+}
+
 fn lora(targets: &[&str]) -> LoraConfig {
     LoraConfig {
         r: 4,
@@ -222,26 +229,17 @@ fn lm_head_lora_is_applied_wherever_logits_are_made() {
         m.adapter_config("critic").unwrap().target_modules,
         ["q_proj"]
     );
-    let err = m
-        .add_adapter("rm", &lora(&["lm_head"]), Some(HeadKind::Score), 1)
-        .unwrap_err()
-        .to_string();
+    let err = add_error(&mut m, &["lm_head"], Some(HeadKind::Score));
     assert!(err.contains("only LoRA target"), "{err}");
     // A named target that selects nothing is an error, not a silently smaller adapter.
-    let err = m
-        .add_adapter("typo", &lora(&["all-linear", "lm-head"]), None, 1)
-        .unwrap_err()
-        .to_string();
+    let err = add_error(&mut m, &["all-linear", "lm-head"], None);
     assert!(
         err.contains("lm-head") && err.contains("available"),
         "{err}"
     );
     // A head tied to the input embedding cannot take its own LoRA.
     let mut tied = model("qwen2-tiny");
-    let err = tied
-        .add_adapter("p", &lora(&["q_proj", "lm_head"]), None, 1)
-        .unwrap_err()
-        .to_string();
+    let err = add_error(&mut tied, &["q_proj", "lm_head"], None);
     assert!(
         err.contains("lm_head") && err.contains("tie_word_embeddings"),
         "{err}"

@@ -10,7 +10,7 @@ use rlhf_algo::checkpoint::CheckpointArgs;
 use rlhf_algo::optim::{AdamW, AdamWConfig};
 use rlhf_algo::schedule::{Schedule, ScheduleKind};
 use rlhf_algo::step_loop::{StepLoop, StepReport, Steps};
-use rlhf_core::metrics::MetricsLog;
+use rlhf_core::metrics::{MetricsLog, TRAINABLE_PARAMS, TRAINED_STATE_BYTES};
 use tch::{Kind, Tensor};
 use tracing::{info, warn};
 
@@ -308,12 +308,8 @@ pub fn train_member(rm: &RewardModel, job: &Job, iteration: i32) -> Result<Outco
         eval.extend(c.figures().into_iter().map(|(n, v)| (n.to_string(), v)));
         info!(eval_loss = loss, figures = ?eval, "final eval");
     }
-    log.push(end, "run/trainable_params", trainable_params as f64);
-    log.push(
-        end,
-        rlhf_core::metrics::TRAINED_STATE_BYTES,
-        trained_state_bytes as f64,
-    );
+    log.push(end, TRAINABLE_PARAMS, trainable_params as f64);
+    log.push(end, TRAINED_STATE_BYTES, trained_state_bytes as f64);
     if let Some(secs) = seconds_per_step {
         info!(seconds_per_step = secs, "timing");
         if cfg.record_timings {

@@ -10,7 +10,8 @@
 //! so that peak RSS (VmHWM) is that run's:
 //!
 //! - LoRA: `--model base`, a fresh adapter (rank 8, alpha 16, every block linear; the demo's
-//!   policy adapts the LM head too), reference = the base with the adapter off (log-probs from the rollouts);
+//!   policy adapts the LM head too), reference = the base with the adapter off (log-probs
+//!   from the rollouts);
 //! - full: `--full --model base --ref-model base`: every weight trains with AdamW (a gradient
 //!   and two moments per weight), and the reference is a second, frozen copy.
 //!
