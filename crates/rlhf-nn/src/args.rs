@@ -127,8 +127,9 @@ pub struct LoraArgs {
     /// Modules that get LoRA, comma-separated, matched on the last parts of their names as
     /// PEFT does; `all-linear` for every linear layer of the blocks; `lm_head` for the output
     /// layer of a model whose head is not tied to its input embedding (e.g.
-    /// `all-linear,lm_head`) [default: q_proj,v_proj for Llama-family models, c_attn for
-    /// GPT-2]. Also accepted as --target-modules.
+    /// `all-linear,lm_head`); a name that selects no module is an error [default:
+    /// q_proj,v_proj for Llama-family models, c_attn for GPT-2]. Also accepted as
+    /// --target-modules.
     #[arg(
         long,
         value_delimiter = ',',
