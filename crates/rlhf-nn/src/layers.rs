@@ -329,11 +329,32 @@ pub(crate) fn attention_mask(key_mask: &Tensor, t: i64, past_len: i64, kind: Kin
         .unsqueeze(1)
 }
 
-/// The additive mask's value at masked positions: the most negative finite value of `kind`.
+/// The additive mask's value at masked positions: the most negative finite value of `kind`,
+/// exactly (libtorch refuses a scalar that would overflow the type when it converts it, as its
+/// CUDA kernels do; a rounded -3.3895314e38 for bf16 failed every bf16 forward on a GPU).
 pub(crate) fn masked_value(kind: Kind) -> f64 {
     match kind {
-        Kind::BFloat16 => -3.389_531_4e38,
+        // -(2 - 2^-7) * 2^127: bf16 keeps 8 bits of mantissa.
+        Kind::BFloat16 => -(2.0 - 2f64.powi(-7)) * 2f64.powi(127),
         Kind::Half => -65504.0,
         _ => f32::MIN as f64,
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+
+    /// libtorch converts the mask value with an overflow check (its CUDA `where` does;
+    /// `fill_` does on the CPU too): the value must be the type's own lowest, not a rounded one.
+    #[test]
+    fn masked_value_converts_to_its_kind_exactly() {
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            let v = masked_value(kind);
+            let t = Tensor::zeros([1], (kind, tch::Device::Cpu))
+                .f_fill_(v)
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(t.double_value(&[0]), v, "{kind:?}");
+        }
     }
 }
