@@ -261,8 +261,8 @@ fn run(
         None => (b, b),
     };
     let rows_at_once = max_rows.min(b);
-    // The CPU decode kernels on every thread: for a Llama model from the prefill on where they
-    // have kernels for its many rows (AVX-512), else from the first decode step; for GPT-2
+    // The CPU decode kernels on every thread: for a Llama model from the prefill on (the packed
+    // product takes its many rows), else from the first decode step; for GPT-2
     // from the first decode step, from 8 sequences, or from one in groups (see
     // `decode_kernels`). A prefill outside the scope (later groups' too) runs on libtorch's
     // threads.
@@ -322,9 +322,15 @@ fn run(
                 *draw = sample_row(&flat[*r * v..(*r + 1) * v], params, rng);
             }
         };
-        // In parallel only while libtorch is single-threaded (its idle workers would spin).
+        // On the CPU in parallel only while libtorch is single-threaded (its idle workers
+        // would spin); on a GPU the host's cores are otherwise idle (rows drawn one after
+        // another made a 152k-vocabulary model sample 256 rows on an H200 at 0.32 s a step,
+        // no faster than 32 rows).
         if threads.active() {
             crate::decode_kernels::split(&mut draws, 1, |_, part| sample(part));
+        } else if device.is_cuda() {
+            use rayon::prelude::*;
+            draws.par_chunks_mut(1).for_each(sample);
         } else {
             sample(&mut draws);
         }

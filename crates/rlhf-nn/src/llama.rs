@@ -495,7 +495,7 @@ mod tests {
     /// eleven batch sizes from 1 to 32 (below, at and above the 16-row panel, up to the
     /// kernels' limit),
     /// MHA, GQA and MQA, an adapter on every product and none, left padding of 0-3 tokens;
-    /// Llama-family models (the fused layer, and the prefill too on the AVX-512 path, as
+    /// Llama-family models (the fused layer, and the prefill too, as
     /// `generate` runs them) and GPT-2 (the op-by-op kernels, from 8 rows); on every SIMD
     /// path of this CPU.
     #[test]
@@ -562,7 +562,7 @@ mod tests {
         let want = model
             .forward_cached(ids, mask, &mut plain, adapter)
             .unwrap();
-        // The prefill in the kernels where `generate` runs it there (Llama, AVX-512).
+        // The prefill in the kernels where `generate` runs it there (Llama).
         let prefill_scope = (llama && crate::decode_kernels::prefill_kernels()).then(scope);
         let got = model
             .forward_cached(ids, mask, &mut fused, adapter)

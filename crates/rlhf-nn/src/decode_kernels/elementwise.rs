@@ -166,8 +166,9 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
     Some(out)
 }
 
-/// `y = silu(gate) * up`, with `silu(g) = g / (1 + e^-g)` as libtorch writes it; with AVX-512
-/// the loop is compiled for it, and vectorises (the same bits either way: see [`crate::exp`]).
+/// `y = silu(gate) * up`, with `silu(g) = g / (1 + e^-g)` as libtorch writes it; the loop is
+/// compiled for the path's instruction set, and vectorises (the same bits on every path: see
+/// [`crate::exp`]).
 pub(super) fn swiglu_rows(simd: Simd, gate: &[f32], up: &[f32], y: &mut [f32]) {
     #[inline(always)]
     fn body(gate: &[f32], up: &[f32], y: &mut [f32]) {
@@ -181,12 +182,23 @@ pub(super) fn swiglu_rows(simd: Simd, gate: &[f32], up: &[f32], y: &mut [f32]) {
         body(gate, up, y)
     }
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx512 {
-        // SAFETY: `simd()` chose Avx512 after detecting AVX-512F.
-        return unsafe { body_avx512(gate, up, y) };
+    #[target_feature(enable = "avx2")]
+    unsafe fn body_avx2(gate: &[f32], up: &[f32], y: &mut [f32]) {
+        body(gate, up, y)
     }
-    let _ = simd;
-    body(gate, up, y)
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `simd()` chose the path after detecting its instruction set.
+    unsafe {
+        match simd {
+            Simd::Avx512 => body_avx512(gate, up, y),
+            Simd::Avx2 => body_avx2(gate, up, y),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = simd;
+        body(gate, up, y)
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@
 //! weight once and keep the rows' sums in registers. Output columns are split across the
 //! calling thread and the decode crew (see [`super::DecodeThreads`]).
 //!
-//! With AVX-512 the weights are read from a copy packed 16 output columns to a tile ([`pack`]),
-//! prefetched into L2 ahead of use: one vector holds a tile's 16 weights of input column k,
-//! and each row's `x[i, k]` is broadcast into it, one accumulator per row, so a tile costs as
-//! many multiply-adds per column as there are rows (a batch of 4 does a quarter of the work of
-//! 16). Otherwise (AVX2, and weights of fewer than 16 rows) `x` is transposed into (k, 16)
-//! panels, one vector holding column k of all rows, and each weight value is broadcast.
+//! The weights are read from a copy packed 16 output columns to a tile ([`pack`]), prefetched
+//! into L2 ahead of use: one AVX-512 vector (two AVX2 ones) holds a tile's 16 weights of input
+//! column k, and each row's `x[i, k]` is broadcast into it, one accumulator per row, so a tile
+//! costs as many multiply-adds per column as there are rows (a batch of 4 does a quarter of the
+//! work of 16). Weights of fewer than 16 rows (LoRA's A) are not packed: `x` is transposed into
+//! (k, 16) panels, one vector holding column k of all rows, and each weight value is broadcast.
 //!
 //! Used only inside a decode scope where no autograd record is needed and the shapes suit it:
 //! grad mode off, f32, CPU, contiguous weight, a CPU with AVX-512F or AVX2+FMA, and at most
@@ -30,9 +30,9 @@ use std::rc::Rc;
 use super::{enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
 
 /// Rows of `x` (the product of its leading dimensions) up to which the panel kernels are used;
-/// above it they stream the weight once per 16 rows and BLAS is as fast. The packed kernel
-/// (AVX-512, weights of at least [`PACKED_COLS`] rows) takes any number of rows: a prompt's
-/// prefill inside a decode scope, where it beats MKL on the `sampling` bench's shapes
+/// above it they stream the weight once per 16 rows and BLAS is as fast. The packed kernels
+/// (weights of at least [`PACKED_COLS`] rows) take any number of rows: a prompt's prefill
+/// inside a decode scope, where they beat MKL on the `sampling` bench's shapes
 /// (docs/performance.md).
 pub const MAX_ROWS: i64 = 32;
 
@@ -42,8 +42,11 @@ const LANES: usize = 16;
 /// Weight rows per output tile of the panel kernels.
 const TILE: usize = 8;
 
-/// Output columns per tile of packed weights: one AVX-512 vector.
+/// Output columns per tile of packed weights: one AVX-512 vector, two AVX2 ones.
 const PACKED_COLS: usize = 16;
+
+/// Rows the AVX2 packed kernel multiplies a tile by at once (the AVX-512 one takes 16).
+const AVX2_ROWS: usize = 6;
 
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
@@ -61,7 +64,7 @@ fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     if m == 0
         || wdims.len() != 2
         || wdims[1] != k
-        || (m > MAX_ROWS && !(simd == Simd::Avx512 && wdims[0] >= PACKED_COLS as i64))
+        || (m > MAX_ROWS && wdims[0] < PACKED_COLS as i64)
         || x.kind() != Kind::Float
         || weight.kind() != Kind::Float
         || x.device() != Device::Cpu
@@ -100,7 +103,7 @@ pub(super) fn matmul(
     n: usize,
     y: &mut [f32],
 ) {
-    let packed = packed_weights(simd, w, n, k);
+    let packed = packed_weights(w, n, k);
     product(
         simd,
         x,
@@ -113,8 +116,7 @@ pub(super) fn matmul(
 }
 
 /// `y (m, n) = x (m, k) w^T` with `w` (n, k), all row-major; `packed`, when given, holds the
-/// same weights' whole tiles in the [`pack`] layout and is read instead of `w` for them (with
-/// AVX-512; there is no other packed kernel).
+/// same weights' whole tiles in the [`pack`] layout and is read instead of `w` for them.
 fn product(
     simd: Simd,
     x: &[f32],
@@ -126,8 +128,8 @@ fn product(
 ) {
     assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
     match packed {
-        Some(p) if simd == Simd::Avx512 => product_packed(x, m, k, (w, p), n, y),
-        _ => product_panel(simd, x, m, k, w, n, y),
+        Some(p) => product_packed(simd, x, m, k, (w, p), n, y),
+        None => product_panel(simd, x, m, k, w, n, y),
     }
 }
 
@@ -137,6 +139,7 @@ fn product(
 /// slice, stored straight into `y`. The `n % PACKED_COLS` last columns, which `p` does not hold,
 /// are plain dot products over `w`.
 fn product_packed(
+    simd: Simd,
     x: &[f32],
     m: usize,
     k: usize,
@@ -191,13 +194,18 @@ fn product_packed(
                 xs.as_ptr()
             }),
         };
+        // Rows a tile is multiplied by at once: as many accumulators as the registers hold.
+        let chunk = match simd {
+            Simd::Avx512 => LANES,
+            Simd::Avx2 => AVX2_ROWS,
+        };
         for j in cols.clone().step_by(PACKED_COLS) {
             if j < whole {
                 let tile = &p[j * k..(j + PACKED_COLS) * k];
-                for r0 in (0..m).step_by(LANES) {
-                    let rows = LANES.min(m - r0);
+                for r0 in (0..m).step_by(chunk) {
+                    let rows = chunk.min(m - r0);
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: packing is used only when `simd()` detected AVX-512F; rows
+                    // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; rows
                     // r0..r0+rows of the padded copy of x (this thread's, or the shared one:
                     // k floats each, `stride` apart, untouched until the product ends) and the
                     // tile (k x 16) are inside their buffers; the output rows' columns
@@ -205,6 +213,7 @@ fn product_packed(
                     // alone writes columns `cols`.
                     unsafe {
                         x86::packed_rows(
+                            simd,
                             rows,
                             xs.add(r0 * stride),
                             (k, stride),
@@ -242,8 +251,8 @@ fn pad_rows(src: &[f32], (k, stride): (usize, usize), dst: &mut [f32]) {
 
 /// [`product`] without packed weights: `x` is transposed into (k, 16) row panels, one vector
 /// holding column k of all rows, and each weight row streams through once, broadcast a value
-/// at a time into [`TILE`] accumulators (AVX2, and AVX-512 for weights of fewer than
-/// [`PACKED_COLS`] rows, such as LoRA's A).
+/// at a time into [`TILE`] accumulators (weights of fewer than [`PACKED_COLS`] rows, such as
+/// LoRA's A).
 fn product_panel(simd: Simd, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     thread_local! {
         /// The row panel, reused across calls: a decode step makes dozens of products.
@@ -360,12 +369,12 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The packed copy of `w` (n, k) for the AVX-512 kernel, made on first use in a decode scope.
+/// The packed copy of `w` (n, k) for the packed kernels, made on first use in a decode scope.
 /// Inside the scope the weights are the model's and do not change (no training runs in
 /// `generate`), so the address identifies them; the copies last until the scope ends, a second
 /// copy of the weights `generate` multiplies.
-fn packed_weights(simd: Simd, w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
-    if simd != Simd::Avx512 || n < PACKED_COLS {
+fn packed_weights(w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
+    if n < PACKED_COLS {
         return None;
     }
     let key = (w.as_ptr() as usize, n, k);
@@ -435,7 +444,7 @@ fn block(simd: Simd, panel: &[[f32; LANES]], w: &[f32], k: usize, out: &mut [[f3
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, PACKED_COLS, TILE};
+    use super::{Simd, LANES, PACKED_COLS, TILE};
 
     /// One output row the plain way (tails of fewer than TILE rows).
     fn row(panel: &[[f32; LANES]], w: &[f32]) -> [f32; LANES] {
@@ -517,13 +526,15 @@ mod x86 {
     /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
     const PREFETCH: usize = 2048;
 
-    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for `rows` rows (1..=16)
-    /// and the 16 columns of one packed tile.
+    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for `rows` rows (1..=16
+    /// with AVX-512, 1..=[`super::AVX2_ROWS`] with AVX2) and the 16 columns of one packed tile.
     ///
     /// # Safety
-    /// AVX-512F; `x` readable at `i * stride + kk` for i < rows, kk < k, `tile` is k x 16, and
-    /// `y` writable at `i * n + c` for i < rows, c < 16.
+    /// The CPU has `simd`'s instruction set (AVX-512F, or AVX2 and FMA); `x` readable at
+    /// `i * stride + kk` for i < rows, kk < k, `tile` is k x 16, and `y` writable at
+    /// `i * n + c` for i < rows, c < 16.
     pub(super) unsafe fn packed_rows(
+        simd: Simd,
         rows: usize,
         x: *const f32,
         (k, stride): (usize, usize),
@@ -534,14 +545,17 @@ mod x86 {
         assert_eq!(tile.len(), k * PACKED_COLS);
         let t = tile.as_ptr();
         macro_rules! rows {
-            ($($r:literal)*) => {
+            ($kernel:ident: $($r:literal)*) => {
                 match rows {
-                    $($r => packed_rows_avx512::<$r>(x, (k, stride), t, y, n),)*
-                    _ => unreachable!("1 to 16 rows at a time"),
+                    $($r => $kernel::<$r>(x, (k, stride), t, y, n),)*
+                    _ => unreachable!("more rows than the kernel's registers hold"),
                 }
             };
         }
-        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        match simd {
+            Simd::Avx512 => rows!(packed_rows_avx512: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+            Simd::Avx2 => rows!(packed_rows_avx2: 1 2 3 4 5 6),
+        }
     }
 
     /// [`packed_rows`] for `R` rows: `R` accumulators, each one output row's 16 columns; per
@@ -567,6 +581,36 @@ mod x86 {
         }
         for (i, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(y.add(i * n), *a);
+        }
+    }
+
+    /// [`packed_rows`] for `R` rows with AVX2: a tile's column is two 8-lane vectors, so `2R`
+    /// accumulators, two loads and `2R` fused multiply-adds per column (`R` up to
+    /// [`super::AVX2_ROWS`]: 12 accumulators, the two weight vectors and the broadcast fill the 16
+    /// registers). Each lane's sum runs over k in order as in the AVX-512 kernel: the same bits.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn packed_rows_avx2<const R: usize>(
+        x: *const f32,
+        (k, stride): (usize, usize),
+        t: *const f32,
+        y: *mut f32,
+        n: usize,
+    ) {
+        let mut lo = [_mm256_setzero_ps(); R];
+        let mut hi = [_mm256_setzero_ps(); R];
+        for kk in 0..k {
+            _mm_prefetch::<_MM_HINT_T1>(t.wrapping_add(kk * PACKED_COLS + PREFETCH) as *const i8);
+            let wl = _mm256_loadu_ps(t.add(kk * PACKED_COLS));
+            let wh = _mm256_loadu_ps(t.add(kk * PACKED_COLS + 8));
+            for i in 0..R {
+                let xv = _mm256_set1_ps(*x.add(i * stride + kk));
+                lo[i] = _mm256_fmadd_ps(wl, xv, lo[i]);
+                hi[i] = _mm256_fmadd_ps(wh, xv, hi[i]);
+            }
+        }
+        for i in 0..R {
+            _mm256_storeu_ps(y.add(i * n), lo[i]);
+            _mm256_storeu_ps(y.add(i * n + 8), hi[i]);
         }
     }
 
@@ -645,11 +689,7 @@ mod tests {
             let want = reference(&x, m, k, &w, n);
             let packed = pack(&w, n, k);
             for &s in &variants {
-                let layouts: &[Option<&[f32]>] = match s {
-                    Simd::Avx512 => &[None, Some(&packed)],
-                    Simd::Avx2 => &[None],
-                };
-                for &p in layouts {
+                for p in [None, Some(&packed[..])] {
                     let mut y = vec![f32::NAN; m * n];
                     product(s, &x, m, k, (&w, p), n, &mut y);
                     for (a, b) in y.iter().zip(&want) {
@@ -662,6 +702,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What makes batching safe for sampling: a row's products have the same bits alone, in a
+    /// batch of any size (past one register block and past the panel kernels' limit), packed
+    /// or not, and on either SIMD path.
+    #[test]
+    fn a_row_has_the_same_bits_alone_in_any_batch_and_on_every_path() {
+        let mut rng = crate::rng::rng_for(5, "invariant");
+        let mut r = || crate::rng::uniform(&mut rng) as f32 - 0.5;
+        let (k, n) = (72, 40);
+        let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
+        let packed = pack(&w, n, k);
+        let x: Vec<f32> = (0..70 * k).map(|_| r()).collect();
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        // Each row alone, on the first path, from the plain (panel) kernel.
+        let mut alone: Option<Vec<Vec<u32>>> = None;
+        crate::decode_kernels::paths::for_each("gemm_rows_invariant", |s| {
+            let want = alone.get_or_insert_with(|| {
+                (0..70)
+                    .map(|i| {
+                        let mut y = vec![f32::NAN; n];
+                        product(s, &x[i * k..(i + 1) * k], 1, k, (&w, None), n, &mut y);
+                        bits(&y)
+                    })
+                    .collect()
+            });
+            for m in [1, 5, 6, 7, 16, 17, 33, 70] {
+                for p in [None, Some(&packed[..])] {
+                    if p.is_none() && m > MAX_ROWS as usize {
+                        continue;
+                    }
+                    let mut y = vec![f32::NAN; m * n];
+                    product(s, &x, m, k, (&w, p), n, &mut y);
+                    for (i, row) in y.chunks_exact(n).enumerate() {
+                        assert_eq!(
+                            bits(row),
+                            want[i],
+                            "{s:?} packed {} m {m} row {i}",
+                            p.is_some()
+                        );
+                    }
+                }
+            }
+        });
     }
 
     #[test]
@@ -683,19 +767,13 @@ mod tests {
             assert_eq!(y.size(), want.size());
             let d = (y - &want).abs().max().double_value(&[]);
             assert!(d < 1e-4, "{path:?}: max difference {d}");
-            // Many rows: the packed kernel's (AVX-512) for weights of 16 rows or more; the
-            // panel kernels' limit, libtorch's, otherwise.
-            match (path, try_linear(&tall, &w, Some(&b))) {
-                (Simd::Avx512, Some(y)) => {
-                    let d = (y - tall.linear(&w, Some(&b)))
-                        .abs()
-                        .max()
-                        .double_value(&[]);
-                    assert!(d < 1e-4, "many rows: max difference {d}");
-                }
-                (Simd::Avx512, None) => panic!("packed kernel refused many rows"),
-                (Simd::Avx2, got) => assert!(got.is_none(), "AVX2 took many rows"),
-            }
+            // Many rows: the packed kernel's for weights of 16 rows or more.
+            let y = try_linear(&tall, &w, Some(&b)).expect("packed kernel refused many rows");
+            let d = (y - tall.linear(&w, Some(&b)))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-4, "{path:?} many rows: max difference {d}");
             // Many rows by a weight too short to pack, and another dtype: libtorch's.
             assert!(try_linear(&tall, &w.narrow(0, 0, 8), None).is_none());
             let (xd, wd) = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));

@@ -13,8 +13,8 @@
 //! from libtorch's by float rounding only (tests bound it). `RLHF_NO_DECODE_KERNELS=1` turns
 //! them off (for A/B timing).
 //!
-//! A Llama model's `generate` opens the scope before the prefill where the CPU has AVX-512
-//! ([`prefill_kernels`]): the packed product beats MKL on the prefill's many rows too,
+//! A Llama model's `generate` opens the scope before the prefill ([`prefill_kernels`]): the
+//! packed product beats MKL on the prefill's many rows too (AVX-512 and AVX2 alike),
 //! attention has a many-query variant, and the row-wise ops split across the crew; the prefill
 //! packs the weights the decode steps then read. Elsewhere, and for GPT-2, the scope opens after
 //! the prefill.
@@ -156,10 +156,10 @@ pub(crate) mod paths {
     }
 }
 
-/// True where the kernels cover a prompt's prefill too (its products of many rows need the
-/// packed AVX-512 kernel; elsewhere libtorch's multi-threaded BLAS is the better choice).
+/// True where the kernels cover a prompt's prefill too (its products of many rows run in the
+/// packed kernels, on AVX-512 and AVX2 alike).
 pub(crate) fn prefill_kernels() -> bool {
-    simd() == Some(Simd::Avx512)
+    simd().is_some()
 }
 
 /// All elements of `t` when it is a contiguous f32 CPU tensor, else `None`.
@@ -201,8 +201,8 @@ pub(crate) fn grad_enabled() -> bool {
 }
 
 /// The sampler's weights: `w[i] = exp(logits[i] * inv_t - max)`, NaN where the scaled logit is
-/// not finite. The same bits whichever loop runs (see [`crate::exp`]); with AVX-512 the loop is
-/// compiled for it and vectorised.
+/// not finite. The same bits whichever loop runs (see [`crate::exp`]); the loop is compiled for
+/// the kernels' instruction set ([`simd`]) and vectorised.
 pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
     #[inline(always)]
     fn body(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
@@ -218,9 +218,16 @@ pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f6
         body(logits, inv_t, max, w)
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { body_avx512(logits, inv_t, max, w) };
+    #[target_feature(enable = "avx2")]
+    unsafe fn body_avx2(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
+        body(logits, inv_t, max, w)
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `simd()` chose the path after detecting its instruction set.
+    match simd() {
+        Some(Simd::Avx512) => return unsafe { body_avx512(logits, inv_t, max, w) },
+        Some(Simd::Avx2) => return unsafe { body_avx2(logits, inv_t, max, w) },
+        None => {}
     }
     body(logits, inv_t, max, w)
 }
@@ -255,11 +262,16 @@ pub(crate) fn max_finite(x: &[f32]) -> Option<f32> {
         body(x)
     }
     #[cfg(target_arch = "x86_64")]
-    let best = if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        unsafe { body_avx512(x) }
-    } else {
+    #[target_feature(enable = "avx2")]
+    unsafe fn body_avx2(x: &[f32]) -> f32 {
         body(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `simd()` chose the path after detecting its instruction set.
+    let best = match simd() {
+        Some(Simd::Avx512) => unsafe { body_avx512(x) },
+        Some(Simd::Avx2) => unsafe { body_avx2(x) },
+        None => body(x),
     };
     #[cfg(not(target_arch = "x86_64"))]
     let best = body(x);
