@@ -66,6 +66,42 @@ pub fn generate(
     run(model, adapter, prompts, seeds, params, pad_id, stop, None)
 }
 
+/// Which threads draw a decode step's rows.
+#[derive(Clone, Copy, Debug)]
+enum Draw {
+    /// The decode kernels' crew (inside their scope, libtorch single-threaded).
+    Crew,
+    /// rayon's pool (a GPU computes the logits; the host's cores are free).
+    Pool,
+    /// The calling thread, one row after another.
+    Serial,
+}
+
+/// Draws each row's next token from its logits (`flat`, rows of `vocab`) with its own
+/// sequence's generator: `draws` holds (logits row, generator, result). Each row depends only
+/// on its logits and generator, so every [`Draw`] gives the same results.
+fn draw_rows(
+    flat: &[f32],
+    vocab: usize,
+    params: &SamplingParams,
+    draws: &mut [(usize, &mut ChaCha8Rng, (usize, f32))],
+    how: Draw,
+) {
+    let sample = |part: &mut [(usize, &mut ChaCha8Rng, (usize, f32))]| {
+        for (r, rng, draw) in part.iter_mut() {
+            *draw = sample_row(&flat[*r * vocab..(*r + 1) * vocab], params, rng);
+        }
+    };
+    match how {
+        Draw::Crew => crate::decode_kernels::split(draws, 1, |_, part| sample(part)),
+        Draw::Pool => {
+            use rayon::prelude::*;
+            draws.par_chunks_mut(1).for_each(sample);
+        }
+        Draw::Serial => sample(draws),
+    }
+}
+
 /// Rows up to which [`generate_groups`] is batch-invariant for a model of `kind` on `device`:
 /// `Some` where the CPU decode kernels run (f32 on an x86-64 CPU with AVX-512F or AVX2+FMA,
 /// kernels not turned off), `None` elsewhere (libtorch's products round differently for
@@ -262,10 +298,9 @@ fn run(
     };
     let rows_at_once = max_rows.min(b);
     // The CPU decode kernels on every thread: for a Llama model from the prefill on (the packed
-    // product takes its many rows), else from the first decode step; for GPT-2
-    // from the first decode step, from 8 sequences, or from one in groups (see
-    // `decode_kernels`). A prefill outside the scope (later groups' too) runs on libtorch's
-    // threads.
+    // product takes its many rows); for GPT-2 from the first decode step, from 8 sequences, or
+    // from one in groups (see `decode_kernels`). A prefill outside the scope (GPT-2's, later
+    // groups' too) runs on libtorch's threads.
     use crate::decode_kernels::{prefill_kernels, DecodeThreads};
     let llama = cfg.arch == crate::config::Arch::Llama;
     let scope = || match llama || grouping.is_some() {
@@ -317,23 +352,16 @@ fn run(
             .enumerate()
             .filter_map(|(seq, g)| slot[seq].map(|r| (r, g, (0, 0.0))))
             .collect();
-        let sample = |part: &mut [(usize, &mut ChaCha8Rng, (usize, f32))]| {
-            for (r, rng, draw) in part.iter_mut() {
-                *draw = sample_row(&flat[*r * v..(*r + 1) * v], params, rng);
-            }
-        };
         // On the CPU in parallel only while libtorch is single-threaded (its idle workers
         // would spin); on a GPU the host's cores are otherwise idle (rows drawn one after
         // another made a 152k-vocabulary model sample 256 rows on an H200 at 0.32 s a step,
         // no faster than 32 rows).
-        if threads.active() {
-            crate::decode_kernels::split(&mut draws, 1, |_, part| sample(part));
-        } else if device.is_cuda() {
-            use rayon::prelude::*;
-            draws.par_chunks_mut(1).for_each(sample);
-        } else {
-            sample(&mut draws);
-        }
+        let how = match (threads.active(), device.is_cuda()) {
+            (true, _) => Draw::Crew,
+            (false, true) => Draw::Pool,
+            (false, false) => Draw::Serial,
+        };
+        draw_rows(flat, v, params, &mut draws, how);
         let mut picked = vec![(0usize, 0f32); rows];
         for (r, _, draw) in draws {
             picked[r] = draw;
@@ -401,6 +429,44 @@ mod tests {
 
     use super::*;
     use crate::decode_kernels::paths;
+
+    /// Rows drawn on rayon's pool (as on CUDA) or by the crew get the tokens, log-prob bits
+    /// and generator states of rows drawn one after another.
+    #[test]
+    fn every_way_of_drawing_rows_gives_the_same_draws() {
+        let (rows, vocab) = (9usize, 300usize);
+        let mut g = crate::rng::rng_for(11, "logits");
+        let flat: Vec<f32> = (0..rows * vocab)
+            .map(|_| (crate::rng::normal(&mut g) * 3.0) as f32)
+            .collect();
+        let params = SamplingParams {
+            temperature: 0.8,
+            ..Default::default()
+        };
+        let run = |how: Draw| {
+            let mut rngs: Vec<ChaCha8Rng> = (0..rows as u64)
+                .map(|s| crate::rng::rng_for(s, "draw"))
+                .collect();
+            let mut out = Vec::new();
+            for _step in 0..3 {
+                // rows in another order than their logits, as in a refilled batch
+                let mut draws: Vec<(usize, &mut ChaCha8Rng, (usize, f32))> = rngs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, r)| ((i * 4) % rows, r, (0, 0.0)))
+                    .collect();
+                draw_rows(&flat, vocab, &params, &mut draws, how);
+                out.extend(draws.iter().map(|(r, _, (t, lp))| (*r, *t, lp.to_bits())));
+            }
+            out
+        };
+        let serial = run(Draw::Serial);
+        assert_eq!(run(Draw::Pool), serial, "rayon's pool");
+        let _scope = crate::decode_kernels::DecodeThreads::enter_fused(2, Kind::Float, Device::Cpu);
+        assert_eq!(run(Draw::Crew), serial, "the crew");
+        // the draws are not all the same token (the check can fail)
+        assert!(serial.iter().any(|d| d.1 != serial[0].1));
+    }
     use crate::lora::LoraConfig;
     use crate::ModelConfig;
 

@@ -334,8 +334,7 @@ pub(crate) fn attention_mask(key_mask: &Tensor, t: i64, past_len: i64, kind: Kin
 /// CUDA kernels do; a rounded -3.3895314e38 for bf16 failed every bf16 forward on a GPU).
 pub(crate) fn masked_value(kind: Kind) -> f64 {
     match kind {
-        // -(2 - 2^-7) * 2^127: bf16 keeps 8 bits of mantissa.
-        Kind::BFloat16 => -(2.0 - 2f64.powi(-7)) * 2f64.powi(127),
+        Kind::BFloat16 => half::bf16::MIN.to_f64(),
         Kind::Half => -65504.0,
         _ => f32::MIN as f64,
     }

@@ -492,8 +492,8 @@ mod tests {
     }
 
     /// The kernels against the op-by-op libtorch forward over the shapes `generate` meets:
-    /// eleven batch sizes from 1 to 32 (below, at and above the 16-row panel, up to the
-    /// kernels' limit),
+    /// eleven batch sizes from 1 to 32 (below, at and above the packed kernels' 6 (AVX2) and
+    /// 16 (AVX-512) rows a pass, up to the kernels' limit),
     /// MHA, GQA and MQA, an adapter on every product and none, left padding of 0-3 tokens;
     /// Llama-family models (the fused layer, and the prefill too, as
     /// `generate` runs them) and GPT-2 (the op-by-op kernels, from 8 rows); on every SIMD

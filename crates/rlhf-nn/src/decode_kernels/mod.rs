@@ -156,6 +156,15 @@ pub(crate) mod paths {
     }
 }
 
+/// The instruction set of the vectorised loops that run outside the kernels' scope too (the
+/// sampler's weights and max): the kernels' path ([`simd`], so `RLHF_DECODE_KERNELS=avx2`
+/// measures them on AVX2), else the CPU's best even with `RLHF_NO_DECODE_KERNELS` set (they
+/// give the same bits on every path; turning them off would only slow the sampler down).
+fn vector_path() -> Option<Simd> {
+    static CPU: OnceLock<Option<Simd>> = OnceLock::new();
+    simd().or_else(|| *CPU.get_or_init(|| cpu_paths().first().copied()))
+}
+
 /// True where the kernels cover a prompt's prefill too (its products of many rows run in the
 /// packed kernels, on AVX-512 and AVX2 alike).
 pub(crate) fn prefill_kernels() -> bool {
@@ -202,7 +211,7 @@ pub(crate) fn grad_enabled() -> bool {
 
 /// The sampler's weights: `w[i] = exp(logits[i] * inv_t - max)`, NaN where the scaled logit is
 /// not finite. The same bits whichever loop runs (see [`crate::exp`]); the loop is compiled for
-/// the kernels' instruction set ([`simd`]) and vectorised.
+/// [`vector_path`]'s instruction set and vectorised.
 pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
     #[inline(always)]
     fn body(logits: &[f32], inv_t: f64, max: f64, w: &mut [f64]) {
@@ -223,8 +232,8 @@ pub(crate) fn sampling_weights(logits: &[f32], inv_t: f64, max: f64, w: &mut [f6
         body(logits, inv_t, max, w)
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `simd()` chose the path after detecting its instruction set.
-    match simd() {
+    // SAFETY: `vector_path()` chose the path after detecting its instruction set.
+    match vector_path() {
         Some(Simd::Avx512) => return unsafe { body_avx512(logits, inv_t, max, w) },
         Some(Simd::Avx2) => return unsafe { body_avx2(logits, inv_t, max, w) },
         None => {}
@@ -267,8 +276,8 @@ pub(crate) fn max_finite(x: &[f32]) -> Option<f32> {
         body(x)
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `simd()` chose the path after detecting its instruction set.
-    let best = match simd() {
+    // SAFETY: `vector_path()` chose the path after detecting its instruction set.
+    let best = match vector_path() {
         Some(Simd::Avx512) => unsafe { body_avx512(x) },
         Some(Simd::Avx2) => unsafe { body_avx2(x) },
         None => body(x),
@@ -352,9 +361,11 @@ pub(crate) fn enabled() -> Option<Simd> {
     }
 }
 
-/// Fewest sequences for which the op-by-op kernels pay (GPT-2): below it the 16-lane row panel
-/// is mostly padding and libtorch's per-op costs stay, so small batches were slower with the
-/// kernels than without. Fused Llama layers pay from one sequence (docs/performance.md).
+/// Fewest sequences for which the op-by-op kernels pay (GPT-2): measured when its products ran
+/// on a 16-lane row panel that was mostly padding for small batches, with libtorch's per-op
+/// costs on top; small batches were slower with the kernels than without (docs/performance.md;
+/// not re-measured since the products read packed weights). Fused Llama layers pay from one
+/// sequence.
 const MIN_ROWS: usize = 8;
 
 /// The decode steps of `generate`: turns the kernels on for this thread while it lives, when
@@ -434,6 +445,63 @@ impl Drop for DecodeThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sampler's weights and max and SwiGLU, compiled for each SIMD path, give the bits
+    /// of the plain loops written out here (no fused multiply-add, see [`crate::exp`]).
+    #[test]
+    fn vectorised_loops_give_the_plain_loops_bits_on_every_path() {
+        let mut rng = crate::rng::rng_for(4, "loops");
+        let mut draw = || (crate::rng::normal(&mut rng) * 6.0) as f32;
+        let logits: Vec<f32> = (0..1003)
+            .map(|i| {
+                if i % 97 == 3 {
+                    f32::NEG_INFINITY
+                } else {
+                    draw()
+                }
+            })
+            .collect();
+        let (gate, up): (Vec<f32>, Vec<f32>) = (0..1003).map(|_| (draw(), draw())).unzip();
+        let (inv_t, max) = (1.0 / 0.7, 8.0);
+        let bits64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let plain_w: Vec<f64> = logits
+            .iter()
+            .map(|&v| {
+                let s = v as f64 * inv_t;
+                let e = crate::exp::exp_f64(s - max);
+                if s.is_finite() {
+                    e
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect();
+        let plain_max = logits
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let plain_swiglu: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| g / (1.0 + crate::exp::exp_f32(-g)) * u)
+            .collect();
+        let ran = paths::for_each("vectorised_loops_give_the_plain_loops_bits", |path| {
+            let mut w = vec![0f64; logits.len()];
+            sampling_weights(&logits, inv_t, max, &mut w);
+            assert_eq!(bits64(&w), bits64(&plain_w), "{path:?}: sampling weights");
+            assert_eq!(max_finite(&logits), Some(plain_max), "{path:?}: max");
+            let mut y = vec![0f32; gate.len()];
+            elementwise::swiglu_rows(path, &gate, &up, &mut y);
+            assert_eq!(bits32(&y), bits32(&plain_swiglu), "{path:?}: swiglu");
+        });
+        assert!(
+            ran > 0
+                || std::env::var_os("RLHF_NO_DECODE_KERNELS").is_some()
+                || !cfg!(target_arch = "x86_64")
+        );
+    }
 
     #[test]
     fn max_finite_skips_infinities_and_nan_at_any_length() {
