@@ -179,12 +179,18 @@ impl Steps for Update<'_> {
             let mask = &batch.response_mask;
             let old = at_response(&batch, &pick(&prep.old_logp, micro))?;
             let adv = at_response(&batch, &pick(&prep.advantages, micro))?;
+            // the entropy enters the loss only with a bonus; otherwise it is a metric, computed
+            // without grad so its vocabulary-sized softmax leaves the graph at once
+            let entropy_kind = match s.entropy_coef > 0.0 {
+                true => scoring::Entropy::Trained,
+                false => scoring::Entropy::Reported,
+            };
             let out = scoring::forward_outputs(
                 &models.policy,
                 models.policy_adapter(),
                 &batch,
                 true,
-                true,
+                entropy_kind,
                 false,
             )?;
             let logp = out.logprobs;

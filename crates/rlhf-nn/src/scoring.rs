@@ -26,13 +26,25 @@ fn grad_mode(train: bool) -> Option<tch::NoGradGuard> {
     (!train).then(tch::no_grad_guard)
 }
 
+/// Whether [`forward_outputs`] computes the entropy of the next-token distribution, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entropy {
+    /// Not computed.
+    Off,
+    /// Computed without grad even when training: a metric. Its softmax over the vocabulary
+    /// is then freed at once instead of staying in the autograd graph until the step ends.
+    Reported,
+    /// Computed with grad when training: a term of the loss (an entropy bonus).
+    Trained,
+}
+
 /// One forward producing log-probs, and optionally entropies and head values.
 pub fn forward_outputs(
     model: &Model,
     adapter: Option<&str>,
     batch: &SeqBatch,
     train: bool,
-    entropy: bool,
+    entropy: Entropy,
     values: bool,
 ) -> Result<Outputs> {
     let _guard = grad_mode(train);
@@ -53,14 +65,17 @@ pub fn forward_outputs(
         .gather(-1, &targets.unsqueeze(-1), false)
         .squeeze_dim(-1);
     let logprobs = left_zeros(picked - &lse, start);
-    let entropy = if entropy {
+    let entropy_of = |logits: &Tensor, lse: &Tensor| {
         let p = logits.softmax(-1, Kind::Float);
-        Some(left_zeros(
-            &lse - (p * &logits).sum_dim_intlist(-1, false, Kind::Float),
+        left_zeros(
+            lse - (p * logits).sum_dim_intlist(-1, false, Kind::Float),
             start,
-        ))
-    } else {
-        None
+        )
+    };
+    let entropy = match entropy {
+        Entropy::Off => None,
+        Entropy::Trained => Some(entropy_of(&logits, &lse)),
+        Entropy::Reported => Some(tch::no_grad(|| entropy_of(&logits.detach(), &lse.detach()))),
     };
     let values = if values {
         Some(model.head(adapter, &h)?)
@@ -96,17 +111,18 @@ pub fn token_logprobs(
     batch: &SeqBatch,
     train: bool,
 ) -> Result<Tensor> {
-    Ok(forward_outputs(model, adapter, batch, train, false, false)?.logprobs)
+    Ok(forward_outputs(model, adapter, batch, train, Entropy::Off, false)?.logprobs)
 }
 
-/// (log p(next token), entropy) at every position, each (b, L-1).
+/// (log p(next token), entropy) at every position, each (b, L-1); with grad through both
+/// when `train`.
 pub fn token_logprobs_entropy(
     model: &Model,
     adapter: Option<&str>,
     batch: &SeqBatch,
     train: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let o = forward_outputs(model, adapter, batch, train, true, false)?;
+    let o = forward_outputs(model, adapter, batch, train, Entropy::Trained, false)?;
     let e = o.entropy.unwrap_or_else(|| Tensor::zeros_like(&o.logprobs));
     Ok((o.logprobs, e))
 }
@@ -144,4 +160,38 @@ pub fn last_token_scores(
     let idx = last.view([-1, 1, 1]).expand([-1, 1, h], false);
     let last = hidden.gather(1, &idx, false); // (b, 1, h)
     Ok(model.head(adapter, &last)?.squeeze_dim(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoraConfig, ModelConfig};
+    use tch::Device;
+
+    /// A reported entropy has the trained one's values, without grad (so nothing of it stays in
+    /// the autograd graph), while the log-probs keep theirs.
+    #[test]
+    fn a_reported_entropy_is_the_trained_one_without_grad() {
+        let cfg = ModelConfig::preset("llama-tiny").unwrap();
+        let mut m = Model::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+        m.add_adapter("p", &LoraConfig::default_for(cfg.arch), None, 4)
+            .unwrap();
+        let rows = vec![(vec![5, 9, 17], vec![4, 8, 1]), (vec![7, 2], vec![11, 12])];
+        let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
+        let out = |e| forward_outputs(&m, Some("p"), &batch, true, e, false).unwrap();
+        let (reported, trained) = (out(Entropy::Reported), out(Entropy::Trained));
+        assert!(reported.logprobs.requires_grad() && trained.logprobs.requires_grad());
+        let (r, t) = (reported.entropy.unwrap(), trained.entropy.unwrap());
+        assert!(!r.requires_grad(), "a reported entropy carries grad");
+        assert!(t.requires_grad(), "a trained entropy carries no grad");
+        let bits = |x: &Tensor| {
+            Vec::<f32>::try_from(x.detach().flatten(0, -1))
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&r), bits(&t));
+        assert!(out(Entropy::Off).entropy.is_none());
+    }
 }

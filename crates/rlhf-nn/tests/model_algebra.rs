@@ -454,7 +454,7 @@ fn a_bf16_load_of_a_base_is_recognised_from_a_float32_load() {
 
 #[test]
 fn response_logprobs_and_entropies_equal_the_full_softmax() {
-    use rlhf_nn::scoring::forward_outputs;
+    use rlhf_nn::scoring::{forward_outputs, Entropy};
     for preset in ["llama-tiny", "gpt2-tiny"] {
         let m = model(preset);
         // prompts of 4, 2 and 6 tokens: the logits start at the shortest prompt's last token
@@ -464,7 +464,7 @@ fn response_logprobs_and_entropies_equal_the_full_softmax() {
             (vec![1, 2, 3, 4, 5, 6], vec![30]),
         ];
         let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
-        let out = forward_outputs(&m, None, &batch, false, true, false).unwrap();
+        let out = forward_outputs(&m, None, &batch, false, Entropy::Reported, false).unwrap();
         let _g = tch::no_grad_guard();
         let hidden = m
             .forward(&batch.input_ids, &batch.attention_mask, None, false)
