@@ -429,6 +429,8 @@ mod tests {
 
     use super::*;
     use crate::decode_kernels::paths;
+    use crate::lora::LoraConfig;
+    use crate::ModelConfig;
 
     /// Rows drawn on rayon's pool (as on CUDA) or by the crew get the tokens, log-prob bits
     /// and generator states of rows drawn one after another.
@@ -467,8 +469,6 @@ mod tests {
         // the draws are not all the same token (the check can fail)
         assert!(serial.iter().any(|d| d.1 != serial[0].1));
     }
-    use crate::lora::LoraConfig;
-    use crate::ModelConfig;
 
     /// A random model with adapter "p" on every linear (the LM head too where it is untied),
     /// B non-zero (it changes the outputs).

@@ -344,8 +344,9 @@ pub(crate) fn masked_value(kind: Kind) -> f64 {
 mod mask_tests {
     use super::*;
 
-    /// libtorch converts the mask value with an overflow check (its CUDA `where` does;
-    /// `fill_` does on the CPU too): the value must be the type's own lowest, not a rounded one.
+    /// libtorch's CUDA kernels convert the mask value with an overflow check and refused the
+    /// rounded bf16 minimum; the CPU rounds it silently, so this checks that each kind's value
+    /// is its own lowest exactly (the rounded one failed here too: it filled as another value).
     #[test]
     fn masked_value_converts_to_its_kind_exactly() {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {

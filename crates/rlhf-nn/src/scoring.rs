@@ -75,7 +75,7 @@ pub fn forward_outputs(
     let entropy = match entropy {
         Entropy::Off => None,
         Entropy::Trained => Some(entropy_of(&logits, &lse)),
-        Entropy::Reported => Some(tch::no_grad(|| entropy_of(&logits.detach(), &lse.detach()))),
+        Entropy::Reported => Some(tch::no_grad(|| entropy_of(&logits, &lse))),
     };
     let values = if values {
         Some(model.head(adapter, &h)?)

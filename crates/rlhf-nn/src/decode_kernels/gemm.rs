@@ -10,8 +10,9 @@
 //! into L2 ahead of use: one AVX-512 vector (two AVX2 ones) holds a tile's 16 weights of input
 //! column k, and each row's `x[i, k]` is broadcast into it, one accumulator per row, so a tile
 //! costs as many multiply-adds per column as there are rows (a batch of 4 does a quarter of the
-//! work of 16). Weights of fewer than 16 rows (LoRA's A below rank 16) are not packed: `x` is transposed into
-//! (k, 16) panels, one vector holding column k of all rows, and each weight value is broadcast.
+//! work of 16). Weights of fewer than 16 rows (LoRA's A below rank 16) are not packed: `x` is
+//! transposed into (k, 16) panels, one vector holding column k of all rows, and each weight
+//! value is broadcast.
 //!
 //! Used only inside a decode scope where no autograd record is needed and the shapes suit it:
 //! grad mode off, f32, CPU, contiguous weight, a CPU with AVX-512F or AVX2+FMA, and at most
@@ -136,8 +137,8 @@ fn product(
 /// [`product`] from packed weights: each thread takes whole tiles of [`PACKED_COLS`] output
 /// columns; a tile's 16 columns fill one AVX-512 vector (two AVX2 ones, 6 rows at a time), and
 /// each row of `x` is broadcast a value at a time, so `x` is read where it lies (no panel) and
-/// each accumulator is one output row's slice, stored straight into `y`. The `n % PACKED_COLS` last columns, which `p` does not hold,
-/// are plain dot products over `w`.
+/// each accumulator is one output row's slice, stored straight into `y`. The `n % PACKED_COLS`
+/// last columns, which `p` does not hold, are plain dot products over `w`.
 fn product_packed(
     simd: Simd,
     x: &[f32],
