@@ -2,7 +2,6 @@
 //! --check fails when the checked-in files differ from the code.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -48,7 +47,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("gen-schemas");
     cli.global.init();
     cli::finish(run(&cli), &[])

@@ -1,12 +1,10 @@
 //! init-model: train a byte-level BPE tokenizer and write a Hugging Face model folder with
 //! random weights. Thin entry point: parse, validate, run, map the error to an exit code.
 
-use std::process::ExitCode;
-
 use init_model::{Cli, Settings};
 use rlhf_core::cli;
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let args = rlhf_core::config::parse::<Cli>("init-model");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);

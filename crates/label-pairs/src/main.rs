@@ -2,8 +2,6 @@
 //! preferences file (`export`). Parses the command line, starts logging, runs the
 //! subcommand and maps the outcome to the pipeline's exit codes.
 
-use std::process::ExitCode;
-
 use label_pairs::args::{Cli, Command};
 use label_pairs::{error, export, serve};
 use rlhf_core::cli;
@@ -24,7 +22,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("label-pairs");
     cli.global.init();
     cli::finish_with(run(&cli), &[error::is_bad_input], &[error::is_usage])

@@ -1,7 +1,6 @@
 //! merge-adapter: fold a LoRA adapter into its base (thin CLI over `merge_adapter::run`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 use rlhf_core::cli::{self, GlobalArgs};
@@ -85,7 +84,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("merge-adapter");
     cli.global.init();
     cli::finish_with(run(&cli), &[rlhf_nn::is_bad_input], &[rlhf_nn::is_usage])

@@ -2,12 +2,10 @@
 //! and scores; writes the next policy adapter. Thin entry point: parse, validate, run,
 //! print the JSON summary on stdout, map the error to an exit code.
 
-use std::process::ExitCode;
-
 use ppo_update::{Cli, Settings};
 use rlhf_core::cli;
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let args = rlhf_core::config::parse::<Cli>("ppo-update");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);

@@ -4,8 +4,6 @@
 //! synthetic task. Does not link libtorch. The stage's modules live in the library
 //! (lib.rs); this file parses the command line and maps the outcome to an exit code.
 
-use std::process::ExitCode;
-
 use clap::{Parser, Subcommand};
 use prep_data::reject::Summary;
 use prep_data::{convert, error, pairs, split, synthetic_cmd};
@@ -76,7 +74,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     report(&summary, cli, out_dir)
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("prep-data");
     cli.global.init();
     cli::finish_with(run(&cli), &[error::is_bad_input], &[error::is_usage])

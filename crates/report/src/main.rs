@@ -1,7 +1,6 @@
 //! report: plot and summarise a run folder (thin CLI over `report::run`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 use rlhf_core::cli::{self, GlobalArgs};
@@ -46,7 +45,7 @@ fn positive_nats(v: &str) -> Result<f64, String> {
     }
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("report");
     cli.global.init();
     let settings = report::Settings {

@@ -1,7 +1,6 @@
 //! rlhf-bench: runs the benchmark cases, prints a table and writes results.json.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -74,7 +73,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let cli = rlhf_core::config::parse::<Cli>("rlhf-bench");
     cli.global.init();
     cli::finish(run(&cli), &[])

@@ -58,9 +58,9 @@ pub fn parse<C: Parser>(stage: &str) -> C {
         Ok((_, full)) if asks_to_print(&args) => match resolved_toml::<C>(stage, &full) {
             Ok(text) => {
                 print!("{text}");
-                std::process::exit(0)
+                crate::cli::exit_now(0)
             }
-            Err(e) => e.exit(),
+            Err(e) => clap_exit(e),
         },
         Ok((c, full)) => {
             if let Ok(text) = resolved_toml::<C>(stage, &full) {
@@ -75,8 +75,15 @@ pub fn parse<C: Parser>(stage: &str) -> C {
             }
             c
         }
-        Err(e) => e.exit(),
+        Err(e) => clap_exit(e),
     }
+}
+
+/// Prints a clap error, help or version as `Error::exit` does, and exits by
+/// [`crate::cli::exit_now`] (0 for --help and --version, 2 for usage errors).
+fn clap_exit(e: clap::Error) -> ! {
+    let _ = e.print();
+    crate::cli::exit_now(e.exit_code().clamp(0, 255) as u8)
 }
 
 /// True when the command line holds `--print-config` (before any `--`).

@@ -1,12 +1,10 @@
 //! train-sft: supervised fine-tuning (full or LoRA) on an sft file. Thin entry point:
 //! parse, validate, run, map the error to an exit code.
 
-use std::process::ExitCode;
-
 use rlhf_core::cli;
 use train_sft::{Cli, Settings};
 
-fn main() -> ExitCode {
+fn main() -> ! {
     let args = rlhf_core::config::parse::<Cli>("train-sft");
     args.global.init();
     rlhf_nn::init_threads(args.global.threads);
