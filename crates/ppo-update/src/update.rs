@@ -4,6 +4,7 @@
 //! per-step metrics; rlhf-algo's step loop runs the steps (seeding, NaN/inf guard,
 //! checkpoints, resume, progress).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -57,6 +58,20 @@ pub fn schedule_minibatches(n: usize, s: &Settings, iteration: i32) -> Vec<Vec<u
         );
         out.extend(idx.chunks(s.minibatch_size).map(<[usize]>::to_vec));
     }
+    out
+}
+
+/// A minibatch's rollouts with those of one prompt next to each other (the prompts in the
+/// order the minibatch first names them, each prompt's rollouts in minibatch order), so that a
+/// micro-batch holds whole groups and the forward computes each shared prompt once
+/// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order.
+fn grouped_by_prompt(mb: &[usize], examples: &[Example]) -> Vec<usize> {
+    let mut first_seen: HashMap<usize, usize> = HashMap::new();
+    for (pos, &i) in mb.iter().enumerate() {
+        first_seen.entry(examples[i].group).or_insert(pos);
+    }
+    let mut out = mb.to_vec();
+    out.sort_by_key(|&i| first_seen[&examples[i].group]);
     out
 }
 
@@ -160,7 +175,7 @@ impl Steps for Update<'_> {
         if let Some(c) = opt.critic.as_mut() {
             c.zero_grad();
         }
-        for micro in mb.chunks(s.micro_batch_size) {
+        for micro in grouped_by_prompt(mb, examples).chunks(s.micro_batch_size) {
             let rows: Vec<(&[i32], &[i32])> = micro
                 .iter()
                 .map(|&i| {

@@ -162,6 +162,48 @@ impl Llama {
         Ok(self.norm.forward(&x))
     }
 
+    /// Rows that share prompts, each prompt computed once: `prompts` (g, p) right-padded
+    /// (`prompt_mask` (g, p), 1 = token), `ids` (n, r) the rows' continuations, right-padded
+    /// (`mask` (n, r)), `group` (n,) i64 the prompt of each row. Returns the final-norm hidden
+    /// states of the prompts (g, p, hidden) and of the continuations (n, r, hidden): the full
+    /// forward's on the n rows `prompt ++ continuation`, up to rounding, with the products on
+    /// g p + n r rows instead of n (p + r). A continuation attends to its prompt's keys and
+    /// values and, causally, its own; its positions follow its prompt's.
+    pub fn forward_shared_prefix(
+        &self,
+        (prompts, prompt_mask): (&Tensor, &Tensor),
+        (ids, mask): (&Tensor, &Tensor),
+        group: &Tensor,
+        ctx: Ctx,
+    ) -> Result<(Tensor, Tensor)> {
+        let (r, p) = (ids.size()[1], prompts.size()[1]);
+        let mut xp = Tensor::embedding(&self.embed_tokens, prompts, -1, false, false);
+        let mut xr = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let kind = xp.kind();
+        let prompt_frame = crate::kv_cache::Frame::new(prompt_mask, None, kind)?;
+        let prompt_mask = prompt_mask.to_kind(tch::Kind::Int64).index_select(0, group);
+        let mask = mask.to_kind(tch::Kind::Int64);
+        let past = prompt_mask.sum_dim_intlist(1, false, tch::Kind::Int64);
+        let keys = Tensor::cat(&[prompt_mask, mask.shallow_clone()], 1);
+        let mask_r = crate::layers::attention_mask(&keys, r, p, kind);
+        let (cos_p, sin_p) = self.rope.cos_sin(&prompt_frame.positions, kind);
+        let (cos_r, sin_r) = self
+            .rope
+            .cos_sin(&crate::layers::positions(&mask, Some(&past)), kind);
+        for layer in &self.layers {
+            (xp, xr) = layer.forward_shared(
+                (&xp, &xr),
+                group,
+                (&cos_p, &sin_p),
+                (&cos_r, &sin_r),
+                (&prompt_frame.attn_mask, &mask_r),
+                ctx,
+                self,
+            )?;
+        }
+        Ok((self.norm.forward(&xp), self.norm.forward(&xr)))
+    }
+
     pub fn linears(&self) -> Vec<&Linear> {
         self.layers
             .iter()
@@ -318,12 +360,78 @@ impl LlamaLayer {
         (ctx, last_only): (Ctx, bool),
         m: &Llama,
     ) -> Result<Tensor> {
-        let (b, t) = (x.size()[0], x.size()[1]);
+        let t = x.size()[1];
         if let (1, Some((c, n))) = (t, &cache) {
             if let Some(y) = self.decode_step(x, cos, sin, attn_mask, c, *n, ctx, m) {
                 return Ok(y);
             }
         }
+        let (q, k, v) = self.project(x, cos, sin, ctx, m);
+        let (k, v) = match cache {
+            Some((c, n)) => c.store(n, &k, &v)?,
+            None => (k, v),
+        };
+        // With `last_only`, the rest runs on the last position alone.
+        let last = |t: &Tensor, dim: i64| t.narrow(dim, t.size()[dim as usize] - 1, 1);
+        let (x, q, cos, sin, attn_mask) = if last_only && t > 1 {
+            (
+                last(x, 1),
+                last(&q, 2),
+                last(cos, 2),
+                last(sin, 2),
+                last(attn_mask, 2),
+            )
+        } else {
+            (
+                x.shallow_clone(),
+                q,
+                cos.shallow_clone(),
+                sin.shallow_clone(),
+                attn_mask.shallow_clone(),
+            )
+        };
+        let q = apply_rope(&q, &cos, &sin);
+        self.attend_and_mlp(&x, &q, &k, &v, &attn_mask, ctx, m)
+    }
+
+    /// The layer on rows that share prompts ([`Llama::forward_shared_prefix`]): `xp`
+    /// (g, p, hidden) the prompts, `xr` (n, r, hidden) the continuations, whose attention reads
+    /// the keys and values of their prompt (`group` (n,)), computed once, before their own.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_shared(
+        &self,
+        (xp, xr): (&Tensor, &Tensor),
+        group: &Tensor,
+        (cos_p, sin_p): (&Tensor, &Tensor),
+        (cos_r, sin_r): (&Tensor, &Tensor),
+        (mask_p, mask_r): (&Tensor, &Tensor),
+        ctx: Ctx,
+        m: &Llama,
+    ) -> Result<(Tensor, Tensor)> {
+        let (qp, kp, vp) = self.project(xp, cos_p, sin_p, ctx, m);
+        let (qr, kr, vr) = self.project(xr, cos_r, sin_r, ctx, m);
+        let after_prompt =
+            |prompt: &Tensor, own: Tensor| Tensor::cat(&[prompt.index_select(0, group), own], 2);
+        let (kr, vr) = (after_prompt(&kp, kr), after_prompt(&vp, vr));
+        let qp = apply_rope(&qp, cos_p, sin_p);
+        let qr = apply_rope(&qr, cos_r, sin_r);
+        Ok((
+            self.attend_and_mlp(xp, &qp, &kp, &vp, mask_p, ctx, m)?,
+            self.attend_and_mlp(xr, &qr, &kr, &vr, mask_r, ctx, m)?,
+        ))
+    }
+
+    /// Input norm and the q, k, v products of `x` (b, t, hidden): q (b, heads, t, d) before
+    /// its rotary embedding, k (b, kv_heads, t, d) after it, v (b, kv_heads, t, d).
+    fn project(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        ctx: Ctx,
+        m: &Llama,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (b, t) = (x.size()[0], x.size()[1]);
         let h = self.input_layernorm.forward(x);
         let qkv = self
             .qkv
@@ -337,35 +445,25 @@ impl LlamaLayer {
         let v = qkv[2]
             .reshape([b, t, m.num_kv_heads, m.head_dim])
             .transpose(1, 2);
-        let k = apply_rope(&k, cos, sin);
-        let (k, v) = match cache {
-            Some((c, n)) => c.store(n, &k, &v)?,
-            None => (k, v),
-        };
-        // With `last_only`, the rest runs on the last position alone.
-        let last = |t: &Tensor, dim: i64| t.narrow(dim, t.size()[dim as usize] - 1, 1);
-        let (x, q, cos, sin, attn_mask, t) = if last_only && t > 1 {
-            (
-                last(x, 1),
-                last(&q, 2),
-                last(cos, 2),
-                last(sin, 2),
-                last(attn_mask, 2),
-                1,
-            )
-        } else {
-            (
-                x.shallow_clone(),
-                q,
-                cos.shallow_clone(),
-                sin.shallow_clone(),
-                attn_mask.shallow_clone(),
-                t,
-            )
-        };
-        let q = apply_rope(&q, &cos, &sin);
+        (q, apply_rope(&k, cos, sin), v)
+    }
+
+    /// Attention of `q` (b, heads, t, d, rotated) over `k`, `v` under the additive `mask`,
+    /// the output product and residual on `x` (b, t, hidden), then the MLP with its residual.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_and_mlp(
+        &self,
+        x: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        ctx: Ctx,
+        m: &Llama,
+    ) -> Result<Tensor> {
+        let (b, t) = (q.size()[0], q.size()[2]);
         let gqa = m.num_heads != m.num_kv_heads;
-        let a = crate::decode_kernels::attention::sdpa(&q, &k, &v, &attn_mask, gqa)?;
+        let a = crate::decode_kernels::attention::sdpa(q, k, v, mask, gqa)?;
         let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
         let x = x + self.o_proj.forward(&a, ctx);
         let h = self.post_attention_layernorm.forward(&x);

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::batch::SeqBatch;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{NnError, Result};
 use crate::gpt2::Gpt2;
@@ -400,6 +401,89 @@ impl Model {
             Body::Llama(m) => m.forward(input_ids, attention_mask, None, ctx),
             Body::Gpt2(m) => m.forward(input_ids, attention_mask, None, ctx),
         }
+    }
+
+    /// [`Model::forward`] on a [`SeqBatch`]: the final hidden states (b, L, hidden), those of
+    /// the ordinary forward up to rounding, with each prompt that several rows share (the K
+    /// samples of one prompt, a preference pair) computed once on a Llama-family model when
+    /// that saves enough ([`SeqBatch::shares_prompts`]): every distinct prompt runs once, and each row's
+    /// response attends to its prompt's keys and values ([`Llama::forward_shared_prefix`]).
+    /// Otherwise, and for GPT-2 models, training forwards with LoRA dropout (each row draws
+    /// its own dropout on its prompt) and with `RLHF_NO_SHARED_PROMPTS` set, the ordinary
+    /// forward.
+    pub fn forward_batch(
+        &self,
+        batch: &SeqBatch,
+        adapter: Option<&str>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.ctx(adapter, train)?;
+        let dropout = train && ctx.adapter.is_some_and(|a| a.config.dropout > 0.0);
+        // RLHF_NO_SHARED_PROMPTS=1: every row runs its prompt (to measure the difference)
+        let off = std::env::var_os("RLHF_NO_SHARED_PROMPTS").is_some();
+        let (Body::Llama(m), false, false, true) =
+            (&self.body, dropout, off, batch.shares_prompts())
+        else {
+            return self.forward(&batch.input_ids, &batch.attention_mask, adapter, train);
+        };
+        let device = batch.input_ids.device();
+        let width = batch.input_ids.size()[1] as usize;
+        let host = Vec::<i64>::try_from(batch.input_ids.to_device(Device::Cpu).view([-1]))?;
+        let groups = &batch.prompt_groups;
+        let p = groups
+            .iter()
+            .map(|g| batch.prompt_lens[g[0]])
+            .max()
+            .unwrap_or(1);
+        let r = batch
+            .response_lens
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let (g_n, n) = (groups.len(), batch.len());
+        let (mut prompts, mut prompt_mask) = (vec![0i64; g_n * p], vec![0i64; g_n * p]);
+        let (mut ids, mut mask) = (vec![0i64; n * r], vec![0i64; n * r]);
+        let mut group = vec![0i64; n];
+        for (gi, g) in groups.iter().enumerate() {
+            let len = batch.prompt_lens[g[0]];
+            prompts[gi * p..gi * p + len].copy_from_slice(&host[g[0] * width..g[0] * width + len]);
+            prompt_mask[gi * p..gi * p + len].fill(1);
+            for &i in g {
+                let (start, rl) = (i * width + len, batch.response_lens[i]);
+                ids[i * r..i * r + rl].copy_from_slice(&host[start..start + rl]);
+                mask[i * r..i * r + rl].fill(1);
+                group[i] = gi as i64;
+            }
+        }
+        let t = |v: &[i64], cols: usize| {
+            Tensor::from_slice(v)
+                .view([(v.len() / cols) as i64, cols as i64])
+                .to_device(device)
+        };
+        let group = Tensor::from_slice(&group).to_device(device);
+        let (hp, hr) = m.forward_shared_prefix(
+            (&t(&prompts, p), &t(&prompt_mask, p)),
+            (&t(&ids, r), &t(&mask, r)),
+            &group,
+            ctx,
+        )?;
+        // Each row's states in the batch's layout: its prompt's, then its response's (padding
+        // positions read the response's last column, masked wherever they are used).
+        let both = Tensor::cat(&[hp.index_select(0, &group), hr], 1);
+        let mut at = vec![0i64; n * width];
+        for i in 0..n {
+            let len = batch.prompt_lens[i];
+            for (j, a) in at[i * width..(i + 1) * width].iter_mut().enumerate() {
+                *a = if j < len { j } else { p + (j - len).min(r - 1) } as i64;
+            }
+        }
+        let hidden = both.size()[2];
+        let at = t(&at, width)
+            .unsqueeze(-1)
+            .expand([n as i64, width as i64, hidden], false);
+        Ok(both.gather(1, &at, false))
     }
 
     /// Decode step: runs `input_ids` (b, t) with mask (b, t) of the NEW tokens after what

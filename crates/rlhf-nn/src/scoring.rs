@@ -48,7 +48,7 @@ pub fn forward_outputs(
     values: bool,
 ) -> Result<Outputs> {
     let _guard = grad_mode(train);
-    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let hidden = model.forward_batch(batch, adapter, train)?;
     let l = hidden.size()[1];
     let h = hidden.narrow(1, 0, l - 1);
     // Logits only from the batch's first response position: at a 256-token prompt and a
@@ -135,7 +135,7 @@ pub fn token_values(
     train: bool,
 ) -> Result<Tensor> {
     let _guard = grad_mode(train);
-    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let hidden = model.forward_batch(batch, adapter, train)?;
     let l = hidden.size()[1];
     model.head(adapter, &hidden.narrow(1, 0, l - 1))
 }
@@ -151,7 +151,7 @@ pub fn last_token_scores(
     train: bool,
 ) -> Result<Tensor> {
     let _guard = grad_mode(train);
-    let hidden = model.forward(&batch.input_ids, &batch.attention_mask, adapter, train)?;
+    let hidden = model.forward_batch(batch, adapter, train)?;
     let h = hidden.size()[2];
     let last = match model.config().pad_token_id {
         Some(pad) => batch.last_non_pad_index(pad)?,

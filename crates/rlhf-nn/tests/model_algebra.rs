@@ -492,3 +492,96 @@ fn response_logprobs_and_entropies_equal_the_full_softmax() {
         assert_eq!(zero_at_response, 0.0, "{preset}");
     }
 }
+
+/// Rows that share a prompt run it once (`Model::forward_batch`): the same log-probs, head
+/// values and LoRA gradients as the ordinary forward of every row, up to rounding, for a batch
+/// that mixes groups, a row alone, a row with an empty response and right padding; GPT-2 and a
+/// training forward with LoRA dropout take the ordinary forward (the same bits).
+#[test]
+fn rows_sharing_a_prompt_match_the_ordinary_forward() {
+    use rlhf_nn::scoring::{forward_outputs, Entropy};
+    let rows = vec![
+        (vec![5, 9, 17, 3, 8], vec![4, 8, 1]),
+        (vec![7, 2], vec![11, 12, 13, 14]),
+        (vec![5, 9, 17, 3, 8], vec![30, 31, 32, 33, 34, 35]),
+        (vec![7, 2], vec![15]),
+        (vec![1, 2, 3], vec![40, 41]),
+        (vec![5, 9, 17, 3, 8], vec![]),
+        (vec![5, 9, 17, 3, 8], vec![6]),
+    ];
+    let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
+    assert_eq!(batch.prompt_groups.len(), 3);
+    // 17 of the 44 token rows are prompts run again: this batch takes the shared path
+    assert!(batch.shares_prompts());
+    for (preset, dropout) in [
+        ("llama-tiny", 0.0),
+        ("qwen2-tiny", 0.0),
+        ("gpt2-tiny", 0.0),
+        ("llama-tiny", 0.1),
+    ] {
+        let mut m = model(preset);
+        let targets: &[&str] = match preset {
+            "gpt2-tiny" => &["c_attn", "c_fc"],
+            _ => &["q_proj", "v_proj", "down_proj"],
+        };
+        let mut cfg = lora(targets);
+        cfg.dropout = dropout;
+        m.add_adapter("p", &cfg, Some(HeadKind::Value), 11).unwrap();
+        perturb(&m, "p");
+        let params = m.adapter_parameters("p").unwrap();
+        let mask = &batch.response_mask;
+        let run = |shared: bool| {
+            for p in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            tch::manual_seed(5);
+            let hidden = if shared {
+                m.forward_batch(&batch, Some("p"), true).unwrap()
+            } else {
+                m.forward(&batch.input_ids, &batch.attention_mask, Some("p"), true)
+                    .unwrap()
+            };
+            let l = hidden.size()[1];
+            let h = hidden.narrow(1, 0, l - 1);
+            let logp = m
+                .lm_logits(&h, Some("p"), true)
+                .unwrap()
+                .log_softmax(-1, Kind::Float)
+                .gather(-1, &batch.targets.unsqueeze(-1), false)
+                .squeeze_dim(-1)
+                * mask;
+            let values = m.head(Some("p"), &h).unwrap() * mask;
+            (&logp.sum(Kind::Float) + values.sum(Kind::Float)).backward();
+            let grads: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+            (logp.detach(), values.detach(), grads)
+        };
+        let (want_lp, want_v, want_g) = run(false);
+        let (got_lp, got_v, got_g) = run(true);
+        let what = format!("{preset}, dropout {dropout}");
+        let ordinary = preset == "gpt2-tiny" || dropout > 0.0;
+        let tol = if ordinary { 0.0 } else { 1e-5 };
+        let d = max_diff(&got_lp, &want_lp);
+        assert!(d <= tol, "{what}: log-probs differ by {d}");
+        let d = max_diff(&got_v, &want_v);
+        assert!(d <= tol, "{what}: values differ by {d}");
+        for (g, w) in got_g.iter().zip(&want_g) {
+            let d = max_diff(g, w);
+            let scale = w.abs().max().double_value(&[]).max(1.0);
+            assert!(d <= tol * 10.0 * scale, "{what}: a gradient differs by {d}");
+        }
+        // the scoring entry points read the same hidden states (without dropout: no draws)
+        if dropout == 0.0 {
+            let out = forward_outputs(&m, Some("p"), &batch, false, Entropy::Off, true).unwrap();
+            let d = max_diff(&(&out.logprobs * mask), &want_lp);
+            assert!(
+                d <= 1e-5,
+                "{what}: forward_outputs' log-probs differ by {d}"
+            );
+            let d = max_diff(&(out.values.unwrap() * mask), &want_v);
+            assert!(d <= 1e-5, "{what}: forward_outputs' values differ by {d}");
+        }
+    }
+}
