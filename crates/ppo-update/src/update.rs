@@ -64,7 +64,8 @@ pub fn schedule_minibatches(n: usize, s: &Settings, iteration: i32) -> Vec<Vec<u
 /// A minibatch's rollouts with those of one prompt next to each other (the prompts in the
 /// order the minibatch first names them, each prompt's rollouts in minibatch order), so that a
 /// micro-batch holds whole groups and the forward computes each shared prompt once
-/// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order.
+/// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order (up to
+/// the rounding of the sum).
 fn grouped_by_prompt(mb: &[usize], examples: &[Example]) -> Vec<usize> {
     let mut first_seen: HashMap<usize, usize> = HashMap::new();
     for (pos, &i) in mb.iter().enumerate() {

@@ -47,6 +47,9 @@ pub struct SeqBatch {
     /// The rows grouped by prompt: rows whose prompt tokens are identical (the K samples of
     /// one prompt) share a group; groups in order of their first row, rows in order.
     pub prompt_groups: Vec<Vec<usize>>,
+    /// `input_ids` on the host, row-major (b x L), for [`crate::Model::forward_batch`]'s
+    /// shared prompts (no copy back from a GPU).
+    host_ids: Vec<i64>,
 }
 
 impl SeqBatch {
@@ -121,6 +124,7 @@ impl SeqBatch {
             prompt_lens,
             response_lens,
             prompt_groups,
+            host_ids: ids,
         })
     }
 
@@ -142,20 +146,28 @@ impl SeqBatch {
     }
 
     /// Whether [`crate::Model::forward_batch`] runs each prompt that rows share once: when
-    /// that leaves out at least a quarter of the batch's token rows. The prompts and the
-    /// responses then run as two forwards, a second round of every layer's operations, which
-    /// outweighs a small saving (preference pairs with 10-token prompts on a 3M model trained
-    /// 3x slower with their prompts shared), while GRPO's K samples of a prompt save most of
-    /// the prompt rows.
+    /// that leaves out at least an eighth of the token rows the forward computes, padding
+    /// included (the ordinary forward: every row at the batch's width; the shared one: each
+    /// distinct prompt at the longest prompt's length, each response at the longest
+    /// response's). The prompts and the responses then run as two forwards, a second round of
+    /// every layer's operations, which a small saving does not pay for; GRPO's K samples of
+    /// a prompt save most of the prompt rows (the `rl_loop` bench's groups of 4 x 64-token
+    /// responses to 31-39-token prompts: 24-27%).
     pub fn shares_prompts(&self) -> bool {
-        let rows: usize =
-            self.prompt_lens.iter().sum::<usize>() + self.response_lens.iter().sum::<usize>();
-        let saved: usize = self
-            .prompt_groups
-            .iter()
-            .map(|g| (g.len() - 1) * self.prompt_lens[g[0]])
-            .sum();
-        saved > 0 && 4 * saved >= rows
+        if self.prompt_groups.len() == self.len() {
+            return false;
+        }
+        let width = self.input_ids.size()[1] as usize;
+        let ordinary = self.len() * width;
+        let prompt = self.prompt_lens.iter().copied().max().unwrap_or(0);
+        let response = self.response_lens.iter().copied().max().unwrap_or(0).max(1);
+        let shared = self.prompt_groups.len() * prompt + self.len() * response;
+        8 * ordinary.saturating_sub(shared) >= ordinary
+    }
+
+    /// `input_ids` on the host, row-major (b x L).
+    pub(crate) fn host_ids(&self) -> &[i64] {
+        &self.host_ids
     }
 
     /// Rows.
@@ -228,11 +240,26 @@ mod tests {
         ];
         let b = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
         assert_eq!(b.prompt_groups, vec![vec![0, 2, 4], vec![1], vec![3]]);
-        // 4 of the 13 token rows are a prompt again: at least a quarter
+        // 5 rows of width 4 (20 token rows) against 3 prompts of 2 and 5 responses of 2 (16)
         assert!(b.shares_prompts());
-        // 2 of 24: not worth a second forward
+        // 4 rows of 8 (32) against a prompt of 6 and 4 responses of 2 (14)
+        let group: Vec<_> = (0..4)
+            .map(|i| (vec![1, 2, 3, 4, 5, 6], vec![7, i]))
+            .collect();
+        assert!(SeqBatch::new(&group, 0, Device::Cpu)
+            .unwrap()
+            .shares_prompts());
+        // 2 rows of 12 (24) against a prompt of 2 and 2 responses of 10 (22): under an eighth
         let pairs = [(vec![1, 2], vec![3; 10]), (vec![1, 2], vec![4; 10])];
         assert!(!SeqBatch::new(&pairs, 0, Device::Cpu)
+            .unwrap()
+            .shares_prompts());
+        // a long prompt's group beside a long response: padding would eat the saving
+        let mixed: Vec<_> = (0..4)
+            .map(|i| (vec![9; 100], vec![i]))
+            .chain((0..4).map(|i| (vec![i], vec![8; 100])))
+            .collect();
+        assert!(!SeqBatch::new(&mixed, 0, Device::Cpu)
             .unwrap()
             .shares_prompts());
     }

@@ -404,13 +404,15 @@ impl Model {
     }
 
     /// [`Model::forward`] on a [`SeqBatch`]: the final hidden states (b, L, hidden), those of
-    /// the ordinary forward up to rounding, with each prompt that several rows share (the K
+    /// the ordinary forward up to rounding at every token position (padding positions hold
+    /// other finite values), with each prompt that several rows share (the K
     /// samples of one prompt, a preference pair) computed once on a Llama-family model when
     /// that saves enough ([`SeqBatch::shares_prompts`]): every distinct prompt runs once, and each row's
     /// response attends to its prompt's keys and values ([`Llama::forward_shared_prefix`]).
     /// Otherwise, and for GPT-2 models, training forwards with LoRA dropout (each row draws
     /// its own dropout on its prompt) and with `RLHF_NO_SHARED_PROMPTS` set, the ordinary
-    /// forward.
+    /// forward. On CUDA the shared path's backward (index_select, gather) adds with atomics,
+    /// so its gradients may differ between runs in the last bits.
     pub fn forward_batch(
         &self,
         batch: &SeqBatch,
@@ -428,7 +430,7 @@ impl Model {
         };
         let device = batch.input_ids.device();
         let width = batch.input_ids.size()[1] as usize;
-        let host = Vec::<i64>::try_from(batch.input_ids.to_device(Device::Cpu).view([-1]))?;
+        let host = batch.host_ids();
         let groups = &batch.prompt_groups;
         let p = groups
             .iter()

@@ -511,7 +511,8 @@ fn rows_sharing_a_prompt_match_the_ordinary_forward() {
     ];
     let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
     assert_eq!(batch.prompt_groups.len(), 3);
-    // 17 of the 44 token rows are prompts run again: this batch takes the shared path
+    // 7 rows of width 11 (77 token rows) against 3 prompts of 5 and 7 responses of 6 (57):
+    // this batch takes the shared path
     assert!(batch.shares_prompts());
     for (preset, dropout) in [
         ("llama-tiny", 0.0),
