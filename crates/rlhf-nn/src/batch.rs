@@ -152,7 +152,7 @@ impl SeqBatch {
     /// response's). The prompts and the responses then run as two forwards, a second round of
     /// every layer's operations, which a small saving does not pay for; GRPO's K samples of
     /// a prompt save most of the prompt rows (the `rl_loop` bench's groups of 4 x 64-token
-    /// responses to 31-39-token prompts: 24-27%).
+    /// responses to 31-39-token prompts: 24-28%).
     pub fn shares_prompts(&self) -> bool {
         if self.prompt_groups.len() == self.len() {
             return false;

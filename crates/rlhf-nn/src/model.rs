@@ -405,10 +405,10 @@ impl Model {
 
     /// [`Model::forward`] on a [`SeqBatch`]: the final hidden states (b, L, hidden), those of
     /// the ordinary forward up to rounding at every token position (padding positions hold
-    /// other finite values), with each prompt that several rows share (the K
-    /// samples of one prompt, a preference pair) computed once on a Llama-family model when
-    /// that saves enough ([`SeqBatch::shares_prompts`]): every distinct prompt runs once, and each row's
-    /// response attends to its prompt's keys and values ([`Llama::forward_shared_prefix`]).
+    /// other finite values), with each prompt that several rows share (the K samples of one
+    /// prompt, a preference pair) computed once on a Llama-family model when that saves enough
+    /// ([`SeqBatch::shares_prompts`]): every distinct prompt runs once, and each row's response
+    /// attends to its prompt's keys and values ([`Llama::forward_shared_prefix`]).
     /// Otherwise, and for GPT-2 models, training forwards with LoRA dropout (each row draws
     /// its own dropout on its prompt) and with `RLHF_NO_SHARED_PROMPTS` set, the ordinary
     /// forward. On CUDA the shared path's backward (index_select, gather) adds with atomics,
