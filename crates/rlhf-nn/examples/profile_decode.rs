@@ -3,9 +3,10 @@
 //! For A/B timing of the CPU decode kernels, run it again with `RLHF_NO_DECODE_KERNELS=1`;
 //! for a profile, under `perf record -g`.
 //!
-//! `scripts/cargo.sh run --release -p rlhf-nn --example profile_decode -- [THREADS] [BATCH] [gen]`
+//! `scripts/cargo.sh run --release -p rlhf-nn --example profile_decode -- [THREADS] [BATCH] [gen] [NEW]`
 //! (`gen`: only the whole generate, twice; `gen-lora`: the same through a LoRA adapter on
-//! q_proj and v_proj, as the policy samples in PPO).
+//! q_proj and v_proj, as the policy samples in PPO; `NEW`: new tokens per sequence, 128 unless
+//! given: with 1, `generate` is the prefill and one draw).
 
 use std::time::Instant;
 
@@ -45,7 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.copy_(&noise);
         }
     }
-    let (plen, new) = (64usize, 128usize);
+    let new: usize = args.get(4).map_or(Ok(128), |s| s.parse())?;
+    let plen = 64usize;
     let vocab = cfg.vocab_size as usize;
     let prompts: Vec<Vec<i32>> = (0..batch as usize)
         .map(|i| {
@@ -59,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_new_tokens: new,
         ..Default::default()
     };
-    let total = time("generate (prefill + 128 decode steps)", 2, || {
+    let total = time(&format!("generate (prefill + {new} new tokens)"), 2, || {
         generate(&model, adapter, &prompts, &seeds, &params, 0, None).expect("generate");
     });
     println!(

@@ -49,6 +49,10 @@ const PACKED_COLS: usize = 16;
 /// Rows the AVX2 packed kernel multiplies a tile by at once (the AVX-512 one takes 16).
 const AVX2_ROWS: usize = 6;
 
+/// Columns of a packed tile the AVX2 kernel multiplies all rows by before the next ones (8 KB
+/// of weights).
+const AVX2_BLOCK: usize = 128;
+
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
@@ -195,35 +199,18 @@ fn product_packed(
                 xs.as_ptr()
             }),
         };
-        // Rows a tile is multiplied by at once: as many accumulators as the registers hold.
-        let chunk = match simd {
-            Simd::Avx512 => LANES,
-            Simd::Avx2 => AVX2_ROWS,
-        };
         for j in cols.clone().step_by(PACKED_COLS) {
             if j < whole {
                 let tile = &p[j * k..(j + PACKED_COLS) * k];
-                for r0 in (0..m).step_by(chunk) {
-                    let rows = chunk.min(m - r0);
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; rows
-                    // r0..r0+rows of the padded copy of x (this thread's, or the shared one:
-                    // k floats each, `stride` apart, untouched until the product ends) and the
-                    // tile (k x 16) are inside their buffers; the output rows' columns
-                    // j..j+16 are inside y (m, n), asserted in `product`, and this thread
-                    // alone writes columns `cols`.
-                    unsafe {
-                        x86::packed_rows(
-                            simd,
-                            rows,
-                            xs.add(r0 * stride),
-                            (k, stride),
-                            tile,
-                            out.at(r0 * n + j),
-                            n,
-                        )
-                    };
-                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; the m rows
+                // of the padded copy of x (this thread's, or the shared one: k floats each,
+                // `stride` apart, untouched until the product ends) and the tile (k x 16) are
+                // inside their buffers; the output rows' columns j..j+16 are inside y (m, n),
+                // asserted in `product`, and this thread alone writes columns `cols`.
+                unsafe {
+                    x86::packed_tile(simd, m, xs, (k, stride), tile, out.at(j), n)
+                };
             } else {
                 for jj in j..cols.end {
                     let wr = &w[jj * k..(jj + 1) * k];
@@ -445,7 +432,7 @@ fn block(simd: Simd, panel: &[[f32; LANES]], w: &[f32], k: usize, out: &mut [[f3
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Simd, LANES, PACKED_COLS, TILE};
+    use super::{Simd, AVX2_BLOCK, AVX2_ROWS, LANES, PACKED_COLS, TILE};
 
     /// One output row the plain way (tails of fewer than TILE rows).
     fn row(panel: &[[f32; LANES]], w: &[f32]) -> [f32; LANES] {
@@ -527,16 +514,20 @@ mod x86 {
     /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
     const PREFETCH: usize = 2048;
 
-    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for `rows` rows (1..=16
-    /// with AVX-512, 1..=[`super::AVX2_ROWS`] with AVX2) and the 16 columns of one packed tile.
+    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for the `m` rows and the 16
+    /// columns of one packed tile: 16 rows at a time with AVX-512 (one pass for a decode step);
+    /// with AVX2, whose registers hold [`super::AVX2_ROWS`] rows, [`AVX2_BLOCK`] columns of the
+    /// tile at a time for all rows, so the weights stream from memory while every pass runs
+    /// (the prefetches of the block ahead spread evenly over the passes), not in the first pass
+    /// only.
     ///
     /// # Safety
     /// The CPU has `simd`'s instruction set (AVX-512F, or AVX2 and FMA); `x` readable at
-    /// `i * stride + kk` for i < rows, kk < k, `tile` is k x 16, and `y` writable at
-    /// `i * n + c` for i < rows, c < 16.
-    pub(super) unsafe fn packed_rows(
+    /// `i * stride + kk` for i < m, kk < k, `tile` is k x 16, and `y` writable at
+    /// `i * n + c` for i < m, c < 16.
+    pub(super) unsafe fn packed_tile(
         simd: Simd,
-        rows: usize,
+        m: usize,
         x: *const f32,
         (k, stride): (usize, usize),
         tile: &[f32],
@@ -546,20 +537,47 @@ mod x86 {
         assert_eq!(tile.len(), k * PACKED_COLS);
         let t = tile.as_ptr();
         macro_rules! rows {
-            ($kernel:ident: $($r:literal)*) => {
-                match rows {
-                    $($r => $kernel::<$r>(x, (k, stride), t, y, n),)*
+            ($rows:expr, $kernel:ident $args:tt: $($r:literal)*) => {
+                match $rows {
+                    $($r => $kernel::<$r> $args,)*
                     _ => unreachable!("more rows than the kernel's registers hold"),
                 }
             };
         }
         match simd {
-            Simd::Avx512 => rows!(packed_rows_avx512: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
-            Simd::Avx2 => rows!(packed_rows_avx2: 1 2 3 4 5 6),
+            Simd::Avx512 => {
+                for r0 in (0..m).step_by(LANES) {
+                    let (x, y) = (x.add(r0 * stride), y.add(r0 * n));
+                    rows!((m - r0).min(LANES), packed_rows_avx512(x, (k, stride), t, y, n):
+                        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                }
+            }
+            Simd::Avx2 => {
+                let passes = m.div_ceil(AVX2_ROWS);
+                // Bytes (16.16 fixed point) each pass's prefetch moves on per column: a
+                // block's cache lines (one per column) shared out over its passes.
+                let step = (64usize << 16) / passes;
+                let block = if m <= super::MAX_ROWS as usize {
+                    AVX2_BLOCK
+                } else {
+                    k
+                };
+                for k0 in (0..k).step_by(block) {
+                    let cols = (k0, (k0 + block).min(k));
+                    let ahead = t.wrapping_add((k0 + PREFETCH / PACKED_COLS) * PACKED_COLS);
+                    for r0 in (0..m).step_by(AVX2_ROWS) {
+                        let (x, y) = (x.add(r0 * stride), y.add(r0 * n));
+                        let share = r0 / AVX2_ROWS * block * 64 / passes;
+                        let pf = ((ahead as *const i8).wrapping_add(share), step);
+                        rows!((m - r0).min(AVX2_ROWS), packed_rows_avx2((x, stride), t, cols, y, n, pf):
+                            1 2 3 4 5 6);
+                    }
+                }
+            }
         }
     }
 
-    /// [`packed_rows`] for `R` rows: `R` accumulators, each one output row's 16 columns; per
+    /// [`packed_tile`]'s AVX-512 kernel for `R` rows: `R` accumulators, each one output row's 16 columns; per
     /// column k of the tile one vector load and `R` fused multiply-adds with `x[i, k]`
     /// broadcast. Sums run over k in order, as the panel kernels' do (the same bits).
     #[target_feature(enable = "avx512f")]
@@ -585,22 +603,33 @@ mod x86 {
         }
     }
 
-    /// [`packed_rows`] for `R` rows with AVX2: a tile's column is two 8-lane vectors, so `2R`
-    /// accumulators, two loads and `2R` fused multiply-adds per column (`R` up to
-    /// [`super::AVX2_ROWS`]: 12 accumulators, the two weight vectors and the broadcast fill the 16
-    /// registers). Each lane's sum runs over k in order as in the AVX-512 kernel: the same bits.
+    /// [`packed_tile`]'s AVX2 kernel for `R` rows and the tile's columns `k0..k1`: a tile's
+    /// column is two 8-lane vectors, so `2R` accumulators, two loads and `2R` fused
+    /// multiply-adds per column (`R` up to [`super::AVX2_ROWS`]: 12 accumulators, the two weight
+    /// vectors and the broadcast fill the 16 registers). The accumulators start from zero at
+    /// column 0 and from `y` after it, so each lane's sum runs over k in order as in the
+    /// AVX-512 kernel: the same bits. `pf`: where column `k0`'s prefetch goes, and how far
+    /// (bytes, 16.16 fixed point) each column moves it.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn packed_rows_avx2<const R: usize>(
-        x: *const f32,
-        (k, stride): (usize, usize),
+        (x, stride): (*const f32, usize),
         t: *const f32,
+        (k0, k1): (usize, usize),
         y: *mut f32,
         n: usize,
+        (pf, step): (*const i8, usize),
     ) {
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        for kk in 0..k {
-            _mm_prefetch::<_MM_HINT_T1>(t.wrapping_add(kk * PACKED_COLS + PREFETCH) as *const i8);
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        if k0 > 0 {
+            for i in 0..R {
+                lo[i] = _mm256_loadu_ps(y.add(i * n));
+                hi[i] = _mm256_loadu_ps(y.add(i * n + 8));
+            }
+        }
+        for kk in k0..k1 {
+            // Past the end of the weights it is only a hint; `wrapping_add` keeps the address
+            // arithmetic defined.
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(((kk - k0) * step) >> 16));
             let wl = _mm256_loadu_ps(t.add(kk * PACKED_COLS));
             let wh = _mm256_loadu_ps(t.add(kk * PACKED_COLS + 8));
             for i in 0..R {
@@ -684,6 +713,9 @@ mod tests {
             (17, 40, 9),
             (17, 40, 48),
             (32, 96, 200),
+            // Columns past one AVX2 block (and a ragged last block), few rows and many.
+            (16, 300, 40),
+            (40, 300, 40),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
@@ -713,8 +745,9 @@ mod tests {
         let mut rng = crate::rng::rng_for(5, "invariant");
         let mut r = || crate::rng::uniform(&mut rng) as f32 - 0.5;
         // 45 outputs: two whole packed tiles and a tail of 13; panel tiles of 8 (AVX-512) and
-        // 4 (AVX2) with tails of 5 and 1.
-        let (k, n) = (72, 45);
+        // 4 (AVX2) with tails of 5 and 1. 200 inputs: the AVX2 packed kernel's two blocks of
+        // columns (128 and a ragged 72), its sums carried from one to the next.
+        let (k, n) = (200, 45);
         let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
         let packed = pack(&w, n, k);
         let x: Vec<f32> = (0..70 * k).map(|_| r()).collect();
@@ -787,5 +820,54 @@ mod tests {
             let (xd, wd) = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));
             assert!(try_linear(&xd, &wd, None).is_none());
         });
+    }
+}
+
+/// The packed product's rate on a decode step's shape (16 rows by a 1408 x 512 weight, as
+/// llama-30m's gate and up projections), over 40 such weights (115 MB, so that they stream from
+/// memory as in a decode step), split across the crew (libtorch's thread count): a bench, not
+/// a check.
+/// `scripts/cargo.sh test --release -p rlhf-nn --lib packed_product_rate -- --ignored
+/// --nocapture`; `RATE_ROWS` (16) and `RATE_PATH` (`avx2` or `avx512`, else this CPU's best).
+#[cfg(test)]
+mod rate {
+    use super::*;
+
+    #[test]
+    #[ignore = "a bench: run it by name with --ignored"]
+    fn packed_product_rate() {
+        let Some(best) = super::super::simd() else {
+            eprintln!("packed_product_rate: skipped, no decode kernels on this CPU");
+            return;
+        };
+        let simd = match std::env::var("RATE_PATH").as_deref() {
+            Ok("avx2") => Simd::Avx2,
+            Ok("avx512") => Simd::Avx512,
+            _ => best,
+        };
+        let m: usize = std::env::var("RATE_ROWS").map_or(16, |v| v.parse().expect("RATE_ROWS"));
+        let (k, n, weights) = (512, 1408, 40);
+        let w: Vec<Vec<f32>> = (0..weights)
+            .map(|l| (0..n * k).map(|i| ((i + l) % 7) as f32 * 0.1).collect())
+            .collect();
+        let packed: Vec<Vec<f32>> = w.iter().map(|w| pack(w, n, k)).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
+        let mut y = vec![0f32; m * n];
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                for (w, p) in w.iter().zip(&packed) {
+                    product(simd, &x, m, k, (w, Some(p)), n, &mut y);
+                }
+            }
+            let s = t.elapsed().as_secs_f64();
+            let flops = (2 * m * k * n * weights * 10) as f64;
+            let bytes = (n * k * 4 * weights * 10) as f64;
+            eprintln!(
+                "packed_product_rate {simd:?} {m} rows, round {round}: {:.1} GFLOP/s, weights {:.1} GB/s",
+                flops / s / 1e9,
+                bytes / s / 1e9
+            );
+        }
     }
 }
