@@ -45,13 +45,14 @@ impl Fused {
     pub fn forward(&self, x: &Tensor, members: &[&Linear], ctx: Ctx) -> Vec<Tensor> {
         let y = crate::decode_kernels::gemm::linear(x, &self.weight, self.bias.as_ref());
         let last = y.dim() as i64 - 1;
-        let mut off = 0;
-        members
-            .iter()
-            .map(|l| {
-                let n = l.out_features();
-                let part = y.narrow(last, off, n);
-                off += n;
+        let sizes: Vec<i64> = members.iter().map(|l| l.out_features()).collect();
+        // One split rather than a `narrow` per member: in a training forward each narrow's
+        // backward writes its gradient into a zeroed tensor of y's whole size and autograd adds
+        // those up; the split's backward concatenates the members' gradients once.
+        y.split_with_sizes(sizes.as_slice(), last)
+            .into_iter()
+            .zip(members)
+            .map(|(part, l)| {
                 // Contiguous either way, so later kernels take the same (vectorised) path with and
                 // without an adapter: a fresh adapter then reproduces the base bit for bit.
                 crate::decode_kernels::elementwise::contiguous(&l.add_lora(part, x, ctx))

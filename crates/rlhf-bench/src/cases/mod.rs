@@ -6,6 +6,7 @@ mod matmul_fp32;
 mod ppo_lora_vs_full;
 mod rl_loop;
 mod rm_lora_vs_full;
+mod rm_step;
 mod rollouts;
 mod sampling;
 mod scale;
@@ -18,6 +19,7 @@ static REGISTRY: &[&dyn Case] = &[
     &matmul_fp32::MatmulFp32,
     // add new cases below this line
     &rm_lora_vs_full::RmLoraVsFull,
+    &rm_step::RmStep,
     &ppo_lora_vs_full::PpoLoraVsFull,
     &rollouts::Rollouts,
     &sampling::Sampling,

@@ -31,7 +31,8 @@ const WORDS: [&str; 16] = [
     "thunder", "orchard", "silver", "canyon", "ember", "willow",
 ];
 
-fn word(i: usize, k: usize) -> &'static str {
+/// The `k`th word of example `i`: one of [`WORDS`], by a hash of both.
+pub(super) fn word(i: usize, k: usize) -> &'static str {
     let u = rlhf_core::hash::unit_interval(&format!("{i}:{k}"));
     WORDS[(u * WORDS.len() as f64) as usize % WORDS.len()]
 }

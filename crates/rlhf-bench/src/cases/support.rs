@@ -63,9 +63,20 @@ pub(super) fn binary(name: &str) -> Result<PathBuf> {
 /// Runs a workspace binary and returns the `details` of the summary it prints on stdout's
 /// last line with `--summary-json -` (or Null when `json` is false).
 pub(super) fn run_bin(name: &str, args: &[String], json: bool) -> Result<serde_json::Value> {
+    run_bin_with_env(name, args, &[], json)
+}
+
+/// [`run_bin`] with environment variables `env` set for the child.
+pub(super) fn run_bin_with_env(
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    json: bool,
+) -> Result<serde_json::Value> {
     let bin = binary(name)?;
     let out = Command::new(&bin)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .with_context(|| format!("starting {}", bin.display()))?;
     if !out.status.success() {
