@@ -153,6 +153,13 @@ pub struct Cli {
     /// Rollouts per forward pass; a minibatch is accumulated over minibatch/micro passes.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub micro_batch_size: usize,
+    /// Cut minibatches from a shuffle of the prompts rather than of the rollouts: a prompt's K
+    /// samples stay in one minibatch (when --minibatch-size is a multiple of K) and each
+    /// micro-batch computes their shared prompt once, which makes a step faster; each step
+    /// then sees fewer distinct prompts. With one rollout per prompt, or one minibatch holding
+    /// every rollout, it changes nothing
+    #[arg(long)]
+    pub minibatch_by_prompt: bool,
 
     /// PPO ratio clip range epsilon.
     #[arg(long, default_value_t = 0.2, value_name = "EPS")]

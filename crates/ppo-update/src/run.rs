@@ -188,7 +188,7 @@ pub fn run(s: &Settings) -> Result<Summary> {
     });
 
     let prep = prepare(&models, &data.examples, s, beta, sampled_by_this_policy)?;
-    let minibatches = schedule_minibatches(data.examples.len(), s, iteration);
+    let minibatches = schedule_minibatches(&data.examples, s, iteration);
     let steps_loop = StepLoop {
         stage: STAGE,
         iteration,

@@ -47,6 +47,9 @@ pub struct Settings {
     pub epochs: usize,
     pub minibatch_size: usize,
     pub micro_batch_size: usize,
+    /// --minibatch-by-prompt (absent from fingerprints without it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub minibatch_by_prompt: bool,
     pub clip_range: f64,
     pub value_clip_range: f64,
     pub gamma: f64,
@@ -263,6 +266,7 @@ impl Settings {
             epochs: cli.epochs,
             minibatch_size: cli.minibatch_size,
             micro_batch_size: cli.micro_batch_size,
+            minibatch_by_prompt: cli.minibatch_by_prompt,
             clip_range: cli.clip_range,
             value_clip_range: cli.value_clip_range,
             gamma: cli.gamma,

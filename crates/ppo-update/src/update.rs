@@ -46,17 +46,52 @@ pub struct Update<'a> {
     pub beta: f64,
 }
 
-/// The minibatches of the whole iteration: for each epoch a seeded permutation cut into
-/// chunks of `minibatch_size` (the last may be smaller).
-pub fn schedule_minibatches(n: usize, s: &Settings, iteration: i32) -> Vec<Vec<usize>> {
+/// The minibatches of the whole iteration: for each epoch a seeded permutation of the
+/// rollouts, cut into chunks of `minibatch_size` (the last may be smaller). With
+/// `--minibatch-by-prompt` the permutation is of the prompts' groups instead (each group's
+/// rollouts in file order, one after another), so that a prompt's K samples land in one
+/// minibatch when `minibatch_size` is a multiple of K and its micro-batches compute the prompt
+/// once (`Model::forward_batch`); with one rollout per prompt both give the same order (the
+/// same seed and label).
+pub fn schedule_minibatches(examples: &[Example], s: &Settings, iteration: i32) -> Vec<Vec<usize>> {
+    let groups: Vec<usize> = examples.iter().map(|e| e.group).collect();
+    let cut = Cut {
+        epochs: s.epochs,
+        size: s.minibatch_size,
+        by_prompt: s.minibatch_by_prompt,
+        seed: s.seed,
+    };
+    schedule(&groups, &cut, iteration)
+}
+
+/// What [`schedule_minibatches`] takes from the settings.
+struct Cut {
+    epochs: usize,
+    size: usize,
+    by_prompt: bool,
+    seed: u64,
+}
+
+/// [`schedule_minibatches`] for rollouts whose prompts' groups are `groups` (numbered in order
+/// of first appearance).
+fn schedule(groups: &[usize], cut: &Cut, iteration: i32) -> Vec<Vec<usize>> {
+    let count = groups.iter().map(|g| g + 1).max().unwrap_or(0);
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (i, &g) in groups.iter().enumerate() {
+        members[g].push(i);
+    }
     let mut out = Vec::new();
-    for epoch in 0..s.epochs {
-        let idx = rlhf_core::rng::permutation(
-            n,
-            s.seed,
-            &format!("ppo-update/order/{iteration}/{epoch}"),
-        );
-        out.extend(idx.chunks(s.minibatch_size).map(<[usize]>::to_vec));
+    for epoch in 0..cut.epochs {
+        let label = format!("ppo-update/order/{iteration}/{epoch}");
+        let idx: Vec<usize> = if cut.by_prompt {
+            rlhf_core::rng::permutation(count, cut.seed, &label)
+                .into_iter()
+                .flat_map(|g| members[g].iter().copied())
+                .collect()
+        } else {
+            rlhf_core::rng::permutation(groups.len(), cut.seed, &label)
+        };
+        out.extend(idx.chunks(cut.size).map(<[usize]>::to_vec));
     }
     out
 }
@@ -341,5 +376,54 @@ impl Steps for Update<'_> {
             grad_norm: gn,
             tokens: mb_tokens as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minibatches_by_prompt_hold_whole_groups_and_single_rollouts_keep_their_order() {
+        // 6 prompts x 4 samples, minibatches of 8, 2 epochs.
+        let groups: Vec<usize> = (0..24).map(|i| i / 4).collect();
+        let cut = |by_prompt| Cut {
+            epochs: 2,
+            size: 8,
+            by_prompt,
+            seed: 7,
+        };
+        let by_prompt = schedule(&groups, &cut(true), 3);
+        assert_eq!(by_prompt.len(), 6);
+        for mb in &by_prompt {
+            let mut gs: Vec<usize> = mb.iter().map(|&i| groups[i]).collect();
+            gs.dedup();
+            assert_eq!(gs.len(), 2, "two whole groups: {mb:?}");
+            assert!(mb.chunks(4).all(|g| g.windows(2).all(|w| w[1] == w[0] + 1)));
+        }
+        // Each epoch covers every rollout once.
+        for epoch in by_prompt.chunks(3) {
+            let mut all: Vec<usize> = epoch.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..24).collect::<Vec<_>>());
+        }
+        // Shuffling rollouts mixes the groups (this seed), as before the option existed.
+        let by_rollout = schedule(&groups, &cut(false), 3);
+        assert_eq!(
+            by_rollout[0..3].concat(),
+            rlhf_core::rng::permutation(24, 7, "ppo-update/order/3/0")
+        );
+        assert!(by_rollout.iter().any(|mb| {
+            let mut gs: Vec<usize> = mb.iter().map(|&i| groups[i]).collect();
+            gs.sort_unstable();
+            gs.dedup();
+            gs.len() > 2
+        }));
+        // One rollout per prompt: both orders are the same.
+        let single: Vec<usize> = (0..24).collect();
+        assert_eq!(
+            schedule(&single, &cut(true), 3),
+            schedule(&single, &cut(false), 3)
+        );
     }
 }

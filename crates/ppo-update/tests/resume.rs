@@ -41,6 +41,9 @@ fn resume_after_a_stop_equals_an_uninterrupted_run() {
             "2",
             "--micro-batch-size",
             "1",
+            // minibatches cut from shuffled prompts (2 samples each): the order a resume must
+            // reproduce (the other tests shuffle rollouts)
+            "--minibatch-by-prompt",
             "--kl-target",
             "1.0",
             "--seed",

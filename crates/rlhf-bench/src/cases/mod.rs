@@ -3,6 +3,7 @@
 //! Cases that use another's figure (e.g. the matmul roof) must come after it.
 
 mod matmul_fp32;
+mod policy_step;
 mod ppo_lora_vs_full;
 mod rl_loop;
 mod rm_lora_vs_full;
@@ -21,6 +22,7 @@ static REGISTRY: &[&dyn Case] = &[
     &rm_lora_vs_full::RmLoraVsFull,
     &rm_step::RmStep,
     &ppo_lora_vs_full::PpoLoraVsFull,
+    &policy_step::PolicyStep,
     &rollouts::Rollouts,
     &sampling::Sampling,
     &rl_loop::RlLoop,
