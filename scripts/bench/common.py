@@ -49,3 +49,33 @@ def peak_rss_bytes():
     except OSError:
         pass
     return None
+
+
+def right_padded(seqs, pad):
+    """(ids, attention mask) of token lists right-padded with `pad` to the longest."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def lora_on_q_v(base, task_type, rank):
+    """A peft LoRA on q_proj and v_proj (rank, alpha 2 x rank, no dropout) in training mode,
+    and its trainable parameters."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        task_type=task_type,
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
+    model = get_peft_model(base, cfg).train()
+    return model, [p for p in model.parameters() if p.requires_grad]
+

@@ -24,7 +24,7 @@ import time
 import pyarrow.parquet as pq
 import torch
 
-from common import emit, peak_rss_bytes
+from common import emit, lora_on_q_v, peak_rss_bytes
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -42,21 +42,12 @@ def main():
     args = ap.parse_args()
 
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    cfg = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=args.lora_rank,
-        lora_alpha=2 * args.lora_rank,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-    )
-    model = get_peft_model(base, cfg).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = lora_on_q_v(base, "CAUSAL_LM", args.lora_rank)
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
     cols = ["rollout_id", "prompt_id", "prompt_tokens", "response_tokens", "logprobs", "ref_logprobs"]

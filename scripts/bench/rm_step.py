@@ -24,7 +24,7 @@ import time
 import pyarrow.parquet as pq
 import torch
 
-from common import emit, peak_rss_bytes
+from common import emit, lora_on_q_v, peak_rss_bytes, right_padded
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -68,7 +68,6 @@ def main():
     args = ap.parse_args()
 
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     torch.set_num_threads(args.threads)
@@ -76,15 +75,7 @@ def main():
     encode, pad = encoder(args.model)
     base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1, dtype=torch.float32)
     base.config.pad_token_id = pad
-    cfg = LoraConfig(
-        task_type="SEQ_CLS",
-        r=args.lora_rank,
-        lora_alpha=2 * args.lora_rank,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-    )
-    model = get_peft_model(base, cfg).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = lora_on_q_v(base, "SEQ_CLS", args.lora_rank)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
     t = pq.read_table(args.preferences, columns=["prompt", "chosen", "rejected"]).to_pydict()
@@ -99,12 +90,7 @@ def main():
     def batch(step):
         ps = pairs[step * args.batch_size:(step + 1) * args.batch_size]
         seqs = [c for c, _ in ps] + [r for _, r in ps]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = right_padded(seqs, pad)
         return ids, mask, sum(len(s) for s in seqs)
 
     batches = [batch(s) for s in range(args.steps)]

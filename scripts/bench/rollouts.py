@@ -25,7 +25,7 @@ import time
 import pyarrow.parquet as pq
 import torch
 
-from common import emit, peak_rss_bytes
+from common import emit, peak_rss_bytes, right_padded
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -154,12 +154,7 @@ def score(args):
     start = time.perf_counter()
     with torch.no_grad():
         for seqs in groups:
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
+            ids, mask = right_padded(seqs, pad)
             _ = model(input_ids=ids, attention_mask=mask).logits
             rows += len(seqs)
     secs = time.perf_counter() - start

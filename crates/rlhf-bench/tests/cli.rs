@@ -138,6 +138,43 @@ fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
     }
 }
 
+/// The training-step cases end to end on the small preset, without the Python references:
+/// each reports our seconds per step with and without shared prompts.
+#[test]
+fn quick_training_step_cases_report_ours_with_and_without_shared_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let o = bench()
+        .args([
+            "--quick",
+            "--threads",
+            "1",
+            "--cases",
+            "rm_step,policy_step",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "rm_step.small.seconds_per_step",
+            "rm_step.small.seconds_per_step_unshared_prompts",
+            "policy_step.small.seconds_per_step",
+            "policy_step.small.seconds_per_step_unshared_prompts",
+        ]
+    );
+    for c in cases {
+        assert!(c["value"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["reference"].is_null(), "no Python, no reference: {c}");
+    }
+}
+
 /// `--quick --cases scale`: the SmolLM2 config cut to 2 layers, written by transformers,
 /// goes through every stage (LoRA and --full) and each reports seconds and peak RSS. Needs
 /// RLHF_PYTHON (the model folder is transformers'); without it the case must fail saying so.

@@ -77,15 +77,23 @@ fn measure(
     ]);
     args.extend(strings(&common));
     run_bin("score-rewards", &args, false)?;
+    // What both sides read, and their minibatches.
+    let inputs = strings(&[
+        "--model",
+        &p(&model),
+        "--rollouts",
+        &p(&rollouts),
+        "--scores",
+        &p(&scores),
+        "--minibatch-size",
+        MINIBATCH,
+        "--micro-batch-size",
+        MICRO,
+    ]);
     let update = |out: &str, env: &[(&str, &str)]| -> Result<f64> {
         let out = dir.join(out);
-        let mut args = strings(&[
-            "--model",
-            &p(&model),
-            "--rollouts",
-            &p(&rollouts),
-            "--scores",
-            &p(&scores),
+        let mut args = inputs.clone();
+        args.extend(strings(&[
             "--out",
             &p(&out),
             "--algo",
@@ -100,10 +108,6 @@ fn measure(
             "16",
             "--lora-targets",
             "q_proj,v_proj",
-            "--minibatch-size",
-            MINIBATCH,
-            "--micro-batch-size",
-            MICRO,
             // a prompt's samples in one minibatch, as TRL's GRPOTrainer batches them
             "--minibatch-by-prompt",
             "--epochs",
@@ -111,7 +115,7 @@ fn measure(
             "--device",
             "cpu",
             "--record-timings",
-        ]);
+        ]));
         args.extend(strings(&common));
         run_bin_with_env("ppo-update", &args, env, false)?;
         let log = MetricsLog::read(&out.join("metrics.parquet"), "ppo-update", 0)?;
@@ -123,20 +127,8 @@ fn measure(
     let mut m = Measurement::new(name("seconds_per_step"), ours, "s");
     let mut u = Measurement::new(name("seconds_per_step_unshared_prompts"), unshared, "s");
     let script = "policy_step.py";
-    let args = strings(&[
-        "--model",
-        &p(&model),
-        "--rollouts",
-        &p(&rollouts),
-        "--scores",
-        &p(&scores),
-        "--minibatch-size",
-        MINIBATCH,
-        "--micro-batch-size",
-        MICRO,
-        "--threads",
-        &threads,
-    ]);
+    let mut args = inputs.clone();
+    args.extend(strings(&["--threads", &threads]));
     if let Some(v) = python::run_script(ctx, script, &args)? {
         let theirs = python::number(&v, "fastest_seconds_per_step", script)?;
         let vs = "transformers + peft, same rollouts/minibatches/LoRA";

@@ -71,6 +71,25 @@ fn pairs(n: usize) -> Vec<PreferenceRow> {
         .collect()
 }
 
+/// Makes the bench base `model` with init-model: `preset`, a 1024-token BPE trained on the
+/// preference file's prompts and responses, random weights.
+pub(super) fn init_base(prefs: &Path, preset: &str, model: &Path) -> Result<()> {
+    let init = strings(&[
+        "--text-file",
+        &p(prefs),
+        "--text-column",
+        "prompt,chosen,rejected",
+        "--vocab-size",
+        "1024",
+        "--preset",
+        preset,
+        "--out",
+        &p(model),
+        "-q",
+    ]);
+    run_bin("init-model", &init, false).map(drop)
+}
+
 /// Figures of one training run.
 struct RunFigures {
     seconds_per_step: f64,
@@ -139,20 +158,7 @@ fn measure(ctx: &Context, root: &Path, preset: &str, steps: usize) -> Result<Vec
     );
     write_records(&prefs, &pairs(400), &l)?;
     let model = dir.join("base");
-    let init = strings(&[
-        "--text-file",
-        &p(&prefs),
-        "--text-column",
-        "prompt,chosen,rejected",
-        "--vocab-size",
-        "1024",
-        "--preset",
-        preset,
-        "--out",
-        &p(&model),
-        "-q",
-    ]);
-    run_bin("init-model", &init, false)?;
+    init_base(&prefs, preset, &model)?;
     let lora = train(&dir, &model, &prefs, false, steps, ctx.threads)?;
     let full = train(&dir, &model, &prefs, true, steps, ctx.threads)?;
     let name = |what: &str| format!("rm_lora_vs_full.{preset}.{what}");

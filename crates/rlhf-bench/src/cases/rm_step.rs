@@ -21,8 +21,8 @@ use rlhf_core::parquet_io::write_records;
 use rlhf_core::records::PreferenceRow;
 use rlhf_core::schema::Artifact;
 
-use super::rm_lora_vs_full::word;
-use super::support::{p, run_bin, run_bin_with_env, strings, Scratch};
+use super::rm_lora_vs_full::{init_base, word};
+use super::support::{p, run_bin_with_env, strings, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -75,23 +75,7 @@ fn measure(ctx: &Context, root: &Path, preset: &str, steps: usize) -> Result<Vec
     );
     write_records(&prefs, &pairs(steps * BATCH, 150, 100), &l)?;
     let model = dir.join("base");
-    run_bin(
-        "init-model",
-        &strings(&[
-            "--text-file",
-            &p(&prefs),
-            "--text-column",
-            "prompt,chosen,rejected",
-            "--vocab-size",
-            "1024",
-            "--preset",
-            preset,
-            "--out",
-            &p(&model),
-            "-q",
-        ]),
-        false,
-    )?;
+    init_base(&prefs, preset, &model)?;
     let threads = ctx.threads.to_string();
     let train = |out: &str, env: &[(&str, &str)]| -> Result<f64> {
         let out = dir.join(out);
