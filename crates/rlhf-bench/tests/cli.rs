@@ -8,6 +8,21 @@ fn bench() -> Command {
     c
 }
 
+/// `rlhf-bench --quick --threads 1 --cases CASES` without the Python references: the
+/// results file's cases, after checking that the run succeeded.
+fn quick_cases(cases: &str) -> Vec<serde_json::Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let o = bench()
+        .args(["--quick", "--threads", "1", "--cases", cases, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
 #[test]
 fn quick_run_writes_results_json() {
     let tmp = tempfile::tempdir().unwrap();
@@ -75,23 +90,7 @@ fn unknown_case_is_refused() {
 /// the full run. Only shapes and the trainable-parameter counts are checked, never timings.
 #[test]
 fn quick_ppo_lora_vs_full_reports_each_figure_against_full_tuning() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("r.json");
-    let o = bench()
-        .args([
-            "--quick",
-            "--threads",
-            "1",
-            "--cases",
-            "ppo_lora_vs_full",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let cases = v["cases"].as_array().unwrap();
+    let cases = quick_cases("ppo_lora_vs_full");
     let get = |what: &str| {
         let name = format!("ppo_lora_vs_full.small.rloo.{what}");
         cases
@@ -120,16 +119,7 @@ fn quick_ppo_lora_vs_full_reports_each_figure_against_full_tuning() {
 /// case reports completion tokens per second, seconds per iteration and peak memory.
 #[test]
 fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("r.json");
-    let o = bench()
-        .args(["--quick", "--threads", "1", "--cases", "rl_loop", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let cases = v["cases"].as_array().unwrap();
+    let cases = quick_cases("rl_loop");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["rl_loop", "rl_loop_iteration", "rl_loop_peak_rss"]);
     for c in cases {
@@ -142,23 +132,7 @@ fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
 /// each reports our seconds per step with and without shared prompts.
 #[test]
 fn quick_training_step_cases_report_ours_with_and_without_shared_prompts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("r.json");
-    let o = bench()
-        .args([
-            "--quick",
-            "--threads",
-            "1",
-            "--cases",
-            "rm_step,policy_step",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let cases = v["cases"].as_array().unwrap();
+    let cases = quick_cases("rm_step,policy_step");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
