@@ -19,10 +19,15 @@ die() { echo "install: $*" >&2; exit 1; }
 mkdir -p "$prefix/bin" "$prefix/lib" "$prefix/share/perl-rlhf/scripts"
 prefix=$(cd "$prefix" && pwd -P)
 
-# Every package with a src/main.rs builds a binary of the same name.
+# Every package with a src/main.rs builds a binary of the same name, and each
+# src/bin/NAME/main.rs one named NAME (score-rewards-rm, which score-rewards hands reward
+# models to).
 names=()
 for main in "$root"/crates/*/src/main.rs; do
   names+=("$(basename "$(dirname "$(dirname "$main")")")")
+done
+for main in "$root"/crates/*/src/bin/*/main.rs; do
+  [ -e "$main" ] && names+=("$(basename "$(dirname "$main")")")
 done
 for name in "${names[@]}"; do
   [ -x "$bin/$name" ] || die "$bin/$name is missing (run \`make build\` first)"

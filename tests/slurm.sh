@@ -43,7 +43,7 @@ failed=()
 check_failed() { echo "slurm test: check FAILED: $*" >&2; failed+=("$*"); }
 say() { echo "slurm test [$((SECONDS - T0))s]: $*" >&2; }
 
-for b in prep-data init-model train-sft train-rm-lora sample-rollouts score-rewards ppo-update merge-adapter report; do
+for b in prep-data init-model train-sft train-rm-lora sample-rollouts score-rewards score-rewards-rm ppo-update merge-adapter report; do
   [ -x "$BIN/$b" ] || fail "missing $BIN/$b (run make build first)"
 done
 PY=${RLHF_PYTHON:-$(scripts/setup-python.sh)/bin/python}

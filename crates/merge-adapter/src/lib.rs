@@ -18,7 +18,7 @@ use rlhf_core::atomic::AtomicDir;
 use rlhf_core::lineage::Lineage;
 use rlhf_core::schema::Artifact;
 use rlhf_core::CoreError;
-use rlhf_nn::{Dtype, Model};
+use rlhf_nn::{Dtype, DtypeKind, Model};
 use tch::{Device, Kind};
 use tracing::{info, warn};
 

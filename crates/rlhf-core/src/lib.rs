@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod chat;
 pub mod cli;
 pub mod column;
+pub mod compute;
 pub mod config;
 pub mod error;
 pub mod hash;

@@ -4,25 +4,24 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tch::{Device, Kind};
 
 use crate::config::Arch;
 use crate::error::{NnError, Result};
 use crate::lora::LoraConfig;
 
-/// Floating-point type of the model weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Dtype {
-    /// 32-bit float (the default; on CPUs without AMX bf16 is several times slower).
-    F32,
-    /// bfloat16 (halves memory; LoRA weights and heads stay f32).
-    Bf16,
+use rlhf_core::compute::DeviceName;
+pub use rlhf_core::compute::Dtype;
+
+/// The libtorch kind of a `--dtype` value.
+pub trait DtypeKind {
+    /// The libtorch kind.
+    fn kind(self) -> Kind;
 }
 
-impl Dtype {
-    /// The libtorch kind.
-    pub fn kind(self) -> Kind {
+impl DtypeKind for Dtype {
+    fn kind(self) -> Kind {
         match self {
             Dtype::F32 => Kind::Float,
             Dtype::Bf16 => Kind::BFloat16,
@@ -59,22 +58,10 @@ impl ModelArgs {
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`. `auto` picks CUDA device 0 when available.
 pub fn parse_device(s: &str) -> Result<Device> {
-    let s = s.trim().to_ascii_lowercase();
-    match s.as_str() {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => cuda(0),
-        other => match other.strip_prefix("cuda:") {
-            Some(n) => match n.parse::<usize>() {
-                Ok(i) => cuda(i),
-                Err(_) => Err(NnError::Device(format!(
-                    "--device `{s}`: expected auto, cpu, cuda or cuda:N with N a number"
-                ))),
-            },
-            None => Err(NnError::Device(format!(
-                "--device `{s}`: expected auto, cpu, cuda or cuda:N"
-            ))),
-        },
+    match DeviceName::parse(s).map_err(NnError::Device)? {
+        DeviceName::Auto => Ok(Device::cuda_if_available()),
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Cuda(i) => cuda(i),
     }
 }
 

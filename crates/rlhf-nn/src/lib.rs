@@ -36,7 +36,7 @@ pub mod weights;
 
 use std::error::Error as StdError;
 
-pub use args::{init_threads, parse_device, Dtype, LoraArgs, LoraChoice, ModelArgs};
+pub use args::{init_threads, parse_device, Dtype, DtypeKind, LoraArgs, LoraChoice, ModelArgs};
 pub use config::{Arch, ModelConfig};
 pub use error::NnError;
 pub use kv_cache::KvCache;

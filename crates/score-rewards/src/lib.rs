@@ -4,11 +4,11 @@
 
 pub mod combine;
 pub mod groups;
-pub mod reward_model;
 pub mod rules;
 pub mod run;
 pub mod settings;
 pub mod stats;
+pub mod text_input;
 
 pub use run::run;
 pub use settings::{Cli, Settings};

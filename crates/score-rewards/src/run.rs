@@ -16,10 +16,40 @@ use rlhf_core::CoreError;
 
 use crate::combine::{response_length, CombineSpec, ENDED};
 use crate::groups::{Group, GroupReader};
-use crate::reward_model::{self, RewardModels};
 use crate::rules::{References, RowView, RuleKind};
-use crate::settings::{Cli, Settings};
+use crate::settings::{rm_columns, Cli, Settings};
 use crate::stats::{column_stats, ColumnStats};
+use crate::text_input::TextInput;
+
+/// A run's reward models, loaded by a [`RewardModelBackend`].
+pub trait RewardModels {
+    /// Normalised scores of `rows`: `[member][row]`; `source` names the rollouts in errors.
+    fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>>;
+    /// The reward models' tokenizer hash when they share one (recorded in the scores'
+    /// lineage).
+    fn tokenizer_hash(&self) -> Option<&str>;
+    /// For each reward model that encodes the rollout text itself (--retokenize), its
+    /// column and the number of rollouts it encoded each way, in column order.
+    fn text_inputs(&self) -> Vec<(&str, &BTreeMap<TextInput, usize>)>;
+}
+
+/// Where reward models come from: the `score-rewards-rm` binary, which links libtorch. This
+/// library and the `score-rewards` binary do not, so that a run with rule rewards only starts
+/// without loading libtorch; `score-rewards` hands a run with `--reward-model` to
+/// `score-rewards-rm`.
+pub trait RewardModelBackend {
+    /// Loads the reward models of `settings`; `rollouts_name` and `rollouts_tokenizer`
+    /// describe the rollouts for error messages.
+    fn load(
+        &self,
+        settings: &Settings,
+        rollouts_name: &str,
+        rollouts_tokenizer: Option<&str>,
+    ) -> Result<Box<dyn RewardModels>>;
+    /// Whether several prompts go into one forward batch whatever --pack-prompts says (on
+    /// CUDA).
+    fn packs_prompts(&self) -> bool;
+}
 
 /// Number of rows of a dataset, from the Parquet footers (for the progress bar).
 fn count_rows(ds: &Dataset) -> u64 {
@@ -39,7 +69,7 @@ struct Scorer<'a> {
     settings: &'a Settings,
     spec: CombineSpec,
     refs: Vec<Option<References>>,
-    rms: Option<RewardModels>,
+    rms: Option<Box<dyn RewardModels>>,
     table: ScoresTable,
     lengths: Vec<usize>,
     finish: BTreeMap<String, usize>,
@@ -140,10 +170,10 @@ struct Progress {
     summed: usize,
 }
 
-/// Runs the stage.
-pub fn run(cli: &Cli) -> Result<()> {
+/// Runs the stage; `backend` loads the reward models (None: rule rewards only, and a
+/// `--reward-model` is an error).
+pub fn run(cli: &Cli, backend: Option<&dyn RewardModelBackend>) -> Result<()> {
     let settings = Settings::from_cli(cli)?;
-    rlhf_nn::init_threads(cli.global.threads);
     let ds = Dataset::open(&settings.rollouts, Artifact::Rollouts)
         .with_context(|| format!("opening rollouts {}", settings.rollouts.display()))?;
     let rollouts_tokenizer = ds.tokenizer_hash()?;
@@ -163,14 +193,14 @@ pub fn run(cli: &Cli) -> Result<()> {
     let rms = if settings.reward_models.is_empty() {
         None
     } else {
-        Some(RewardModels::load(
-            &settings,
-            &rollouts_name,
-            rollouts_tokenizer.as_deref(),
-        )?)
+        let backend = backend.context(
+            "reward models are scored by score-rewards-rm, the binary that score-rewards hands \
+             such runs to",
+        )?;
+        Some(backend.load(&settings, &rollouts_name, rollouts_tokenizer.as_deref())?)
     };
     let spec = CombineSpec {
-        rm: reward_model::columns(&settings.reward_models),
+        rm: rm_columns(&settings.reward_models),
         rules: settings
             .rules
             .iter()
@@ -209,7 +239,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         finish: BTreeMap::new(),
         batches: 0,
     };
-    let pack = settings.pack_prompts;
+    let pack = settings.pack_prompts || backend.is_some_and(|b| b.packs_prompts());
     let start = std::time::Instant::now();
     let bar = rlhf_core::progress::bar(count_rows(&ds), "scoring");
     let mut reader = GroupReader::new(&ds);
@@ -261,7 +291,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         .unwrap_or(0);
     report(
         &stats,
-        scorer.rms.as_ref(),
+        scorer.rms.as_deref(),
         penalised,
         rows,
         &settings.out_file,
@@ -343,7 +373,7 @@ fn summarise(
         serde_json::json!({"index": settings.shard.index, "count": settings.shard.count}),
     );
     if let Some(rms) = &s.rms {
-        m.extend(retokenized(rms));
+        m.extend(retokenized(rms.as_ref()));
     }
     (stats, m)
 }
@@ -352,7 +382,7 @@ fn summarise(
 /// inputs, by column: `retokenized` gives `chat_template` or `prompt_text` (`mixed` when the
 /// rollouts went both ways), `retokenized_rows` the number of rollouts each way. Nothing
 /// when every reward model scored the rollouts' own token ids.
-fn retokenized(rms: &RewardModels) -> BTreeMap<String, serde_json::Value> {
+fn retokenized(rms: &dyn RewardModels) -> BTreeMap<String, serde_json::Value> {
     let used = rms.text_inputs();
     if used.is_empty() {
         return BTreeMap::new();
@@ -382,13 +412,13 @@ fn retokenized(rms: &RewardModels) -> BTreeMap<String, serde_json::Value> {
 
 fn report(
     stats: &BTreeMap<String, ColumnStats>,
-    rms: Option<&RewardModels>,
+    rms: Option<&dyn RewardModels>,
     penalised: u64,
     rows: usize,
     out: &Path,
 ) {
     tracing::info!("wrote {rows} scores to {}", out.display());
-    for (column, counts) in rms.map(RewardModels::text_inputs).unwrap_or_default() {
+    for (column, counts) in rms.map(|r| r.text_inputs()).unwrap_or_default() {
         let parts: Vec<String> = counts
             .iter()
             .map(|(t, n)| format!("{n} rollouts {}", t.describe()))

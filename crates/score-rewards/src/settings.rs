@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rlhf_core::cli::GlobalArgs;
+use rlhf_core::compute::{DeviceName, Dtype};
 use rlhf_core::error::CoreError;
 use rlhf_core::shard::{Shard, ShardArgs};
-use rlhf_nn::args::Dtype;
 
 use crate::rules::Rule;
 
@@ -25,7 +25,9 @@ weighted sum plus penalties as `reward` (what training uses) with the penalties 
 Reward models: LoRA reward adapters (PEFT SEQ_CLS, LoRA + score head) on the base --model, \
 all attached to one copy of it, and fully tuned *ForSequenceClassification model folders \
 (train-rm-lora --full, or saved by transformers) with their own weights and tokenizer; an \
-ensemble may mix both. --model is needed only for adapters.\n\n\
+ensemble may mix both. --model is needed only for adapters. A run with reward models \
+continues in score-rewards-rm, installed beside this binary (it links libtorch; rule rewards \
+alone do not need it), with the same arguments and exit codes.\n\n\
 Columns: `rm` for one reward model; `rm_0`, `rm_1`, ..., `rm_mean` and `rm_std` for an \
 ensemble (several --reward-model flags, or an ensemble folder with ensemble.json); one column \
 per --rule (its kind, or name=...).\n\n\
@@ -148,15 +150,14 @@ pub struct Settings {
     pub rollouts: PathBuf,
     pub out_file: PathBuf,
     pub model_dir: Option<PathBuf>,
-    pub device: tch::Device,
-    pub kind: tch::Kind,
     pub reward_models: Vec<RewardModelSpec>,
     pub rules: Vec<Rule>,
     pub eos_penalty: f32,
     pub rm_std_penalty: f32,
     pub retokenize: bool,
     pub batch_size: usize,
-    /// Several prompts per forward batch (CUDA, or --pack-prompts).
+    /// Several prompts per forward batch (--pack-prompts; the reward models pack on CUDA in
+    /// any case, [`crate::run::RewardModelBackend::packs_prompts`]).
     pub pack_prompts: bool,
     /// Where `--summary-json` goes (details: reward statistics, scoring seconds without
     /// model loading, sequences per second, peak memory).
@@ -275,8 +276,9 @@ const RESERVED: [&str; 5] = ["rollout_id", "reward", "penalty", "rm_mean", "rm_s
 impl Settings {
     /// Validates the flags; nothing heavy happens here.
     pub fn from_cli(cli: &Cli) -> Result<Settings> {
-        // first: a device this machine cannot use is a usage error, before any input is read
-        let device = rlhf_nn::args::parse_device(&cli.device)?;
+        // first: a device name that is none is a usage error, before any input is read (the
+        // reward models' binary checks before this that the device exists)
+        DeviceName::parse(&cli.device).map_err(CoreError::usage)?;
         let shard = cli.shard.resolve()?;
         if cli.batch_size == 0 {
             bail!(CoreError::usage("--batch-size must be at least 1"));
@@ -415,19 +417,22 @@ impl Settings {
             rollouts: cli.rollouts.clone(),
             out_file,
             model_dir,
-            device,
-            kind: cli.dtype.kind(),
             reward_models,
             rules,
             eos_penalty: cli.eos_penalty,
             rm_std_penalty: cli.rm_std_penalty,
             retokenize: cli.retokenize,
             batch_size: cli.batch_size,
-            pack_prompts: cli.pack_prompts || device.is_cuda(),
+            pack_prompts: cli.pack_prompts,
             summary_json: cli.global.summary_json.clone(),
             shard,
         })
     }
+}
+
+/// Reward-model specs in column order (for callers that only need names and weights).
+pub fn rm_columns(specs: &[RewardModelSpec]) -> Vec<(String, f32)> {
+    specs.iter().map(|s| (s.column.clone(), s.weight)).collect()
 }
 
 #[cfg(test)]

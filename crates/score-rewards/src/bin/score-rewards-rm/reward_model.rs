@@ -31,7 +31,8 @@ use rlhf_nn::batch::SeqBatch;
 use rlhf_nn::Model;
 use tch::{Device, Kind};
 
-use crate::settings::{RewardModelKind, RewardModelSpec, Settings};
+use score_rewards::settings::{RewardModelKind, Settings};
+use score_rewards::text_input::TextInput;
 
 /// File name of the reward normalisation and training state in a reward model folder.
 pub const STATE_FILE: &str = "rlhf_state.json";
@@ -116,35 +117,6 @@ impl RewardState {
             base_id: text_of("base_id"),
             full: v.get("full").and_then(|x| x.as_bool()).unwrap_or(false),
         })
-    }
-}
-
-/// How a reward model that encodes the rollout text itself (`--retokenize`) made a
-/// rollout's token ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TextInput {
-    /// The prompt's chat messages plus the response as the assistant's turn, rendered with
-    /// the reward model's chat template.
-    ChatTemplate,
-    /// The rollout's prompt text (rendered for the policy) and response text.
-    PromptText,
-}
-
-impl TextInput {
-    /// Its name in the lineage and the run summary.
-    pub fn name(self) -> &'static str {
-        match self {
-            TextInput::ChatTemplate => "chat_template",
-            TextInput::PromptText => "prompt_text",
-        }
-    }
-
-    /// What it did, for the log.
-    pub fn describe(self) -> &'static str {
-        match self {
-            TextInput::ChatTemplate => "rendered with its chat template",
-            TextInput::PromptText => "encoded as prompt text + response",
-        }
     }
 }
 
@@ -368,26 +340,25 @@ pub struct Member {
     adapter: Option<String>,
     /// Its scores column.
     pub column: String,
-    pub dir: PathBuf,
-    pub kind: RewardModelKind,
     pub norm: Normalisation,
 }
 
 /// Every reward model of a run, on their engines.
-pub struct RewardModels {
+pub struct TorchRewardModels {
     engines: Vec<Engine>,
     members: Vec<Member>,
 }
 
-impl RewardModels {
+impl TorchRewardModels {
     /// Checks every tokenizer and normalisation file first, then loads the base once with
     /// every reward adapter attached, and each full reward model from its folder.
     /// `rollouts_name`/`rollouts_tokenizer` describe the rollouts for error messages.
     pub fn load(
         settings: &Settings,
+        on: (Device, Kind),
         rollouts_name: &str,
         rollouts_tokenizer: Option<&str>,
-    ) -> Result<RewardModels> {
+    ) -> Result<TorchRewardModels> {
         let rollouts = RolloutTokens {
             name: rollouts_name,
             tokenizer: rollouts_tokenizer,
@@ -465,7 +436,7 @@ impl RewardModels {
 
         let mut engines = Vec::new();
         if let Some((dir, tokenizer, _, input)) = base {
-            let model = Model::load(&dir, settings.device, settings.kind)
+            let model = Model::load(&dir, on.0, on.1)
                 .with_context(|| format!("loading base model {}", dir.display()))?;
             engines.push(Engine::new(model, tokenizer, dir, input));
         }
@@ -478,7 +449,7 @@ impl RewardModels {
                     (0, Some(name))
                 }
                 Some((tokenizer, input)) => {
-                    engines.push(load_full(settings, &rm.dir, tokenizer, input)?);
+                    engines.push(load_full(on, &rm.dir, tokenizer, input)?);
                     (engines.len() - 1, None)
                 }
             };
@@ -486,12 +457,10 @@ impl RewardModels {
                 engine,
                 adapter,
                 column: rm.column.clone(),
-                dir: rm.dir.clone(),
-                kind: rm.kind,
                 norm: s.norm,
             });
         }
-        Ok(RewardModels { engines, members })
+        Ok(TorchRewardModels { engines, members })
     }
 
     /// The reward models' tokenizer hash when they share one (recorded in the scores
@@ -502,11 +471,6 @@ impl RewardModels {
             .iter()
             .all(|e| e.tokenizer.hash() == first)
             .then_some(first)
-    }
-
-    /// The members, in column order.
-    pub fn members(&self) -> &[Member] {
-        &self.members
     }
 
     /// For each reward model that encodes the rollout text itself (--retokenize), its
@@ -580,12 +544,12 @@ fn attach_adapter(base: &mut Engine, name: &str, dir: &Path, state: &RewardState
 /// Loads a fully tuned reward model folder as its own engine; refuses one whose weights
 /// hold no `score.weight`.
 fn load_full(
-    settings: &Settings,
+    (device, kind): (Device, Kind),
     dir: &Path,
     tokenizer: Tokenizer,
     input: Input,
 ) -> Result<Engine> {
-    let model = Model::load(dir, settings.device, settings.kind)
+    let model = Model::load(dir, device, kind)
         .with_context(|| format!("loading reward model {}", dir.display()))?;
     let has_score = model
         .base_named_tensors()
@@ -602,9 +566,18 @@ fn load_full(
     Ok(Engine::new(model, tokenizer, dir.to_path_buf(), input))
 }
 
-/// Reward-model specs in column order (for callers that only need names and weights).
-pub fn columns(specs: &[RewardModelSpec]) -> Vec<(String, f32)> {
-    specs.iter().map(|s| (s.column.clone(), s.weight)).collect()
+impl score_rewards::run::RewardModels for TorchRewardModels {
+    fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
+        TorchRewardModels::score(self, rows, source)
+    }
+
+    fn tokenizer_hash(&self) -> Option<&str> {
+        TorchRewardModels::tokenizer_hash(self)
+    }
+
+    fn text_inputs(&self) -> Vec<(&str, &BTreeMap<TextInput, usize>)> {
+        TorchRewardModels::text_inputs(self)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,103 @@
+//! score-rewards scores rule rewards without libtorch and hands reward models to
+//! score-rewards-rm: the binary alone in a folder (no libtorch beside it, so one that linked
+//! libtorch would not start) scores rules, refuses a bad device name with exit 2, and with a
+//! `--reward-model` fails with exit 1 naming the missing score-rewards-rm; beside the real
+//! binaries, the hand-over keeps score-rewards-rm's usage exit code.
+
+mod common;
+
+use std::path::Path;
+
+use rlhf_core::records::ScoresTable;
+
+use common::{rollouts, write_rollouts};
+
+fn run_bin(bin: &Path, args: &[&str]) -> (i32, String, String) {
+    let fixed = ["--no-progress", "--threads", "1"];
+    rlhf_testkit::run(bin, &[args, &fixed].concat())
+}
+
+#[test]
+fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_rollouts(&root.join("rollouts.parquet"), &rollouts(3, 2), None);
+    let alone = root.join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    let bin = alone.join("score-rewards");
+    std::fs::copy(env!("CARGO_BIN_EXE_score-rewards"), &bin).unwrap();
+    let rollouts = root.join("rollouts.parquet");
+    let r = rollouts.to_str().unwrap();
+
+    let out = root.join("scores.parquet");
+    let (code, _, err) = run_bin(
+        &bin,
+        &[
+            "--rollouts",
+            r,
+            "--rule",
+            "length:target=3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (table, _) = ScoresTable::read(&out).unwrap();
+    assert_eq!(table.rollout_id.len(), 6);
+
+    let (code, _, err) = run_bin(
+        &bin,
+        &[
+            "--rollouts",
+            r,
+            "--rule",
+            "length:target=3",
+            "--device",
+            "tpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--device `tpu`: expected auto, cpu, cuda or cuda:N"),
+        "{err}"
+    );
+
+    let rm = root.join("rm");
+    std::fs::create_dir(&rm).unwrap();
+    let other = root.join("other.parquet");
+    let (code, _, err) = run_bin(
+        &bin,
+        &[
+            "--rollouts",
+            r,
+            "--reward-model",
+            rm.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("score-rewards-rm"), "{err}");
+    assert!(!other.exists());
+
+    // Beside the real binaries: score-rewards-rm runs and its usage error (an unusable
+    // device) comes back as exit 2.
+    let real = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
+    let (code, _, err) = run_bin(
+        real,
+        &[
+            "--rollouts",
+            r,
+            "--reward-model",
+            rm.to_str().unwrap(),
+            "--device",
+            "cuda:x",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("with N a number"), "{err}");
+}
