@@ -13,7 +13,9 @@
 //! - With `PERL_RLHF_CUDA=1` at build time (the CUDA container recipe sets it), the binaries
 //!   also load `libtorch_cuda.so`: the linker drops it otherwise, as no symbol of it is
 //!   called directly, and libtorch then reports no CUDA device. CPU builds stay without it
-//!   (it pulls in gigabytes of CUDA libraries at start-up and in `make install`).
+//!   (it pulls in gigabytes of CUDA libraries at start-up and in `make install`). In the
+//!   score-rewards package only `score-rewards-rm` and the tests get it: `score-rewards`
+//!   itself links no libtorch.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,16 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PERL_RLHF_CUDA");
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/lib:$ORIGIN/../lib");
     if std::env::var("PERL_RLHF_CUDA").is_ok_and(|v| v == "1") {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        let arg = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
+        match std::env::var("CARGO_PKG_NAME").as_deref() {
+            // score-rewards' own binary runs rule rewards without libtorch; only its
+            // reward-model binary (and the tests, which use rlhf-nn) load it
+            Ok("score-rewards") => {
+                println!("cargo:rustc-link-arg-bin=score-rewards-rm={arg}");
+                println!("cargo:rustc-link-arg-tests={arg}");
+            }
+            _ => println!("cargo:rustc-link-arg={arg}"),
+        }
     }
     let Ok(libtorch) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;

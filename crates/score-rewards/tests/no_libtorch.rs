@@ -1,6 +1,6 @@
 //! score-rewards scores rule rewards without libtorch and hands reward models to
-//! score-rewards-rm: the binary alone in a folder (no libtorch beside it, so one that linked
-//! libtorch would not start) scores rules, refuses a bad device name with exit 2, and with a
+//! score-rewards-rm: its binary names no libtorch library; alone in a folder (no libtorch
+//! beside it) it scores rules, refuses a bad device name with exit 2, and with a
 //! `--reward-model` fails with exit 1 naming the missing score-rewards-rm; beside the real
 //! binaries, the hand-over keeps score-rewards-rm's usage exit code.
 
@@ -82,8 +82,8 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
     assert!(err.contains("score-rewards-rm"), "{err}");
     assert!(!other.exists());
 
-    // Beside the real binaries: score-rewards-rm runs and its usage error (an unusable
-    // device) comes back as exit 2.
+    // Beside the real binaries: score-rewards-rm runs and its usage error (a CUDA device
+    // libtorch does not see, which only it checks) comes back as exit 2.
     let real = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
     let (code, _, err) = run_bin(
         real,
@@ -93,11 +93,30 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
             "--reward-model",
             rm.to_str().unwrap(),
             "--device",
-            "cuda:x",
+            "cuda:99",
             "--out",
             other.to_str().unwrap(),
         ],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("with N a number"), "{err}");
+    assert!(err.contains("libtorch sees"), "{err}");
+}
+
+/// The dynamic section names the libraries a binary loads: score-rewards names no libtorch
+/// library, score-rewards-rm does (so the search can find them). Independent of
+/// LD_LIBRARY_PATH and the loader's cache, which could let a copied binary start anyway.
+#[test]
+fn only_score_rewards_rm_names_libtorch() {
+    let names = |bin: &str| -> Vec<&'static str> {
+        let bytes = std::fs::read(bin).unwrap();
+        ["libtorch_cpu.so", "libtorch_cuda.so", "libc10.so"]
+            .into_iter()
+            .filter(|lib| bytes.windows(lib.len()).any(|w| w == lib.as_bytes()))
+            .collect()
+    };
+    assert_eq!(
+        names(env!("CARGO_BIN_EXE_score-rewards")),
+        Vec::<&str>::new()
+    );
+    assert!(names(env!("CARGO_BIN_EXE_score-rewards-rm")).contains(&"libtorch_cpu.so"));
 }

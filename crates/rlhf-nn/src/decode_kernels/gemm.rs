@@ -53,6 +53,10 @@ const AVX2_ROWS: usize = 6;
 /// of weights).
 const AVX2_BLOCK: usize = 128;
 
+// The AVX2 kernel's prefetches of "the block ahead" are `x86::PREFETCH` floats ahead.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(x86::PREFETCH == AVX2_BLOCK * PACKED_COLS);
+
 /// `x (..., in) W^T + bias` with `weight` (out, in): this module's kernel where it applies,
 /// libtorch's `linear` everywhere else.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
@@ -132,6 +136,11 @@ fn product(
     y: &mut [f32],
 ) {
     assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    if m == 0 || k == 0 {
+        // an empty sum (the kernels below take at least one row and one column)
+        y[..m * n].fill(0.0);
+        return;
+    }
     match packed {
         Some(p) => product_packed(simd, x, m, k, (w, p), n, y),
         None => product_panel(simd, x, m, k, w, n, y),
@@ -512,19 +521,23 @@ mod x86 {
 
     /// How far ahead of the tile column being read the packed kernel prefetches, in floats
     /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
-    const PREFETCH: usize = 2048;
+    pub(super) const PREFETCH: usize = 2048;
 
     /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for the `m` rows and the 16
     /// columns of one packed tile: 16 rows at a time with AVX-512 (one pass for a decode step);
     /// with AVX2, whose registers hold [`super::AVX2_ROWS`] rows, [`AVX2_BLOCK`] columns of the
     /// tile at a time for all rows, so the weights stream from memory while every pass runs
     /// (the prefetches of the block ahead spread evenly over the passes), not in the first pass
-    /// only.
+    /// only. That is for a decode step's few rows; a prefill's many rows (over
+    /// [`super::MAX_ROWS`]) take the whole tile a pass, each pass prefetching 8 KB ahead of
+    /// its column, as before the blocks (blocks of all rows re-streamed the rows' copy per
+    /// block: the prefill measured slower).
     ///
     /// # Safety
-    /// The CPU has `simd`'s instruction set (AVX-512F, or AVX2 and FMA); `x` readable at
-    /// `i * stride + kk` for i < m, kk < k, `tile` is k x 16, and `y` writable at
-    /// `i * n + c` for i < m, c < 16.
+    /// The CPU has `simd`'s instruction set (AVX-512F, or AVX2 and FMA); m and k at least 1;
+    /// `x` readable at `i * stride + kk` for i < m, kk < k, `tile` is k x 16, and `y` readable
+    /// and writable at `i * n + c` for i < m, c < 16 by this thread alone (the AVX2 kernel
+    /// reads back the partial sums it wrote there).
     pub(super) unsafe fn packed_tile(
         simd: Simd,
         m: usize,
@@ -554,23 +567,30 @@ mod x86 {
             }
             Simd::Avx2 => {
                 let passes = m.div_ceil(AVX2_ROWS);
+                let few = m <= super::MAX_ROWS as usize;
+                let block = if few { AVX2_BLOCK } else { k };
                 // Bytes (16.16 fixed point) each pass's prefetch moves on per column: a
-                // block's cache lines (one per column) shared out over its passes.
+                // block's cache lines (one per column) shared out over its passes (with many
+                // rows, a line per column in every pass: `avx2_rows::<false>`).
                 let step = (64usize << 16) / passes;
-                let block = if m <= super::MAX_ROWS as usize {
-                    AVX2_BLOCK
-                } else {
-                    k
-                };
                 for k0 in (0..k).step_by(block) {
                     let cols = (k0, (k0 + block).min(k));
                     let ahead = t.wrapping_add((k0 + PREFETCH / PACKED_COLS) * PACKED_COLS);
                     for r0 in (0..m).step_by(AVX2_ROWS) {
                         let (x, y) = (x.add(r0 * stride), y.add(r0 * n));
-                        let share = r0 / AVX2_ROWS * block * 64 / passes;
+                        let share = if few {
+                            r0 / AVX2_ROWS * block * 64 / passes
+                        } else {
+                            0
+                        };
                         let pf = ((ahead as *const i8).wrapping_add(share), step);
-                        rows!((m - r0).min(AVX2_ROWS), packed_rows_avx2((x, stride), t, cols, y, n, pf):
-                            1 2 3 4 5 6);
+                        let rows = (m - r0).min(AVX2_ROWS);
+                        let args = ((x, stride), t, cols, y, n, pf);
+                        if few {
+                            avx2_rows::<true>(rows, args);
+                        } else {
+                            avx2_rows::<false>(rows, args);
+                        }
                     }
                 }
             }
@@ -603,15 +623,43 @@ mod x86 {
         }
     }
 
+    /// The arguments of [`packed_rows_avx2`].
+    type Avx2Args = (
+        (*const f32, usize),
+        *const f32,
+        (usize, usize),
+        *mut f32,
+        usize,
+        (*const i8, usize),
+    );
+
+    /// [`packed_rows_avx2`] for `rows` (1..=[`super::AVX2_ROWS`]) rows.
+    ///
+    /// # Safety
+    /// As [`packed_rows_avx2`]'s, for `rows` rows.
+    unsafe fn avx2_rows<const SPREAD: bool>(rows: usize, a: Avx2Args) {
+        match rows {
+            1 => packed_rows_avx2::<1, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            2 => packed_rows_avx2::<2, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            3 => packed_rows_avx2::<3, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            4 => packed_rows_avx2::<4, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            5 => packed_rows_avx2::<5, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            6 => packed_rows_avx2::<6, SPREAD>(a.0, a.1, a.2, a.3, a.4, a.5),
+            _ => unreachable!("more rows than the kernel's registers hold"),
+        }
+    }
+
     /// [`packed_tile`]'s AVX2 kernel for `R` rows and the tile's columns `k0..k1`: a tile's
     /// column is two 8-lane vectors, so `2R` accumulators, two loads and `2R` fused
     /// multiply-adds per column (`R` up to [`super::AVX2_ROWS`]: 12 accumulators, the two weight
     /// vectors and the broadcast fill the 16 registers). The accumulators start from zero at
     /// column 0 and from `y` after it, so each lane's sum runs over k in order as in the
     /// AVX-512 kernel: the same bits. `pf`: where column `k0`'s prefetch goes, and how far
-    /// (bytes, 16.16 fixed point) each column moves it.
+    /// (bytes, 16.16 fixed point) each column moves it when `SPREAD`; otherwise one cache line
+    /// a column (no multiply in the loop: the prefill's many passes, where it measured 3-5%
+    /// slower with one).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn packed_rows_avx2<const R: usize>(
+    unsafe fn packed_rows_avx2<const R: usize, const SPREAD: bool>(
         (x, stride): (*const f32, usize),
         t: *const f32,
         (k0, k1): (usize, usize),
@@ -629,7 +677,12 @@ mod x86 {
         for kk in k0..k1 {
             // Past the end of the weights it is only a hint; `wrapping_add` keeps the address
             // arithmetic defined.
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(((kk - k0) * step) >> 16));
+            let ahead = if SPREAD {
+                ((kk - k0) * step) >> 16
+            } else {
+                (kk - k0) * 64
+            };
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(ahead));
             let wl = _mm256_loadu_ps(t.add(kk * PACKED_COLS));
             let wh = _mm256_loadu_ps(t.add(kk * PACKED_COLS + 8));
             for i in 0..R {
