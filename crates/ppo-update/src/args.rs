@@ -157,7 +157,7 @@ pub struct Cli {
     /// samples stay in one minibatch (when --minibatch-size is a multiple of K) and each
     /// micro-batch computes their shared prompt once, which makes a step faster; each step
     /// then sees fewer distinct prompts. With one rollout per prompt, or one minibatch holding
-    /// every rollout, it changes nothing
+    /// every rollout, it changes nothing.
     #[arg(long)]
     pub minibatch_by_prompt: bool,
 

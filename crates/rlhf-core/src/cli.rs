@@ -238,8 +238,9 @@ fn exit_code_reported(
 /// Flushes stdout and stderr and ends the process with `code` at once (`_exit`), without
 /// running C++ static destructors. A stage that loaded libtorch spent 65-90 ms in them at
 /// every exit (deregistering its operators): with three stages, about 8% of an RL-loop
-/// iteration of 3 s. They free nothing the end of the process does not. Every output is complete and renamed
-/// into place before a stage gets here, and Rust runs no destructors at exit either way.
+/// iteration of 3 s. They free nothing the end of the process does not. Every output is
+/// complete and renamed into place before a stage gets here, and Rust runs no destructors at
+/// exit either way.
 pub fn exit_now(code: u8) -> ! {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

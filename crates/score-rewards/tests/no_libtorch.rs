@@ -10,12 +10,7 @@ use std::path::Path;
 
 use rlhf_core::records::ScoresTable;
 
-use common::{rollouts, write_rollouts};
-
-fn run_bin(bin: &Path, args: &[&str]) -> (i32, String, String) {
-    let fixed = ["--no-progress", "--threads", "1"];
-    rlhf_testkit::run(bin, &[args, &fixed].concat())
-}
+use common::{rollouts, run_at, write_rollouts};
 
 #[test]
 fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
@@ -30,7 +25,7 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
     let r = rollouts.to_str().unwrap();
 
     let out = root.join("scores.parquet");
-    let (code, _, err) = run_bin(
+    let (code, _, err) = run_at(
         &bin,
         &[
             "--rollouts",
@@ -45,7 +40,7 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
     let (table, _) = ScoresTable::read(&out).unwrap();
     assert_eq!(table.rollout_id.len(), 6);
 
-    let (code, _, err) = run_bin(
+    let (code, _, err) = run_at(
         &bin,
         &[
             "--rollouts",
@@ -67,7 +62,7 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
     let rm = root.join("rm");
     std::fs::create_dir(&rm).unwrap();
     let other = root.join("other.parquet");
-    let (code, _, err) = run_bin(
+    let (code, _, err) = run_at(
         &bin,
         &[
             "--rollouts",
@@ -85,7 +80,7 @@ fn rules_score_without_libtorch_and_reward_models_go_to_score_rewards_rm() {
     // Beside the real binaries: score-rewards-rm runs and its usage error (a CUDA device
     // libtorch does not see, which only it checks) comes back as exit 2.
     let real = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
-    let (code, _, err) = run_bin(
+    let (code, _, err) = run_at(
         real,
         &[
             "--rollouts",

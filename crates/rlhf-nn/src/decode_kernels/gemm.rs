@@ -881,7 +881,8 @@ mod tests {
 /// memory as in a decode step), split across the crew (libtorch's thread count): a bench, not
 /// a check.
 /// `scripts/cargo.sh test --release -p rlhf-nn --lib packed_product_rate -- --ignored
-/// --nocapture`; `RATE_ROWS` (16) and `RATE_PATH` (`avx2` or `avx512`, else this CPU's best).
+/// --nocapture`; `RATE_ROWS` (16), `RATE_WEIGHTS` (40; 1 keeps the weight in cache) and
+/// `RATE_PATH` (`avx2` or `avx512`, else this CPU's best).
 #[cfg(test)]
 mod rate {
     use super::*;
@@ -899,7 +900,9 @@ mod rate {
             _ => best,
         };
         let m: usize = std::env::var("RATE_ROWS").map_or(16, |v| v.parse().expect("RATE_ROWS"));
-        let (k, n, weights) = (512, 1408, 40);
+        let weights: usize =
+            std::env::var("RATE_WEIGHTS").map_or(40, |v| v.parse().expect("RATE_WEIGHTS"));
+        let (k, n) = (512, 1408);
         let w: Vec<Vec<f32>> = (0..weights)
             .map(|l| (0..n * k).map(|i| ((i + l) % 7) as f32 * 0.1).collect())
             .collect();

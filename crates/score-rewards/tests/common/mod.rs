@@ -117,8 +117,12 @@ pub fn write_rollouts(path: &Path, rows: &[RolloutRow], tokenizer: Option<&str>)
 
 /// Runs the binary, one thread, no progress bar; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
+    run_at(Path::new(env!("CARGO_BIN_EXE_score-rewards")), args)
+}
+
+/// [`run`] with the score-rewards binary at `bin`.
+pub fn run_at(bin: &Path, args: &[&str]) -> (i32, String, String) {
     let fixed = ["--no-progress", "--threads", "1"];
-    let bin = Path::new(env!("CARGO_BIN_EXE_score-rewards"));
     rlhf_testkit::run(bin, &[args, &fixed].concat())
 }
 

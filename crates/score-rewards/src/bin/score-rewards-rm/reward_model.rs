@@ -462,52 +462,6 @@ impl TorchRewardModels {
         }
         Ok(TorchRewardModels { engines, members })
     }
-
-    /// The reward models' tokenizer hash when they share one (recorded in the scores
-    /// lineage); None when they differ (possible only with --retokenize).
-    pub fn tokenizer_hash(&self) -> Option<&str> {
-        let first = self.engines.first()?.tokenizer.hash();
-        self.engines
-            .iter()
-            .all(|e| e.tokenizer.hash() == first)
-            .then_some(first)
-    }
-
-    /// For each reward model that encodes the rollout text itself (--retokenize), its
-    /// column and the number of rollouts it encoded each way, in column order; reward models
-    /// scoring the rollouts' own token ids are left out.
-    pub fn text_inputs(&self) -> Vec<(&str, &BTreeMap<TextInput, usize>)> {
-        self.members
-            .iter()
-            .map(|m| (m.column.as_str(), &self.engines[m.engine].text_inputs))
-            .filter(|(_, counts)| !counts.is_empty())
-            .collect()
-    }
-
-    /// Normalised scores of `rows` (one forward batch per engine): `[member][row]`.
-    /// `source` names the rollouts in errors.
-    pub fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
-        let _guard = tch::no_grad_guard();
-        let batches = self
-            .engines
-            .iter_mut()
-            .map(|e| e.batch(rows, source))
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(self.members.len());
-        for m in &self.members {
-            let raw = rlhf_nn::scoring::last_token_scores(
-                &self.engines[m.engine].model,
-                m.adapter.as_deref(),
-                &batches[m.engine],
-                false,
-            )?;
-            let raw: Vec<f32> =
-                Vec::<f32>::try_from(raw.to_kind(Kind::Float).to_device(Device::Cpu))
-                    .context("reading reward-model scores")?;
-            out.push(raw.into_iter().map(|x| m.norm.apply(x)).collect());
-        }
-        Ok(out)
-    }
 }
 
 /// Attaches the reward adapter in `dir` to the base engine as `name`, after checking the
@@ -567,16 +521,50 @@ fn load_full(
 }
 
 impl score_rewards::run::RewardModels for TorchRewardModels {
-    fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
-        TorchRewardModels::score(self, rows, source)
-    }
-
+    /// The reward models' tokenizer hash when they share one (recorded in the scores
+    /// lineage); None when they differ (possible only with --retokenize).
     fn tokenizer_hash(&self) -> Option<&str> {
-        TorchRewardModels::tokenizer_hash(self)
+        let first = self.engines.first()?.tokenizer.hash();
+        self.engines
+            .iter()
+            .all(|e| e.tokenizer.hash() == first)
+            .then_some(first)
     }
 
+    /// For each reward model that encodes the rollout text itself (--retokenize), its
+    /// column and the number of rollouts it encoded each way, in column order; reward models
+    /// scoring the rollouts' own token ids are left out.
     fn text_inputs(&self) -> Vec<(&str, &BTreeMap<TextInput, usize>)> {
-        TorchRewardModels::text_inputs(self)
+        self.members
+            .iter()
+            .map(|m| (m.column.as_str(), &self.engines[m.engine].text_inputs))
+            .filter(|(_, counts)| !counts.is_empty())
+            .collect()
+    }
+
+    /// Normalised scores of `rows` (one forward batch per engine): `[member][row]`.
+    /// `source` names the rollouts in errors.
+    fn score(&mut self, rows: &[&RolloutRow], source: &Path) -> Result<Vec<Vec<f32>>> {
+        let _guard = tch::no_grad_guard();
+        let batches = self
+            .engines
+            .iter_mut()
+            .map(|e| e.batch(rows, source))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            let raw = rlhf_nn::scoring::last_token_scores(
+                &self.engines[m.engine].model,
+                m.adapter.as_deref(),
+                &batches[m.engine],
+                false,
+            )?;
+            let raw: Vec<f32> =
+                Vec::<f32>::try_from(raw.to_kind(Kind::Float).to_device(Device::Cpu))
+                    .context("reading reward-model scores")?;
+            out.push(raw.into_iter().map(|x| m.norm.apply(x)).collect());
+        }
+        Ok(out)
     }
 }
 
