@@ -115,3 +115,66 @@ fn only_score_rewards_rm_names_libtorch() {
     );
     assert!(names(env!("CARGO_BIN_EXE_score-rewards-rm")).contains(&"libtorch_cpu.so"));
 }
+
+/// After the hand-over the process is named score-rewards again, not `score-rewards-r` (exec's
+/// 15-byte cut of score-rewards-rm), so `killall score-rewards` reaches a reward-model run.
+/// The run is held where score-rewards-rm reads its `--config` file, a FIFO that the test
+/// fed once for score-rewards (which reads it first) and then leaves without a writer.
+#[test]
+fn the_hand_over_keeps_the_stage_name() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flags.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    let rm = dir.path().join("rm");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_score-rewards"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--rollouts", "r.parquet", "--reward-model"])
+        .arg(&rm)
+        .arg("--out")
+        .arg(dir.path().join("scores.parquet"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // score-rewards reads the flags file to its end (opening blocks until it does)
+    let mut feed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&config)
+        .unwrap();
+    feed.write_all(b"# no flags\n").unwrap();
+    drop(feed);
+    let proc_dir = format!("/proc/{}", child.id());
+    let read = |what: &str| {
+        let path = format!("{proc_dir}/{what}");
+        match what {
+            "exe" => std::fs::read_link(&path)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+            _ => std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    };
+    let want = ("score-rewards-rm".to_string(), "score-rewards".to_string());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = (String::new(), String::new());
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        seen = (read("exe"), read("comm"));
+        if seen == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, want, "(executable, process name) after the hand-over");
+}

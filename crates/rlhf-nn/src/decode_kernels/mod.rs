@@ -185,6 +185,20 @@ pub(crate) fn floats(t: &Tensor) -> Option<&[f32]> {
     Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) })
 }
 
+/// The bytes of `t` when it is a contiguous CPU tensor (any kind), else `None`.
+pub(crate) fn bytes(t: &Tensor) -> Option<&[u8]> {
+    if t.device() != Device::Cpu || !t.is_contiguous() {
+        return None;
+    }
+    if t.numel() == 0 {
+        return Some(&[]);
+    }
+    let len = t.numel() * t.kind().elt_size_in_bytes();
+    // SAFETY: a contiguous CPU tensor of numel elements of that size (checked above), alive
+    // for the borrow; read only, by callers that hold the tensor and write nothing to it.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) })
+}
+
 /// All elements of `t`, to write.
 ///
 /// # Safety

@@ -40,7 +40,19 @@ impl RewardModelBackend for Torch {
     }
 }
 
+/// Started by score-rewards' hand-over (arg0 `score-rewards`), the process takes that name
+/// back: exec named it after this file, cut to 15 bytes (`score-rewards-r`), so `killall
+/// score-rewards` and `pgrep -x score-rewards` missed a reward-model run. Linux only; where
+/// /proc/self/comm cannot be written the name stays as it was.
+fn keep_the_stage_name() {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&arg0).file_name() == Some("score-rewards".as_ref()) {
+        let _ = std::fs::write("/proc/self/comm", "score-rewards");
+    }
+}
+
 fn main() -> ! {
+    keep_the_stage_name();
     let cli = rlhf_core::config::parse::<Cli>("score-rewards");
     cli.global.init();
     let result = (|| {
