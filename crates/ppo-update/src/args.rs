@@ -227,8 +227,10 @@ pub struct Cli {
     pub recompute_ref: bool,
     /// Recompute the policy's log-probabilities of every rollout ("old" log-probs) instead
     /// of taking the sampler's. By default the sampler's are taken when the rollouts were
-    /// sampled by this policy and a recomputed sample of rows matches them (max |diff| <=
-    /// 1e-5, temperature 1, no top-k/top-p); otherwise every row is recomputed.
+    /// sampled by this policy and recomputed rows match them (max |diff| <= 1e-5, temperature
+    /// 1, no top-k/top-p): the update's first micro-batch, checked in its training forward
+    /// (4 rows in a forward of their own with LoRA dropout or a checkpoint to resume);
+    /// otherwise every row is recomputed (after a mismatch, the update starts over).
     #[arg(long)]
     pub recompute_old_logprobs: bool,
     /// Truncated importance-sampling correction for the sampler/trainer mismatch: weight each

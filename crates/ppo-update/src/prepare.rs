@@ -40,6 +40,68 @@ pub struct Prepared {
     pub metrics: Vec<(String, f64)>,
     /// Mean per-sequence KL(policy || reference) (k1), the adaptive controller's input.
     pub kl_seq_mean: f64,
+    /// The old log-probs are the sampler's, not yet checked: the update's first forward
+    /// checks them ([`SamplerCheck::FirstForward`]).
+    pub pending_check: bool,
+}
+
+/// How the sampler's log-probs are checked before they are taken as the old ones (when the
+/// rollouts were sampled by this policy and `--recompute-old-logprobs` is not given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerCheck {
+    /// Recompute [`CHECK_ROWS`] rows now, in a forward of their own.
+    Now,
+    /// In the update's first forward: before any step the policy is the one that sampled,
+    /// so that forward's log-probs of the first micro-batch are recomputed ones, and no
+    /// forward is done twice. A mismatch ends the update with [`SamplerMismatch`] before
+    /// its first backward; the run then prepares again with every row recomputed
+    /// ([`SamplerCheck::Off`]) and starts the update over. Not with LoRA dropout (the
+    /// training forward draws it) nor on a resume (the policy has moved).
+    FirstForward,
+    /// The sampler's log-probs are not taken: every row is recomputed.
+    Off,
+}
+
+/// The update's first forward found that the sampler's log-probs are not this policy's.
+#[derive(Debug)]
+pub struct SamplerMismatch {
+    /// Largest |forward - sampler| log-prob difference over the micro-batch's tokens.
+    pub diff: f32,
+}
+
+impl std::fmt::Display for SamplerMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the sampler's log-probs differ from this policy's by up to {} (over {SAMPLER_LOGPROB_TOLERANCE})",
+            self.diff
+        )
+    }
+}
+
+impl std::error::Error for SamplerMismatch {}
+
+/// The metrics of the checked rows: `sampler_ratio_*` (pi_recomputed / pi_sampler per token)
+/// and `sampler_logprob_abs_diff`; `log_r` holds the log-prob differences, zero outside
+/// `mask`.
+pub fn sampler_metrics(log_r: &Tensor, mask: &Tensor) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    stats("sampler_ratio", &(log_r.exp() * mask), mask, &mut out);
+    out.push((
+        "sampler_logprob_abs_diff".into(),
+        scalar(&masked_mean(&log_r.abs(), mask)),
+    ));
+    out
+}
+
+/// The largest |x| where `mask` is set (whatever `x` holds elsewhere), infinite when any of
+/// them is NaN.
+pub fn masked_abs_max(x: &Tensor, mask: &Tensor) -> f32 {
+    let d = scalar(&x.abs().masked_fill(&mask.le(0.5), 0.0).max()) as f32;
+    match d.is_nan() {
+        true => f32::INFINITY,
+        false => d,
+    }
 }
 
 /// Per-rollout policy log-probs (when asked), and reference log-probs and critic values
@@ -172,13 +234,14 @@ pub fn updated_kl(
 /// Runs phase 1 with the KL coefficient `beta` of this iteration.
 ///
 /// `sampled_by_this_policy`: the rollouts name no other sampling policy than this one, so
-/// their log-probs may be taken as the old ones (after a check on a sample of rows).
+/// their log-probs may be taken as the old ones (after a check, see [`SamplerCheck`]).
 pub fn prepare(
     models: &Models,
     examples: &[Example],
     s: &Settings,
     beta: f64,
     sampled_by_this_policy: bool,
+    check: SamplerCheck,
 ) -> Result<Prepared> {
     let _guard = tch::no_grad_guard();
     let have_ref = examples.iter().all(|e| e.ref_logprobs.is_some());
@@ -192,7 +255,16 @@ pub fn prepare(
     // The old log-probs: the sampler's when they are this policy's (checked on a sample of
     // rows), else recomputed for every rollout.
     let mut checked: Option<Checked> = None;
-    if sampled_by_this_policy && !s.recompute_old_logprobs && !examples.is_empty() {
+    let take = sampled_by_this_policy
+        && !s.recompute_old_logprobs
+        && !examples.is_empty()
+        && check != SamplerCheck::Off;
+    let pending_check = take && check == SamplerCheck::FirstForward;
+    if pending_check {
+        tracing::info!(
+            "the rollouts were sampled by this policy: taking the sampler's log-probs as the old log-probs (the update's first forward checks them)"
+        );
+    } else if take {
         let rows = check_rows(examples.len(), s.micro_batch_size);
         let sample: Vec<Example> = rows.iter().map(|&i| examples[i].clone()).collect();
         let (recomputed, _, _) = score_all(models, &sample, sample.len(), true, false, false)
@@ -215,7 +287,7 @@ pub fn prepare(
             );
         }
     }
-    let reuse_old = checked.is_some();
+    let reuse_old = checked.is_some() || pending_check;
     let (old_logp, refs, values) = score_all(
         models,
         examples,
@@ -256,7 +328,8 @@ pub fn prepare(
     // over every rollout, or over the checked sample when the sampler's were taken
     let log_ratio = (&old_t - &sampler_t) * &mask;
     let ratio = log_ratio.exp() * &mask;
-    {
+    // (a pending check's metrics come from the update's first forward)
+    if !pending_check {
         let (log_r, m) = match &checked {
             Some((recomputed, sampler)) => {
                 let (a, m) = pad(recomputed);
@@ -265,11 +338,7 @@ pub fn prepare(
             }
             None => (log_ratio.shallow_clone(), mask.shallow_clone()),
         };
-        stats("sampler_ratio", &(log_r.exp() * &m), &m, &mut metrics);
-        metrics.push((
-            "sampler_logprob_abs_diff".into(),
-            scalar(&masked_mean(&log_r.abs(), &m)),
-        ));
+        metrics.extend(sampler_metrics(&log_r, &m));
     }
     metrics.push((
         "old_logprobs_from_sampler".into(),
@@ -392,6 +461,7 @@ pub fn prepare(
         tis_weights,
         metrics,
         kl_seq_mean,
+        pending_check,
     })
 }
 
@@ -409,5 +479,16 @@ mod tests {
         assert_eq!(check_rows(3, 16), vec![0, 1, 2]);
         assert_eq!(check_rows(1, 4), vec![0]);
         assert_eq!(check_rows(100, 64).len(), CHECK_ROWS);
+    }
+
+    /// The check's largest difference reads the masked positions only: what the forward
+    /// holds at padding (NaN, infinities) does not count, a NaN among the tokens fails it.
+    #[test]
+    fn the_largest_difference_reads_the_response_tokens_only() {
+        let x = Tensor::from_slice(&[0.5f32, -2.0, f32::NAN, f32::NEG_INFINITY]).view([2, 2]);
+        let mask = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0]).view([2, 2]);
+        assert_eq!(masked_abs_max(&x, &mask), 2.0);
+        let mask = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]).view([2, 2]);
+        assert_eq!(masked_abs_max(&x, &mask), f32::INFINITY);
     }
 }

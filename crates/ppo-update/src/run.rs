@@ -18,7 +18,7 @@ use rlhf_nn::Model;
 use crate::args::KlControlOn;
 use crate::data::{self, Data};
 use crate::models::{self, save_full_policy, Loaded};
-use crate::prepare::{prepare, updated_kl, CRITIC};
+use crate::prepare::{prepare, updated_kl, Prepared, SamplerCheck, SamplerMismatch, CRITIC};
 use crate::settings::Settings;
 use crate::state::{
     TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
@@ -187,7 +187,25 @@ pub fn run(s: &Settings) -> Result<Summary> {
         "ref_id": ref_id,
     });
 
-    let prep = prepare(&models, &data.examples, s, beta, sampled_by_this_policy)?;
+    // The sampler's log-probs are checked in the update's first forward, where nothing then
+    // computes them twice; a separate forward of a few rows instead under LoRA dropout (the
+    // training forward draws it) and when a checkpoint may be resumed (the policy moved).
+    let dropout = match models.policy_adapter() {
+        Some(name) => models.policy.adapter_config(name)?.dropout > 0.0,
+        None => false,
+    };
+    let check = match dropout || s.checkpoint_dir().exists() {
+        true => SamplerCheck::Now,
+        false => SamplerCheck::FirstForward,
+    };
+    let mut prep = prepare(
+        &models,
+        &data.examples,
+        s,
+        beta,
+        sampled_by_this_policy,
+        check,
+    )?;
     let minibatches = schedule_minibatches(&data.examples, s, iteration);
     let steps_loop = StepLoop {
         stage: STAGE,
@@ -204,17 +222,42 @@ pub fn run(s: &Settings) -> Result<Summary> {
         eval_every: 0,
         schedule: &s.schedule,
     };
-    let mut update = Update {
-        models: &models,
-        examples: &data.examples,
-        prep: &prep,
-        s,
-        opt: &mut opt,
-        minibatches,
-        base_step,
-        beta,
+    let mut update_with = |prep: &Prepared| {
+        let mut update = Update {
+            models: &models,
+            examples: &data.examples,
+            prep,
+            s,
+            opt: &mut opt,
+            minibatches: minibatches.clone(),
+            base_step,
+            beta,
+            checked: None,
+        };
+        let finished = steps_loop.run(&mut update, MetricsLog::new(STAGE, iteration))?;
+        anyhow::Ok((finished, update.checked))
     };
-    let mut finished = steps_loop.run(&mut update, MetricsLog::new(STAGE, iteration))?;
+    let (mut finished, checked) = match update_with(&prep) {
+        Err(e) if e.downcast_ref::<SamplerMismatch>().is_some() => {
+            tracing::info!(
+                "{}: recomputing every row's old log-probs and starting the update over",
+                e.downcast_ref::<SamplerMismatch>()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default()
+            );
+            prep = prepare(
+                &models,
+                &data.examples,
+                s,
+                beta,
+                sampled_by_this_policy,
+                SamplerCheck::Off,
+            )?;
+            update_with(&prep)?
+        }
+        other => other?,
+    };
+    prep.metrics.extend(checked.unwrap_or_default());
     let mut metrics = finished.metrics;
     let steps = finished.steps;
     let end_step = (base_step + steps) as i64;

@@ -21,7 +21,9 @@ use tch::Tensor;
 use crate::args::Algo;
 use crate::data::Example;
 use crate::models::Models;
-use crate::prepare::{Prepared, CRITIC, POLICY};
+use crate::prepare::{
+    sampler_metrics, Prepared, SamplerMismatch, CRITIC, POLICY, SAMPLER_LOGPROB_TOLERANCE,
+};
 use crate::ragged::at_response;
 use crate::settings::Settings;
 
@@ -44,6 +46,9 @@ pub struct Update<'a> {
     pub base_step: u64,
     /// KL coefficient of this iteration.
     pub beta: f64,
+    /// The metrics of the sampler's log-probs checked in the first forward (when
+    /// `prep.pending_check`), once it ran.
+    pub checked: Option<Vec<(String, f64)>>,
 }
 
 /// The minibatches of the whole iteration: for each epoch a seeded permutation of the
@@ -211,7 +216,8 @@ impl Steps for Update<'_> {
         if let Some(c) = opt.critic.as_mut() {
             c.zero_grad();
         }
-        for micro in grouped_by_prompt(mb, examples).chunks(s.micro_batch_size) {
+        let order = grouped_by_prompt(mb, examples);
+        for (m, micro) in order.chunks(s.micro_batch_size).enumerate() {
             let rows: Vec<(&[i32], &[i32])> = micro
                 .iter()
                 .map(|&i| {
@@ -245,6 +251,21 @@ impl Steps for Update<'_> {
                 false,
             )?;
             let logp = out.logprobs;
+            if prep.pending_check && k == 0 && m == 0 {
+                // the policy has not stepped yet: these are the recomputed old log-probs of
+                // the micro-batch's rows, and `old` holds the sampler's
+                let log_r = tch::no_grad(|| (logp.detach() - &old).masked_fill(&mask.le(0.5), 0.0));
+                let diff = crate::prepare::masked_abs_max(&log_r, mask);
+                if diff > SAMPLER_LOGPROB_TOLERANCE {
+                    return Err(SamplerMismatch { diff }.into());
+                }
+                tracing::info!(
+                    rows = micro.len(),
+                    max_abs_diff = diff,
+                    "the sampler's log-probs are this policy's (checked in the first forward)"
+                );
+                self.checked = Some(tch::no_grad(|| sampler_metrics(&log_r, mask)));
+            }
             let entropy = out.entropy.unwrap_or_else(|| logp.zeros_like());
             let pl = ppo_clipped_loss(&logp, &old, &adv, mask, s.clip_range)?;
             let mut loss = match &prep.tis_weights {

@@ -280,6 +280,25 @@ fn the_samplers_logprobs_are_taken_only_when_they_are_this_policys() {
     let m = metrics(&off);
     assert_eq!(metric(&m, "iter/old_logprobs_from_sampler"), 0.0);
     assert!(metric(&m, "iter/sampler_logprob_abs_diff") > 1e-4);
+    // The check ran in the update's first forward: the taken run reports the rows it
+    // checked there, and the mismatch restarted the update with every row recomputed, which
+    // gives the bits of a run that recomputed them from the start.
+    let t = metrics(&taken);
+    assert!(metric(&t, "iter/sampler_logprob_abs_diff") <= 1e-5);
+    assert!((metric(&t, "iter/sampler_ratio_mean") - 1.0).abs() <= 1e-4);
+    // With LoRA dropout the training forward draws it: the check runs in a forward of its own.
+    let dropped = metrics(&update(&r, &sc, "dropout", &["--lora-dropout", "0.1"]));
+    assert_eq!(metric(&dropped, "iter/old_logprobs_from_sampler"), 1.0);
+    assert!(metric(&dropped, "iter/sampler_logprob_abs_diff") <= 1e-5);
+    let off_recomputed = update(&r2, &sc2, "off-recomputed", &["--recompute-old-logprobs"]);
+    for ((n1, t1), (n2, t2)) in adapter_tensors(&off)
+        .iter()
+        .zip(&adapter_tensors(&off_recomputed))
+    {
+        assert_eq!(n1, n2);
+        let d = (t1 - t2).abs().max().double_value(&[]);
+        assert_eq!(d, 0.0, "{n1}: the restarted update differs by {d}");
+    }
 }
 
 /// `--kl-control-on updated`: the controller reads the updated policy's KL on the rollouts.
