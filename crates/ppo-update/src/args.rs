@@ -229,7 +229,7 @@ pub struct Cli {
     /// of taking the sampler's. By default the sampler's are taken when the rollouts were
     /// sampled by this policy and recomputed rows match them (max |diff| <= 1e-5, temperature
     /// 1, no top-k/top-p): the update's first micro-batch, checked in its training forward
-    /// (4 rows in a forward of their own with LoRA dropout or a checkpoint to resume);
+    /// (replayed before a resume; 4 rows in a forward of their own with LoRA dropout);
     /// otherwise every row is recomputed (after a mismatch, the update starts over).
     #[arg(long)]
     pub recompute_old_logprobs: bool,

@@ -43,11 +43,14 @@ pub struct Prepared {
     /// The old log-probs are the sampler's, not yet checked: the update's first forward
     /// checks them ([`SamplerCheck::FirstForward`]).
     pub pending_check: bool,
+    /// The metrics of a [`SamplerCheck::Replay`] that passed, recorded after the update's
+    /// as the first forward's are.
+    pub check_metrics: Option<Vec<(String, f64)>>,
 }
 
 /// How the sampler's log-probs are checked before they are taken as the old ones (when the
 /// rollouts were sampled by this policy and `--recompute-old-logprobs` is not given).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SamplerCheck {
     /// Recompute [`CHECK_ROWS`] rows now, in a forward of their own.
     Now,
@@ -56,10 +59,33 @@ pub enum SamplerCheck {
     /// forward is done twice. A mismatch ends the update with [`SamplerMismatch`] before
     /// its first backward; the run then prepares again with every row recomputed
     /// ([`SamplerCheck::Off`]) and starts the update over. Not with LoRA dropout (the
-    /// training forward draws it) nor on a resume (the policy has moved).
+    /// training forward draws it) nor before a resume ([`SamplerCheck::Replay`]).
     FirstForward,
+    /// The first forward's check done here, before a resume (its step is done; the
+    /// checkpoint is loaded later, so the policy is still the one that sampled): the same
+    /// rows (the first micro-batch of the first minibatch), a training forward with grad as
+    /// the update runs it, so the check's result and metrics are the uninterrupted run's.
+    Replay(Vec<usize>),
     /// The sampler's log-probs are not taken: every row is recomputed.
     Off,
+}
+
+/// The check of the sampler's log-probs `sampler` against the policy's `logp` from a
+/// training forward before any step (each (b, L-1), read where `mask` is set): the checked
+/// rows' metrics ([`sampler_metrics`]), or the mismatch.
+pub fn check_sampler(
+    logp: &Tensor,
+    sampler: &Tensor,
+    mask: &Tensor,
+) -> std::result::Result<Vec<(String, f64)>, SamplerMismatch> {
+    tch::no_grad(|| {
+        let log_r = (logp.detach() - sampler).masked_fill(&mask.le(0.5), 0.0);
+        let diff = masked_abs_max(&log_r, mask);
+        if diff > SAMPLER_LOGPROB_TOLERANCE {
+            return Err(SamplerMismatch { diff });
+        }
+        Ok(sampler_metrics(&log_r, mask))
+    })
 }
 
 /// The update's first forward found that the sampler's log-probs are not this policy's.
@@ -241,7 +267,7 @@ pub fn prepare(
     s: &Settings,
     beta: f64,
     sampled_by_this_policy: bool,
-    check: SamplerCheck,
+    check: &SamplerCheck,
 ) -> Result<Prepared> {
     let _guard = tch::no_grad_guard();
     let have_ref = examples.iter().all(|e| e.ref_logprobs.is_some());
@@ -258,12 +284,48 @@ pub fn prepare(
     let take = sampled_by_this_policy
         && !s.recompute_old_logprobs
         && !examples.is_empty()
-        && check != SamplerCheck::Off;
-    let pending_check = take && check == SamplerCheck::FirstForward;
+        && *check != SamplerCheck::Off;
+    let pending_check = take && *check == SamplerCheck::FirstForward;
+    let mut check_metrics = None;
     if pending_check {
         tracing::info!(
             "the rollouts were sampled by this policy: taking the sampler's log-probs as the old log-probs (the update's first forward checks them)"
         );
+    } else if let (true, SamplerCheck::Replay(rows)) = (take, check) {
+        let pairs: Vec<(&[i32], &[i32])> = rows
+            .iter()
+            .map(|&i| {
+                let e = &examples[i];
+                (e.prompt_tokens.as_slice(), e.response_tokens.as_slice())
+            })
+            .collect();
+        let batch = SeqBatch::new(&pairs, 0, models.device())?;
+        let out = tch::with_grad(|| {
+            scoring::forward_outputs(
+                &models.policy,
+                models.policy_adapter(),
+                &batch,
+                true,
+                scoring::Entropy::Off,
+                false,
+            )
+        })
+        .context("recomputing log-probabilities of the first micro-batch")?;
+        let sampler: Vec<&[f32]> = rows
+            .iter()
+            .map(|&i| examples[i].sampler_logprobs.as_slice())
+            .collect();
+        let sampler_t = crate::ragged::at_response(&batch, &sampler)?;
+        match check_sampler(&out.logprobs, &sampler_t, &batch.response_mask) {
+            Ok(m) => {
+                tracing::info!(
+                    rows = rows.len(),
+                    "the sampler's log-probs are this policy's (the first forward's check, before resuming)"
+                );
+                check_metrics = Some(m);
+            }
+            Err(e) => tracing::info!("{e}: recomputing every row"),
+        }
     } else if take {
         let rows = check_rows(examples.len(), s.micro_batch_size);
         let sample: Vec<Example> = rows.iter().map(|&i| examples[i].clone()).collect();
@@ -287,7 +349,7 @@ pub fn prepare(
             );
         }
     }
-    let reuse_old = checked.is_some() || pending_check;
+    let reuse_old = checked.is_some() || pending_check || check_metrics.is_some();
     let (old_logp, refs, values) = score_all(
         models,
         examples,
@@ -328,8 +390,9 @@ pub fn prepare(
     // over every rollout, or over the checked sample when the sampler's were taken
     let log_ratio = (&old_t - &sampler_t) * &mask;
     let ratio = log_ratio.exp() * &mask;
-    // (a pending check's metrics come from the update's first forward)
-    if !pending_check {
+    // (a pending check's metrics come from the update's first forward, a replayed one's
+    // are recorded where those are)
+    if !pending_check && check_metrics.is_none() {
         let (log_r, m) = match &checked {
             Some((recomputed, sampler)) => {
                 let (a, m) = pad(recomputed);
@@ -462,6 +525,7 @@ pub fn prepare(
         metrics,
         kl_seq_mean,
         pending_check,
+        check_metrics,
     })
 }
 

@@ -23,7 +23,7 @@ use crate::settings::Settings;
 use crate::state::{
     TrainingState, CRITIC_DIR, CRITIC_OPTIMIZER_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_VERSION,
 };
-use crate::update::{schedule_minibatches, Optimizers, Update};
+use crate::update::{first_micro_batch, schedule_minibatches, Optimizers, Update};
 
 /// Name of this stage in metrics and lineage.
 pub const STAGE: &str = "ppo-update";
@@ -187,16 +187,25 @@ pub fn run(s: &Settings) -> Result<Summary> {
         "ref_id": ref_id,
     });
 
+    let minibatches = schedule_minibatches(&data.examples, s, iteration);
     // The sampler's log-probs are checked in the update's first forward, where nothing then
-    // computes them twice; a separate forward of a few rows instead under LoRA dropout (the
-    // training forward draws it) and when a checkpoint may be resumed (the policy moved).
+    // computes them twice; under LoRA dropout (the training forward draws it) a separate
+    // forward of a few rows instead; when a checkpoint may be resumed (its steps are done)
+    // the first forward's check is replayed here, giving the uninterrupted run's metrics.
     let dropout = match models.policy_adapter() {
         Some(name) => models.policy.adapter_config(name)?.dropout > 0.0,
         None => false,
     };
-    let check = match dropout || s.checkpoint_dir().exists() {
-        true => SamplerCheck::Now,
-        false => SamplerCheck::FirstForward,
+    let check = if dropout {
+        SamplerCheck::Now
+    } else if s.checkpoint_dir().exists() {
+        SamplerCheck::Replay(first_micro_batch(
+            &minibatches,
+            &data.examples,
+            s.micro_batch_size,
+        ))
+    } else {
+        SamplerCheck::FirstForward
     };
     let mut prep = prepare(
         &models,
@@ -204,9 +213,8 @@ pub fn run(s: &Settings) -> Result<Summary> {
         s,
         beta,
         sampled_by_this_policy,
-        check,
+        &check,
     )?;
-    let minibatches = schedule_minibatches(&data.examples, s, iteration);
     let steps_loop = StepLoop {
         stage: STAGE,
         iteration,
@@ -251,13 +259,14 @@ pub fn run(s: &Settings) -> Result<Summary> {
                 s,
                 beta,
                 sampled_by_this_policy,
-                SamplerCheck::Off,
+                &SamplerCheck::Off,
             )?;
             update_with(&prep)?
         }
         other => other?,
     };
-    prep.metrics.extend(checked.unwrap_or_default());
+    let check_metrics = checked.or_else(|| prep.check_metrics.take());
+    prep.metrics.extend(check_metrics.unwrap_or_default());
     let mut metrics = finished.metrics;
     let steps = finished.steps;
     let end_step = (base_step + steps) as i64;

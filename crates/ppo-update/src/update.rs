@@ -21,9 +21,7 @@ use tch::Tensor;
 use crate::args::Algo;
 use crate::data::Example;
 use crate::models::Models;
-use crate::prepare::{
-    sampler_metrics, Prepared, SamplerMismatch, CRITIC, POLICY, SAMPLER_LOGPROB_TOLERANCE,
-};
+use crate::prepare::{check_sampler, Prepared, CRITIC, POLICY};
 use crate::ragged::at_response;
 use crate::settings::Settings;
 
@@ -106,6 +104,20 @@ fn schedule(groups: &[usize], cut: &Cut, iteration: i32) -> Vec<Vec<usize>> {
 /// micro-batch holds whole groups and the forward computes each shared prompt once
 /// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order (up to
 /// the rounding of the sum).
+/// The rows of the update's first forward: the first micro-batch of the first minibatch, as
+/// [`Update`]'s step orders it (empty without minibatches).
+pub fn first_micro_batch(
+    minibatches: &[Vec<usize>],
+    examples: &[Example],
+    micro: usize,
+) -> Vec<usize> {
+    let Some(mb) = minibatches.first() else {
+        return Vec::new();
+    };
+    let order = grouped_by_prompt(mb, examples);
+    order[..micro.min(order.len())].to_vec()
+}
+
 fn grouped_by_prompt(mb: &[usize], examples: &[Example]) -> Vec<usize> {
     let mut first_seen: HashMap<usize, usize> = HashMap::new();
     for (pos, &i) in mb.iter().enumerate() {
@@ -253,18 +265,12 @@ impl Steps for Update<'_> {
             let logp = out.logprobs;
             if prep.pending_check && k == 0 && m == 0 {
                 // the policy has not stepped yet: these are the recomputed old log-probs of
-                // the micro-batch's rows, and `old` holds the sampler's
-                let log_r = tch::no_grad(|| (logp.detach() - &old).masked_fill(&mask.le(0.5), 0.0));
-                let diff = crate::prepare::masked_abs_max(&log_r, mask);
-                if diff > SAMPLER_LOGPROB_TOLERANCE {
-                    return Err(SamplerMismatch { diff }.into());
-                }
+                // the micro-batch's rows (`first_micro_batch`), and `old` holds the sampler's
+                self.checked = Some(check_sampler(&logp, &old, mask)?);
                 tracing::info!(
                     rows = micro.len(),
-                    max_abs_diff = diff,
                     "the sampler's log-probs are this policy's (checked in the first forward)"
                 );
-                self.checked = Some(tch::no_grad(|| sampler_metrics(&log_r, mask)));
             }
             let entropy = out.entropy.unwrap_or_else(|| logp.zeros_like());
             let pl = ppo_clipped_loss(&logp, &old, &adv, mask, s.clip_range)?;
