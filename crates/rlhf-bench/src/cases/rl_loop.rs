@@ -70,8 +70,8 @@ const LORA_ALPHA: &str = "16";
 const LORA_TARGETS: &str = "q_proj,v_proj";
 const TARGET_WORDS: &str = "12";
 /// ppo-update's `--micro-batch-size`: half TRL's batch of 16 (its memory stays well under
-/// TRL's). On the iteration-2 files, 3 alternating runs each: ppo-update 1.03-1.23 s at 8,
-/// 1.22-1.26 s at 16, 1.43-1.51 s at the default 4 (peak RSS 540, 790, 400 MB).
+/// TRL's). On the iteration-2 files, alternating runs (5, 5 and 2): ppo-update 1.03-1.34 s
+/// at 8, 1.16-1.30 s at 16, 1.43-1.51 s at the default 4 (peak RSS 540, 790, 400 MB).
 const MICRO_BATCH: &str = "8";
 
 /// Writes `loop-prompts.parquet` (the prompts of every iteration, in order, for TRL) and
