@@ -99,11 +99,6 @@ fn schedule(groups: &[usize], cut: &Cut, iteration: i32) -> Vec<Vec<usize>> {
     out
 }
 
-/// A minibatch's rollouts with those of one prompt next to each other (the prompts in the
-/// order the minibatch first names them, each prompt's rollouts in minibatch order), so that a
-/// micro-batch holds whole groups and the forward computes each shared prompt once
-/// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order (up to
-/// the rounding of the sum).
 /// The rows of the update's first forward: the first micro-batch of the first minibatch, as
 /// [`Update`]'s step orders it (empty without minibatches).
 pub fn first_micro_batch(
@@ -118,6 +113,11 @@ pub fn first_micro_batch(
     order[..micro.min(order.len())].to_vec()
 }
 
+/// A minibatch's rollouts with those of one prompt next to each other (the prompts in the
+/// order the minibatch first names them, each prompt's rollouts in minibatch order), so that a
+/// micro-batch holds whole groups and the forward computes each shared prompt once
+/// (`Model::forward_batch`). The minibatch's gradient is their sum whatever the order (up to
+/// the rounding of the sum).
 fn grouped_by_prompt(mb: &[usize], examples: &[Example]) -> Vec<usize> {
     let mut first_seen: HashMap<usize, usize> = HashMap::new();
     for (pos, &i) in mb.iter().enumerate() {
