@@ -168,7 +168,9 @@ impl Llama {
     /// states of the prompts (g, p, hidden) and of the continuations (n, r, hidden): the full
     /// forward's on the n rows `prompt ++ continuation`, up to rounding, with the products on
     /// g p + n r rows instead of n (p + r). A continuation attends to its prompt's keys and
-    /// values and, causally, its own; its positions follow its prompt's.
+    /// values and, causally, its own; its positions follow its prompt's. The prompts' and
+    /// continuations' positions run through each product as one matrix of g p + n r rows
+    /// (a prompt's few dozen rows alone ran at half the rate of a larger product).
     pub fn forward_shared_prefix(
         &self,
         (prompts, prompt_mask): (&Tensor, &Tensor),
@@ -176,10 +178,13 @@ impl Llama {
         group: &Tensor,
         ctx: Ctx,
     ) -> Result<(Tensor, Tensor)> {
-        let (r, p) = (ids.size()[1], prompts.size()[1]);
-        let mut xp = Tensor::embedding(&self.embed_tokens, prompts, -1, false, false);
-        let mut xr = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
-        let kind = xp.kind();
+        let ((g, p), (n, r)) = (
+            (prompts.size()[0], prompts.size()[1]),
+            (ids.size()[0], ids.size()[1]),
+        );
+        let rows = Tensor::cat(&[prompts.reshape([g * p]), ids.reshape([n * r])], 0);
+        let mut x = Tensor::embedding(&self.embed_tokens, &rows, -1, false, false);
+        let kind = x.kind();
         let prompt_frame = crate::kv_cache::Frame::new(prompt_mask, None, kind)?;
         let prompt_mask = prompt_mask.to_kind(tch::Kind::Int64).index_select(0, group);
         let mask = mask.to_kind(tch::Kind::Int64);
@@ -190,18 +195,23 @@ impl Llama {
         let (cos_r, sin_r) = self
             .rope
             .cos_sin(&crate::layers::positions(&mask, Some(&past)), kind);
+        let shared = Shared {
+            shape: (g, p, n, r),
+            group,
+            rope_p: (&cos_p, &sin_p),
+            rope_r: (&cos_r, &sin_r),
+            mask_p: &prompt_frame.attn_mask,
+            mask_r: &mask_r,
+        };
         for layer in &self.layers {
-            (xp, xr) = layer.forward_shared(
-                (&xp, &xr),
-                group,
-                (&cos_p, &sin_p),
-                (&cos_r, &sin_r),
-                (&prompt_frame.attn_mask, &mask_r),
-                ctx,
-                self,
-            )?;
+            x = layer.forward_shared(&x, &shared, ctx, self)?;
         }
-        Ok((self.norm.forward(&xp), self.norm.forward(&xr)))
+        let x = self.norm.forward(&x);
+        let hidden = x.size()[1];
+        Ok((
+            x.narrow(0, 0, g * p).reshape([g, p, hidden]),
+            x.narrow(0, g * p, n * r).reshape([n, r, hidden]),
+        ))
     }
 
     pub fn linears(&self) -> Vec<&Linear> {
@@ -394,31 +404,47 @@ impl LlamaLayer {
         self.attend_and_mlp(&x, &q, &k, &v, &attn_mask, ctx, m)
     }
 
-    /// The layer on rows that share prompts ([`Llama::forward_shared_prefix`]): `xp`
-    /// (g, p, hidden) the prompts, `xr` (n, r, hidden) the continuations, whose attention reads
-    /// the keys and values of their prompt (`group` (n,)), computed once, before their own.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_shared(
-        &self,
-        (xp, xr): (&Tensor, &Tensor),
-        group: &Tensor,
-        (cos_p, sin_p): (&Tensor, &Tensor),
-        (cos_r, sin_r): (&Tensor, &Tensor),
-        (mask_p, mask_r): (&Tensor, &Tensor),
-        ctx: Ctx,
-        m: &Llama,
-    ) -> Result<(Tensor, Tensor)> {
-        let (qp, kp, vp) = self.project(xp, cos_p, sin_p, ctx, m);
-        let (qr, kr, vr) = self.project(xr, cos_r, sin_r, ctx, m);
+    /// The layer on rows that share prompts ([`Llama::forward_shared_prefix`]): `x`
+    /// (g p + n r, hidden) the prompts' positions, then the continuations'; a continuation's
+    /// attention reads the keys and values of its prompt (`group`), computed once, before its
+    /// own. The products take all positions at once; attention runs per part.
+    fn forward_shared(&self, x: &Tensor, s: &Shared, ctx: Ctx, m: &Llama) -> Result<Tensor> {
+        let (g, p, n, r) = s.shape;
+        let h = self.input_layernorm.forward(x);
+        let qkv = self
+            .qkv
+            .forward(&h, &[&self.q_proj, &self.k_proj, &self.v_proj], ctx);
+        // (rows, heads * d) -> the prompts' (g, heads, p, d) and continuations' (n, heads, r, d)
+        let parts = |t: &Tensor, heads: i64| {
+            let part = |from: i64, b: i64, len: i64| {
+                t.narrow(0, from, b * len)
+                    .reshape([b, len, heads, m.head_dim])
+                    .transpose(1, 2)
+            };
+            (part(0, g, p), part(g * p, n, r))
+        };
+        let (qp, qr) = parts(&qkv[0], m.num_heads);
+        let (kp, kr) = parts(&qkv[1], m.num_kv_heads);
+        let (vp, vr) = parts(&qkv[2], m.num_kv_heads);
+        let (cos_p, sin_p) = s.rope_p;
+        let (cos_r, sin_r) = s.rope_r;
+        let kp = apply_rope(&kp, cos_p, sin_p);
+        let kr = apply_rope(&kr, cos_r, sin_r);
         let after_prompt =
-            |prompt: &Tensor, own: Tensor| Tensor::cat(&[prompt.index_select(0, group), own], 2);
+            |prompt: &Tensor, own: Tensor| Tensor::cat(&[prompt.index_select(0, s.group), own], 2);
         let (kr, vr) = (after_prompt(&kp, kr), after_prompt(&vp, vr));
         let qp = apply_rope(&qp, cos_p, sin_p);
         let qr = apply_rope(&qr, cos_r, sin_r);
-        Ok((
-            self.attend_and_mlp(xp, &qp, &kp, &vp, mask_p, ctx, m)?,
-            self.attend_and_mlp(xr, &qr, &kr, &vr, mask_r, ctx, m)?,
-        ))
+        let a = Tensor::cat(
+            &[
+                self.attend(&qp, &kp, &vp, s.mask_p, m)?
+                    .reshape([g * p, -1]),
+                self.attend(&qr, &kr, &vr, s.mask_r, m)?
+                    .reshape([n * r, -1]),
+            ],
+            0,
+        );
+        Ok(self.output_and_mlp(x, &a, ctx))
     }
 
     /// Input norm and the q, k, v products of `x` (b, t, hidden): q (b, heads, t, d) before
@@ -461,19 +487,51 @@ impl LlamaLayer {
         ctx: Ctx,
         m: &Llama,
     ) -> Result<Tensor> {
+        let a = self.attend(q, k, v, mask, m)?;
+        Ok(self.output_and_mlp(x, &a, ctx))
+    }
+
+    /// Attention of `q` (b, heads, t, d, rotated) over `k`, `v` under the additive `mask`:
+    /// (b, t, heads * d).
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        m: &Llama,
+    ) -> Result<Tensor> {
         let (b, t) = (q.size()[0], q.size()[2]);
         let gqa = m.num_heads != m.num_kv_heads;
         let a = crate::decode_kernels::attention::sdpa(q, k, v, mask, gqa)?;
-        let a = a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]);
-        let x = x + self.o_proj.forward(&a, ctx);
+        Ok(a.transpose(1, 2).reshape([b, t, m.num_heads * m.head_dim]))
+    }
+
+    /// The output product of the attention `a` (..., heads * d) and its residual on `x`
+    /// (..., hidden), then the MLP with its residual.
+    fn output_and_mlp(&self, x: &Tensor, a: &Tensor, ctx: Ctx) -> Tensor {
+        let x = x + self.o_proj.forward(a, ctx);
         let h = self.post_attention_layernorm.forward(&x);
         let gu = self
             .gate_up
             .forward(&h, &[&self.gate_proj, &self.up_proj], ctx);
         let mlp = crate::decode_kernels::elementwise::swiglu(&gu[0], &gu[1])
             .unwrap_or_else(|| gu[0].silu() * &gu[1]);
-        Ok(x + self.down_proj.forward(&mlp, ctx))
+        x + self.down_proj.forward(&mlp, ctx)
     }
+}
+
+/// What every layer of [`Llama::forward_shared_prefix`] reads besides its input: (g, p, n, r)
+/// = prompts, prompt width, continuations, continuation width; each continuation's prompt
+/// (`group` (n,)); the rotary tables and additive masks of the prompts and of the
+/// continuations.
+struct Shared<'a> {
+    shape: (i64, i64, i64, i64),
+    group: &'a Tensor,
+    rope_p: (&'a Tensor, &'a Tensor),
+    rope_r: (&'a Tensor, &'a Tensor),
+    mask_p: &'a Tensor,
+    mask_r: &'a Tensor,
 }
 
 #[cfg(test)]

@@ -63,6 +63,28 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tens
     try_linear(x, weight, bias).unwrap_or_else(|| x.linear(weight, bias))
 }
 
+/// `y + scale * x W^T` with `y` (..., out), `x` (..., in) and `weight` (out, in) (a LoRA's
+/// delta on its module's output), in `y`'s kind. Where this module's kernel applies, its
+/// product, scaled and added; elsewhere one libtorch `addmm` (the scale and the sum inside
+/// the product: no pass over the output to scale it and none to add it, forward or backward;
+/// the scale multiplies `x`, of LoRA's rank columns, instead: exact for a power of two, as
+/// alpha / rank usually is, one rounding of difference otherwise).
+pub(crate) fn add_scaled_linear(y: Tensor, x: &Tensor, weight: &Tensor, scale: f64) -> Tensor {
+    if let Some(delta) = try_linear(x, weight, None) {
+        let kind = y.kind();
+        return y + (delta * scale).to_kind(kind);
+    }
+    let (ys, xs) = (y.size(), x.size());
+    let (out, k) = (*ys.last().unwrap_or(&0), *xs.last().unwrap_or(&0));
+    if y.kind() != x.kind() || y.kind() != weight.kind() || ys.len() != xs.len() {
+        let kind = y.kind();
+        return y + (x.linear(weight, None::<&Tensor>) * scale).to_kind(kind);
+    }
+    y.reshape([-1, out])
+        .addmm(&(x.reshape([-1, k]) * scale), &weight.tr())
+        .view(ys.as_slice())
+}
+
 /// The kernel's `linear`, or `None` when it does not apply (see the module docs).
 fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
     let simd = enabled()?;
