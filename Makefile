@@ -72,7 +72,7 @@ label: build ## Label the demo's sampled pairs in the browser (label-pairs serve
 
 .PHONY: bench
 bench: build ## Benchmarks: throughput, memory, ratios (runs/bench/results.json)
-	RLHF_PYTHON=$(PYTHON) $(BIN)/rlhf-bench --out runs/bench/results.json
+	RLHF_PYTHON=$(PYTHON) $(BIN)/rlhf-bench --rounds 3 --out runs/bench/results.json
 
 .PHONY: lint
 lint: setup ## cargo fmt --check and clippy with warnings as errors

@@ -11,11 +11,17 @@ fn bench() -> Command {
 /// `rlhf-bench --quick --threads 1 --cases CASES` without the Python references: the
 /// results file's cases, after checking that the run succeeded.
 fn quick_cases(cases: &str) -> Vec<serde_json::Value> {
+    quick_cases_with(cases, &[])
+}
+
+/// [`quick_cases`] with more flags.
+fn quick_cases_with(cases: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("r.json");
     let o = bench()
         .args(["--quick", "--threads", "1", "--cases", cases, "--out"])
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -128,11 +134,25 @@ fn quick_rl_loop_runs_the_three_binaries_for_each_iteration() {
     }
 }
 
-/// The training-step cases end to end on the small preset, without the Python references:
-/// each reports our seconds per step with and without shared prompts.
+/// `--rounds 0` is a usage error (exit 2), before any case runs.
+#[test]
+fn zero_rounds_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bench()
+        .args(["--cases", "policy_step", "--rounds", "0", "--out"])
+        .arg(tmp.path().join("r.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!tmp.path().join("r.json").exists());
+}
+
+/// The training-step cases end to end on the small preset, without the Python references,
+/// in two rounds (each round's runs in folders of their own): each reports our seconds per
+/// step with and without shared prompts.
 #[test]
 fn quick_training_step_cases_report_ours_with_and_without_shared_prompts() {
-    let cases = quick_cases("rm_step,policy_step");
+    let cases = quick_cases_with("rm_step,policy_step", &["--rounds", "2"]);
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,

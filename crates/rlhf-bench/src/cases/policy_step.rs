@@ -14,7 +14,8 @@
 //! the first. Both sides take the old and reference log-probs from the rollouts. ppo-update
 //! runs a prompt once for its K samples in a micro-batch (`Model::forward_batch`); the second
 //! run of ours (`RLHF_NO_SHARED_PROMPTS=1`, `seconds_per_step_unshared_prompts`) does not,
-//! as transformers does not. The work folder is removed unless RLHF_BENCH_KEEP is set.
+//! as transformers does not. With `--rounds N` the three runs repeat N times in turn and each
+//! reports its fastest round. The work folder is removed unless RLHF_BENCH_KEEP is set.
 
 use std::path::Path;
 
@@ -121,16 +122,23 @@ fn measure(
         let log = MetricsLog::read(&out.join("metrics.parquet"), "ppo-update", 0)?;
         fastest_step(&log, &out)
     };
-    let ours = update("policy", &[])?;
-    let unshared = update("policy-unshared", &[("RLHF_NO_SHARED_PROMPTS", "1")])?;
-    let name = |what: &str| format!("policy_step.{preset}.{what}");
-    let mut m = Measurement::new(name("seconds_per_step"), ours, "s");
-    let mut u = Measurement::new(name("seconds_per_step_unshared_prompts"), unshared, "s");
     let script = "policy_step.py";
     let mut args = inputs.clone();
     args.extend(strings(&["--threads", &threads]));
-    if let Some(v) = python::run_script(ctx, script, &args)? {
-        let theirs = python::number(&v, "fastest_seconds_per_step", script)?;
+    let (mut ours, mut unshared, mut theirs) = (f64::INFINITY, f64::INFINITY, None::<f64>);
+    for round in 0..ctx.rounds {
+        ours = ours.min(update(&format!("policy-{round}"), &[])?);
+        let off = [("RLHF_NO_SHARED_PROMPTS", "1")];
+        unshared = unshared.min(update(&format!("policy-unshared-{round}"), &off)?);
+        if let Some(v) = python::run_script(ctx, script, &args)? {
+            let t = python::number(&v, "fastest_seconds_per_step", script)?;
+            theirs = Some(theirs.map_or(t, |b| b.min(t)));
+        }
+    }
+    let name = |what: &str| format!("policy_step.{preset}.{what}");
+    let mut m = Measurement::new(name("seconds_per_step"), ours, "s");
+    let mut u = Measurement::new(name("seconds_per_step_unshared_prompts"), unshared, "s");
+    if let Some(theirs) = theirs {
         let vs = "transformers + peft, same rollouts/minibatches/LoRA";
         m = m.against(vs, theirs, false);
         u = u.against(vs, theirs, false);
