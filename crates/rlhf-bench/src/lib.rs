@@ -43,9 +43,10 @@ pub struct Context {
     pub quick: bool,
     /// Compute threads (libtorch intra-op), also passed to Python references.
     pub threads: usize,
-    /// Rounds of the training-step cases (`policy_step`, `rm_step`): ours and the reference
-    /// run alternately this many times and each side reports its best round, so that a
-    /// machine whose speed drifts between runs does not decide the ratio (1 = one run each).
+    /// Rounds of the training-step and sampling cases (`policy_step`, `rm_step`,
+    /// `sampling`): ours and the reference run alternately this many times and each side
+    /// reports its best round, so that a machine whose speed drifts between runs does not
+    /// decide the ratio (1 = one run each).
     pub rounds: usize,
     /// The Python interpreter for references (env RLHF_PYTHON), if set.
     pub python: Option<PathBuf>,

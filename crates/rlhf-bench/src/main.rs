@@ -25,9 +25,9 @@ struct Cli {
     /// Short measurements (smoke test); figures are noisier.
     #[arg(long)]
     quick: bool,
-    /// Rounds of the training-step cases (policy_step, rm_step): ours and the Python
-    /// reference run alternately N times and each side reports its best round, so that a
-    /// machine whose speed drifts between runs does not decide the ratio.
+    /// Rounds of the training-step and sampling cases (policy_step, rm_step, sampling): ours
+    /// and the Python reference run alternately N times and each side reports its best round,
+    /// so that a machine whose speed drifts between runs does not decide the ratio.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
     /// List the cases and exit.
