@@ -22,7 +22,9 @@ use std::path::Path;
 use anyhow::Result;
 use rlhf_core::metrics::MetricsLog;
 
-use super::support::{fastest_step, p, prepare_model, run_bin, run_bin_with_env, strings, Scratch};
+use super::support::{
+    best_in_turn, fastest_step, p, prepare_model, run_bin, run_bin_with_env, strings, Scratch,
+};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -125,17 +127,22 @@ fn measure(
     let script = "policy_step.py";
     let mut args = inputs.clone();
     args.extend(strings(&["--threads", &threads]));
-    let (mut ours, mut unshared, mut theirs) = (f64::INFINITY, f64::INFINITY, None::<f64>);
-    for round in 0..ctx.rounds {
-        ours = ours.min(update(&format!("policy-{round}"), &[])?);
-        let off = [("RLHF_NO_SHARED_PROMPTS", "1")];
-        unshared = unshared.min(update(&format!("policy-unshared-{round}"), &off)?);
-        if let Some(v) = python::run_script(ctx, script, &args)? {
-            let t = python::number(&v, "fastest_seconds_per_step", script)?;
-            theirs = Some(theirs.map_or(t, |b| b.min(t)));
-        }
-    }
+    let off = [("RLHF_NO_SHARED_PROMPTS", "1")];
+    let [ours, unshared, theirs] = best_in_turn(
+        ctx.rounds,
+        f64::min,
+        [
+            &mut |r| update(&format!("policy-{r}"), &[]).map(Some),
+            &mut |r| update(&format!("policy-unshared-{r}"), &off).map(Some),
+            &mut |_| {
+                python::run_script(ctx, script, &args)?
+                    .map(|v| python::number(&v, "fastest_seconds_per_step", script))
+                    .transpose()
+            },
+        ],
+    )?;
     let name = |what: &str| format!("policy_step.{preset}.{what}");
+    let (ours, unshared) = (ours.unwrap_or(f64::NAN), unshared.unwrap_or(f64::NAN));
     let mut m = Measurement::new(name("seconds_per_step"), ours, "s");
     let mut u = Measurement::new(name("seconds_per_step_unshared_prompts"), unshared, "s");
     if let Some(theirs) = theirs {

@@ -22,7 +22,7 @@ use rlhf_core::records::PreferenceRow;
 use rlhf_core::schema::Artifact;
 
 use super::rm_lora_vs_full::{init_base, word};
-use super::support::{p, run_bin_with_env, strings, Scratch};
+use super::support::{best_in_turn, p, run_bin_with_env, strings, Scratch};
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -126,28 +126,30 @@ fn measure(ctx: &Context, root: &Path, preset: &str, steps: usize) -> Result<Vec
         "--threads",
         &threads,
     ]);
-    // With --rounds N, ours, ours unshared and the reference in turn N times, each side's
-    // fastest round reported.
-    let (mut ours, mut unshared, mut theirs) = (f64::INFINITY, f64::INFINITY, None);
-    for round in 0..ctx.rounds {
-        ours = ours.min(train(&format!("rm-{round}"), &[])?);
-        // The same run with each sequence's prompt computed for itself, as transformers does.
-        let off = [("RLHF_NO_SHARED_PROMPTS", "1")];
-        unshared = unshared.min(train(&format!("rm-unshared-{round}"), &off)?);
-        if let Some(v) = python::run_script(ctx, script, &args)? {
-            let t = python::number(&v, "seconds_per_step", script)?;
-            let tokens = python::number(&v, "tokens_per_step", script)?;
-            theirs = Some(match theirs {
-                Some((b, _)) if b <= t => (b, tokens),
-                _ => (t, tokens),
-            });
-        }
-    }
+    // The same run with each sequence's prompt computed for itself, as transformers does.
+    let off = [("RLHF_NO_SHARED_PROMPTS", "1")];
+    let mut tokens = None;
+    let [ours, unshared, theirs] = best_in_turn(
+        ctx.rounds,
+        f64::min,
+        [
+            &mut |r| train(&format!("rm-{r}"), &[]).map(Some),
+            &mut |r| train(&format!("rm-unshared-{r}"), &off).map(Some),
+            &mut |_| {
+                let Some(v) = python::run_script(ctx, script, &args)? else {
+                    return Ok(None);
+                };
+                tokens = Some(python::number(&v, "tokens_per_step", script)?);
+                python::number(&v, "seconds_per_step", script).map(Some)
+            },
+        ],
+    )?;
     let name = |what: &str| format!("rm_step.{preset}.{what}");
+    let (ours, unshared) = (ours.unwrap_or(f64::NAN), unshared.unwrap_or(f64::NAN));
     let mut m = Measurement::new(name("seconds_per_step"), ours, "s");
     let mut u = Measurement::new(name("seconds_per_step_unshared_prompts"), unshared, "s");
     let mut out = vec![];
-    if let Some((theirs, tokens)) = theirs {
+    if let (Some(theirs), Some(tokens)) = (theirs, tokens) {
         let vs = "transformers + peft, same pairs/batch/LoRA";
         m = m.against(vs, theirs, false);
         u = u.against(vs, theirs, false);

@@ -18,6 +18,7 @@ use rlhf_nn::generate::{generate, SamplingParams};
 use rlhf_nn::{Model, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
+use super::support::best_in_turn;
 use crate::{python, Case, Context, Measurement};
 
 /// The case.
@@ -132,14 +133,19 @@ impl Case for Sampling {
             "--repeats".to_string(),
             repeats.to_string(),
         ];
-        let (mut cached, mut theirs) = (0f64, None::<f64>);
-        for _ in 0..ctx.rounds {
-            cached = cached.max(with_cache(&model, &prompts, new, repeats)?);
-            if let Some(v) = python::run_script(ctx, "sampling.py", &args)? {
-                let t = python::number(&v, "tokens_per_s", "sampling.py")?;
-                theirs = Some(theirs.map_or(t, |b| b.max(t)));
-            }
-        }
+        let [cached, theirs] = best_in_turn(
+            ctx.rounds,
+            f64::max,
+            [
+                &mut |_| with_cache(&model, &prompts, new, repeats).map(Some),
+                &mut |_| {
+                    python::run_script(ctx, "sampling.py", &args)?
+                        .map(|v| python::number(&v, "tokens_per_s", "sampling.py"))
+                        .transpose()
+                },
+            ],
+        )?;
+        let cached = cached.unwrap_or(f64::NAN);
         let mut out = Vec::new();
         let mut ours = Measurement::new("sampling.kv_cache.tokens_per_s", cached, "tokens/s");
         if let Some(theirs) = theirs {

@@ -251,3 +251,26 @@ pub(super) fn num(v: &serde_json::Value, field: &str, what: &str) -> Result<f64>
         .and_then(serde_json::Value::as_f64)
         .with_context(|| format!("{what} summary has no number `{field}`: {v}"))
 }
+
+/// A side of a comparison run in rounds ([`best_in_turn`]): its figure for a round, or `None`
+/// where it cannot run (a Python reference without RLHF_PYTHON).
+pub(super) type Side<'a> = &'a mut dyn FnMut(usize) -> Result<Option<f64>>;
+
+/// Runs `sides` in turn `rounds` times over (`--rounds`), so that a machine whose speed drifts
+/// between runs weighs on every side alike, and keeps each side's best figure by `better`
+/// (`f64::min` for seconds, `f64::max` for rates); a side that never ran stays `None`.
+pub(super) fn best_in_turn<const N: usize>(
+    rounds: usize,
+    better: fn(f64, f64) -> f64,
+    mut sides: [Side; N],
+) -> Result<[Option<f64>; N]> {
+    let mut best = [None; N];
+    for round in 0..rounds {
+        for (b, side) in best.iter_mut().zip(sides.iter_mut()) {
+            if let Some(v) = side(round)? {
+                *b = Some(b.map_or(v, |x| better(x, v)));
+            }
+        }
+    }
+    Ok(best)
+}
