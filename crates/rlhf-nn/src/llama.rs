@@ -401,7 +401,8 @@ impl LlamaLayer {
             )
         };
         let q = apply_rope(&q, &cos, &sin);
-        self.attend_and_mlp(&x, &q, &k, &v, &attn_mask, ctx, m)
+        let a = self.attend(&q, &k, &v, &attn_mask, m)?;
+        Ok(self.output_and_mlp(&x, &a, ctx))
     }
 
     /// The layer on rows that share prompts ([`Llama::forward_shared_prefix`]): `x`
@@ -472,23 +473,6 @@ impl LlamaLayer {
             .reshape([b, t, m.num_kv_heads, m.head_dim])
             .transpose(1, 2);
         (q, apply_rope(&k, cos, sin), v)
-    }
-
-    /// Attention of `q` (b, heads, t, d, rotated) over `k`, `v` under the additive `mask`,
-    /// the output product and residual on `x` (b, t, hidden), then the MLP with its residual.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_and_mlp(
-        &self,
-        x: &Tensor,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: &Tensor,
-        ctx: Ctx,
-        m: &Llama,
-    ) -> Result<Tensor> {
-        let a = self.attend(q, k, v, mask, m)?;
-        Ok(self.output_and_mlp(x, &a, ctx))
     }
 
     /// Attention of `q` (b, heads, t, d, rotated) over `k`, `v` under the additive `mask`:
