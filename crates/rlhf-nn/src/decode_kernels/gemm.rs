@@ -6,13 +6,13 @@
 //! weight once and keep the rows' sums in registers. Output columns are split across the
 //! calling thread and the decode crew (see [`super::DecodeThreads`]).
 //!
-//! The weights are read from a copy packed 16 output columns to a tile ([`pack`]), prefetched
-//! into L2 ahead of use: one AVX-512 vector (two AVX2 ones) holds a tile's 16 weights of input
-//! column k, and each row's `x[i, k]` is broadcast into it, one accumulator per row, so a tile
-//! costs as many multiply-adds per column as there are rows (a batch of 4 does a quarter of the
-//! work of 16). Weights of fewer than 16 rows (LoRA's A below rank 16) are not packed: `x` is
-//! transposed into (k, 16) panels, one vector holding column k of all rows, and each weight
-//! value is broadcast.
+//! The weights are read from a copy packed 32 output columns to a tile ([`pack`]), aligned to
+//! cache lines and prefetched into L2 ahead of use: two AVX-512 vectors (four AVX2 ones) hold a
+//! tile's 32 weights of input column k, and each row's `x[i, k]` is broadcast and multiplied
+//! into them, two accumulators per row, so a tile costs as many multiply-adds per column as
+//! there are rows (a batch of 4 does a quarter of the work of 16). Weights of fewer than 32
+//! rows (LoRA's A up to rank 16) are not packed: `x` is transposed into (k, 16) panels, one
+//! vector holding column k of all rows, and each weight value is broadcast.
 //!
 //! Used only inside a decode scope where no autograd record is needed and the shapes suit it:
 //! grad mode off, f32, CPU, contiguous weight, a CPU with AVX-512F or AVX2+FMA, and at most
@@ -43,13 +43,15 @@ const LANES: usize = 16;
 /// Weight rows per output tile of the panel kernels.
 const TILE: usize = 8;
 
-/// Output columns per tile of packed weights: one AVX-512 vector, two AVX2 ones.
-const PACKED_COLS: usize = 16;
+/// Output columns per tile of packed weights: two AVX-512 vectors, four AVX2 ones. With 16 (one
+/// AVX-512 vector, a broadcast per multiply-add) the kernel ran at about half the FMA rate on
+/// an Emerald Rapids Xeon (docs/performance.md).
+const PACKED_COLS: usize = 32;
 
-/// Rows the AVX2 packed kernel multiplies a tile by at once (the AVX-512 one takes 16).
+/// Rows the AVX2 packed kernel multiplies half a tile by at once (the AVX-512 one takes 14).
 const AVX2_ROWS: usize = 6;
 
-/// Columns of a packed tile the AVX2 kernel multiplies all rows by before the next ones (8 KB
+/// Columns of a packed tile the AVX2 kernel multiplies all rows by before the next ones (16 KB
 /// of weights).
 const AVX2_BLOCK: usize = 128;
 
@@ -140,7 +142,7 @@ pub(super) fn matmul(
         x,
         m,
         k,
-        (w, packed.as_deref().map(Vec::as_slice)),
+        (w, packed.as_deref().map(Packed::tiles)),
         n,
         y,
     );
@@ -170,10 +172,11 @@ fn product(
 }
 
 /// [`product`] from packed weights: each thread takes whole tiles of [`PACKED_COLS`] output
-/// columns; a tile's 16 columns fill one AVX-512 vector (two AVX2 ones, 6 rows at a time), and
-/// each row of `x` is broadcast a value at a time, so `x` is read where it lies (no panel) and
-/// each accumulator is one output row's slice, stored straight into `y`. The `n % PACKED_COLS`
-/// last columns, which `p` does not hold, are plain dot products over `w`.
+/// columns ([`x86::packed_tiles`]); a tile's 32 columns fill two AVX-512 vectors (14 rows at a
+/// time; AVX2: 16 columns in two vectors, 6 rows at a time), and each row of `x` is broadcast a
+/// value at a time, so `x` is read where it lies (no panel) and each accumulator is one output
+/// row's slice, stored straight into `y`. The `n % PACKED_COLS` last columns, which `p` does
+/// not hold, are plain dot products over `w`.
 fn product_packed(
     simd: Simd,
     x: &[f32],
@@ -230,31 +233,44 @@ fn product_packed(
                 xs.as_ptr()
             }),
         };
-        for j in cols.clone().step_by(PACKED_COLS) {
-            if j < whole {
-                let tile = &p[j * k..(j + PACKED_COLS) * k];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; the m rows
-                // of the padded copy of x (this thread's, or the shared one: k floats each,
-                // `stride` apart, untouched until the product ends) and the tile (k x 16) are
-                // inside their buffers; the output rows' columns j..j+16 are inside y (m, n),
-                // asserted in `product`, and this thread alone writes columns `cols`.
+        let (j0, j1) = (cols.start.min(whole), cols.end.min(whole));
+        if j0 < j1 {
+            #[cfg(target_arch = "x86_64")]
+            // A prefill's many rows a block at a time, so that the block's rows stay in L2
+            // while this thread's tiles pass (all rows of a 64-token batch of 16 are 2 MB at
+            // k = 512, a core's whole L2 on the Xeon this was measured on).
+            let block = x86::row_block(simd);
+            for r0 in (0..m).step_by(block) {
+                let (rows, tiles) = ((m - r0).min(block), &p[j0 * k..j1 * k]);
+                // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; the rows
+                // r0.. of the padded copy of x (this thread's, or the shared one: k floats
+                // each, `stride` apart, untouched until the product ends) and the tiles j0..j1
+                // (k x 32 each) are inside their buffers; those rows' columns j0..j1 are
+                // inside y (m, n), asserted in `product`, and this thread alone writes columns
+                // `cols`.
                 unsafe {
-                    x86::packed_tile(simd, m, xs, (k, stride), tile, out.at(j), n)
+                    x86::packed_tiles(
+                        simd,
+                        rows,
+                        xs.add(r0 * stride),
+                        (k, stride),
+                        tiles,
+                        out.at(r0 * n + j0),
+                        n,
+                    )
                 };
-            } else {
-                for jj in j..cols.end {
-                    let wr = &w[jj * k..(jj + 1) * k];
-                    for i in 0..m {
-                        let xr = &x[i * k..(i + 1) * k];
-                        let v = wr
-                            .iter()
-                            .zip(xr)
-                            .fold(0f32, |a, (&wv, &xv)| wv.mul_add(xv, a));
-                        // SAFETY: (i, jj) is inside y (m, n); this thread alone writes `cols`.
-                        unsafe { out.write(i * n + jj, v) };
-                    }
-                }
+            }
+        }
+        for jj in cols.start.max(whole)..cols.end {
+            let wr = &w[jj * k..(jj + 1) * k];
+            for i in 0..m {
+                let xr = &x[i * k..(i + 1) * k];
+                let v = wr
+                    .iter()
+                    .zip(xr)
+                    .fold(0f32, |a, (&wv, &xv)| wv.mul_add(xv, a));
+                // SAFETY: (i, jj) is inside y (m, n); this thread alone writes `cols`.
+                unsafe { out.write(i * n + jj, v) };
             }
         }
     });
@@ -345,21 +361,22 @@ fn transpose_rows(simd: Simd, x: &[f32], k: usize, panel: &mut [[f32; LANES]]) {
 
 /// Weight tiles packed for streaming: for each tile of [`PACKED_COLS`] weight rows (output
 /// columns), element `(j0 + c, k)` at `j0 * K + k * PACKED_COLS + c`, so a tile's k-th column is
-/// one 64-byte vector and a product reads the whole matrix front to back in one stream. Only
+/// two 64-byte vectors and a product reads the whole matrix front to back in one stream. Only
 /// whole tiles; the `n % PACKED_COLS` last rows stay in `w`.
 /// Packed tiles read faster than row-major weights, and prefetching into L2 faster than into
 /// L1 (docs/performance.md).
-fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+fn pack(w: &[f32], n: usize, k: usize) -> Packed {
     const C: usize = PACKED_COLS;
     let len = (n - n % C) * k;
     // Every element is written below, so a spare buffer's old contents do not matter.
-    let mut p = SPARE
+    let mut buf = SPARE
         .with_borrow_mut(|spare| {
-            let i = spare.iter().position(|b| b.len() == len)?;
+            let i = spare.iter().position(|b| b.len() == len + ALIGN_SLACK)?;
             Some(spare.swap_remove(i))
         })
-        .unwrap_or_else(|| vec![0f32; len]);
-    split(&mut p, C * k, |first, part| {
+        .unwrap_or_else(|| vec![0f32; len + ALIGN_SLACK]);
+    let off = buf.as_ptr().align_offset(64);
+    split(&mut buf[off..off + len], C * k, |first, part| {
         for (t, tile) in part.chunks_exact_mut(C * k).enumerate() {
             let j0 = first / k + t * C;
             for c in 0..C {
@@ -369,7 +386,31 @@ fn pack(w: &[f32], n: usize, k: usize) -> Vec<f32> {
             }
         }
     });
-    p
+    Packed { buf, off, len }
+}
+
+/// Floats a packed copy's buffer holds beyond its tiles, so that the tiles can start at a
+/// 64-byte boundary wherever the allocator put the buffer.
+const ALIGN_SLACK: usize = 15;
+
+/// A packed copy of a weight ([`pack`]): its tiles start at a 64-byte boundary, so no vector
+/// load of a tile's column straddles two cache lines (a large buffer comes from `mmap` 16
+/// bytes past a page boundary; loads across two lines halved the 32-column kernel's rate on
+/// AVX-512, docs/performance.md).
+struct Packed {
+    /// The buffer: `len + ALIGN_SLACK` floats.
+    buf: Vec<f32>,
+    /// Where the tiles start in `buf`.
+    off: usize,
+    /// Floats of the tiles.
+    len: usize,
+}
+
+impl Packed {
+    /// The tiles.
+    fn tiles(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len]
+    }
 }
 
 /// A weight's address, rows and columns.
@@ -378,7 +419,7 @@ type PackKey = (usize, usize, usize);
 thread_local! {
     /// The packed copies of the weights multiplied in the current decode scope, by (address,
     /// rows, columns); cleared when the scope ends ([`forget_packed`]).
-    static PACKED: std::cell::RefCell<HashMap<PackKey, Rc<Vec<f32>>>> =
+    static PACKED: std::cell::RefCell<HashMap<PackKey, Rc<Packed>>> =
         std::cell::RefCell::new(HashMap::new());
 
     /// The buffers of the last scope's packed copies, for the next scope's to reuse: freshly
@@ -392,7 +433,7 @@ thread_local! {
 /// Inside the scope the weights are the model's and do not change (no training runs in
 /// `generate`), so the address identifies them; the copies last until the scope ends, a second
 /// copy of the weights `generate` multiplies.
-fn packed_weights(w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
+fn packed_weights(w: &[f32], n: usize, k: usize) -> Option<Rc<Packed>> {
     if n < PACKED_COLS {
         return None;
     }
@@ -409,7 +450,7 @@ fn packed_weights(w: &[f32], n: usize, k: usize) -> Option<Rc<Vec<f32>>> {
 pub(super) fn forget_packed() {
     let done: Vec<Vec<f32>> = PACKED.with_borrow_mut(|m| {
         m.drain()
-            .filter_map(|(_, p)| Rc::try_unwrap(p).ok())
+            .filter_map(|(_, p)| Rc::try_unwrap(p).ok().map(|p| p.buf))
             .collect()
     });
     SPARE.set(done);
@@ -541,107 +582,248 @@ mod x86 {
         }
     }
 
-    /// How far ahead of the tile column being read the packed kernel prefetches, in floats
-    /// (8 KB; in a C model of this kernel 8-64 KB ahead ran alike).
-    pub(super) const PREFETCH: usize = 2048;
+    /// How far ahead of the tile column being read the packed kernels prefetch, in floats
+    /// (16 KB; in a C model of the 16-column kernel 8-64 KB ahead ran alike).
+    pub(super) const PREFETCH: usize = 4096;
 
-    /// `y[i * n + c] = sum_kk tile[kk * 16 + c] * x[i * stride + kk]` for the `m` rows and the 16
-    /// columns of one packed tile: 16 rows at a time with AVX-512 (one pass for a decode step);
-    /// with AVX2, whose registers hold [`super::AVX2_ROWS`] rows, [`AVX2_BLOCK`] columns of the
-    /// tile at a time for all rows, so the weights stream from memory while every pass runs
-    /// (the prefetches of the block ahead spread evenly over the passes), not in the first pass
-    /// only. That is for a decode step's few rows; a prefill's many rows (over
-    /// [`super::MAX_ROWS`]) take the whole tile a pass, each pass prefetching 8 KB ahead of
-    /// its column, as before the blocks (blocks of all rows re-streamed the rows' copy per
-    /// block: the prefill measured slower).
+    /// Bytes of one column k of a packed tile (two cache lines).
+    const COL_BYTES: usize = PACKED_COLS * 4;
+
+    /// Rows a pass of the AVX-512 kernel multiplies a tile by: 28 accumulators (two vectors a
+    /// row), the tile column's two vectors and the broadcast take 31 of the 32 registers.
+    const AVX512_ROWS: usize = 14;
+
+    /// Columns k of the tiles the AVX-512 kernel multiplies a decode step's rows by before the
+    /// next ones (16 KB of a tile, the rows' 512 bytes each).
+    const AVX512_BLOCK: usize = 128;
+
+    // A decode step's block of a tile is as long as the prefetch distance, so prefetching the
+    // next tile's block at the same column stays `PREFETCH` floats ahead of the reads.
+    const _: () = assert!(PREFETCH == AVX512_BLOCK * PACKED_COLS);
+
+    /// `y[i * n + 32 j + c] = sum_kk tiles[j][kk * 32 + c] * x[i * stride + kk]` for the `m`
+    /// rows and every tile j of `tiles` (`tiles.len() / (32 k)` whole tiles). Sums run over k
+    /// in order, on both paths (the same bits).
+    ///
+    /// AVX-512: [`AVX512_ROWS`] rows a pass, each column of the tile two vector loads and two
+    /// fused multiply-adds per row with the row's `x[i, k]` broadcast. A decode step's few rows
+    /// (at most [`super::MAX_ROWS`]) take [`AVX512_BLOCK`] columns k of every tile at a time,
+    /// each tile's partial sums kept in `y` between blocks, so the later passes over a block
+    /// and the rows' block (8 KB for 16 rows) stay in L1 while the tiles stream past, and the
+    /// passes share out the prefetches of the next tile's block into L2. A prefill's many rows
+    /// (a [`row_block`] of them per call) take whole tiles, the first pass prefetching the
+    /// next tile. A partial sum stored and loaded back is the same float, so blocks do not
+    /// change the bits.
+    ///
+    /// AVX2, whose registers hold [`super::AVX2_ROWS`] rows of 16 columns: each tile as two
+    /// halves of 16 columns, [`AVX2_BLOCK`] columns of both halves at a time for all rows, so
+    /// the weights stream from memory while every pass runs (the prefetches of the block ahead
+    /// spread evenly over the passes), not in the first pass only. That is for a decode step's
+    /// few rows; a prefill's many rows take each half whole a pass, each pass prefetching its
+    /// half's line of the column `PREFETCH` floats ahead (blocks of all rows re-streamed the
+    /// rows' copy per block: the prefill measured slower).
     ///
     /// # Safety
     /// The CPU has `simd`'s instruction set (AVX-512F, or AVX2 and FMA); m and k at least 1;
-    /// `x` readable at `i * stride + kk` for i < m, kk < k, `tile` is k x 16, and `y` readable
-    /// and writable at `i * n + c` for i < m, c < 16 by this thread alone (the AVX2 kernel
-    /// reads back the partial sums it wrote there).
-    pub(super) unsafe fn packed_tile(
+    /// `x` readable at `i * stride + kk` for i < m, kk < k, `tiles` whole k x 32 tiles, and `y`
+    /// readable and writable at `i * n + c` for i < m and the tiles' columns c by this thread
+    /// alone (the kernels read back the partial sums they wrote there).
+    pub(super) unsafe fn packed_tiles(
         simd: Simd,
         m: usize,
         x: *const f32,
         (k, stride): (usize, usize),
-        tile: &[f32],
+        tiles: &[f32],
         y: *mut f32,
         n: usize,
     ) {
-        assert_eq!(tile.len(), k * PACKED_COLS);
-        let t = tile.as_ptr();
-        macro_rules! rows {
-            ($rows:expr, $kernel:ident $args:tt: $($r:literal)*) => {
-                match $rows {
-                    $($r => $kernel::<$r> $args,)*
-                    _ => unreachable!("more rows than the kernel's registers hold"),
-                }
-            };
-        }
+        let size = k * PACKED_COLS;
+        assert_eq!(tiles.len() % size, 0);
+        let count = tiles.len() / size;
         match simd {
-            Simd::Avx512 => {
-                for r0 in (0..m).step_by(LANES) {
-                    let (x, y) = (x.add(r0 * stride), y.add(r0 * n));
-                    rows!((m - r0).min(LANES), packed_rows_avx512(x, (k, stride), t, y, n):
-                        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+            Simd::Avx512 => packed_tiles_avx512(m, x, (k, stride), (tiles.as_ptr(), count), y, n),
+            Simd::Avx2 => {
+                for j in 0..count {
+                    let t = tiles.as_ptr().add(j * size);
+                    packed_tile_avx2(m, x, (k, stride), t, y.add(j * PACKED_COLS), n);
                 }
             }
-            Simd::Avx2 => {
-                let passes = m.div_ceil(AVX2_ROWS);
-                let few = m <= super::MAX_ROWS as usize;
-                let block = if few { AVX2_BLOCK } else { k };
-                // Bytes (16.16 fixed point) each pass's prefetch moves on per column: a
-                // block's cache lines (one per column) shared out over its passes (with many
-                // rows, a line per column in every pass: `avx2_rows::<false>`).
-                let step = (64usize << 16) / passes;
-                for k0 in (0..k).step_by(block) {
-                    let cols = (k0, (k0 + block).min(k));
-                    let ahead = t.wrapping_add((k0 + PREFETCH / PACKED_COLS) * PACKED_COLS);
-                    for r0 in (0..m).step_by(AVX2_ROWS) {
-                        let (x, y) = (x.add(r0 * stride), y.add(r0 * n));
-                        let share = if few {
-                            r0 / AVX2_ROWS * block * 64 / passes
-                        } else {
-                            0
+        }
+    }
+
+    /// Rows of a prefill [`packed_tiles`] takes at a time: whole passes of the kernel (8 of
+    /// [`AVX512_ROWS`], 18 of [`super::AVX2_ROWS`]). `packed_product_rate` with 1024 rows,
+    /// three alternating runs: 268-299 GFLOP/s in blocks of 112 rows against 163-254 all at once
+    /// (AVX-512); AVX2 on the same Xeon 111-158 in blocks of 108 against 98-145.
+    pub(super) fn row_block(simd: Simd) -> usize {
+        match simd {
+            Simd::Avx512 => 8 * AVX512_ROWS,
+            Simd::Avx2 => 18 * AVX2_ROWS,
+        }
+    }
+
+    /// [`packed_tiles`] with AVX-512 (`count` tiles from `t`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn packed_tiles_avx512(
+        m: usize,
+        x: *const f32,
+        (k, stride): (usize, usize),
+        (t, count): (*const f32, usize),
+        y: *mut f32,
+        n: usize,
+    ) {
+        let size = k * PACKED_COLS;
+        let passes = m.div_ceil(AVX512_ROWS);
+        let per = m.div_ceil(passes);
+        let few = m <= super::MAX_ROWS as usize;
+        let block = if few { AVX512_BLOCK } else { k };
+        // Bytes (16.16 fixed point) each pass's prefetch moves on per column when a decode
+        // step's passes share out the next block's cache lines (`PF_SPREAD`).
+        let step = (COL_BYTES << 16) / passes;
+        for k0 in (0..k).step_by(block) {
+            let cols = (k0, (k0 + block).min(k));
+            for j in 0..count {
+                let tile = t.add(j * size);
+                // What the kernel reads next: the next tile's block, or after the last tile
+                // the first one's next block (past the end, only a hint).
+                let next = if j + 1 < count {
+                    tile.wrapping_add(size + k0 * PACKED_COLS)
+                } else {
+                    t.wrapping_add(cols.1 * PACKED_COLS)
+                } as *const i8;
+                let y = y.add(j * PACKED_COLS);
+                for (pass, r0) in (0..m).step_by(per).enumerate() {
+                    let pf = next.wrapping_add(pass * block * COL_BYTES / passes);
+                    let args = (
+                        x.add(r0 * stride),
+                        stride,
+                        tile,
+                        (pf, step),
+                        y.add(r0 * n),
+                        n,
+                    );
+                    let rows = (m - r0).min(per);
+                    macro_rules! rows {
+                        ($pf:ident: $($r:literal)*) => {
+                            match rows {
+                                $($r => packed_rows_avx512::<$r, $pf>(cols, args, k0 > 0),)*
+                                _ => unreachable!("more rows than the kernel's registers hold"),
+                            }
                         };
-                        let pf = ((ahead as *const i8).wrapping_add(share), step);
-                        let rows = (m - r0).min(AVX2_ROWS);
-                        let args = ((x, stride), t, cols, y, n, pf);
-                        if few {
-                            avx2_rows::<true>(rows, args);
-                        } else {
-                            avx2_rows::<false>(rows, args);
-                        }
+                    }
+                    if few && passes > 1 {
+                        rows!(PF_SPREAD: 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+                    } else if pass == 0 {
+                        rows!(PF_LINES: 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+                    } else {
+                        rows!(PF_NONE: 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
                     }
                 }
             }
         }
     }
 
-    /// [`packed_tile`]'s AVX-512 kernel for `R` rows: `R` accumulators, each one output row's 16 columns; per
-    /// column k of the tile one vector load and `R` fused multiply-adds with `x[i, k]`
-    /// broadcast. Sums run over k in order, as the panel kernels' do (the same bits).
+    /// [`packed_rows_avx512`]'s prefetches: none.
+    const PF_NONE: u8 = 0;
+    /// One a column, `step` (16.16 fixed point) bytes on from the last: the passes over a block
+    /// share its cache lines out, so the next block streams in while every pass runs. With the
+    /// block's lines all prefetched in the first pass, a decode step's 16 rows read weights
+    /// from memory at 11-15 GB/s against 23-28 with one pass of 4 rows (`packed_product_rate`).
+    const PF_SPREAD: u8 = 1;
+    /// Both cache lines of the column `pf` points to (one pass, or a prefill's first).
+    const PF_LINES: u8 = 2;
+
+    /// The arguments of [`packed_rows_avx512`] after its columns: the rows `x` and their stride,
+    /// the tile, where column `k0`'s prefetch goes and how far each column moves it, the
+    /// output and its row length.
+    type Avx512Args = (
+        *const f32,
+        usize,
+        *const f32,
+        (*const i8, usize),
+        *mut f32,
+        usize,
+    );
+
+    /// [`packed_tiles`]' AVX-512 kernel for `R` rows and the tile's columns `k0..k1`: `2R`
+    /// accumulators (each row's 32 columns), starting from zero or, with `resume`, from the
+    /// partial sums in `y`; per column k of the tile two vector loads and `2R` fused
+    /// multiply-adds with `x[i, k]` broadcast, and the prefetches into L2 that `PF` says.
     #[target_feature(enable = "avx512f")]
-    unsafe fn packed_rows_avx512<const R: usize>(
+    unsafe fn packed_rows_avx512<const R: usize, const PF: u8>(
+        (k0, k1): (usize, usize),
+        (x, stride, t, (pf, step), y, n): Avx512Args,
+        resume: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        if resume {
+            for (i, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm512_loadu_ps(y.add(i * n));
+                a[1] = _mm512_loadu_ps(y.add(i * n + LANES));
+            }
+        }
+        for kk in k0..k1 {
+            // Past the end of the weights it is only a hint, and `wrapping_add` keeps the
+            // address arithmetic defined.
+            if PF == PF_SPREAD {
+                _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(((kk - k0) * step) >> 16));
+            } else if PF == PF_LINES {
+                let ahead = pf.wrapping_add((kk - k0) * COL_BYTES);
+                _mm_prefetch::<_MM_HINT_T1>(ahead);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64));
+            }
+            let w0 = _mm512_loadu_ps(t.add(kk * PACKED_COLS));
+            let w1 = _mm512_loadu_ps(t.add(kk * PACKED_COLS + LANES));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(i * stride + kk));
+                a[0] = _mm512_fmadd_ps(w0, xv, a[0]);
+                a[1] = _mm512_fmadd_ps(w1, xv, a[1]);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(y.add(i * n), a[0]);
+            _mm512_storeu_ps(y.add(i * n + LANES), a[1]);
+        }
+    }
+
+    /// [`packed_tiles`] with AVX2 for one tile at `t`.
+    unsafe fn packed_tile_avx2(
+        m: usize,
         x: *const f32,
         (k, stride): (usize, usize),
         t: *const f32,
         y: *mut f32,
         n: usize,
     ) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for kk in 0..k {
-            // One cache line (one column of the tile) per column; past the end of the weights
-            // it is only a hint, and `wrapping_add` keeps the address arithmetic defined.
-            _mm_prefetch::<_MM_HINT_T1>(t.wrapping_add(kk * PACKED_COLS + PREFETCH) as *const i8);
-            let wv = _mm512_loadu_ps(t.add(kk * PACKED_COLS));
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(i * stride + kk)), *a);
+        const HALVES: usize = PACKED_COLS / 16;
+        let passes = m.div_ceil(AVX2_ROWS) * HALVES;
+        let few = m <= super::MAX_ROWS as usize;
+        let block = if few { AVX2_BLOCK } else { k };
+        // Bytes (16.16 fixed point) each pass's prefetch moves on per column: a block's
+        // cache lines (two per column) shared out over its passes (with many rows, each
+        // half's line of a column in every pass over the half: `avx2_rows::<false>`).
+        let step = (COL_BYTES << 16) / passes;
+        for k0 in (0..k).step_by(block) {
+            let cols = (k0, (k0 + block).min(k));
+            let ahead = t.wrapping_add((k0 + PREFETCH / PACKED_COLS) * PACKED_COLS) as *const i8;
+            for h in 0..HALVES {
+                for r0 in (0..m).step_by(AVX2_ROWS) {
+                    let (x, y) = (x.add(r0 * stride), y.add(r0 * n + h * 16));
+                    let pf = if few {
+                        let pass = h * m.div_ceil(AVX2_ROWS) + r0 / AVX2_ROWS;
+                        ahead.wrapping_add(pass * block * COL_BYTES / passes)
+                    } else {
+                        ahead.wrapping_add(h * 64)
+                    };
+                    let rows = (m - r0).min(AVX2_ROWS);
+                    let args = ((x, stride), t.add(h * 16), cols, y, n, (pf, step));
+                    if few {
+                        avx2_rows::<true>(rows, args);
+                    } else {
+                        avx2_rows::<false>(rows, args);
+                    }
+                }
             }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(y.add(i * n), *a);
         }
     }
 
@@ -702,7 +884,7 @@ mod x86 {
             let ahead = if SPREAD {
                 ((kk - k0) * step) >> 16
             } else {
-                (kk - k0) * 64
+                (kk - k0) * COL_BYTES
             };
             _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(ahead));
             let wl = _mm256_loadu_ps(t.add(kk * PACKED_COLS));
@@ -791,13 +973,17 @@ mod tests {
             // Columns past one AVX2 block (and a ragged last block), few rows and many.
             (16, 300, 40),
             (40, 300, 40),
+            // Three passes of the AVX-512 kernel over three tiles, a block at a time; many rows.
+            (29, 300, 100),
+            (70, 130, 100),
+            (130, 64, 70),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
             let want = reference(&x, m, k, &w, n);
             let packed = pack(&w, n, k);
             for &s in &variants {
-                for p in [None, Some(&packed[..])] {
+                for p in [None, Some(packed.tiles())] {
                     let mut y = vec![f32::NAN; m * n];
                     product(s, &x, m, k, (&w, p), n, &mut y);
                     for (a, b) in y.iter().zip(&want) {
@@ -819,19 +1005,19 @@ mod tests {
     fn a_row_has_the_same_bits_alone_in_any_batch_and_on_every_path() {
         let mut rng = crate::rng::rng_for(5, "invariant");
         let mut r = || crate::rng::uniform(&mut rng) as f32 - 0.5;
-        // 45 outputs: two whole packed tiles and a tail of 13; panel tiles of 8 (AVX-512) and
-        // 4 (AVX2) with tails of 5 and 1. 200 inputs: the AVX2 packed kernel's two blocks of
-        // columns (128 and a ragged 72), its sums carried from one to the next.
-        let (k, n) = (200, 45);
+        // 77 outputs: two whole packed tiles and a tail of 13; panel tiles of 8 (AVX-512) and
+        // 4 (AVX2) with tails of 5 and 1. 200 inputs: the packed kernels' two blocks of
+        // columns for few rows (128 and a ragged 72), their sums carried from one to the next.
+        let (k, n) = (200, 77);
         let w: Vec<f32> = (0..n * k).map(|_| r()).collect();
         let packed = pack(&w, n, k);
-        let x: Vec<f32> = (0..70 * k).map(|_| r()).collect();
+        let x: Vec<f32> = (0..130 * k).map(|_| r()).collect();
         let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         // Each row alone, on the first path, from the plain (panel) kernel.
         let mut alone: Option<Vec<Vec<u32>>> = None;
         let ran = crate::decode_kernels::paths::for_each("gemm_rows_invariant", |s| {
             let want = alone.get_or_insert_with(|| {
-                (0..70)
+                (0..130)
                     .map(|i| {
                         let mut y = vec![f32::NAN; n];
                         product(s, &x[i * k..(i + 1) * k], 1, k, (&w, None), n, &mut y);
@@ -839,8 +1025,9 @@ mod tests {
                     })
                     .collect()
             });
-            for m in [1, 5, 6, 7, 16, 17, 33, 70] {
-                for p in [None, Some(&packed[..])] {
+            // 130: a prefill's two blocks of rows on either path.
+            for m in [1, 5, 6, 7, 14, 15, 16, 17, 29, 33, 70, 130] {
+                for p in [None, Some(packed.tiles())] {
                     if p.is_none() && m > MAX_ROWS as usize {
                         continue;
                     }
@@ -928,14 +1115,14 @@ mod rate {
         let w: Vec<Vec<f32>> = (0..weights)
             .map(|l| (0..n * k).map(|i| ((i + l) % 7) as f32 * 0.1).collect())
             .collect();
-        let packed: Vec<Vec<f32>> = w.iter().map(|w| pack(w, n, k)).collect();
+        let packed: Vec<Packed> = w.iter().map(|w| pack(w, n, k)).collect();
         let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
         let mut y = vec![0f32; m * n];
         for round in 0..3 {
             let t = std::time::Instant::now();
             for _ in 0..10 {
                 for (w, p) in w.iter().zip(&packed) {
-                    product(simd, &x, m, k, (w, Some(p)), n, &mut y);
+                    product(simd, &x, m, k, (w, Some(p.tiles())), n, &mut y);
                 }
             }
             let s = t.elapsed().as_secs_f64();
