@@ -120,20 +120,21 @@ impl Llama {
         cache: Option<&mut KvCache>,
         ctx: Ctx,
     ) -> Result<Tensor> {
-        self.forward_upto(input_ids, mask, cache, ctx, false)
+        self.forward_upto(input_ids, mask, cache, ctx, Keep::All)
     }
 
-    /// [`Llama::forward`]; with `last_only`, the hidden state of the last position alone
-    /// (b, 1, hidden): the last layer then computes its query, attention and MLP for that
-    /// position only (its keys and values still for all, into the cache). A prompt's prefill
-    /// needs no more, and skips most of a layer's work.
+    /// [`Llama::forward`] returning the hidden states of the positions `keep` names: with
+    /// [`Keep::Last`] or [`Keep::At`] one per row (b, 1, hidden), the last layer computing its
+    /// query, attention and MLP for that position only (its keys and values still for all,
+    /// into the cache). A prompt's prefill needs no more, nor does a reward model's score, and
+    /// both skip most of a layer's work.
     pub fn forward_upto(
         &self,
         input_ids: &Tensor,
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
         ctx: Ctx,
-        last_only: bool,
+        keep: Keep,
     ) -> Result<Tensor> {
         let t = input_ids.size()[1];
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
@@ -149,12 +150,16 @@ impl Llama {
                 (&cos, &sin),
                 &frame.attn_mask,
                 cache.as_deref_mut().map(|c| (c, n)),
-                (ctx, last_only && n == last_layer),
+                (ctx, if n == last_layer { keep } else { Keep::All }),
                 self,
             )?;
         }
-        if last_only && self.layers.is_empty() {
-            x = x.narrow(1, t - 1, 1);
+        if self.layers.is_empty() {
+            x = match keep {
+                Keep::All => x,
+                Keep::Last => x.narrow(1, t - 1, 1),
+                Keep::At(at) => pick(&x, at, 1),
+            };
         }
         if let Some(c) = cache {
             c.commit(t);
@@ -173,11 +178,50 @@ impl Llama {
     /// (a prompt's few dozen rows alone ran at half the rate of a larger product).
     pub fn forward_shared_prefix(
         &self,
-        (prompts, prompt_mask): (&Tensor, &Tensor),
-        (ids, mask): (&Tensor, &Tensor),
+        prompts: (&Tensor, &Tensor),
+        continuations: (&Tensor, &Tensor),
         group: &Tensor,
         ctx: Ctx,
     ) -> Result<(Tensor, Tensor)> {
+        let ((g, p), (n, r)) = (
+            (prompts.0.size()[0], prompts.0.size()[1]),
+            (continuations.0.size()[0], continuations.0.size()[1]),
+        );
+        let x = self.shared_body(prompts, continuations, group, None, ctx)?;
+        let hidden = x.size()[1];
+        Ok((
+            x.narrow(0, 0, g * p).reshape([g, p, hidden]),
+            x.narrow(0, g * p, n * r).reshape([n, r, hidden]),
+        ))
+    }
+
+    /// [`Llama::forward_shared_prefix`] returning continuation i's final-norm hidden state at
+    /// its position `at[i]` alone (`at` (n,) i64, below its width): (n, 1, hidden). The last
+    /// layer computes the keys and values of every position and the query, attention and MLP
+    /// of those n positions only (a reward model's score reads no more).
+    pub fn forward_shared_prefix_at(
+        &self,
+        prompts: (&Tensor, &Tensor),
+        continuations: (&Tensor, &Tensor),
+        group: &Tensor,
+        at: &Tensor,
+        ctx: Ctx,
+    ) -> Result<Tensor> {
+        Ok(self
+            .shared_body(prompts, continuations, group, Some(at), ctx)?
+            .unsqueeze(1))
+    }
+
+    /// The layers and final norm of [`Llama::forward_shared_prefix`]: (g p + n r, hidden), or
+    /// with `at` (n, hidden) ([`Llama::forward_shared_prefix_at`]).
+    fn shared_body(
+        &self,
+        (prompts, prompt_mask): (&Tensor, &Tensor),
+        (ids, mask): (&Tensor, &Tensor),
+        group: &Tensor,
+        at: Option<&Tensor>,
+        ctx: Ctx,
+    ) -> Result<Tensor> {
         let ((g, p), (n, r)) = (
             (prompts.size()[0], prompts.size()[1]),
             (ids.size()[0], ids.size()[1]),
@@ -203,15 +247,15 @@ impl Llama {
             mask_p: &prompt_frame.attn_mask,
             mask_r: &mask_r,
         };
-        for layer in &self.layers {
-            x = layer.forward_shared(&x, &shared, ctx, self)?;
+        let last_layer = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = at.filter(|_| i == last_layer);
+            x = layer.forward_shared(&x, &shared, at, ctx, self)?;
         }
-        let x = self.norm.forward(&x);
-        let hidden = x.size()[1];
-        Ok((
-            x.narrow(0, 0, g * p).reshape([g, p, hidden]),
-            x.narrow(0, g * p, n * r).reshape([n, r, hidden]),
-        ))
+        if let (Some(at), true) = (at, self.layers.is_empty()) {
+            x = x.index_select(0, &continuation_rows(at, (g, p, n, r)));
+        }
+        Ok(self.norm.forward(&x))
     }
 
     pub fn linears(&self) -> Vec<&Linear> {
@@ -359,15 +403,16 @@ impl LlamaLayer {
         llama_step(&weights, &inputs)
     }
 
-    /// The layer on `x` (b, t, hidden); with `last_only`, its output at the last position
-    /// alone (b, 1, hidden), the keys and values still stored for every position.
+    /// The layer on `x` (b, t, hidden); with a position kept a row ([`Keep`]), its output at
+    /// that position alone (b, 1, hidden), the keys and values still stored for every
+    /// position.
     fn forward(
         &self,
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         attn_mask: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
-        (ctx, last_only): (Ctx, bool),
+        (ctx, keep): (Ctx, Keep),
         m: &Llama,
     ) -> Result<Tensor> {
         let t = x.size()[1];
@@ -381,24 +426,30 @@ impl LlamaLayer {
             Some((c, n)) => c.store(n, &k, &v)?,
             None => (k, v),
         };
-        // With `last_only`, the rest runs on the last position alone.
+        // With one position kept a row, the rest runs on that position alone.
         let last = |t: &Tensor, dim: i64| t.narrow(dim, t.size()[dim as usize] - 1, 1);
-        let (x, q, cos, sin, attn_mask) = if last_only && t > 1 {
-            (
+        let (x, q, cos, sin, attn_mask) = match keep {
+            Keep::Last if t > 1 => (
                 last(x, 1),
                 last(&q, 2),
                 last(cos, 2),
                 last(sin, 2),
                 last(attn_mask, 2),
-            )
-        } else {
-            (
+            ),
+            Keep::At(at) => (
+                pick(x, at, 1),
+                pick(&q, at, 2),
+                pick(cos, at, 2),
+                pick(sin, at, 2),
+                pick(attn_mask, at, 2),
+            ),
+            _ => (
                 x.shallow_clone(),
                 q,
                 cos.shallow_clone(),
                 sin.shallow_clone(),
                 attn_mask.shallow_clone(),
-            )
+            ),
         };
         let q = apply_rope(&q, &cos, &sin);
         let a = self.attend(&q, &k, &v, &attn_mask, m)?;
@@ -408,8 +459,17 @@ impl LlamaLayer {
     /// The layer on rows that share prompts ([`Llama::forward_shared_prefix`]): `x`
     /// (g p + n r, hidden) the prompts' positions, then the continuations'; a continuation's
     /// attention reads the keys and values of its prompt (`group`), computed once, before its
-    /// own. The products take all positions at once; attention runs per part.
-    fn forward_shared(&self, x: &Tensor, s: &Shared, ctx: Ctx, m: &Llama) -> Result<Tensor> {
+    /// own. The products take all positions at once; attention runs per part. With `at` (n,),
+    /// continuation i's output at its position `at[i]` alone (n, hidden): the prompts' part
+    /// and the other positions give only their keys and values.
+    fn forward_shared(
+        &self,
+        x: &Tensor,
+        s: &Shared,
+        at: Option<&Tensor>,
+        ctx: Ctx,
+        m: &Llama,
+    ) -> Result<Tensor> {
         let (g, p, n, r) = s.shape;
         let h = self.input_layernorm.forward(x);
         let qkv = self
@@ -434,6 +494,14 @@ impl LlamaLayer {
         let after_prompt =
             |prompt: &Tensor, own: Tensor| Tensor::cat(&[prompt.index_select(0, s.group), own], 2);
         let (kr, vr) = (after_prompt(&kp, kr), after_prompt(&vp, vr));
+        if let Some(at) = at {
+            let q = apply_rope(&pick(&qr, at, 2), &pick(cos_r, at, 2), &pick(sin_r, at, 2));
+            let a = self
+                .attend(&q, &kr, &vr, &pick(s.mask_r, at, 2), m)?
+                .reshape([n, -1]);
+            let x = x.index_select(0, &continuation_rows(at, s.shape));
+            return Ok(self.output_and_mlp(&x, &a, ctx));
+        }
         let qp = apply_rope(&qp, cos_p, sin_p);
         let qr = apply_rope(&qr, cos_r, sin_r);
         let a = Tensor::cat(
@@ -503,6 +571,40 @@ impl LlamaLayer {
             .unwrap_or_else(|| gu[0].silu() * &gu[1]);
         x + self.down_proj.forward(&mlp, ctx)
     }
+}
+
+/// The positions whose final hidden states a forward returns ([`Llama::forward_upto`]).
+#[derive(Clone, Copy)]
+pub enum Keep<'a> {
+    /// Every position: (b, t, hidden).
+    All,
+    /// The last position of every row (a left-padded prompt's prefill): (b, 1, hidden).
+    Last,
+    /// Position `at[i]` of row i (`at` (b,) i64; a right-padded sequence's last token):
+    /// (b, 1, hidden).
+    At(&'a Tensor),
+}
+
+/// Row i's entries of `t` at index `at[i]` of dimension `dim` (rows along dimension 0, of
+/// which `t` may have one, broadcast), that dimension kept with size 1.
+pub(crate) fn pick(t: &Tensor, at: &Tensor, dim: i64) -> Tensor {
+    let mut size = t.size();
+    size[0] = at.size()[0];
+    let mut index = vec![1i64; size.len()];
+    index[0] = size[0];
+    let t = t.expand(size.as_slice(), false);
+    size[dim as usize] = 1;
+    t.gather(
+        dim,
+        &at.view(index.as_slice()).expand(size.as_slice(), false),
+        false,
+    )
+}
+
+/// The rows of [`Llama::forward_shared_prefix`]'s (g p + n r, hidden) matrix that hold
+/// continuation i's position `at[i]`, for (g, p, n, r).
+fn continuation_rows(at: &Tensor, (g, p, n, r): (i64, i64, i64, i64)) -> Tensor {
+    at + Tensor::arange(n, (tch::Kind::Int64, at.device())) * r + g * p
 }
 
 /// What every layer of [`Llama::forward_shared_prefix`] reads besides its input: (g, p, n, r)

@@ -15,7 +15,7 @@ use crate::error::{NnError, Result};
 use crate::gpt2::Gpt2;
 use crate::kv_cache::KvCache;
 use crate::layers::{Ctx, Linear};
-use crate::llama::Llama;
+use crate::llama::{pick, Keep, Llama};
 use crate::loader::Loader;
 use crate::lora::{Adapter, Head, HeadKind};
 use crate::weights::{write_json, write_safetensors, Checkpoint};
@@ -45,6 +45,27 @@ pub struct Model {
     device: Device,
     kind: Kind,
     base_id: std::sync::OnceLock<String>,
+}
+
+/// A batch laid out for [`Llama::forward_shared_prefix`] ([`Model::shared_rows`]): the
+/// distinct prompts (g, p) and their mask, the rows' responses (n, r) and their mask, each
+/// row's prompt (n,), and (p, r).
+struct SharedRows {
+    tensors: [Tensor; 4],
+    group: Tensor,
+    width: (i64, i64),
+}
+
+impl SharedRows {
+    /// The prompts and their mask.
+    fn prompts(&self) -> (&Tensor, &Tensor) {
+        (&self.tensors[0], &self.tensors[1])
+    }
+
+    /// The responses and their mask.
+    fn continuations(&self) -> (&Tensor, &Tensor) {
+        (&self.tensors[2], &self.tensors[3])
+    }
 }
 
 impl Model {
@@ -426,13 +447,96 @@ impl Model {
         train: bool,
     ) -> Result<Tensor> {
         let ctx = self.ctx(adapter, train)?;
+        let (Body::Llama(m), Some(shared)) = (&self.body, self.shared_rows(batch, ctx, train))
+        else {
+            return self.forward(&batch.input_ids, &batch.attention_mask, adapter, train);
+        };
+        let (n, width) = (batch.len(), batch.input_ids.size()[1] as usize);
+        let (p, r) = (shared.width.0 as usize, shared.width.1 as usize);
+        let (hp, hr) =
+            m.forward_shared_prefix(shared.prompts(), shared.continuations(), &shared.group, ctx)?;
+        // Each row's states in the batch's layout: its prompt's, then its response's (padding
+        // positions read the response's last column, masked wherever they are used).
+        let both = Tensor::cat(&[hp.index_select(0, &shared.group), hr], 1);
+        let mut at = vec![0i64; n * width];
+        for i in 0..n {
+            let len = batch.prompt_lens[i];
+            for (j, a) in at[i * width..(i + 1) * width].iter_mut().enumerate() {
+                *a = if j < len { j } else { p + (j - len).min(r - 1) } as i64;
+            }
+        }
+        let hidden = both.size()[2];
+        let at = Tensor::from_slice(&at)
+            .view([n as i64, width as i64])
+            .to_device(batch.input_ids.device())
+            .unsqueeze(-1)
+            .expand([n as i64, width as i64, hidden], false);
+        Ok(both.gather(1, &at, false))
+    }
+
+    /// The final hidden states of [`Model::forward_batch`] at one position a row, `at[i]` of
+    /// row i (`at` (b,) i64 in the batch's layout): (b, 1, hidden), as its output gathered
+    /// there up to rounding. On a Llama-family model the last layer computes its query,
+    /// attention and MLP for those positions alone (their keys and values for all): a reward
+    /// model's score at each sequence's last token skips most of the last layer's work, in
+    /// training and in scoring. On the shared-prompt path that holds where every row's
+    /// position is in its response; otherwise, and for GPT-2 models, the whole forward runs
+    /// and the positions are gathered from it.
+    pub fn forward_batch_at(
+        &self,
+        batch: &SeqBatch,
+        adapter: Option<&str>,
+        train: bool,
+        at: &Tensor,
+    ) -> Result<Tensor> {
+        let ctx = self.ctx(adapter, train)?;
+        let Body::Llama(m) = &self.body else {
+            let hidden = self.forward_batch(batch, adapter, train)?;
+            return Ok(pick(&hidden, at, 1));
+        };
+        let Some(shared) = self.shared_rows(batch, ctx, train) else {
+            self.check_ids(&batch.input_ids, &batch.attention_mask)?;
+            return m.forward_upto(
+                &batch.input_ids,
+                &batch.attention_mask,
+                None,
+                ctx,
+                Keep::At(at),
+            );
+        };
+        // Each row's position in its response.
+        let host = Vec::<i64>::try_from(at.to_device(tch::Device::Cpu))?;
+        let in_response: Option<Vec<i64>> = host
+            .iter()
+            .zip(&batch.prompt_lens)
+            .map(|(&a, &len)| a.checked_sub(len as i64).filter(|&j| j >= 0))
+            .collect();
+        let Some(in_response) = in_response else {
+            let hidden = self.forward_batch(batch, adapter, train)?;
+            return Ok(pick(&hidden, at, 1));
+        };
+        let at_r = Tensor::from_slice(&in_response).to_device(batch.input_ids.device());
+        m.forward_shared_prefix_at(
+            shared.prompts(),
+            shared.continuations(),
+            &shared.group,
+            &at_r,
+            ctx,
+        )
+    }
+
+    /// The shared-prompt inputs of [`Model::forward_batch`] for a Llama-family model, or `None`
+    /// where the ordinary forward runs: GPT-2, training with LoRA dropout (each row draws its
+    /// own dropout on its prompt), `RLHF_NO_SHARED_PROMPTS` set, or a batch whose sharing saves
+    /// too little ([`SeqBatch::shares_prompts`]).
+    fn shared_rows(&self, batch: &SeqBatch, ctx: Ctx, train: bool) -> Option<SharedRows> {
         let dropout = train && ctx.adapter.is_some_and(|a| a.config.dropout > 0.0);
         // RLHF_NO_SHARED_PROMPTS=1: every row runs its prompt (to measure the difference)
         let off = std::env::var_os("RLHF_NO_SHARED_PROMPTS").is_some();
-        let (Body::Llama(m), false, false, true) =
+        let (Body::Llama(_), false, false, true) =
             (&self.body, dropout, off, batch.shares_prompts())
         else {
-            return self.forward(&batch.input_ids, &batch.attention_mask, adapter, train);
+            return None;
         };
         let device = batch.input_ids.device();
         let width = batch.input_ids.size()[1] as usize;
@@ -470,28 +574,11 @@ impl Model {
                 .view([(v.len() / cols) as i64, cols as i64])
                 .to_device(device)
         };
-        let group = Tensor::from_slice(&group).to_device(device);
-        let (hp, hr) = m.forward_shared_prefix(
-            (&t(&prompts, p), &t(&prompt_mask, p)),
-            (&t(&ids, r), &t(&mask, r)),
-            &group,
-            ctx,
-        )?;
-        // Each row's states in the batch's layout: its prompt's, then its response's (padding
-        // positions read the response's last column, masked wherever they are used).
-        let both = Tensor::cat(&[hp.index_select(0, &group), hr], 1);
-        let mut at = vec![0i64; n * width];
-        for i in 0..n {
-            let len = batch.prompt_lens[i];
-            for (j, a) in at[i * width..(i + 1) * width].iter_mut().enumerate() {
-                *a = if j < len { j } else { p + (j - len).min(r - 1) } as i64;
-            }
-        }
-        let hidden = both.size()[2];
-        let at = t(&at, width)
-            .unsqueeze(-1)
-            .expand([n as i64, width as i64, hidden], false);
-        Ok(both.gather(1, &at, false))
+        Some(SharedRows {
+            tensors: [t(&prompts, p), t(&prompt_mask, p), t(&ids, r), t(&mask, r)],
+            group: Tensor::from_slice(&group).to_device(device),
+            width: (p as i64, r as i64),
+        })
     }
 
     /// Decode step: runs `input_ids` (b, t) with mask (b, t) of the NEW tokens after what
@@ -534,7 +621,8 @@ impl Model {
         let ctx = self.ctx(adapter, false)?;
         match &self.body {
             Body::Llama(m) => {
-                m.forward_upto(input_ids, attention_mask, Some(cache), ctx, last_only)
+                let keep = if last_only { Keep::Last } else { Keep::All };
+                m.forward_upto(input_ids, attention_mask, Some(cache), ctx, keep)
             }
             Body::Gpt2(m) => {
                 let h = m.forward(input_ids, attention_mask, Some(cache), ctx)?;

@@ -151,15 +151,13 @@ pub fn last_token_scores(
     train: bool,
 ) -> Result<Tensor> {
     let _guard = grad_mode(train);
-    let hidden = model.forward_batch(batch, adapter, train)?;
-    let h = hidden.size()[2];
     let last = match model.config().pad_token_id {
         Some(pad) => batch.last_non_pad_index(pad)?,
         None => batch.last_index.shallow_clone(),
     };
-    let idx = last.view([-1, 1, 1]).expand([-1, 1, h], false);
-    let last = hidden.gather(1, &idx, false); // (b, 1, h)
-    Ok(model.head(adapter, &last)?.squeeze_dim(1))
+    // (b, 1, h): the last layer runs those positions alone
+    let hidden = model.forward_batch_at(batch, adapter, train, &last)?;
+    Ok(model.head(adapter, &hidden)?.squeeze_dim(1))
 }
 
 #[cfg(test)]

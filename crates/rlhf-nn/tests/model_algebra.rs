@@ -586,3 +586,96 @@ fn rows_sharing_a_prompt_match_the_ordinary_forward() {
         }
     }
 }
+
+/// One position a row (`Model::forward_batch_at`, a reward model's score at each sequence's
+/// last token): the last layer runs those positions alone, and gives the full forward's
+/// states there up to rounding, with the same head values and LoRA gradients. Covered: the
+/// shared-prompt path (every position in a response), a batch whose empty response puts a
+/// row's position in its prompt (the whole forward, gathered), the ordinary Llama forward
+/// (a batch that shares nothing), positions inside the responses as well as the last ones,
+/// and GPT-2 (gathered from its whole forward: the same bits).
+#[test]
+fn one_position_a_row_matches_the_full_forward_there() {
+    let shared = vec![
+        (vec![5, 9, 17, 3, 8], vec![4, 8, 1]),
+        (vec![7, 2], vec![11, 12, 13, 14]),
+        (vec![5, 9, 17, 3, 8], vec![30, 31, 32, 33, 34, 35]),
+        (vec![7, 2], vec![15]),
+        (vec![1, 2, 3], vec![40, 41]),
+        (vec![5, 9, 17, 3, 8], vec![6]),
+    ];
+    let mut with_empty = shared.clone();
+    with_empty.push((vec![5, 9, 17, 3, 8], vec![]));
+    let apart = vec![
+        (vec![5, 9, 17], vec![4, 8, 1]),
+        (vec![7, 2], vec![11, 12, 13, 14, 20]),
+        (vec![1], vec![40]),
+    ];
+    for preset in ["llama-tiny", "qwen2-tiny", "gpt2-tiny"] {
+        let mut m = model(preset);
+        let targets: &[&str] = match preset {
+            "gpt2-tiny" => &["c_attn", "c_fc"],
+            _ => &["q_proj", "v_proj", "down_proj"],
+        };
+        let mut cfg = lora(targets);
+        cfg.dropout = 0.0;
+        m.add_adapter("r", &cfg, Some(HeadKind::Score), 12).unwrap();
+        perturb(&m, "r");
+        let params = m.adapter_parameters("r").unwrap();
+        for (name, rows, sharing) in [
+            ("shared", &shared, true),
+            ("empty response", &with_empty, true),
+            ("apart", &apart, false),
+        ] {
+            let batch = SeqBatch::new(rows, 0, Device::Cpu).unwrap();
+            assert_eq!(batch.shares_prompts(), sharing, "{name}");
+            // each row's last token, and a position inside each non-empty response (an empty
+            // one's row: its last token)
+            let last = Vec::<i64>::try_from(&batch.last_index).unwrap();
+            let inside: Vec<i64> = (0..batch.len())
+                .map(|i| match batch.response_lens[i] {
+                    0 => last[i],
+                    n => (batch.prompt_lens[i] + n / 2) as i64,
+                })
+                .collect();
+            for (which, at) in [
+                ("last", Tensor::from_slice(&last)),
+                ("inside", Tensor::from_slice(&inside)),
+            ] {
+                let run = |one: bool| {
+                    for p in &params {
+                        let mut g = p.grad();
+                        if g.defined() {
+                            let _ = g.zero_();
+                        }
+                    }
+                    let h = if one {
+                        m.forward_batch_at(&batch, Some("r"), true, &at).unwrap()
+                    } else {
+                        let full = m
+                            .forward(&batch.input_ids, &batch.attention_mask, Some("r"), true)
+                            .unwrap();
+                        let idx = at.view([-1, 1, 1]).expand([-1, 1, full.size()[2]], false);
+                        full.gather(1, &idx, false)
+                    };
+                    assert_eq!(h.size()[..2], [batch.len() as i64, 1]);
+                    let scores = m.head(Some("r"), &h).unwrap();
+                    (&scores * &scores).sum(Kind::Float).backward();
+                    let grads: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+                    (scores.detach(), grads)
+                };
+                let (want, want_g) = run(false);
+                let (got, got_g) = run(true);
+                let what = format!("{preset}, {name}, {which}");
+                let tol = if preset == "gpt2-tiny" { 0.0 } else { 1e-5 };
+                let d = max_diff(&got, &want);
+                assert!(d <= tol, "{what}: scores differ by {d}");
+                for (g, w) in got_g.iter().zip(&want_g) {
+                    let d = max_diff(g, w);
+                    let scale = w.abs().max().double_value(&[]).max(1.0);
+                    assert!(d <= tol * 10.0 * scale, "{what}: a gradient differs by {d}");
+                }
+            }
+        }
+    }
+}
