@@ -493,14 +493,18 @@ fn response_logprobs_and_entropies_equal_the_full_softmax() {
     }
 }
 
-/// Rows that share a prompt run it once (`Model::forward_batch`): the same log-probs, head
-/// values and LoRA gradients as the ordinary forward of every row, up to rounding, for a batch
-/// that mixes groups, a row alone, a row with an empty response and right padding; GPT-2 and a
-/// training forward with LoRA dropout take the ordinary forward (the same bits).
-#[test]
-fn rows_sharing_a_prompt_match_the_ordinary_forward() {
-    use rlhf_nn::scoring::{forward_outputs, Entropy};
-    let rows = vec![
+/// Each gradient within `tol * 10` of the wanted one, relative to its largest entry (or 1).
+fn assert_grads_close(got: &[Tensor], want: &[Tensor], tol: f64, what: &str) {
+    for (g, w) in got.iter().zip(want) {
+        let d = max_diff(g, w);
+        let scale = w.abs().max().double_value(&[]).max(1.0);
+        assert!(d <= tol * 10.0 * scale, "{what}: a gradient differs by {d}");
+    }
+}
+
+/// Seven rows of three prompts (one row alone), right-padded, one with an empty response.
+fn grouped_rows() -> Vec<(Vec<i32>, Vec<i32>)> {
+    vec![
         (vec![5, 9, 17, 3, 8], vec![4, 8, 1]),
         (vec![7, 2], vec![11, 12, 13, 14]),
         (vec![5, 9, 17, 3, 8], vec![30, 31, 32, 33, 34, 35]),
@@ -508,7 +512,17 @@ fn rows_sharing_a_prompt_match_the_ordinary_forward() {
         (vec![1, 2, 3], vec![40, 41]),
         (vec![5, 9, 17, 3, 8], vec![]),
         (vec![5, 9, 17, 3, 8], vec![6]),
-    ];
+    ]
+}
+
+/// Rows that share a prompt run it once (`Model::forward_batch`): the same log-probs, head
+/// values and LoRA gradients as the ordinary forward of every row, up to rounding, for a batch
+/// that mixes groups, a row alone, a row with an empty response and right padding; GPT-2 and a
+/// training forward with LoRA dropout take the ordinary forward (the same bits).
+#[test]
+fn rows_sharing_a_prompt_match_the_ordinary_forward() {
+    use rlhf_nn::scoring::{forward_outputs, Entropy};
+    let rows = grouped_rows();
     let batch = SeqBatch::new(&rows, 0, Device::Cpu).unwrap();
     assert_eq!(batch.prompt_groups.len(), 3);
     // 7 rows of width 11 (77 token rows) against 3 prompts of 5 and 7 responses of 6 (57):
@@ -568,11 +582,7 @@ fn rows_sharing_a_prompt_match_the_ordinary_forward() {
         assert!(d <= tol, "{what}: log-probs differ by {d}");
         let d = max_diff(&got_v, &want_v);
         assert!(d <= tol, "{what}: values differ by {d}");
-        for (g, w) in got_g.iter().zip(&want_g) {
-            let d = max_diff(g, w);
-            let scale = w.abs().max().double_value(&[]).max(1.0);
-            assert!(d <= tol * 10.0 * scale, "{what}: a gradient differs by {d}");
-        }
+        assert_grads_close(&got_g, &want_g, tol, &what);
         // the scoring entry points read the same hidden states (without dropout: no draws)
         if dropout == 0.0 {
             let out = forward_outputs(&m, Some("p"), &batch, false, Entropy::Off, true).unwrap();
@@ -596,16 +606,12 @@ fn rows_sharing_a_prompt_match_the_ordinary_forward() {
 /// and GPT-2 (gathered from its whole forward: the same bits).
 #[test]
 fn one_position_a_row_matches_the_full_forward_there() {
-    let shared = vec![
-        (vec![5, 9, 17, 3, 8], vec![4, 8, 1]),
-        (vec![7, 2], vec![11, 12, 13, 14]),
-        (vec![5, 9, 17, 3, 8], vec![30, 31, 32, 33, 34, 35]),
-        (vec![7, 2], vec![15]),
-        (vec![1, 2, 3], vec![40, 41]),
-        (vec![5, 9, 17, 3, 8], vec![6]),
-    ];
-    let mut with_empty = shared.clone();
-    with_empty.push((vec![5, 9, 17, 3, 8], vec![]));
+    let with_empty = grouped_rows();
+    let shared: Vec<_> = with_empty
+        .iter()
+        .filter(|(_, response)| !response.is_empty())
+        .cloned()
+        .collect();
     let apart = vec![
         (vec![5, 9, 17], vec![4, 8, 1]),
         (vec![7, 2], vec![11, 12, 13, 14, 20]),
@@ -670,11 +676,7 @@ fn one_position_a_row_matches_the_full_forward_there() {
                 let tol = if preset == "gpt2-tiny" { 0.0 } else { 1e-5 };
                 let d = max_diff(&got, &want);
                 assert!(d <= tol, "{what}: scores differ by {d}");
-                for (g, w) in got_g.iter().zip(&want_g) {
-                    let d = max_diff(g, w);
-                    let scale = w.abs().max().double_value(&[]).max(1.0);
-                    assert!(d <= tol * 10.0 * scale, "{what}: a gradient differs by {d}");
-                }
+                assert_grads_close(&got_g, &want_g, tol, &what);
             }
         }
     }
