@@ -51,7 +51,10 @@ pub struct Model {
 /// distinct prompts (g, p) and their mask, the rows' responses (n, r) and their mask, each
 /// row's prompt (n,), and (p, r).
 struct SharedRows {
-    tensors: [Tensor; 4],
+    prompts: Tensor,
+    prompt_mask: Tensor,
+    responses: Tensor,
+    response_mask: Tensor,
     group: Tensor,
     width: (i64, i64),
 }
@@ -59,12 +62,12 @@ struct SharedRows {
 impl SharedRows {
     /// The prompts and their mask.
     fn prompts(&self) -> (&Tensor, &Tensor) {
-        (&self.tensors[0], &self.tensors[1])
+        (&self.prompts, &self.prompt_mask)
     }
 
     /// The responses and their mask.
     fn continuations(&self) -> (&Tensor, &Tensor) {
-        (&self.tensors[2], &self.tensors[3])
+        (&self.responses, &self.response_mask)
     }
 }
 
@@ -575,7 +578,10 @@ impl Model {
                 .to_device(device)
         };
         Some(SharedRows {
-            tensors: [t(&prompts, p), t(&prompt_mask, p), t(&ids, r), t(&mask, r)],
+            prompts: t(&prompts, p),
+            prompt_mask: t(&prompt_mask, p),
+            responses: t(&ids, r),
+            response_mask: t(&mask, r),
             group: Tensor::from_slice(&group).to_device(device),
             width: (p as i64, r as i64),
         })
