@@ -691,7 +691,6 @@ mod tests {
         }
     }
 
-    /// A (b, width) i64 mask whose row i starts with `pads[i]` pads.
     /// Token ids (shape) below `vocab` from the project's seeded generator: the same ids in
     /// every run, whatever other tests draw from libtorch's global generator meanwhile (a
     /// failure reproduces).
@@ -704,6 +703,7 @@ mod tests {
         Tensor::from_slice(&v).view(shape)
     }
 
+    /// A (b, width) i64 mask whose row i starts with `pads[i]` pads.
     fn left_padded(width: i64, pads: &Tensor) -> Tensor {
         Tensor::arange(width, (Kind::Int64, Device::Cpu))
             .unsqueeze(0)

@@ -493,9 +493,9 @@ impl Model {
         at: &Tensor,
     ) -> Result<Tensor> {
         let ctx = self.ctx(adapter, train)?;
+        let gathered = || Ok(pick(&self.forward_batch(batch, adapter, train)?, at, 1));
         let Body::Llama(m) = &self.body else {
-            let hidden = self.forward_batch(batch, adapter, train)?;
-            return Ok(pick(&hidden, at, 1));
+            return gathered();
         };
         let Some(shared) = self.shared_rows(batch, ctx, train) else {
             self.check_ids(&batch.input_ids, &batch.attention_mask)?;
@@ -512,11 +512,10 @@ impl Model {
         let in_response: Option<Vec<i64>> = host
             .iter()
             .zip(&batch.prompt_lens)
-            .map(|(&a, &len)| a.checked_sub(len as i64).filter(|&j| j >= 0))
+            .map(|(&a, &len)| (a >= len as i64).then(|| a - len as i64))
             .collect();
         let Some(in_response) = in_response else {
-            let hidden = self.forward_batch(batch, adapter, train)?;
-            return Ok(pick(&hidden, at, 1));
+            return gathered();
         };
         let at_r = Tensor::from_slice(&in_response).to_device(batch.input_ids.device());
         m.forward_shared_prefix_at(

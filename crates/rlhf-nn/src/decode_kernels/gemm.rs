@@ -234,8 +234,9 @@ fn product_packed(
             }),
         };
         let (j0, j1) = (cols.start.min(whole), cols.end.min(whole));
+        // (Only x86-64 has packed kernels: `simd()` is `None` elsewhere and nothing gets here.)
+        #[cfg(target_arch = "x86_64")]
         if j0 < j1 {
-            #[cfg(target_arch = "x86_64")]
             // A prefill's many rows a block at a time, so that the block's rows stay in L2
             // while this thread's tiles pass (all rows of a 64-token batch of 16 are 2 MB at
             // k = 512, a core's whole L2 on the Xeon this was measured on).
@@ -726,9 +727,10 @@ mod x86 {
     /// [`packed_rows_avx512`]'s prefetches: none.
     const PF_NONE: u8 = 0;
     /// One a column, `step` (16.16 fixed point) bytes on from the last: the passes over a block
-    /// share its cache lines out, so the next block streams in while every pass runs. With the
-    /// block's lines all prefetched in the first pass, a decode step's 16 rows read weights
-    /// from memory at 11-15 GB/s against 23-28 with one pass of 4 rows (`packed_product_rate`).
+    /// share its cache lines out, so the next block streams in while every pass runs. A decode
+    /// step's 16 rows read weights from memory at 14-15 GB/s with all of a block's lines
+    /// prefetched in the first pass, 17.0-17.8 with them shared out (`packed_product_rate`,
+    /// interleaved runs; one pass of 4 rows streams at 23-28).
     const PF_SPREAD: u8 = 1;
     /// Both cache lines of the column `pf` points to (one pass, or a prefill's first).
     const PF_LINES: u8 = 2;
