@@ -1,7 +1,9 @@
 //! Where sampling time goes on the `sampling` bench shape (random llama-30m, batch 16,
 //! 64-token prompts, 128 new tokens): the whole `generate`, then one decode step's parts.
 //! For A/B timing of the CPU decode kernels, run it again with `RLHF_NO_DECODE_KERNELS=1`;
-//! for a profile, under `perf record -g`.
+//! for a profile, under `perf record -g`. After the whole `generate` it prints how the decode
+//! crew's jobs split their time ([`rlhf_nn::crew_times`]): the calling thread waiting long for
+//! the workers (or the reverse) means uneven parts or one core running slower.
 //!
 //! `scripts/cargo.sh run --release -p rlhf-nn --example profile_decode -- [THREADS] [BATCH] [gen] [NEW]`
 //! (`gen`: only the whole generate, twice; `gen-lora`: the same through a LoRA adapter on
@@ -61,9 +63,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_new_tokens: new,
         ..Default::default()
     };
+    rlhf_nn::crew_times();
     let total = time(&format!("generate (prefill + {new} new tokens)"), 2, || {
         generate(&model, adapter, &prompts, &seeds, &params, 0, None).expect("generate");
     });
+    // Per call, the warm-up included: a long wait means uneven parts or one core slower.
+    let crew = rlhf_nn::crew_times();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / 3.0;
+    println!(
+        "  crew per call: calling thread's parts {:.1} ms, its waits for the workers {:.1} ms, workers' parts {:.1} ms",
+        ms(crew.caller_parts),
+        ms(crew.caller_waits),
+        ms(crew.worker_parts)
+    );
     println!(
         "  -> {:.0} new tokens/s",
         (batch as f64 * new as f64) / total * 1e3

@@ -11,7 +11,8 @@
 //!   `lm_logits`, `head`. All fallible calls return `Result<_, NnError>`.
 //! - [`batch::SeqBatch`], [`scoring`] (`token_logprobs`, `token_logprobs_entropy`,
 //!   `token_values`, `last_token_scores`, `forward_outputs`), [`generate`] (`generate`,
-//!   `SamplingParams`, `Generation`, `FinishReason`).
+//!   `SamplingParams`, `Generation`, `FinishReason`), [`crew_times`] (how the decode kernels'
+//!   threads shared their jobs; a profiling aid).
 
 mod adapters;
 pub mod args;
@@ -38,6 +39,7 @@ use std::error::Error as StdError;
 
 pub use args::{init_threads, parse_device, Dtype, DtypeKind, LoraArgs, LoraChoice, ModelArgs};
 pub use config::{Arch, ModelConfig};
+pub use decode_kernels::{crew_times, CrewTimes};
 pub use error::NnError;
 pub use kv_cache::KvCache;
 pub use lora::{HeadKind, LoraConfig};

@@ -12,13 +12,44 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins for the next job inside a decode scope before it parks.
 const SPIN_FOR: Duration = Duration::from_millis(2);
+
+/// Nanoseconds since the last [`take_times`]: the calling threads' parts, their waits for the
+/// workers after them, and the workers' parts.
+static TIMES: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// Where the crew's jobs spent their time (a profiling aid: a thread that waits long for
+/// the other means the parts were uneven, or one core ran slower).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrewTimes {
+    /// The calling threads' own parts.
+    pub caller_parts: Duration,
+    /// The calling threads' waits for the workers once their own part was done.
+    pub caller_waits: Duration,
+    /// The workers' parts, all workers together.
+    pub worker_parts: Duration,
+}
+
+/// The crew's times since the last call (or the process start), and starts counting anew.
+pub fn take_times() -> CrewTimes {
+    let [a, b, c] = [0, 1, 2].map(|i| Duration::from_nanos(TIMES[i].swap(0, Ordering::Relaxed)));
+    CrewTimes {
+        caller_parts: a,
+        caller_waits: b,
+        worker_parts: c,
+    }
+}
+
+/// Adds the time since `since` to `TIMES[which]`.
+fn count(which: usize, since: Instant) {
+    TIMES[which].fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
 
 /// A job: called once per part, with the part's index (0 = the calling thread).
 type Job = dyn Fn(usize) + Sync;
@@ -112,7 +143,9 @@ impl Crew {
                 h.unpark();
             }
         }
+        let begun = Instant::now();
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
+        count(0, begun);
         let started = Instant::now();
         while s.pending.load(Ordering::Acquire) != 0 {
             if started.elapsed() < SPIN_FOR {
@@ -121,6 +154,7 @@ impl Crew {
                 thread::yield_now();
             }
         }
+        count(1, started);
         // SAFETY: every worker is done with the job.
         unsafe { *s.job.get() = None };
         if let Err(e) = mine {
@@ -180,7 +214,9 @@ fn work_loop(s: &'static Shared, w: usize) {
         // which needs this worker's decrement below.
         let job = unsafe { (*s.job.get()).expect("a job is set while pending") };
         // SAFETY: see above; the pointee is a `Sync` closure.
+        let begun = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(w) }));
+        count(2, begun);
         if result.is_err() {
             s.panicked.store(true, Ordering::SeqCst);
         }
@@ -188,19 +224,21 @@ fn work_loop(s: &'static Shared, w: usize) {
     }
 }
 
+/// A crew of two (one worker), whatever libtorch's thread count; `of` picks one of several,
+/// so that tests running at the same time can each have their own.
+#[cfg(test)]
+pub(crate) fn two(of: usize) -> &'static Crew {
+    static TWO: [OnceLock<Crew>; 2] = [OnceLock::new(), OnceLock::new()];
+    TWO[of].get_or_init(|| Crew::start(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A crew of two (one worker), whatever libtorch's thread count.
-    fn two() -> &'static Crew {
-        static TWO: OnceLock<Crew> = OnceLock::new();
-        TWO.get_or_init(|| Crew::start(1))
-    }
-
     #[test]
     fn runs_every_part_once_hot_or_parked() {
-        let crew = two();
+        let crew = two(0);
         for hot in [false, true] {
             let _hot = hot.then(|| Hot::new(crew));
             for _ in 0..200 {
@@ -216,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_workers_panic_reaches_the_caller_and_the_crew_goes_on() {
-        let crew = two();
+        let crew = two(0);
         let caught = catch_unwind(AssertUnwindSafe(|| {
             crew.run(&|p| {
                 if p == 1 {
@@ -234,7 +272,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_each_get_every_part() {
-        let crew = two();
+        let crew = two(0);
         thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {

@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
+use super::{claimed, enabled, floats, floats_mut, grad_enabled, ranges, split, Simd};
 
 /// Rows of `x` (the product of its leading dimensions) up to which the panel kernels are used;
 /// above it they stream the weight once per 16 rows and BLAS is as fast. The packed kernels
@@ -220,7 +220,7 @@ fn product_packed(
         })
     });
     let out = Out(y.as_mut_ptr());
-    ranges(n, PACKED_COLS, |cols| {
+    claimed(n, PACKED_COLS, |next| {
         // Copied in, as in `product_panel`.
         let (out, n, k) = (out, n, k);
         let xs = match shared {
@@ -233,45 +233,47 @@ fn product_packed(
                 xs.as_ptr()
             }),
         };
-        let (j0, j1) = (cols.start.min(whole), cols.end.min(whole));
-        // (Only x86-64 has packed kernels: `simd()` is `None` elsewhere and nothing gets here.)
-        #[cfg(target_arch = "x86_64")]
-        if j0 < j1 {
-            // A prefill's many rows a block at a time, so that the block's rows stay in L2
-            // while this thread's tiles pass (all rows of a 64-token batch of 16 are 2 MB at
-            // k = 512, a core's whole L2 on the Xeon this was measured on).
-            let block = x86::row_block(simd);
-            for r0 in (0..m).step_by(block) {
-                let (rows, tiles) = ((m - r0).min(block), &p[j0 * k..j1 * k]);
-                // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; the rows
-                // r0.. of the padded copy of x (this thread's, or the shared one: k floats
-                // each, `stride` apart, untouched until the product ends) and the tiles j0..j1
-                // (k x 32 each) are inside their buffers; those rows' columns j0..j1 are
-                // inside y (m, n), asserted in `product`, and this thread alone writes columns
-                // `cols`.
-                unsafe {
-                    x86::packed_tiles(
-                        simd,
-                        rows,
-                        xs.add(r0 * stride),
-                        (k, stride),
-                        tiles,
-                        out.at(r0 * n + j0),
-                        n,
-                    )
-                };
+        while let Some(cols) = next() {
+            let (j0, j1) = (cols.start.min(whole), cols.end.min(whole));
+            // (Only x86-64 has packed kernels: `simd()` is `None` elsewhere and nothing gets here.)
+            #[cfg(target_arch = "x86_64")]
+            if j0 < j1 {
+                // A prefill's many rows a block at a time, so that the block's rows stay in L2
+                // while this thread's tiles pass (all rows of a 64-token batch of 16 are 2 MB at
+                // k = 512, a core's whole L2 on the Xeon this was measured on).
+                let block = x86::row_block(simd);
+                for r0 in (0..m).step_by(block) {
+                    let (rows, tiles) = ((m - r0).min(block), &p[j0 * k..j1 * k]);
+                    // SAFETY: `simd()` detected the instruction set of `simd`'s kernel; the rows
+                    // r0.. of the padded copy of x (this thread's, or the shared one: k floats
+                    // each, `stride` apart, untouched until the product ends) and the tiles j0..j1
+                    // (k x 32 each) are inside their buffers; those rows' columns j0..j1 are
+                    // inside y (m, n), asserted in `product`, and this thread alone writes columns
+                    // `cols`.
+                    unsafe {
+                        x86::packed_tiles(
+                            simd,
+                            rows,
+                            xs.add(r0 * stride),
+                            (k, stride),
+                            tiles,
+                            out.at(r0 * n + j0),
+                            n,
+                        )
+                    };
+                }
             }
-        }
-        for jj in cols.start.max(whole)..cols.end {
-            let wr = &w[jj * k..(jj + 1) * k];
-            for i in 0..m {
-                let xr = &x[i * k..(i + 1) * k];
-                let v = wr
-                    .iter()
-                    .zip(xr)
-                    .fold(0f32, |a, (&wv, &xv)| wv.mul_add(xv, a));
-                // SAFETY: (i, jj) is inside y (m, n); this thread alone writes `cols`.
-                unsafe { out.write(i * n + jj, v) };
+            for jj in cols.start.max(whole)..cols.end {
+                let wr = &w[jj * k..(jj + 1) * k];
+                for i in 0..m {
+                    let xr = &x[i * k..(i + 1) * k];
+                    let v = wr
+                        .iter()
+                        .zip(xr)
+                        .fold(0f32, |a, (&wv, &xv)| wv.mul_add(xv, a));
+                    // SAFETY: (i, jj) is inside y (m, n); this thread alone writes `cols`.
+                    unsafe { out.write(i * n + jj, v) };
+                }
             }
         }
     });

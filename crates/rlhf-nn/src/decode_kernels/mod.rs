@@ -39,11 +39,14 @@
 
 pub(crate) mod attention;
 mod crew;
+
+pub use crew::{take_times as crew_times, CrewTimes};
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod layer;
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use tch::{Device, Kind, Tensor};
@@ -320,23 +323,89 @@ pub(crate) fn ranges(len: usize, align: usize, work: impl Fn(Range<usize>) + Syn
     });
 }
 
-/// Runs `work(first, part)` over equal parts of `items` (whole multiples of `align`), as
-/// [`ranges`] does; `first` is the part's offset in `items`.
-pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    let Some(crew) = crew::crew() else {
-        return work(0, items);
+/// Pieces a [`claimed`] job is cut into: enough that the thread that finishes first waits
+/// for at most about one piece of the other's, few enough that each piece still streams
+/// (a decode step's 512-column products take one 32-column tile a piece).
+const PIECES: usize = 16;
+
+/// Runs `work(next)` once per thread of the [`crew`] (the first on the calling thread), where
+/// `next()` hands out ranges of `0..len` (each a whole multiple of `align` long, but the last)
+/// until all are handed out, then `None`. `0..len` is cut into [`PIECES`] pieces and each
+/// thread starts with an equal share of consecutive pieces, which it takes front to back (one
+/// stream through the weights, as a fixed split reads them); a thread that has finished its
+/// own takes the last piece left of another's share. So a thread that runs faster does more:
+/// on a small VM one vCPU often ran its half of a decode step 15-40% slower than the other
+/// for a whole run, and the other then waited 5-25% of the step (docs/performance.md).
+pub(crate) fn claimed<W>(len: usize, align: usize, work: W)
+where
+    W: Fn(&mut dyn FnMut() -> Option<Range<usize>>) + Sync,
+{
+    claimed_on(crew::crew(), len, align, work)
+}
+
+/// [`claimed`] on `crew` (`None`: all on the calling thread).
+fn claimed_on<W>(crew: Option<&crew::Crew>, len: usize, align: usize, work: W)
+where
+    W: Fn(&mut dyn FnMut() -> Option<Range<usize>>) + Sync,
+{
+    let chunk = (len.div_ceil(PIECES).div_ceil(align) * align).max(1);
+    let count = len.div_ceil(chunk);
+    let Some(crew) = crew.filter(|_| count > 1) else {
+        let mut all = (len > 0).then_some(0..len);
+        return work(&mut || all.take());
     };
-    let per = (items.len().div_ceil(crew.parts()).div_ceil(align) * align).max(1);
-    let parts: Vec<Mutex<(usize, &mut [T])>> = items
-        .chunks_mut(per)
-        .enumerate()
-        .map(|(i, part)| Mutex::new((i * per, part)))
+    let parts = crew.parts();
+    let per = count.div_ceil(parts);
+    // Each share's pieces not yet taken, as `first | last << 32` (first..last).
+    let shares: Vec<AtomicU64> = (0..parts)
+        .map(|p| {
+            let (first, last) = ((p * per).min(count), ((p + 1) * per).min(count));
+            AtomicU64::new(first as u64 | (last as u64) << 32)
+        })
         .collect();
-    ranges(parts.len(), 1, |r| {
-        for part in &parts[r] {
-            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-            let first = part.0;
-            work(first, part.1);
+    // The first piece left of `share` (its owner), or the last one (another thread).
+    let take = |share: &AtomicU64, front: bool| {
+        let mut now = share.load(Ordering::Relaxed);
+        loop {
+            let (first, last) = (now & u32::MAX as u64, now >> 32);
+            if first >= last {
+                return None;
+            }
+            let (piece, next) = match front {
+                true => (first, (first + 1) | last << 32),
+                false => (last - 1, first | (last - 1) << 32),
+            };
+            match share.compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(piece as usize),
+                Err(seen) => now = seen,
+            }
+        }
+    };
+    crew.run(&|p| {
+        work(&mut || {
+            let piece = take(&shares[p], true)
+                .or_else(|| (1..parts).find_map(|i| take(&shares[(p + i) % parts], false)))?;
+            Some(piece * chunk..((piece + 1) * chunk).min(len))
+        })
+    });
+}
+
+/// Runs `work(first, part)` over the parts of `items` that [`claimed`] hands out (whole
+/// multiples of `align`, but the last); `first` is the part's offset in `items`.
+pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = (items.len().div_ceil(PIECES).div_ceil(align) * align).max(1);
+    let parts: Vec<Mutex<(usize, &mut [T])>> = items
+        .chunks_mut(chunk)
+        .enumerate()
+        .map(|(i, part)| Mutex::new((i * chunk, part)))
+        .collect();
+    claimed(parts.len(), 1, |next| {
+        while let Some(r) = next() {
+            for part in &parts[r] {
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                let first = part.0;
+                work(first, part.1);
+            }
         }
     });
 }
@@ -459,6 +528,69 @@ impl Drop for DecodeThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every index of `0..len` once, in ranges that start at a multiple of `align`, on one
+    /// thread or two; and a thread slowed down leaves pieces of its share to the other.
+    #[test]
+    fn claimed_ranges_cover_everything_once_and_the_faster_thread_takes_more() {
+        use std::sync::atomic::AtomicUsize;
+        // Its own crew: another test's job on a shared one would make this thread run every part.
+        let two = crew::two(1);
+        for crew in [None, Some(two)] {
+            for (len, align) in [
+                (0, 1),
+                (1, 1),
+                (5, 1),
+                (16, 1),
+                (17, 3),
+                (512, 32),
+                (2816, 32),
+                (8192, 32),
+            ] {
+                let hits: Vec<AtomicUsize> = (0..len).map(|_| AtomicUsize::new(0)).collect();
+                claimed_on(crew, len, align, |next| {
+                    while let Some(r) = next() {
+                        assert_eq!(r.start % align, 0, "{r:?}");
+                        assert!(!r.is_empty() && r.end <= len, "{r:?} of {len}");
+                        for i in r {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "{len} {align}"
+                );
+            }
+        }
+        let caller = std::thread::current().id();
+        for slow_caller in [true, false] {
+            let by_caller = AtomicUsize::new(0);
+            claimed_on(Some(two), PIECES, 1, |next| {
+                let here = std::thread::current().id() == caller;
+                while next().is_some() {
+                    if here {
+                        by_caller.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if here == slow_caller {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            });
+            let n = by_caller.load(Ordering::Relaxed);
+            let share = PIECES / two.parts();
+            match slow_caller {
+                true => assert!(
+                    n < share,
+                    "the slow calling thread took {n} of {PIECES} pieces"
+                ),
+                false => assert!(
+                    n > share,
+                    "the fast calling thread took {n} of {PIECES} pieces"
+                ),
+            }
+        }
+    }
 
     /// The sampler's weights and max and SwiGLU, compiled for each SIMD path, give the bits
     /// of the plain loops written out here (no fused multiply-add, see [`crate::exp`]).
