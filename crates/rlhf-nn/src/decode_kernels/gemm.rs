@@ -381,10 +381,12 @@ fn pack(w: &[f32], n: usize, k: usize) -> Packed {
     let off = buf.as_ptr().align_offset(64);
     split(&mut buf[off..off + len], C * k, |first, part| {
         for (t, tile) in part.chunks_exact_mut(C * k).enumerate() {
-            let j0 = first / k + t * C;
-            for c in 0..C {
-                for (kk, &v) in w[(j0 + c) * k..(j0 + c + 1) * k].iter().enumerate() {
-                    tile[kk * C + c] = v;
+            let rows = &w[(first / k + t * C) * k..][..C * k];
+            // Written in order, the tile's 32 source rows read a column at a time: their
+            // current cache lines (2 KB) stay in L1 for 16 columns each.
+            for (kk, col) in tile.chunks_exact_mut(C).enumerate() {
+                for (c, v) in col.iter_mut().enumerate() {
+                    *v = rows[c * k + kk];
                 }
             }
         }
