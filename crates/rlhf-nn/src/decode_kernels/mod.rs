@@ -22,7 +22,9 @@
 //! Threads: while [`DecodeThreads`] lives, libtorch runs single-threaded on the calling thread
 //! and the kernels split work between that thread and a small [`crew`] of workers, as many
 //! threads in all as libtorch had, which spin between the step's jobs. Both at once would
-//! oversubscribe the cores: libtorch's idle OpenMP workers spin between its ops.
+//! oversubscribe the cores: libtorch's idle OpenMP workers spin between its ops. A job is cut
+//! into pieces that each thread takes from its own share first and then from the others'
+//! ([`claimed`]), so a core that runs slower for a while (common on small VMs) does less.
 //!
 //! Besides the products and attention, a decode step's RMSNorms and rotary embeddings run as
 //! single calls ([`elementwise`]); rotary embedding and SwiGLU's `silu(gate) * up` do so in
