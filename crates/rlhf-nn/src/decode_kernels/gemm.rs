@@ -175,8 +175,8 @@ fn product(
 /// output columns as [`claimed`] hands them out ([`x86::packed_tiles`]); a tile's 32 columns
 /// fill two AVX-512 vectors (14 rows at a time; AVX2: 16 columns in two vectors, 6 rows at a
 /// time), and each row of `x` is broadcast a value at a time, so `x` is read where it lies (no
-/// panel) and each accumulator is one output row's slice, stored straight into `y`. The `n % PACKED_COLS` last columns, which `p` does
-/// not hold, are plain dot products over `w`.
+/// panel) and each accumulator is one output row's slice, stored straight into `y`. The
+/// `n % PACKED_COLS` last columns, which `p` does not hold, are plain dot products over `w`.
 fn product_packed(
     simd: Simd,
     x: &[f32],

@@ -41,11 +41,11 @@
 
 pub(crate) mod attention;
 mod crew;
-
-pub use crew::{take_times as crew_times, CrewTimes};
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod layer;
+
+pub use crew::{take_times as crew_times, CrewTimes};
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -575,7 +575,7 @@ mod tests {
                         by_caller.fetch_add(1, Ordering::Relaxed);
                     }
                     if here == slow_caller {
-                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                 }
             });
