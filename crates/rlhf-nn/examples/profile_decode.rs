@@ -64,12 +64,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     rlhf_nn::crew_times();
-    let total = time(&format!("generate (prefill + {new} new tokens)"), 2, || {
-        generate(&model, adapter, &prompts, &seeds, &params, 0, None).expect("generate");
-    });
+    let reps = 2;
+    let total = time(
+        &format!("generate (prefill + {new} new tokens)"),
+        reps,
+        || {
+            generate(&model, adapter, &prompts, &seeds, &params, 0, None).expect("generate");
+        },
+    );
     // Per call, the warm-up included: a long wait means uneven parts or one core slower.
     let crew = rlhf_nn::crew_times();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / 3.0;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / (reps + 1) as f64;
     println!(
         "  crew per call: calling thread's parts {:.1} ms, its waits for the workers {:.1} ms, workers' parts {:.1} ms",
         ms(crew.caller_parts),

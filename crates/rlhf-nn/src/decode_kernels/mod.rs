@@ -330,6 +330,11 @@ pub(crate) fn ranges(len: usize, align: usize, work: impl Fn(Range<usize>) + Syn
 /// (a decode step's 512-column products take one 32-column tile a piece).
 const PIECES: usize = 16;
 
+/// Length of each of [`PIECES`] pieces of `len` items, a whole multiple of `align`.
+fn piece_len(len: usize, align: usize) -> usize {
+    (len.div_ceil(PIECES).div_ceil(align) * align).max(1)
+}
+
 /// Runs `work(next)` once per thread of the [`crew`] (the first on the calling thread), where
 /// `next()` hands out ranges of `0..len` (each a whole multiple of `align` long, but the last)
 /// until all are handed out, then `None`. `0..len` is cut into [`PIECES`] pieces and each
@@ -351,7 +356,7 @@ fn claimed_on<W>(crew: Option<&crew::Crew>, len: usize, align: usize, work: W)
 where
     W: Fn(&mut dyn FnMut() -> Option<Range<usize>>) + Sync,
 {
-    let chunk = (len.div_ceil(PIECES).div_ceil(align) * align).max(1);
+    let chunk = piece_len(len, align);
     let count = len.div_ceil(chunk);
     let Some(crew) = crew.filter(|_| count > 1) else {
         let mut all = (len > 0).then_some(0..len);
@@ -396,7 +401,10 @@ where
 /// Runs `work(first, part)` over the parts of `items` that [`claimed`] hands out (whole
 /// multiples of `align`, but the last); `first` is the part's offset in `items`.
 pub(crate) fn split<T: Send>(items: &mut [T], align: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    let chunk = (items.len().div_ceil(PIECES).div_ceil(align) * align).max(1);
+    if crew::crew().is_none() {
+        return work(0, items);
+    }
+    let chunk = piece_len(items.len(), align);
     let parts: Vec<Mutex<(usize, &mut [T])>> = items
         .chunks_mut(chunk)
         .enumerate()
