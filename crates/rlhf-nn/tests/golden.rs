@@ -138,17 +138,38 @@ fn masked_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     ((a - b).abs() * m).max().double_value(&[])
 }
 
+/// Where `masked_diff` finds its largest difference, for a failure message: the (row,
+/// position, vocab) index, both values, the largest |b|, and how many entries differ by
+/// more than `tol` (one outlier and a drift everywhere call for different fixes).
+fn largest_difference(a: &Tensor, b: &Tensor, mask: &Tensor, tol: f64) -> String {
+    let m = mask.to_kind(Kind::Float).unsqueeze(-1);
+    let d = (a - b).abs() * &m;
+    let size = d.size();
+    let flat = d.argmax(None, false).int64_value(&[]);
+    let (v, p) = (size[2], size[1]);
+    let (row, pos, tok) = (flat / (p * v), flat / v % p, flat % v);
+    format!(
+        "at [{row}, {pos}, {tok}] ours {:.6} reference {:.6}; max |reference| {:.3}; \
+         {} entries over {tol:.1e}",
+        a.double_value(&[row, pos, tok]),
+        b.double_value(&[row, pos, tok]),
+        (b * &m).abs().max().double_value(&[]),
+        d.gt(tol).sum(Kind::Int64).int64_value(&[]),
+    )
+}
+
 fn check_logits(g: &Golden, case: &str, m: &Model, adapter: Option<&str>) {
     let (ids, mask) = g.ids();
-    let d = masked_diff(
-        &logits(m, adapter, &ids, &mask),
+    let (ours, theirs) = (
+        logits(m, adapter, &ids, &mask),
         g.t(&format!("{case}.logits")),
-        &mask,
     );
+    let d = masked_diff(&ours, theirs, &mask);
     assert!(
         d < g.atol(),
-        "{case}: logits differ from transformers by {d:.3e} (tolerance {})",
-        g.atol()
+        "{case}: logits differ from transformers by {d:.3e} (tolerance {}; {})",
+        g.atol(),
+        largest_difference(&ours, theirs, &mask, g.atol())
     );
 }
 
@@ -362,10 +383,12 @@ fn our_adapters_load_in_peft() {
                 "{base} SEQ_CLS adapter: peft scores differ by {d:.3e}"
             );
         } else {
-            let d = masked_diff(&logits(&m, Some("a"), &ids, &mask), &theirs, &mask);
+            let ours = logits(&m, Some("a"), &ids, &mask);
+            let d = masked_diff(&ours, &theirs, &mask);
             assert!(
                 d < g.atol(),
-                "{base} adapter {targets:?}: peft logits differ by {d:.3e}"
+                "{base} adapter {targets:?}: peft logits differ by {d:.3e} ({})",
+                largest_difference(&ours, &theirs, &mask, g.atol())
             );
         }
     }
