@@ -23,10 +23,10 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 
-# One thread: with two, torch's elementwise ops here are not the same from one process to the
-# next. GPT-2's tanh GELU on the same input gave other bits in 9 of 300 forked processes
-# (`peft-logits` then differed from our logits by 5.3e-4 against the usual 1.8e-5, over the
-# test's 2e-4); with one thread 300 of 300 gave the usual bits.
+# One thread: with two, GPT-2's tanh GELU (inside `peft-logits`' forward) gave other bits on
+# the same input in 9 of 300 forked processes (the logits then differed from ours by 5.3e-4
+# against the usual 1.8e-5, over the test's 2e-4); with one thread 300 and then 800 of 800 gave
+# the usual bits. Which torch op varies was not isolated.
 torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
