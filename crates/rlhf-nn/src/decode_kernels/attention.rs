@@ -448,8 +448,8 @@ mod x86 {
     /// `out[j] = (q . k_j) * scale + mask[j]` for 16 keys `k_j` (`d` floats at `keys.0 + j *
     /// keys.1`, d a multiple of 16), with the bits of [`dot_avx512`] for each: every key's
     /// 16-lane sums run over the pieces of d in order, then the 16 keys' lane sums are added
-    /// across in one tree whose pairs are those of `_mm512_reduce_add_ps` (lane i with i + 8,
-    /// then i + 4, i + 2, i + 1), the keys side by side instead of one after the other.
+    /// across in one tree whose pairs are those of [`dot_avx512`]'s horizontal sum (lane i with
+    /// i + 8, then i + 4, i + 2, i + 1), the keys side by side instead of one after the other.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn dots_avx512(
@@ -554,7 +554,10 @@ mod x86 {
         _mm256_storeu_ps(out, s);
     }
 
-    /// `a . b` over `n` floats with 16-lane fused multiply-adds and one horizontal sum.
+    /// `a . b` over `n` floats with 16-lane fused multiply-adds and one horizontal sum (lane i
+    /// added to i + 8, then i + 4, i + 2, i + 1: spelled out rather than
+    /// `_mm512_reduce_add_ps`, whose order is the compiler's choice; [`dots_avx512`] adds in
+    /// the same pairs).
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(a: *const f32, b: *const f32, n: usize) -> f32 {
@@ -564,7 +567,14 @@ mod x86 {
             acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc);
             i += 16;
         }
-        let mut s = _mm512_reduce_add_ps(acc);
+        let v8 = _mm512_castps512_ps256(_mm512_add_ps(
+            acc,
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(acc, acc),
+        ));
+        let v = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        let v = _mm_add_ss(v, _mm_shuffle_ps::<1>(v, v));
+        let mut s = _mm_cvtss_f32(v);
         while i < n {
             s = (*a.add(i)).mul_add(*b.add(i), s);
             i += 1;
