@@ -257,13 +257,10 @@ pub(super) fn attend_cached(
 #[inline(always)]
 pub(super) fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: a prefetch only hints the cache; the address is inside `row`.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8)
-        };
-    }
+    // SAFETY: a prefetch only hints the cache; the addresses are inside `row`.
+    unsafe {
+        x86::prefetch_floats(row.as_ptr(), row.len())
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = row;
 }
@@ -332,9 +329,10 @@ mod x86 {
     use super::Heads;
     use crate::exp::exp_f32;
 
-    /// Hints the `n` floats from `p` into L2 (no effect on results; any address is allowed).
+    /// Hints the `n` floats from `p` into L2, a cache line (16 floats) at a time from `p` (no
+    /// effect on results; any address is allowed).
     #[inline(always)]
-    unsafe fn prefetch_floats(p: *const f32, n: usize) {
+    pub(super) unsafe fn prefetch_floats(p: *const f32, n: usize) {
         for o in (0..n).step_by(16) {
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o) as *const i8);
         }
